@@ -1,0 +1,114 @@
+"""Owns the KMS provider interface: what a provider does, and the wrapped-key record.
+
+A provider is bound to one key at construction (an AWS key ARN, a Google CryptoKey, a
+PKCS#11 key label, a local keyring). It wraps and unwraps 256-bit data keys under that
+key, always with a ``WrapContext`` that the KMS authenticates, and it reports which
+version of its key new wraps use, so callers can tell when a rewrap is due.
+
+Errors are ``secure_keys.core.errors.KmsError`` subclasses: ``KmsUnavailable`` (retry),
+``KmsDenied`` (do not retry) and ``KmsCorrupt`` (the wrapped key or its context is bad).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from secure_keys.core.binding import WrapContext
+from secure_keys.core.memory import zero
+
+__all__ = ["PROVIDER_NAME", "HealthStatus", "KmsProvider", "WrappedKey", "rewrap"]
+
+PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
+"""Provider names: short lowercase identifiers such as ``local``, ``aws``, ``gcp``."""
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A data key as the KMS returned it: opaque ciphertext plus where it came from."""
+
+    provider: str
+    key_id: str
+    key_version: str
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        if not PROVIDER_NAME.match(self.provider):
+            raise ValueError(f"invalid KMS provider name {self.provider!r}")
+        if not self.key_id:
+            raise ValueError("KMS key id must not be empty")
+        if not self.ciphertext:
+            raise ValueError("wrapped key ciphertext must not be empty")
+
+    def __repr__(self) -> str:
+        # The ciphertext is not secret, but it is long and tells a reader nothing.
+        return (
+            f"WrappedKey(provider={self.provider!r}, key_id={self.key_id!r}, "
+            f"key_version={self.key_version!r}, ciphertext=<{len(self.ciphertext)} bytes>)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """What ``health()`` found: whether the key can wrap and unwrap right now, and why not."""
+
+    healthy: bool
+    provider: str
+    key_id: str
+    key_version: str
+    detail: str = ""
+
+
+@runtime_checkable
+class KmsProvider(Protocol):
+    """A key-encryption key held by some KMS, able to wrap and unwrap data keys.
+
+    Calls may block on the network: async callers run them with ``asyncio.to_thread``.
+    """
+
+    @property
+    def name(self) -> str:
+        """The provider name recorded in every ``WrappedKey`` it makes (e.g. ``local``)."""
+        ...
+
+    @property
+    def key_id(self) -> str:
+        """The KMS key this provider wraps under, as recorded in envelopes."""
+        ...
+
+    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+        """Wrap ``dek`` under the newest key version, authenticating ``context``."""
+        ...
+
+    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+        """Return the data key in a fresh ``bytearray`` the caller must zero.
+
+        Raises ``KmsCorrupt`` if the ciphertext or context does not authenticate,
+        ``KmsDenied`` if the key or key version may not be used, ``KmsUnavailable`` if
+        the KMS cannot be reached.
+        """
+        ...
+
+    def key_version(self) -> str:
+        """The key version new wraps use. A wrap with another version is due a rewrap."""
+        ...
+
+    def health(self) -> HealthStatus:
+        """Check that the key can be used now. Never raises for an unhealthy KMS."""
+        ...
+
+
+def rewrap(provider: KmsProvider, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
+    """Move a wrapped data key to the provider's newest key version.
+
+    Returns ``wrapped`` itself when it already uses that version. The data key is held
+    only for the moment between unwrap and wrap, and zeroed straight after.
+    """
+    if wrapped.provider == provider.name and wrapped.key_version == provider.key_version():
+        return wrapped
+    dek = provider.unwrap(wrapped, context)
+    try:
+        return provider.wrap(dek, context)
+    finally:
+        zero(dek)

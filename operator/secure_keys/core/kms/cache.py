@@ -1,0 +1,125 @@
+"""Owns the DEK cache: unwrapped data keys kept briefly so hot reads skip the KMS.
+
+Bounded both ways: at most ``max_entries`` keys (least recently used goes first) and
+each for at most ``ttl`` seconds. Every key that leaves the cache, by eviction, expiry,
+``invalidate`` or ``clear``, is zeroed. ``get`` hands out a copy the caller must zero, so
+the cached buffer itself never escapes.
+
+An entry is keyed by the whole wrapped key *and* the canonical wrap context, so a hit
+is exactly as strict as an unwrap: a wrapped DEK presented under another binding misses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from secure_keys.core.binding import WrapContext, length_prefixed
+from secure_keys.core.kms.base import WrappedKey
+from secure_keys.core.memory import zero
+
+__all__ = ["CacheStats", "DekCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    hits: int
+    misses: int
+    evictions: int
+    size: int
+
+
+def _cache_key(wrapped: WrappedKey, context: WrapContext) -> bytes:
+    digest = hashlib.sha256()
+    for part in (wrapped.provider, wrapped.key_id, wrapped.key_version, wrapped.ciphertext):
+        digest.update(length_prefixed(part))
+    digest.update(context.canonical)
+    return digest.digest()
+
+
+class DekCache:
+    """A bounded, expiring, zeroing cache of unwrapped DEKs."""
+
+    def __init__(
+        self,
+        max_entries: int = 1024,
+        ttl: float = 300.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self._max = max_entries
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, bytearray]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+        self._evictions = 0
+
+    def __repr__(self) -> str:
+        return f"DekCache(size={len(self._entries)}, max_entries={self._max}, ttl={self._ttl})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, wrapped: WrappedKey, context: WrapContext) -> bytearray | None:
+        """A copy of the cached DEK (the caller zeroes it), or ``None`` on a miss."""
+        key = _cache_key(wrapped, context)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] <= self._clock():
+                self._drop(key)
+                entry = None
+            if entry is None:
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return bytearray(entry[1])
+
+    def put(self, wrapped: WrappedKey, context: WrapContext, dek: bytes | bytearray) -> None:
+        """Cache a copy of ``dek``; the caller keeps (and zeroes) its own."""
+        key = _cache_key(wrapped, context)
+        with self._lock:
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (self._clock() + self._ttl, bytearray(dek))
+            while len(self._entries) > self._max:
+                self._drop(next(iter(self._entries)))
+
+    def invalidate(self, wrapped: WrappedKey, context: WrapContext) -> None:
+        with self._lock:
+            key = _cache_key(wrapped, context)
+            if key in self._entries:
+                self._drop(key)
+
+    def purge_expired(self) -> int:
+        """Zero and drop every expired entry; returns how many went."""
+        with self._lock:
+            now = self._clock()
+            expired = [k for k, (deadline, _) in self._entries.items() if deadline <= now]
+            for key in expired:
+                self._drop(key)
+            return len(expired)
+
+    def clear(self) -> None:
+        with self._lock:
+            for key in list(self._entries):
+                self._drop(key)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(self._hits, self._misses, self._evictions, len(self._entries))
+
+    def _drop(self, key: bytes) -> None:
+        _, dek = self._entries.pop(key)
+        zero(dek)
+        self._evictions += 1

@@ -1,0 +1,335 @@
+"""Owns the ``local`` KMS provider: data keys wrapped under a password-derived KEK.
+
+A *keyring* is the non-secret metadata of one local key: its id and a list of KEK
+versions, each with its own KDF parameters (salt, iterations) and password verifier. It
+is safe to store anywhere (a ConfigMap, a file in git). The KEK of each version comes from
+the key hierarchy (``secure_keys.core.hierarchy``): password -> PBKDF2 -> master key ->
+HKDF -> KEK. Unlocking a keyring with its password(s) gives a ``LocalKms``.
+
+- New wraps use the newest version; older versions still unwrap; ``rewrap`` moves a DEK
+  to the newest. Adding a version (same password, new salt, or a new password, or more
+  iterations) is how the KEK rotates.
+- A wrapped DEK is ``0x01 || nonce (12) || AES-256-GCM(KEK, DEK) with tag (48)``. The
+  associated data binds the key id, the KEK version and the caller's wrap context, so a
+  wrapped DEK moved to another ApiKey, version or keyring does not unwrap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, AuthenticationFailed
+from secure_keys.core.binding import WrapContext, length_prefixed
+from secure_keys.core.errors import KmsCorrupt, KmsDenied
+from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, KdfParams, KeyHierarchy
+from secure_keys.core.kms.base import HealthStatus, WrappedKey
+from secure_keys.core.memory import random_secret, zero
+
+__all__ = ["PROVIDER", "KekVersion", "LocalKeyring", "LocalKms"]
+
+PROVIDER = "local"
+KEYRING_KIND = "secure-keys/local-keyring"
+KEYRING_FORMAT = 1
+WRAP_FORMAT = 0x01
+WRAPPED_SIZE = 1 + NONCE_SIZE + KEY_SIZE + TAG_SIZE
+_AAD_DOMAIN = b"securekeys.io/local-wrap\x00"
+_KEY_ID = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_VERSION_TEXT = re.compile(r"[1-9][0-9]{0,9}\Z")
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KekVersion:
+    """One KEK version of a keyring: how to derive it, and how to recognise the password."""
+
+    version: int
+    kdf: KdfParams
+    verifier: bytes = field(repr=False)
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "kdf": self.kdf.to_json(),
+            "verifier": self.verifier.hex(),
+            "created": self.created,
+        }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _derive_version(version: int, password: str | bytes | bytearray, iterations: int) -> KekVersion:
+    params = KdfParams.generate(iterations)
+    hierarchy = KeyHierarchy.derive(password, params)
+    try:
+        return KekVersion(version, params, hierarchy.verifier(), _now())
+    finally:
+        hierarchy.wipe()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalKeyring:
+    """The non-secret description of a local key: its id and its KEK versions, oldest first."""
+
+    key_id: str
+    versions: tuple[KekVersion, ...]
+
+    def __post_init__(self) -> None:
+        if not _KEY_ID.match(self.key_id):
+            raise ValueError(f"invalid local key id {self.key_id!r}")
+        if not self.versions:
+            raise ValueError("a keyring needs at least one KEK version")
+        numbers = [v.version for v in self.versions]
+        if numbers != sorted(set(numbers)) or numbers[0] < 1:
+            raise ValueError("KEK versions must be positive, unique and ascending")
+
+    @classmethod
+    def create(
+        cls,
+        key_id: str,
+        password: str | bytes | bytearray,
+        *,
+        iterations: int = DEFAULT_ITERATIONS,
+    ) -> LocalKeyring:
+        """A new keyring whose version 1 derives from ``password``."""
+        return cls(key_id, (_derive_version(1, password, iterations),))
+
+    @property
+    def newest(self) -> KekVersion:
+        return self.versions[-1]
+
+    def with_new_version(
+        self, password: str | bytes | bytearray, *, iterations: int | None = None
+    ) -> LocalKeyring:
+        """Rotate the KEK: add a version with a fresh salt (and the given password).
+
+        The iteration count never falls below the newest version's.
+        """
+        count = max(iterations or DEFAULT_ITERATIONS, self.newest.kdf.iterations)
+        added = _derive_version(self.newest.version + 1, password, count)
+        return LocalKeyring(self.key_id, (*self.versions, added))
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": KEYRING_KIND,
+                "format": KEYRING_FORMAT,
+                "keyId": self.key_id,
+                "versions": [v.to_json() for v in self.versions],
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LocalKeyring:
+        """Parse a keyring; raises ``ValueError`` naming what is wrong."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise ValueError("keyring is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("kind") != KEYRING_KIND:
+            raise ValueError(f"not a keyring: kind must be {KEYRING_KIND!r}")
+        if data.get("format") != KEYRING_FORMAT:
+            raise ValueError(f"unsupported keyring format {data.get('format')!r}")
+        raw_versions = data.get("versions")
+        if not isinstance(raw_versions, list):
+            raise ValueError("keyring versions must be a list")
+        versions = []
+        for item in raw_versions:
+            try:
+                version = item["version"]
+                if isinstance(version, bool) or not isinstance(version, int):
+                    raise TypeError("version must be an integer")
+                versions.append(
+                    KekVersion(
+                        version=version,
+                        kdf=KdfParams.from_json(item["kdf"]),
+                        verifier=bytes.fromhex(item["verifier"]),
+                        created=str(item["created"]),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"invalid keyring version entry: {exc}") from None
+        return cls(str(data.get("keyId", "")), tuple(versions))
+
+
+def _wrap_aad(key_id: str, version: int, context: WrapContext) -> bytes:
+    return b"".join(
+        (
+            _AAD_DOMAIN,
+            bytes((WRAP_FORMAT,)),
+            length_prefixed(key_id),
+            struct.pack(">I", version),
+            context.canonical,
+        )
+    )
+
+
+class LocalKms:
+    """An unlocked local keyring: wraps with the newest KEK, unwraps with any unlocked one."""
+
+    __slots__ = ("_keks", "_key_id", "_locked", "_newest")
+
+    def __init__(
+        self, key_id: str, keks: Mapping[int, AeadKey], locked: Sequence[int] = ()
+    ) -> None:
+        if not keks:
+            raise ValueError("no KEK version unlocked")
+        self._key_id = key_id
+        self._keks = dict(keks)
+        self._locked = frozenset(locked)
+        self._newest = max(self._keks)
+        if any(v > self._newest for v in self._locked):
+            raise KmsDenied(PROVIDER, key_id, "the newest KEK version is locked")
+
+    @classmethod
+    def unlock(
+        cls, keyring: LocalKeyring, passwords: Sequence[str | bytes | bytearray]
+    ) -> LocalKms:
+        """Derive the KEK of every version some password opens.
+
+        Each version's stored verifier is checked in constant time. Versions no password
+        opens stay locked: their wraps will not unwrap until a rewrap moves them. The
+        newest version must open, or ``KmsDenied`` is raised.
+        """
+        keks: dict[int, AeadKey] = {}
+        locked: list[int] = []
+        for entry in keyring.versions:
+            for password in passwords:
+                hierarchy = KeyHierarchy.derive(password, entry.kdf)
+                try:
+                    if hierarchy.verify(entry.verifier):
+                        keks[entry.version] = AeadKey(hierarchy.kek)
+                        break
+                finally:
+                    hierarchy.wipe()
+            else:
+                locked.append(entry.version)
+        if keyring.newest.version not in keks:
+            raise KmsDenied(
+                PROVIDER,
+                keyring.key_id,
+                f"no password given opens the newest KEK version {keyring.newest.version}",
+            )
+        _log.info(
+            "kms.local.unlocked",
+            key_id=keyring.key_id,
+            unlocked=sorted(keks),
+            locked=locked,
+        )
+        return cls(keyring.key_id, keks, locked)
+
+    @classmethod
+    def _from_keks(cls, key_id: str, keks: Mapping[int, bytes | bytearray]) -> LocalKms:
+        # Private seam for known-answer vectors: raw KEKs instead of a password.
+        return cls(key_id, {version: AeadKey(kek) for version, kek in keks.items()})
+
+    def __repr__(self) -> str:
+        return f"LocalKms(key_id={self._key_id!r}, versions={sorted(self._keks)}, keks=<redacted>)"
+
+    @property
+    def name(self) -> str:
+        return PROVIDER
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def key_version(self) -> str:
+        return str(self._newest)
+
+    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+        return self._wrap_with_nonce(dek, context, os.urandom(NONCE_SIZE))
+
+    def _wrap_with_nonce(
+        self, dek: bytes | bytearray, context: WrapContext, nonce: bytes
+    ) -> WrappedKey:
+        # Private seam: known-answer vectors fix the nonce; ``wrap`` draws it at random.
+        if len(dek) != KEY_SIZE:
+            raise ValueError(f"data keys are {KEY_SIZE} bytes")
+        version = self._newest
+        sealed = self._keks[version].encrypt(nonce, dek, _wrap_aad(self._key_id, version, context))
+        return WrappedKey(
+            PROVIDER, self._key_id, str(version), bytes((WRAP_FORMAT,)) + nonce + sealed
+        )
+
+    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+        if wrapped.provider != PROVIDER or wrapped.key_id != self._key_id:
+            raise KmsCorrupt(
+                PROVIDER, self._key_id, f"wrapped by {wrapped.provider} key {wrapped.key_id!r}"
+            )
+        if not _VERSION_TEXT.match(wrapped.key_version):
+            raise KmsCorrupt(PROVIDER, self._key_id, "malformed KEK version")
+        version = int(wrapped.key_version)
+        kek = self._keks.get(version)
+        if kek is None:
+            state = "locked" if version in self._locked else "unknown to this keyring"
+            raise KmsDenied(PROVIDER, self._key_id, f"KEK version {version} is {state}")
+        blob = wrapped.ciphertext
+        if len(blob) != WRAPPED_SIZE or blob[0] != WRAP_FORMAT:
+            raise KmsCorrupt(PROVIDER, self._key_id, "malformed wrapped key")
+        nonce = blob[1 : 1 + NONCE_SIZE]
+        try:
+            return kek.decrypt(
+                nonce, blob[1 + NONCE_SIZE :], _wrap_aad(self._key_id, version, context)
+            )
+        except AuthenticationFailed:
+            raise KmsCorrupt(
+                PROVIDER, self._key_id, "wrapped key did not authenticate for this context"
+            ) from None
+
+    def health(self) -> HealthStatus:
+        """Round-trip a throwaway key under the newest KEK."""
+        probe = random_secret(KEY_SIZE)
+        context = WrapContext((("securekeys.io/health", "probe"),))
+        try:
+            back = self.unwrap(self.wrap(probe, context), context)
+            healthy = back == probe
+            zero(back)
+        except (KmsCorrupt, KmsDenied) as exc:
+            return HealthStatus(False, PROVIDER, self._key_id, self.key_version(), exc.detail)
+        finally:
+            zero(probe)
+        detail = "" if healthy else "round trip returned a different key"
+        return HealthStatus(healthy, PROVIDER, self._key_id, self.key_version(), detail)
+
+
+def from_config(key_id: str, options: Mapping[str, str]) -> LocalKms:
+    """Build a ``LocalKms`` from files: ``keyringPath`` and ``passwordFile`` options.
+
+    The password file holds one password per line (the newest KEK's first; older lines
+    open older versions). Its contents never reach a log or an error message.
+    """
+    try:
+        keyring_path = Path(options["keyringPath"])
+        password_path = Path(options["passwordFile"])
+    except KeyError as exc:
+        raise ValueError(f"local KMS option {exc.args[0]} is required") from None
+    keyring = LocalKeyring.from_json(keyring_path.read_text())
+    if keyring.key_id != key_id:
+        raise ValueError(f"keyring {keyring_path} holds key {keyring.key_id!r}, not {key_id!r}")
+    raw = bytearray(password_path.read_bytes())
+    try:
+        passwords = [line for line in raw.splitlines() if line]  # bytearrays, zeroed below
+    finally:
+        zero(raw)
+    if not passwords:
+        raise ValueError(f"password file {password_path} is empty")
+    try:
+        return LocalKms.unlock(keyring, passwords)
+    finally:
+        for password in passwords:
+            zero(password)
