@@ -12,6 +12,8 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from secure_keys.core.memory import zero
+
 __all__ = ["KEY_SIZE", "NONCE_SIZE", "TAG_SIZE", "AeadKey", "AuthenticationFailed"]
 
 KEY_SIZE = 32
@@ -32,16 +34,25 @@ class AuthenticationFailed(Exception):
 class AeadKey:
     """An AES-256-GCM key, ready to use.
 
-    The key bytes are copied into the cipher context at construction, so the caller may
-    (and should) zero its own buffer straight afterwards. The object never exposes them.
+    The object keeps a private copy of the key, so the caller may (and should) zero its
+    own buffer straight afterwards. The copy is what the cipher is built from: with some
+    OpenSSL versions ``AESGCM`` references its key buffer instead of copying it, and a
+    private copy stays correct either way. It is zeroed when the object is collected, and
+    never exposed.
     """
 
-    __slots__ = ("_cipher",)
+    __slots__ = ("_cipher", "_key")
 
     def __init__(self, key: bytes | bytearray) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError(f"AES-256-GCM needs a {KEY_SIZE}-byte key, got {len(key)} bytes")
-        self._cipher = AESGCM(key)
+        self._key = bytearray(key)
+        self._cipher = AESGCM(self._key)
+
+    def __del__(self) -> None:
+        key = getattr(self, "_key", None)
+        if key is not None:
+            zero(key)
 
     def __repr__(self) -> str:
         return "AeadKey(<redacted>)"

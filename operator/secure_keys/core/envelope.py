@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, AuthenticationFailed
 from secure_keys.core.binding import KeyBinding, length_prefixed
-from secure_keys.core.errors import InvalidEnvelope, KmsCorrupt, KmsDenied, OpenFailure
+from secure_keys.core.errors import InvalidEnvelope, KmsError, OpenFailure
 from secure_keys.core.kms.base import KmsProvider, WrappedKey
 from secure_keys.core.kms.base import rewrap as rewrap_key
 from secure_keys.core.memory import random_secret, zero
@@ -78,8 +78,17 @@ class Envelope:
         )
 
     def to_bytes(self) -> bytes:
+        """Frame the envelope. Raises ``ValueError`` for fields the format cannot carry."""
         w = self.wrapped
         provider = w.provider.encode("ascii")
+        if (
+            len(w.key_id.encode()) > MAX_KEY_ID_SIZE
+            or len(w.key_version.encode()) > MAX_KEY_VERSION_SIZE
+            or len(w.ciphertext) > MAX_WRAPPED_SIZE
+            or len(self.nonce) != NONCE_SIZE
+            or not TAG_SIZE < len(self.ciphertext) <= MAX_PLAINTEXT_SIZE + TAG_SIZE
+        ):
+            raise ValueError(f"{w!r} does not fit envelope format {self.format}")
         return b"".join(
             (
                 bytes((self.format, len(provider))),
@@ -166,6 +175,8 @@ def _seal_with(
     if len(dek) != KEY_SIZE or len(nonce) != NONCE_SIZE:
         raise ValueError("DEK must be 32 bytes and nonce 12 bytes")
     wrapped = kms.wrap(dek, binding.wrap_context(FORMAT_V1))
+    if len(wrapped.ciphertext) > MAX_WRAPPED_SIZE:
+        raise ValueError(f"KMS returned a wrapped key over {MAX_WRAPPED_SIZE} bytes")
     aad = _aad(FORMAT_V1, binding, wrapped.provider, wrapped.key_id)
     ciphertext = AeadKey(dek).encrypt(nonce, plaintext, aad)
     return Envelope(FORMAT_V1, wrapped, bytes(nonce), ciphertext)
@@ -187,6 +198,8 @@ def open(  # noqa: A001 - the envelope API is seal/open, as the format's docs na
     """
     if isinstance(sealed, Envelope):
         envelope = sealed
+        if envelope.format not in SUPPORTED_FORMATS:
+            raise _fail(binding, "unsupported-format")
     else:
         try:
             envelope = Envelope.from_bytes(sealed)
@@ -197,7 +210,9 @@ def open(  # noqa: A001 - the envelope API is seal/open, as the format's docs na
         raise _fail(binding, "wrong-key")
     try:
         dek = kms.unwrap(wrapped, binding.wrap_context(envelope.format))
-    except (KmsDenied, KmsCorrupt):
+    except KmsError as exc:
+        if exc.retryable:
+            raise
         raise _fail(binding, "unwrap-refused") from None
     try:
         if len(dek) != KEY_SIZE:
@@ -229,14 +244,18 @@ def rewrap(envelope: Envelope, binding: KeyBinding, kms: KmsProvider) -> Envelop
 
     The nonce and ciphertext are kept byte for byte: a KEK rotation never touches the
     sealed plaintext. Moving to a different KMS key changes the associated data, so that
-    takes ``open`` and ``seal``. Raises ``InvalidEnvelope`` if the DEK does not unwrap.
+    takes ``open`` and ``seal``. An envelope already on the newest key version is returned
+    as it is, without a KMS call (and so without checking it); otherwise a DEK that does
+    not unwrap raises ``InvalidEnvelope``.
     """
     wrapped = envelope.wrapped
     if wrapped.provider != kms.name or wrapped.key_id != kms.key_id:
         raise _fail(binding, "wrong-key")
     try:
         moved = rewrap_key(kms, wrapped, binding.wrap_context(envelope.format))
-    except (KmsDenied, KmsCorrupt):
+    except KmsError as exc:
+        if exc.retryable:
+            raise
         raise _fail(binding, "unwrap-refused") from None
     if moved is wrapped:
         return envelope

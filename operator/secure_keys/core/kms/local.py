@@ -29,7 +29,7 @@ from typing import Any
 import structlog
 
 from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, AuthenticationFailed
-from secure_keys.core.binding import WrapContext, length_prefixed
+from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, KdfParams, KeyHierarchy
 from secure_keys.core.kms.base import HealthStatus, WrappedKey
@@ -93,8 +93,8 @@ class LocalKeyring:
         if not self.versions:
             raise ValueError("a keyring needs at least one KEK version")
         numbers = [v.version for v in self.versions]
-        if numbers != sorted(set(numbers)) or numbers[0] < 1:
-            raise ValueError("KEK versions must be positive, unique and ascending")
+        if numbers != sorted(set(numbers)) or numbers[0] < 1 or numbers[-1] > MAX_VERSION:
+            raise ValueError(f"KEK versions must be unique and ascending, 1 to {MAX_VERSION}")
 
     @classmethod
     def create(

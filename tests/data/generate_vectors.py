@@ -1,0 +1,274 @@
+"""Generates the known-answer vectors under tests/data/ from an independent implementation.
+
+Nothing here imports ``secure_keys``: the envelope, the local provider's wrap and the key
+hierarchy are rebuilt from ``docs/envelope-format.md`` with raw AES-GCM, ``struct``,
+``hashlib`` and ``hmac``. The committed JSON therefore pins the format, and
+``tests/unit/core/test_vectors.py`` checks both that the package matches the files and
+that this script still reproduces them. Run ``python tests/data/generate_vectors.py`` to
+rewrite them (only when the format deliberately changes, with a new format version).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+HERE = Path(__file__).parent
+FORMAT = 1
+
+
+def lp(value: str | bytes) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    return struct.pack(">H", len(raw)) + raw
+
+
+def binding_bytes(namespace: str, name: str, version: int) -> bytes:
+    return lp(namespace) + lp(name) + struct.pack(">I", version)
+
+
+def wrap_context(namespace: str, name: str, version: int) -> bytes:
+    pairs = sorted(
+        {
+            "securekeys.io/namespace": namespace,
+            "securekeys.io/name": name,
+            "securekeys.io/version": str(version),
+            "securekeys.io/format": str(FORMAT),
+        }.items()
+    )
+    return b"securekeys.io/wrap-context\x00" + b"".join(lp(k) + lp(v) for k, v in pairs)
+
+
+def local_wrap(
+    kek: bytes, key_id: str, kek_version: int, context: bytes, dek: bytes, nonce: bytes
+) -> bytes:
+    aad = (
+        b"securekeys.io/local-wrap\x00"
+        + bytes((1,))
+        + lp(key_id)
+        + struct.pack(">I", kek_version)
+        + context
+    )
+    return bytes((1,)) + nonce + AESGCM(kek).encrypt(nonce, dek, aad)
+
+
+def envelope(case: dict[str, Any]) -> bytes:
+    b = case["binding"]
+    k = case["kek"]
+    dek = bytes.fromhex(case["dek"])
+    nonce = bytes.fromhex(case["nonce"])
+    context = wrap_context(b["namespace"], b["name"], b["version"])
+    wrapped = local_wrap(
+        bytes.fromhex(k["key"]),
+        k["keyId"],
+        k["version"],
+        context,
+        dek,
+        bytes.fromhex(case["wrapNonce"]),
+    )
+    aad = (
+        b"securekeys.io/envelope\x00"
+        + bytes((FORMAT,))
+        + binding_bytes(b["namespace"], b["name"], b["version"])
+        + lp("local")
+        + lp(k["keyId"])
+    )
+    ciphertext = AESGCM(dek).encrypt(nonce, bytes.fromhex(case["plaintext"]), aad)
+    return b"".join(
+        (
+            bytes((FORMAT, len(b"local"))),
+            b"local",
+            lp(k["keyId"]),
+            lp(str(k["version"])),
+            lp(wrapped),
+            nonce,
+            ciphertext,
+        )
+    )
+
+
+def seeded(label: str, size: int) -> str:
+    """Deterministic test bytes: no randomness, so regeneration is reproducible."""
+    out = b""
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{label}/{counter}".encode()).digest()
+        counter += 1
+    return out[:size].hex()
+
+
+def seal_cases() -> list[dict[str, Any]]:
+    plaintexts = [
+        ("a 40-byte GitHub-style token", b"ghp_" + b"A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"),
+        ("a single byte", b"x"),
+        ("a 64-byte random key", bytes.fromhex(seeded("pt64", 64))),
+        ("non-ASCII UTF-8", "clé-secrète-ключ-🔑".encode()),
+        ("1 KiB of binary", bytes.fromhex(seeded("pt1k", 1024))),
+    ]
+    bindings = [
+        {"namespace": "default", "name": "github-token", "version": 1},
+        {"namespace": "payments", "name": "stripe.live", "version": 7},
+        {"namespace": "a", "name": "b", "version": 4294967295},
+        {"namespace": "team-x", "name": "svc-key", "version": 2},
+        {"namespace": "kube-public", "name": "x.y.z", "version": 12},
+    ]
+    cases = []
+    for i, ((desc, plaintext), binding) in enumerate(zip(plaintexts, bindings, strict=True)):
+        case: dict[str, Any] = {
+            "description": desc,
+            "binding": binding,
+            "kek": {
+                "keyId": "default" if i % 2 == 0 else "prod.keyring",
+                "version": 1 + i,
+                "key": seeded(f"kek{i}", 32),
+            },
+            "plaintext": plaintext.hex(),
+            "dek": seeded(f"dek{i}", 32),
+            "nonce": seeded(f"nonce{i}", 12),
+            "wrapNonce": seeded(f"wrapnonce{i}", 12),
+        }
+        case["envelope"] = base64.b64encode(envelope(case)).decode()
+        cases.append(case)
+    return cases
+
+
+def _flip(data: bytes, index: int, bit: int = 0) -> bytes:
+    out = bytearray(data)
+    out[index] ^= 1 << bit
+    return bytes(out)
+
+
+def invalid_cases(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    base = valid[0]
+    raw = base64.b64decode(base["envelope"])
+    other_keyring = base64.b64decode(valid[1]["envelope"])
+    same_key_id = base64.b64decode(valid[2]["envelope"])
+    key_id = base["kek"]["keyId"].encode()
+    header = 2 + len(b"local")
+    key_id_at = header + 2
+    version_at = key_id_at + len(key_id) + 2
+    wrapped_len_at = version_at + 1
+    wrapped_at = wrapped_len_at + 2
+    nonce_at = wrapped_at + 61
+
+    def case(
+        desc: str, data: bytes, reason: str, binding: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "description": desc,
+            "binding": binding or base["binding"],
+            "kek": base["kek"],
+            "envelope": base64.b64encode(data).decode(),
+            "reason": reason,
+        }
+
+    # An envelope whose wrapped DEK was lifted from another envelope of the same keyring.
+    third = valid[4] if valid[4]["kek"]["keyId"] == base["kek"]["keyId"] else valid[2]
+    lifted = base64.b64decode(third["envelope"])
+    third_wrapped_at = header + 2 + len(key_id) + 2 + len(str(third["kek"]["version"])) + 2
+    spliced = raw[:wrapped_at] + lifted[third_wrapped_at : third_wrapped_at + 61] + raw[nonce_at:]
+    b = base["binding"]
+    return [
+        case("empty input", b"", "malformed"),
+        case("unknown format version 2", bytes((2,)) + raw[1:], "unsupported-format"),
+        case("format byte zero", bytes((0,)) + raw[1:], "unsupported-format"),
+        case("truncated inside the header", raw[:4], "malformed"),
+        case("truncated before the nonce", raw[:nonce_at], "malformed"),
+        case("truncated inside the tag", raw[:-1], "authentication-failed"),
+        case("ciphertext shorter than a tag", raw[: nonce_at + 12 + 15], "malformed"),
+        case("one byte appended", raw + b"\x00", "authentication-failed"),
+        case("last tag bit flipped", _flip(raw, len(raw) - 1, 7), "authentication-failed"),
+        case("first ciphertext bit flipped", _flip(raw, nonce_at + 12), "authentication-failed"),
+        case("nonce bit flipped", _flip(raw, nonce_at + 5, 3), "authentication-failed"),
+        case("wrapped DEK bit flipped", _flip(raw, wrapped_at + 30, 1), "unwrap-refused"),
+        case(
+            "KEK version changed", raw[:version_at] + b"2" + raw[version_at + 1 :], "unwrap-refused"
+        ),
+        case("key id changed", _flip(raw, key_id_at, 0), "wrong-key"),
+        case("provider name changed", _flip(raw, 2, 0), "wrong-key"),
+        case("wrapped-key length inflated", _flip(raw, wrapped_len_at, 4), "malformed"),
+        case("wrapped DEK lifted from another envelope", spliced, "unwrap-refused"),
+        case("another ApiKey's envelope from another keyring", other_keyring, "wrong-key"),
+        case("another ApiKey's envelope under the same key id", same_key_id, "unwrap-refused"),
+        case("replayed onto another namespace", raw, "unwrap-refused", {**b, "namespace": "other"}),
+        case("replayed onto another name", raw, "unwrap-refused", {**b, "name": "github-token2"}),
+        case("replayed onto another version", raw, "unwrap-refused", {**b, "version": 2}),
+    ]
+
+
+def hierarchy_cases() -> list[dict[str, Any]]:
+    def hkdf_expand(prk: bytes, info: bytes) -> bytes:
+        return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+    cases = []
+    for desc, password, iterations in (
+        ("ASCII password at the floor", "correct horse battery staple", 100_000),
+        ("NFC-normalised text password", "pässwörd-ключ", 120_000),
+    ):
+        salt = bytes.fromhex(seeded(desc, 32))
+        master = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations, 32)
+        auth = hkdf_expand(master, b"securekeys.io/v1/authentication")
+        cases.append(
+            {
+                "description": desc,
+                "password": password,
+                "kdf": {
+                    "algorithm": "pbkdf2-hmac-sha256",
+                    "iterations": iterations,
+                    "salt": base64.b64encode(salt).decode(),
+                },
+                "kek": hkdf_expand(master, b"securekeys.io/v1/key-encryption").hex(),
+                "integrityKey": hkdf_expand(master, b"securekeys.io/v1/integrity").hex(),
+                "authenticationKey": auth.hex(),
+                "verifier": hmac.new(
+                    auth, b"securekeys.io/v1/password-verifier", hashlib.sha256
+                ).hexdigest(),
+            }
+        )
+    return cases
+
+
+def fingerprint_cases() -> list[dict[str, Any]]:
+    cases = []
+    for i, plaintext in enumerate((b"ghp_example", b"x", bytes(range(256)))):
+        key = bytes.fromhex(seeded(f"integrity{i}", 32))
+        mac = hmac.new(key, b"securekeys.io/v1/fingerprint\x00" + plaintext, hashlib.sha256)
+        cases.append(
+            {
+                "integrityKey": key.hex(),
+                "plaintext": plaintext.hex(),
+                "fingerprint": "hs256:" + mac.digest()[:16].hex(),
+            }
+        )
+    return cases
+
+
+def build() -> dict[str, str]:
+    valid = seal_cases()
+    files = {
+        "envelope/seal.json": valid,
+        "envelope/invalid.json": invalid_cases(valid),
+        "hierarchy/derive.json": hierarchy_cases(),
+        "fingerprint/fingerprint.json": fingerprint_cases(),
+    }
+    return {
+        path: json.dumps(data, indent=2, ensure_ascii=False) + "\n" for path, data in files.items()
+    }
+
+
+def main() -> None:
+    for path, text in build().items():
+        target = HERE / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

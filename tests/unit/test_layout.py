@@ -1,0 +1,61 @@
+"""Structural rules of the codebase that linters don't check.
+
+- One module owns each dangerous primitive: AES-GCM is imported only by
+  ``secure_keys.core.aead``; PBKDF2 and HKDF only by ``secure_keys.core.hierarchy``.
+- Every module opens with a docstring saying what it owns.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+SOURCES = sorted(
+    p
+    for tree in ("operator", "sidecar")
+    for p in (ROOT / tree).rglob("*.py")
+    if ".venv" not in p.parts
+)
+
+OWNERS = {
+    "AESGCM": "operator/secure_keys/core/aead.py",
+    "PBKDF2HMAC": "operator/secure_keys/core/hierarchy.py",
+    "HKDFExpand": "operator/secure_keys/core/hierarchy.py",
+    "HKDF": "operator/secure_keys/core/hierarchy.py",
+}
+
+
+def _imported_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.update(alias.name for alias in node.names)
+            names.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_sources_were_found() -> None:
+    assert len(SOURCES) >= 10
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dangerous_primitives_have_one_owner(path: Path) -> None:
+    imported = _imported_names(ast.parse(path.read_text()))
+    relative = str(path.relative_to(ROOT))
+    for name, owner in OWNERS.items():
+        if name in imported:
+            assert relative == owner, f"{relative} imports {name}; only {owner} may"
+    if "cryptography.hazmat.primitives.ciphers.aead" in imported:
+        assert relative == OWNERS["AESGCM"]
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_module_says_what_it_owns(path: Path) -> None:
+    docstring = ast.get_docstring(ast.parse(path.read_text()))
+    assert docstring, f"{path.relative_to(ROOT)} has no module docstring"
+    assert len(docstring.split()) >= 5
