@@ -9,6 +9,8 @@ the local provider's wrapped keys).
 
 from __future__ import annotations
 
+import weakref
+
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -31,28 +33,45 @@ class AuthenticationFailed(Exception):
         super().__init__("AES-GCM authentication failed")
 
 
+def _cipher_copies_its_key() -> bool:
+    """Does ``AESGCM`` copy its key at construction, or keep reading the caller's buffer?
+
+    cryptography builds against OpenSSL 3.2+ (the PyPI wheels) copy the key into a cipher
+    context; builds against older OpenSSL keep a reference to the key object and read it
+    on every call, so zeroing the caller's buffer would silently change the key. Checked
+    once at import by changing the buffer after construction.
+    """
+    key = bytearray(KEY_SIZE)
+    key[0] = 1
+    cipher = AESGCM(key)
+    key[0] = 0
+    nonce = bytes(NONCE_SIZE)
+    return cipher.encrypt(nonce, b"", None) != AESGCM(bytes(KEY_SIZE)).encrypt(nonce, b"", None)
+
+
+CIPHER_COPIES_KEY = _cipher_copies_its_key()
+
+
 class AeadKey:
     """An AES-256-GCM key, ready to use.
 
-    The object keeps a private copy of the key, so the caller may (and should) zero its
-    own buffer straight afterwards. The copy is what the cipher is built from: with some
-    OpenSSL versions ``AESGCM`` references its key buffer instead of copying it, and a
-    private copy stays correct either way. It is zeroed when the object is collected, and
-    never exposed.
+    The caller may (and should) zero its own key buffer straight after construction. When
+    the cipher copies the key (``CIPHER_COPIES_KEY``), nothing else is kept; otherwise this
+    object keeps a private copy for the cipher to read, zeroed when the object is
+    collected. The key is never exposed.
     """
 
-    __slots__ = ("_cipher", "_key")
+    __slots__ = ("__weakref__", "_cipher")
 
     def __init__(self, key: bytes | bytearray) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError(f"AES-256-GCM needs a {KEY_SIZE}-byte key, got {len(key)} bytes")
-        self._key = bytearray(key)
-        self._cipher = AESGCM(self._key)
-
-    def __del__(self) -> None:
-        key = getattr(self, "_key", None)
-        if key is not None:
-            zero(key)
+        if CIPHER_COPIES_KEY:
+            self._cipher = AESGCM(key)
+        else:  # pragma: no cover - only on cryptography built against OpenSSL < 3.2
+            own = bytearray(key)
+            self._cipher = AESGCM(own)
+            weakref.finalize(self, zero, own)
 
     def __repr__(self) -> str:
         return "AeadKey(<redacted>)"

@@ -30,6 +30,7 @@ _DNS1123_SUBDOMAIN = re.compile(
 )
 
 _WRAP_CONTEXT_DOMAIN = b"securekeys.io/wrap-context\x00"
+_MEMO_LIMIT = 16
 
 CONTEXT_NAMESPACE = "securekeys.io/namespace"
 CONTEXT_NAME = "securekeys.io/name"
@@ -80,6 +81,9 @@ class KeyBinding:
     _contexts: dict[int, WrapContext] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
+    _aads: dict[tuple[bytes, str, str], bytes] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         if len(self.namespace) > 63 or not _DNS1123_LABEL.match(self.namespace):
@@ -102,6 +106,21 @@ class KeyBinding:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}@v{self.version}"
+
+    def associated_data(self, prefix: bytes, provider: str, key_id: str) -> bytes:
+        """``prefix || encoded binding || lp(provider) || lp(key_id)``, built once per key.
+
+        The envelope's AES-GCM associated data; ``prefix`` carries its domain label and
+        format version (see ``docs/envelope-format.md``).
+        """
+        memo_key = (prefix, provider, key_id)
+        aad = self._aads.get(memo_key)
+        if aad is None:
+            if len(self._aads) >= _MEMO_LIMIT:
+                self._aads.clear()
+            aad = prefix + self.encoded + length_prefixed(provider) + length_prefixed(key_id)
+            self._aads[memo_key] = aad
+        return aad
 
     def wrap_context(self, format_version: int) -> WrapContext:
         """The context a KMS wraps this version's data key under (built once per format)."""

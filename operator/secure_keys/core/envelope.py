@@ -18,10 +18,9 @@ use (``docs/memory.md`` says how far that goes in Python).
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, AuthenticationFailed
 from secure_keys.core.binding import KeyBinding, length_prefixed
@@ -51,7 +50,6 @@ MAX_KEY_ID_SIZE = 2048
 MAX_KEY_VERSION_SIZE = 1024
 
 _AAD_DOMAIN = b"securekeys.io/envelope\x00"
-_U16 = struct.Struct(">H")
 
 
 class EnvelopeFormatError(ValueError):
@@ -62,9 +60,12 @@ class EnvelopeFormatError(ValueError):
         super().__init__(f"not a valid secure-keys envelope: {detail}")
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """One sealed ApiKey version: the wrapped DEK, the nonce and the AES-GCM ciphertext."""
+class Envelope(NamedTuple):
+    """One sealed ApiKey version: the wrapped DEK, the nonce and the AES-GCM ciphertext.
+
+    Immutable. (A named tuple rather than a frozen dataclass: seal+open build two of these
+    and two ``WrappedKey`` objects per call, and a dataclass costs three times as much.)
+    """
 
     format: int
     wrapped: WrappedKey
@@ -80,22 +81,18 @@ class Envelope:
     def to_bytes(self) -> bytes:
         """Frame the envelope. Raises ``ValueError`` for fields the format cannot carry."""
         w = self.wrapped
-        provider = w.provider.encode("ascii")
+        wrapped_size = len(w.ciphertext)
         if (
-            len(w.key_id.encode()) > MAX_KEY_ID_SIZE
-            or len(w.key_version.encode()) > MAX_KEY_VERSION_SIZE
-            or len(w.ciphertext) > MAX_WRAPPED_SIZE
+            wrapped_size > MAX_WRAPPED_SIZE
             or len(self.nonce) != NONCE_SIZE
             or not TAG_SIZE < len(self.ciphertext) <= MAX_PLAINTEXT_SIZE + TAG_SIZE
         ):
             raise ValueError(f"{w!r} does not fit envelope format {self.format}")
         return b"".join(
             (
-                bytes((self.format, len(provider))),
-                provider,
-                length_prefixed(w.key_id),
-                length_prefixed(w.key_version),
-                length_prefixed(w.ciphertext),
+                _header(self.format, w.provider, w.key_id, w.key_version),
+                wrapped_size.to_bytes(2, "big"),
+                w.ciphertext,
                 self.nonce,
                 self.ciphertext,
             )
@@ -105,47 +102,89 @@ class Envelope:
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Envelope:
         """Parse an envelope. Raises ``EnvelopeFormatError``; does not decrypt anything."""
         raw = bytes(data)
-        if not raw:
+        size = len(raw)
+        if not size:
             raise EnvelopeFormatError("malformed", "empty")
         if raw[0] not in SUPPORTED_FORMATS:
             raise EnvelopeFormatError("unsupported-format", f"format version {raw[0]}")
         try:
-            size = raw[1]
-            provider = raw[2 : 2 + size].decode("ascii")
-            offset = 2 + size
-            fields: list[bytes] = []
-            for limit in (MAX_KEY_ID_SIZE, MAX_KEY_VERSION_SIZE, MAX_WRAPPED_SIZE):
-                (length,) = _U16.unpack_from(raw, offset)
-                offset += 2
-                if length > limit or offset + length > len(raw):
-                    raise EnvelopeFormatError("malformed", "field length out of range")
-                fields.append(raw[offset : offset + length])
-                offset += length
-            key_id, key_version = fields[0].decode(), fields[1].decode()
-            nonce = raw[offset : offset + NONCE_SIZE]
-            ciphertext = raw[offset + NONCE_SIZE :]
-            if len(nonce) != NONCE_SIZE or len(ciphertext) <= TAG_SIZE:
-                raise EnvelopeFormatError("malformed", "truncated")
-            if len(ciphertext) > MAX_PLAINTEXT_SIZE + TAG_SIZE:
-                raise EnvelopeFormatError("malformed", "ciphertext too long")
-            wrapped = WrappedKey(provider, key_id, key_version, fields[2])
-        except EnvelopeFormatError:
-            raise
-        except (IndexError, struct.error, UnicodeDecodeError, ValueError):
-            raise EnvelopeFormatError("malformed", "truncated or malformed header") from None
-        return cls(raw[0], wrapped, nonce, ciphertext)
+            # Header: format, provider (u8 length), key id and key version (u16 lengths).
+            at = 2 + raw[1]
+            at += 2 + ((raw[at] << 8) | raw[at + 1])
+            at += 2 + ((raw[at] << 8) | raw[at + 1])
+            if at > size:
+                raise IndexError
+            header = raw[:at]
+            wrapped_at = at + 2
+            wrapped_end = wrapped_at + ((raw[at] << 8) | raw[at + 1])
+        except IndexError:
+            raise EnvelopeFormatError("malformed", "truncated header") from None
+        nonce_end = wrapped_end + NONCE_SIZE
+        if not TAG_SIZE < size - nonce_end <= MAX_PLAINTEXT_SIZE + TAG_SIZE:
+            raise EnvelopeFormatError("malformed", "truncated or oversized")
+        if wrapped_end - wrapped_at > MAX_WRAPPED_SIZE:
+            raise EnvelopeFormatError("malformed", "wrapped key too long")
+        identity = _parse_header(header)
+        wrapped = WrappedKey(*identity, raw[wrapped_at:wrapped_end])
+        return cls(raw[0], wrapped, raw[wrapped_end:nonce_end], raw[nonce_end:])
+
+
+# Headers repeat: one provider and key id, a handful of key versions. Both directions are
+# memoised (bounded), so framing and parsing skip re-encoding and re-validating them.
+_HEADER_MEMO_LIMIT = 64
+_headers: dict[tuple[int, str, str, str], bytes] = {}
+_parsed_headers: dict[bytes, tuple[str, str, str]] = {}
+
+
+def _header(format_version: int, provider: str, key_id: str, key_version: str) -> bytes:
+    memo_key = (format_version, provider, key_id, key_version)
+    header = _headers.get(memo_key)
+    if header is None:
+        encoded_id, encoded_version = key_id.encode(), key_version.encode()
+        if len(encoded_id) > MAX_KEY_ID_SIZE or len(encoded_version) > MAX_KEY_VERSION_SIZE:
+            raise ValueError("KMS key id or key version too long for the envelope format")
+        name = provider.encode("ascii")
+        header = (
+            bytes((format_version, len(name)))
+            + name
+            + length_prefixed(encoded_id)
+            + length_prefixed(encoded_version)
+        )
+        if len(_headers) >= _HEADER_MEMO_LIMIT:
+            _headers.clear()
+        _headers[memo_key] = header
+    return header
+
+
+def _parse_header(header: bytes) -> tuple[str, str, str]:
+    identity = _parsed_headers.get(header)
+    if identity is not None:
+        return identity
+    try:
+        at = 2 + header[1]
+        provider = header[2:at].decode("ascii")
+        id_size = (header[at] << 8) | header[at + 1]
+        key_id = header[at + 2 : at + 2 + id_size].decode()
+        at += 2 + id_size
+        key_version = header[at + 2 :].decode()
+        if id_size > MAX_KEY_ID_SIZE or len(header) - at - 2 > MAX_KEY_VERSION_SIZE:
+            raise ValueError("field too long")
+        # Validates the provider name and key id exactly as a KMS-made WrappedKey would be.
+        WrappedKey(provider, key_id, key_version, b"\x00")
+    except (IndexError, UnicodeDecodeError, ValueError):
+        raise EnvelopeFormatError("malformed", "malformed header") from None
+    identity = (provider, key_id, key_version)
+    if len(_parsed_headers) >= _HEADER_MEMO_LIMIT:
+        _parsed_headers.clear()
+    _parsed_headers[header] = identity
+    return identity
+
+
+_AAD_PREFIXES = {version: _AAD_DOMAIN + bytes((version,)) for version in SUPPORTED_FORMATS}
 
 
 def _aad(format_version: int, binding: KeyBinding, provider: str, key_id: str) -> bytes:
-    return b"".join(
-        (
-            _AAD_DOMAIN,
-            bytes((format_version,)),
-            binding.encoded,
-            length_prefixed(provider),
-            length_prefixed(key_id),
-        )
-    )
+    return binding.associated_data(_AAD_PREFIXES[format_version], provider, key_id)
 
 
 def seal(plaintext: bytes | bytearray, binding: KeyBinding, kms: KmsProvider) -> Envelope:
@@ -172,13 +211,12 @@ def _seal_with(
     # code goes through ``seal``, which draws both from the CSPRNG.
     if not 1 <= len(plaintext) <= MAX_PLAINTEXT_SIZE:
         raise ValueError(f"plaintext must be 1 to {MAX_PLAINTEXT_SIZE} bytes")
-    if len(dek) != KEY_SIZE or len(nonce) != NONCE_SIZE:
-        raise ValueError("DEK must be 32 bytes and nonce 12 bytes")
+    cipher = AeadKey(dek)  # checks the DEK size; ``encrypt`` checks the nonce size
     wrapped = kms.wrap(dek, binding.wrap_context(FORMAT_V1))
     if len(wrapped.ciphertext) > MAX_WRAPPED_SIZE:
         raise ValueError(f"KMS returned a wrapped key over {MAX_WRAPPED_SIZE} bytes")
     aad = _aad(FORMAT_V1, binding, wrapped.provider, wrapped.key_id)
-    ciphertext = AeadKey(dek).encrypt(nonce, plaintext, aad)
+    ciphertext = cipher.encrypt(nonce, plaintext, aad)
     return Envelope(FORMAT_V1, wrapped, bytes(nonce), ciphertext)
 
 
@@ -215,9 +253,9 @@ def open(  # noqa: A001 - the envelope API is seal/open, as the format's docs na
             raise
         raise _fail(binding, "unwrap-refused") from None
     try:
-        if len(dek) != KEY_SIZE:
-            raise _fail(binding, "unwrap-refused")
         cipher = AeadKey(dek)
+    except ValueError:  # the KMS returned something that is not a 32-byte key
+        raise _fail(binding, "unwrap-refused") from None
     finally:
         zero(dek)
     aad = _aad(envelope.format, binding, wrapped.provider, wrapped.key_id)

@@ -115,9 +115,9 @@ class KdfParams:
 def _hkdf(master: bytearray, info: bytes) -> bytearray:
     # The master key is already uniformly random (PBKDF2 output), so HKDF's extract step
     # adds nothing; expand with one label per purpose (RFC 5869, section 3.3).
-    return bytearray(
-        HKDFExpand(algorithm=hashes.SHA256(), length=KEY_SIZE, info=info).derive(master)
-    )
+    out = bytearray(KEY_SIZE)
+    HKDFExpand(algorithm=hashes.SHA256(), length=KEY_SIZE, info=info).derive_into(master, out)
+    return out
 
 
 @dataclass(slots=True, repr=False)
@@ -132,15 +132,15 @@ class KeyHierarchy:
     @classmethod
     def derive(cls, password: str | bytes | bytearray, params: KdfParams) -> KeyHierarchy:
         secret = normalize_password(password)
+        master = bytearray(KEY_SIZE)
         try:
-            master = bytearray(
-                PBKDF2HMAC(
-                    algorithm=hashes.SHA256(),
-                    length=KEY_SIZE,
-                    salt=params.salt,
-                    iterations=params.iterations,
-                ).derive(secret)
-            )
+            # derive_into writes straight into our buffer: no immutable copy of the key.
+            PBKDF2HMAC(
+                algorithm=hashes.SHA256(),
+                length=KEY_SIZE,
+                salt=params.salt,
+                iterations=params.iterations,
+            ).derive_into(secret, master)
         finally:
             zero(secret)
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.memory import zero
@@ -24,22 +24,33 @@ PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 """Provider names: short lowercase identifiers such as ``local``, ``aws``, ``gcp``."""
 
 
-@dataclass(frozen=True, slots=True)
-class WrappedKey:
-    """A data key as the KMS returned it: opaque ciphertext plus where it came from."""
-
+class _WrappedKeyFields(NamedTuple):
     provider: str
     key_id: str
     key_version: str
     ciphertext: bytes
 
-    def __post_init__(self) -> None:
-        if not PROVIDER_NAME.match(self.provider):
-            raise ValueError(f"invalid KMS provider name {self.provider!r}")
-        if not self.key_id:
+
+_KNOWN_PROVIDERS = frozenset({"local", "aws", "gcp", "pkcs11"})
+
+
+class WrappedKey(_WrappedKeyFields):
+    """A data key as the KMS returned it: opaque ciphertext plus where it came from.
+
+    Immutable and validated on construction. (A named tuple: one is built per seal and per
+    parse, and a frozen dataclass costs three times as much.)
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, provider: str, key_id: str, key_version: str, ciphertext: bytes) -> Self:
+        if provider not in _KNOWN_PROVIDERS and not PROVIDER_NAME.match(provider):
+            raise ValueError(f"invalid KMS provider name {provider!r}")
+        if not key_id:
             raise ValueError("KMS key id must not be empty")
-        if not self.ciphertext:
+        if not ciphertext:
             raise ValueError("wrapped key ciphertext must not be empty")
+        return tuple.__new__(cls, (provider, key_id, key_version, ciphertext))
 
     def __repr__(self) -> str:
         # The ciphertext is not secret, but it is long and tells a reader nothing.

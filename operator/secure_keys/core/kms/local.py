@@ -33,7 +33,7 @@ from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, KdfParams, KeyHierarchy
 from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, zero
+from secure_keys.core.memory import random_secret, read_secret_file, zero
 
 __all__ = ["PROVIDER", "KekVersion", "LocalKeyring", "LocalKms"]
 
@@ -44,6 +44,8 @@ WRAP_FORMAT = 0x01
 WRAPPED_SIZE = 1 + NONCE_SIZE + KEY_SIZE + TAG_SIZE
 _AAD_DOMAIN = b"securekeys.io/local-wrap\x00"
 _KEY_ID = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
+_WRAP_HEADER = bytes((WRAP_FORMAT,))
+_AAD_MEMO_LIMIT = 256
 _VERSION_TEXT = re.compile(r"[1-9][0-9]{0,9}\Z")
 
 _log = structlog.get_logger(__name__)
@@ -181,7 +183,7 @@ def _wrap_aad(key_id: str, version: int, context: WrapContext) -> bytes:
 class LocalKms:
     """An unlocked local keyring: wraps with the newest KEK, unwraps with any unlocked one."""
 
-    __slots__ = ("_keks", "_key_id", "_locked", "_newest")
+    __slots__ = ("_aads", "_by_text", "_keks", "_key_id", "_locked", "_newest", "_newest_text")
 
     def __init__(
         self, key_id: str, keks: Mapping[int, AeadKey], locked: Sequence[int] = ()
@@ -192,6 +194,11 @@ class LocalKms:
         self._keks = dict(keks)
         self._locked = frozenset(locked)
         self._newest = max(self._keks)
+        self._newest_text = str(self._newest)
+        # Wrapped keys name their KEK version as canonical decimal text; an exact lookup
+        # both finds the KEK and rejects every other spelling ("01", " 1", "1.0").
+        self._by_text = {str(v): (v, kek) for v, kek in self._keks.items()}
+        self._aads: dict[tuple[int, bytes], bytes] = {}
         if any(v > self._newest for v in self._locked):
             raise KmsDenied(PROVIDER, key_id, "the newest KEK version is locked")
 
@@ -249,7 +256,16 @@ class LocalKms:
         return self._key_id
 
     def key_version(self) -> str:
-        return str(self._newest)
+        return self._newest_text
+
+    def _aad(self, version: int, context: WrapContext) -> bytes:
+        memo_key = (version, context.canonical)
+        aad = self._aads.get(memo_key)
+        if aad is None:
+            if len(self._aads) >= _AAD_MEMO_LIMIT:
+                self._aads.clear()
+            aad = self._aads[memo_key] = _wrap_aad(self._key_id, version, context)
+        return aad
 
     def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
         return self._wrap_with_nonce(dek, context, os.urandom(NONCE_SIZE))
@@ -261,31 +277,28 @@ class LocalKms:
         if len(dek) != KEY_SIZE:
             raise ValueError(f"data keys are {KEY_SIZE} bytes")
         version = self._newest
-        sealed = self._keks[version].encrypt(nonce, dek, _wrap_aad(self._key_id, version, context))
-        return WrappedKey(
-            PROVIDER, self._key_id, str(version), bytes((WRAP_FORMAT,)) + nonce + sealed
-        )
+        sealed = self._keks[version].encrypt(nonce, dek, self._aad(version, context))
+        return WrappedKey(PROVIDER, self._key_id, self._newest_text, _WRAP_HEADER + nonce + sealed)
 
     def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
         if wrapped.provider != PROVIDER or wrapped.key_id != self._key_id:
             raise KmsCorrupt(
                 PROVIDER, self._key_id, f"wrapped by {wrapped.provider} key {wrapped.key_id!r}"
             )
-        if not _VERSION_TEXT.match(wrapped.key_version):
-            raise KmsCorrupt(PROVIDER, self._key_id, "malformed KEK version")
-        version = int(wrapped.key_version)
-        kek = self._keks.get(version)
-        if kek is None:
+        found = self._by_text.get(wrapped.key_version)
+        if found is None:
+            if not _VERSION_TEXT.match(wrapped.key_version):
+                raise KmsCorrupt(PROVIDER, self._key_id, "malformed KEK version")
+            version = int(wrapped.key_version)
             state = "locked" if version in self._locked else "unknown to this keyring"
             raise KmsDenied(PROVIDER, self._key_id, f"KEK version {version} is {state}")
+        version, kek = found
         blob = wrapped.ciphertext
         if len(blob) != WRAPPED_SIZE or blob[0] != WRAP_FORMAT:
             raise KmsCorrupt(PROVIDER, self._key_id, "malformed wrapped key")
         nonce = blob[1 : 1 + NONCE_SIZE]
         try:
-            return kek.decrypt(
-                nonce, blob[1 + NONCE_SIZE :], _wrap_aad(self._key_id, version, context)
-            )
+            return kek.decrypt(nonce, blob[1 + NONCE_SIZE :], self._aad(version, context))
         except AuthenticationFailed:
             raise KmsCorrupt(
                 PROVIDER, self._key_id, "wrapped key did not authenticate for this context"
@@ -321,7 +334,7 @@ def from_config(key_id: str, options: Mapping[str, str]) -> LocalKms:
     keyring = LocalKeyring.from_json(keyring_path.read_text())
     if keyring.key_id != key_id:
         raise ValueError(f"keyring {keyring_path} holds key {keyring.key_id!r}, not {key_id!r}")
-    raw = bytearray(password_path.read_bytes())
+    raw = read_secret_file(password_path)
     try:
         passwords = [line for line in raw.splitlines() if line]  # bytearrays, zeroed below
     finally:
