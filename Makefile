@@ -42,7 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
 
 demo: $(STAMP)
-	$(BIN)/python -m secure_keys.core.demo
+	$(BIN)/python -m secure_keys.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
