@@ -53,7 +53,10 @@ def run(workdir: Path, iterations: int) -> int:
     kms = default_registry().create(KmsConfig("local", "demo", options))
     hierarchy = KeyHierarchy.derive(password, keyring.newest.kdf)
     health = kms.health()
-    _say("local KMS unlocked", f"key {kms.key_id} version {kms.key_version()}, healthy={health.healthy}")
+    _say(
+        "local KMS unlocked",
+        f"key {kms.key_id} version {kms.key_version()}, healthy={health.healthy}",
+    )
 
     binding = KeyBinding("default", "github-token", 1)
     api_key = bytearray(b"ghp_") + bytearray(base64.b32encode(random_secret(20)).lower())
