@@ -24,11 +24,6 @@ CANARY = "sk-canary-9f3b2e71c0a4d8e6-do-not-leak"
 
 
 @pytest.fixture
-def data_dir() -> Path:
-    return DATA
-
-
-@pytest.fixture
 def binding() -> KeyBinding:
     return KeyBinding("payments", "stripe-live", 3)
 

@@ -174,7 +174,37 @@ def invalid_cases(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
     third_wrapped_at = header + 2 + len(key_id) + 2 + len(str(third["kek"]["version"])) + 2
     spliced = raw[:wrapped_at] + lifted[third_wrapped_at : third_wrapped_at + 61] + raw[nonce_at:]
     b = base["binding"]
+    nonce_and_ct = raw[nonce_at:]
+
+    def framed(key_id: bytes, key_version: bytes, wrapped: bytes, tail: bytes) -> bytes:
+        # Internally consistent lengths, so only the size limits can reject these.
+        return b"".join((b"\x01\x05local", lp(key_id), lp(key_version), lp(wrapped), tail))
+
+    wrapped_dek = raw[wrapped_at:nonce_at]
     return [
+        case("zero-length wrapped DEK", framed(key_id, b"1", b"", nonce_and_ct), "malformed"),
+        case(
+            "key id over 2048 bytes",
+            framed(b"k" * 2049, b"1", wrapped_dek, nonce_and_ct),
+            "malformed",
+        ),
+        case(
+            "key version over 1024 bytes",
+            framed(key_id, b"1" * 1025, wrapped_dek, nonce_and_ct),
+            "malformed",
+        ),
+        case(
+            "wrapped DEK over 8192 bytes",
+            framed(key_id, b"1", bytes(8193), nonce_and_ct),
+            "malformed",
+        ),
+        case(
+            "ciphertext over 64 KiB plus tag",
+            framed(key_id, b"1", wrapped_dek, nonce_and_ct[:12] + bytes(65536 + 17)),
+            "malformed",
+        ),
+        case("empty provider name", b"\x01\x00" + raw[header:], "malformed"),
+        case("provider name not ASCII", b"\x01\x05loc\xe1l" + raw[header:], "malformed"),
         case("empty input", b"", "malformed"),
         case("unknown format version 2", bytes((2,)) + raw[1:], "unsupported-format"),
         case("format byte zero", bytes((0,)) + raw[1:], "unsupported-format"),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["MAX_VERSION", "KeyBinding", "WrapContext", "length_prefixed"]
@@ -60,10 +59,6 @@ class WrapContext:
         object.__setattr__(self, "pairs", ordered)
         encoded = b"".join(length_prefixed(k) + length_prefixed(v) for k, v in ordered)
         object.__setattr__(self, "canonical", _WRAP_CONTEXT_DOMAIN + encoded)
-
-    @classmethod
-    def of(cls, mapping: Mapping[str, str]) -> WrapContext:
-        return cls(tuple(mapping.items()))
 
     def as_dict(self) -> dict[str, str]:
         """The pairs as a mapping, e.g. for AWS KMS's ``EncryptionContext``."""

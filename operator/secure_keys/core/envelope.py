@@ -83,7 +83,8 @@ class Envelope(NamedTuple):
         w = self.wrapped
         wrapped_size = len(w.ciphertext)
         if (
-            wrapped_size > MAX_WRAPPED_SIZE
+            self.format not in SUPPORTED_FORMATS
+            or not 0 < wrapped_size <= MAX_WRAPPED_SIZE
             or len(self.nonce) != NONCE_SIZE
             or not TAG_SIZE < len(self.ciphertext) <= MAX_PLAINTEXT_SIZE + TAG_SIZE
         ):
@@ -108,29 +109,48 @@ class Envelope(NamedTuple):
         if raw[0] not in SUPPORTED_FORMATS:
             raise EnvelopeFormatError("unsupported-format", f"format version {raw[0]}")
         try:
-            # Header: format, provider (u8 length), key id and key version (u16 lengths).
-            at = 2 + raw[1]
-            at += 2 + ((raw[at] << 8) | raw[at + 1])
-            at += 2 + ((raw[at] << 8) | raw[at + 1])
-            if at > size:
-                raise IndexError
-            header = raw[:at]
-            wrapped_at = at + 2
-            wrapped_end = wrapped_at + ((raw[at] << 8) | raw[at + 1])
+            # format, u8-prefixed provider, u16-prefixed key id, key version, wrapped DEK
+            id_at = 2 + raw[1]
+            id_size = (raw[id_at] << 8) | raw[id_at + 1]
+            version_at = id_at + 2 + id_size
+            version_size = (raw[version_at] << 8) | raw[version_at + 1]
+            wrapped_size_at = version_at + 2 + version_size
+            wrapped_size = (raw[wrapped_size_at] << 8) | raw[wrapped_size_at + 1]
         except IndexError:
             raise EnvelopeFormatError("malformed", "truncated header") from None
-        nonce_end = wrapped_end + NONCE_SIZE
-        if not TAG_SIZE < size - nonce_end <= MAX_PLAINTEXT_SIZE + TAG_SIZE:
+        wrapped_at = wrapped_size_at + 2
+        nonce_at = wrapped_at + wrapped_size
+        ciphertext_at = nonce_at + NONCE_SIZE
+        if (
+            id_size > MAX_KEY_ID_SIZE
+            or version_size > MAX_KEY_VERSION_SIZE
+            or not 0 < wrapped_size <= MAX_WRAPPED_SIZE
+        ):
+            raise EnvelopeFormatError("malformed", "header field length out of range")
+        if not TAG_SIZE < size - ciphertext_at <= MAX_PLAINTEXT_SIZE + TAG_SIZE:
             raise EnvelopeFormatError("malformed", "truncated or oversized")
-        if wrapped_end - wrapped_at > MAX_WRAPPED_SIZE:
-            raise EnvelopeFormatError("malformed", "wrapped key too long")
-        identity = _parse_header(header)
-        wrapped = WrappedKey(*identity, raw[wrapped_at:wrapped_end])
-        return cls(raw[0], wrapped, raw[wrapped_end:nonce_end], raw[nonce_end:])
+        header = raw[:wrapped_size_at]
+        identity = _parsed_headers.get(header)
+        try:
+            if identity is None:
+                identity = (
+                    raw[2:id_at].decode("ascii"),
+                    raw[id_at + 2 : version_at].decode(),
+                    raw[version_at + 2 : wrapped_size_at].decode(),
+                )
+                WrappedKey(*identity, b"\x00")  # validates provider name and key id
+                if len(_parsed_headers) >= _HEADER_MEMO_LIMIT:
+                    _parsed_headers.clear()
+                _parsed_headers[header] = identity
+            wrapped = WrappedKey(*identity, raw[wrapped_at:nonce_at])
+        except (UnicodeDecodeError, ValueError):
+            raise EnvelopeFormatError("malformed", "malformed header") from None
+        return cls(raw[0], wrapped, raw[nonce_at:ciphertext_at], raw[ciphertext_at:])
 
 
 # Headers repeat: one provider and key id, a handful of key versions. Both directions are
-# memoised (bounded), so framing and parsing skip re-encoding and re-validating them.
+# memoised (bounded, keyed by their whole input), so framing and parsing skip re-encoding
+# and re-validating them.
 _HEADER_MEMO_LIMIT = 64
 _headers: dict[tuple[int, str, str, str], bytes] = {}
 _parsed_headers: dict[bytes, tuple[str, str, str]] = {}
@@ -154,30 +174,6 @@ def _header(format_version: int, provider: str, key_id: str, key_version: str) -
             _headers.clear()
         _headers[memo_key] = header
     return header
-
-
-def _parse_header(header: bytes) -> tuple[str, str, str]:
-    identity = _parsed_headers.get(header)
-    if identity is not None:
-        return identity
-    try:
-        at = 2 + header[1]
-        provider = header[2:at].decode("ascii")
-        id_size = (header[at] << 8) | header[at + 1]
-        key_id = header[at + 2 : at + 2 + id_size].decode()
-        at += 2 + id_size
-        key_version = header[at + 2 :].decode()
-        if id_size > MAX_KEY_ID_SIZE or len(header) - at - 2 > MAX_KEY_VERSION_SIZE:
-            raise ValueError("field too long")
-        # Validates the provider name and key id exactly as a KMS-made WrappedKey would be.
-        WrappedKey(provider, key_id, key_version, b"\x00")
-    except (IndexError, UnicodeDecodeError, ValueError):
-        raise EnvelopeFormatError("malformed", "malformed header") from None
-    identity = (provider, key_id, key_version)
-    if len(_parsed_headers) >= _HEADER_MEMO_LIMIT:
-        _parsed_headers.clear()
-    _parsed_headers[header] = identity
-    return identity
 
 
 _AAD_PREFIXES = {version: _AAD_DOMAIN + bytes((version,)) for version in SUPPORTED_FORMATS}
@@ -224,6 +220,16 @@ def _fail(binding: KeyBinding, reason: OpenFailure) -> InvalidEnvelope:
     return InvalidEnvelope(binding.namespace, binding.name, binding.version, reason)
 
 
+def _check_key(wrapped: WrappedKey, binding: KeyBinding, kms: KmsProvider) -> None:
+    if wrapped.provider != kms.name or wrapped.key_id != kms.key_id:
+        raise _fail(binding, "wrong-key")
+
+
+def _refusal(exc: KmsError, binding: KeyBinding) -> Exception:
+    # A KMS that cannot be reached says nothing about the envelope: let the caller retry.
+    return exc if exc.retryable else _fail(binding, "unwrap-refused")
+
+
 def open(  # noqa: A001 - the envelope API is seal/open, as the format's docs name them
     sealed: Envelope | bytes | bytearray,
     binding: KeyBinding,
@@ -244,18 +250,17 @@ def open(  # noqa: A001 - the envelope API is seal/open, as the format's docs na
         except EnvelopeFormatError as exc:
             raise _fail(binding, exc.reason) from None
     wrapped = envelope.wrapped
-    if wrapped.provider != kms.name or wrapped.key_id != kms.key_id:
-        raise _fail(binding, "wrong-key")
+    _check_key(wrapped, binding, kms)
     try:
         dek = kms.unwrap(wrapped, binding.wrap_context(envelope.format))
     except KmsError as exc:
-        if exc.retryable:
-            raise
-        raise _fail(binding, "unwrap-refused") from None
+        raise _refusal(exc, binding) from None
+    if type(dek) is not bytearray:
+        raise _fail(binding, "unwrap-refused")  # a provider bug; refuse, don't guess
     try:
+        if len(dek) != KEY_SIZE:
+            raise _fail(binding, "unwrap-refused")
         cipher = AeadKey(dek)
-    except ValueError:  # the KMS returned something that is not a 32-byte key
-        raise _fail(binding, "unwrap-refused") from None
     finally:
         zero(dek)
     aad = _aad(envelope.format, binding, wrapped.provider, wrapped.key_id)
@@ -287,14 +292,11 @@ def rewrap(envelope: Envelope, binding: KeyBinding, kms: KmsProvider) -> Envelop
     not unwrap raises ``InvalidEnvelope``.
     """
     wrapped = envelope.wrapped
-    if wrapped.provider != kms.name or wrapped.key_id != kms.key_id:
-        raise _fail(binding, "wrong-key")
+    _check_key(wrapped, binding, kms)
     try:
         moved = rewrap_key(kms, wrapped, binding.wrap_context(envelope.format))
     except KmsError as exc:
-        if exc.retryable:
-            raise
-        raise _fail(binding, "unwrap-refused") from None
+        raise _refusal(exc, binding) from None
     if moved is wrapped:
         return envelope
     return Envelope(envelope.format, moved, envelope.nonce, envelope.ciphertext)

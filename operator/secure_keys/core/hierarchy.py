@@ -3,7 +3,8 @@
 ::
 
     master password
-        -> PBKDF2-HMAC-SHA256 (32-byte random salt, >= 600,000 iterations)
+        -> PBKDF2-HMAC-SHA256 (32-byte random salt; 600,000 iterations by default,
+                           never fewer than the original design's 100,000)
         -> master key (32 bytes)
         -> HKDF-SHA256 with one label per purpose
              -> key-encryption key   (wraps data keys in the ``local`` KMS provider)
@@ -47,9 +48,10 @@ DEFAULT_ITERATIONS = 600_000
 """OWASP's current figure for PBKDF2-HMAC-SHA256 (Password Storage Cheat Sheet)."""
 MIN_ITERATIONS = 100_000
 """The floor from the original design. Metadata asking for fewer is refused, not obeyed."""
-MAX_ITERATIONS = 100_000_000
+MAX_ITERATIONS = 10_000_000
 SALT_SIZE = 32
 MIN_SALT_SIZE = 16
+MAX_SALT_SIZE = 64
 KEY_SIZE = 32
 
 _INFO_KEK = b"securekeys.io/v1/key-encryption"
@@ -86,8 +88,8 @@ class KdfParams:
             raise ValueError(
                 f"iterations {self.iterations} outside {MIN_ITERATIONS}..{MAX_ITERATIONS}"
             )
-        if len(self.salt) < MIN_SALT_SIZE:
-            raise ValueError(f"salt must be at least {MIN_SALT_SIZE} bytes")
+        if not MIN_SALT_SIZE <= len(self.salt) <= MAX_SALT_SIZE:
+            raise ValueError(f"salt must be {MIN_SALT_SIZE} to {MAX_SALT_SIZE} bytes")
 
     @classmethod
     def generate(cls, iterations: int = DEFAULT_ITERATIONS) -> KdfParams:
@@ -106,8 +108,14 @@ class KdfParams:
         if not isinstance(data, dict):
             raise ValueError("kdf parameters must be an object")
         try:
-            salt = base64.b64decode(data["salt"], validate=True)
-            return cls(iterations=data["iterations"], salt=salt, algorithm=data["algorithm"])
+            salt, algorithm = data["salt"], data["algorithm"]
+            if not isinstance(salt, str) or not isinstance(algorithm, str):
+                raise TypeError("salt and algorithm must be strings")
+            return cls(
+                iterations=data["iterations"],
+                salt=base64.b64decode(salt, validate=True),
+                algorithm=algorithm,
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid kdf parameters: {exc}") from None
 
@@ -120,7 +128,7 @@ def _hkdf(master: bytearray, info: bytes) -> bytearray:
     return out
 
 
-@dataclass(slots=True, repr=False)
+@dataclass(slots=True, repr=False, eq=False)
 class KeyHierarchy:
     """The three keys derived from one master password. Call ``wipe()`` when done."""
 

@@ -26,9 +26,11 @@ _urandom_file: io.FileIO | None = None
 
 
 def _forget_reader() -> None:
-    # A forked child must not share the parent's file object (or its lock state).
-    global _urandom_file
+    # A forked child must not share the parent's file object, nor inherit the lock in
+    # whatever state another parent thread held it.
+    global _urandom_file, _urandom_lock
     _urandom_file = None
+    _urandom_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_reader)

@@ -116,3 +116,18 @@ def test_repr_hides_the_key() -> None:
     raw = bytes(range(32))
     assert raw.hex() not in repr(AeadKey(raw))
     assert repr(AeadKey(raw)) == "AeadKey(<redacted>)"
+
+
+def test_decrypt_goes_straight_into_a_bytearray() -> None:
+    # A stand-in cipher exposing only decrypt_into: a decrypt() that returned immutable
+    # bytes (and copied them) would fail here.
+    real = AeadKey(bytes(32))
+    nonce = bytes(NONCE_SIZE)
+    sealed = real.encrypt(nonce, b"plaintext", b"")
+
+    class OnlyInto:
+        def __init__(self, inner: object) -> None:
+            self.decrypt_into = inner.decrypt_into  # type: ignore[attr-defined]
+
+    real._cipher = OnlyInto(real._cipher)  # type: ignore[assignment]
+    assert real.decrypt(nonce, sealed, b"") == bytearray(b"plaintext")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -282,3 +283,52 @@ def test_to_bytes_refuses_fields_the_format_cannot_carry(
         Envelope(1, huge, sealed.nonce, sealed.ciphertext).to_bytes()
     with pytest.raises(ValueError, match="does not fit"):
         Envelope(1, sealed.wrapped, sealed.nonce[:8], sealed.ciphertext).to_bytes()
+
+
+def test_each_seal_draws_a_fresh_dek_and_each_wrap_a_fresh_nonce(binding: KeyBinding) -> None:
+    deks: list[bytes] = []
+
+    class Recording(LocalKms):
+        def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+            deks.append(bytes(dek))
+            return super().wrap(dek, context)
+
+    kms = Recording("default", LocalKms._from_keks("default", {1: os.urandom(32)})._keks)
+    wraps = [envelope.seal(b"same plaintext", binding, kms).wrapped for _ in range(3)]
+    assert len(set(deks)) == 3
+    assert all(len(dek) == 32 and dek != bytes(32) for dek in deks)
+    # The KEK is long-lived: a repeated wrap nonce under it would be GCM nonce reuse.
+    assert len({w.ciphertext[1:13] for w in wraps}) == 3
+
+
+def test_a_provider_returning_immutable_bytes_is_refused(binding: KeyBinding) -> None:
+    inner = LocalKms._from_keks("default", {1: os.urandom(32)})
+    raw = envelope.seal(b"value", binding, inner).to_bytes()
+
+    class Sloppy(LocalKms):
+        def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+            return bytes(super().unwrap(wrapped, context))  # type: ignore[return-value]
+
+    with pytest.raises(InvalidEnvelope) as info:
+        envelope.open(raw, binding, Sloppy("default", inner._keks))
+    assert info.value.reason == "unwrap-refused"
+
+
+def test_to_bytes_refuses_an_unsupported_format(binding: KeyBinding, kms: LocalKms) -> None:
+    sealed = envelope.seal(b"value", binding, kms)
+    with pytest.raises(ValueError, match="does not fit"):
+        Envelope(2, sealed.wrapped, sealed.nonce, sealed.ciphertext).to_bytes()
+
+
+@given(binding=bindings, data=st.data())
+def test_mutated_headers_never_escape_the_one_error(
+    binding: KeyBinding, data: st.DataObject
+) -> None:
+    raw = bytearray(envelope.seal(b"value", binding, KMS).to_bytes())
+    for _ in range(data.draw(st.integers(1, 4), label="edits")):
+        at = data.draw(st.integers(0, min(len(raw) - 1, 40)), label="at")
+        raw[at] = data.draw(st.integers(0, 255), label="byte")
+    # Edits may happen to restore a byte, so opening is allowed; anything but the one
+    # error type escaping is not.
+    with contextlib.suppress(InvalidEnvelope):
+        envelope.open(bytes(raw), binding, KMS)

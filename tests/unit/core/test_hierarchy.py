@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from secure_keys.core import memory
 from secure_keys.core.hierarchy import (
     DEFAULT_ITERATIONS,
     MIN_ITERATIONS,
@@ -123,3 +124,20 @@ def test_calibration_never_goes_below_the_floor() -> None:
     )
     with pytest.raises(ValueError, match="positive"):
         calibrate_iterations(0)
+
+
+def test_derive_zeroes_the_password_and_master_key(
+    params: KdfParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zeroed: list[bytearray] = []
+    real = memory.zero
+
+    def recording(buf: bytearray) -> None:
+        real(buf)
+        zeroed.append(buf)
+
+    monkeypatch.setattr("secure_keys.core.hierarchy.zero", recording)
+    KeyHierarchy.derive("hunter2-but-longer", params)
+    sizes = sorted(len(b) for b in zeroed)
+    assert sizes == sorted([len("hunter2-but-longer"), 32])
+    assert all(b == bytearray(len(b)) for b in zeroed)

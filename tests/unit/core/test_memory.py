@@ -81,3 +81,23 @@ def test_read_secret_file(tmp_path: Path) -> None:
     path.write_bytes(bytes(MAX_SECRET_FILE_SIZE + 1))
     with pytest.raises(ValueError, match="over"):
         read_secret_file(path)
+
+
+def test_a_forked_child_opens_its_own_reader() -> None:
+    import secure_keys.core.memory as memory
+
+    random_secret(8)
+    assert memory._urandom_file is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child process
+        os.close(read)
+        fresh = memory._urandom_file is None
+        random_secret(8)
+        os.write(write, b"1" if fresh and memory._urandom_file is not None else b"0")
+        os._exit(0)
+    os.close(write)
+    verdict = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert verdict == b"1"

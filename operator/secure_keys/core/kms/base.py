@@ -116,7 +116,11 @@ def rewrap(provider: KmsProvider, wrapped: WrappedKey, context: WrapContext) -> 
     Returns ``wrapped`` itself when it already uses that version. The data key is held
     only for the moment between unwrap and wrap, and zeroed straight after.
     """
-    if wrapped.provider == provider.name and wrapped.key_version == provider.key_version():
+    if (
+        wrapped.provider == provider.name
+        and wrapped.key_id == provider.key_id
+        and wrapped.key_version == provider.key_version()
+    ):
         return wrapped
     dek = provider.unwrap(wrapped, context)
     try:

@@ -5,8 +5,11 @@ each for at most ``ttl`` seconds. Every key that leaves the cache, by eviction, 
 ``invalidate`` or ``clear``, is zeroed. ``get`` hands out a copy the caller must zero, so
 the cached buffer itself never escapes.
 
-An entry is keyed by the whole wrapped key *and* the canonical wrap context, so a hit
-is exactly as strict as an unwrap: a wrapped DEK presented under another binding misses.
+An entry is keyed by the whole wrapped key *and* the canonical wrap context, so a wrapped
+DEK presented under another binding misses. The cache does not know which provider
+instance filled it: give each provider its own cache, and ``clear`` it when that provider
+loses access to a key version (a KEK version locked or retired, a key disabled at the
+KMS), because a hit never asks the KMS again.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ __all__ = ["PROVIDER", "KekVersion", "LocalKeyring", "LocalKms"]
 PROVIDER = "local"
 KEYRING_KIND = "secure-keys/local-keyring"
 KEYRING_FORMAT = 1
+MAX_KEYRING_SIZE = 64 * 1024
+MAX_KEK_VERSIONS = 64
+VERIFIER_SIZE = 32
 WRAP_FORMAT = 0x01
 WRAPPED_SIZE = 1 + NONCE_SIZE + KEY_SIZE + TAG_SIZE
 _AAD_DOMAIN = b"securekeys.io/local-wrap\x00"
@@ -137,35 +140,47 @@ class LocalKeyring:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LocalKeyring:
-        """Parse a keyring; raises ``ValueError`` naming what is wrong."""
+        """Parse a keyring; raises ``ValueError`` naming what is wrong.
+
+        Strict, because unlocking costs one PBKDF2 run per version and password: sizes
+        and counts are capped, and nothing is coerced from the wrong JSON type.
+        """
+        if len(text) > MAX_KEYRING_SIZE:
+            raise ValueError(f"keyring is larger than {MAX_KEYRING_SIZE} bytes")
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError("keyring is not valid JSON") from None
         if not isinstance(data, dict) or data.get("kind") != KEYRING_KIND:
             raise ValueError(f"not a keyring: kind must be {KEYRING_KIND!r}")
         if data.get("format") != KEYRING_FORMAT:
             raise ValueError(f"unsupported keyring format {data.get('format')!r}")
-        raw_versions = data.get("versions")
-        if not isinstance(raw_versions, list):
-            raise ValueError("keyring versions must be a list")
+        key_id, raw_versions = data.get("keyId"), data.get("versions")
+        if not isinstance(key_id, str):
+            raise ValueError("keyring keyId must be a string")
+        if not isinstance(raw_versions, list) or not 1 <= len(raw_versions) <= MAX_KEK_VERSIONS:
+            raise ValueError(f"keyring versions must be a list of 1 to {MAX_KEK_VERSIONS}")
         versions = []
         for item in raw_versions:
             try:
-                version = item["version"]
+                version, verifier, created = item["version"], item["verifier"], item["created"]
                 if isinstance(version, bool) or not isinstance(version, int):
                     raise TypeError("version must be an integer")
+                if not isinstance(verifier, str) or len(verifier) != 2 * VERIFIER_SIZE:
+                    raise TypeError(f"verifier must be {VERIFIER_SIZE} bytes in hex")
+                if not isinstance(created, str):
+                    raise TypeError("created must be a string")
                 versions.append(
                     KekVersion(
                         version=version,
                         kdf=KdfParams.from_json(item["kdf"]),
-                        verifier=bytes.fromhex(item["verifier"]),
-                        created=str(item["created"]),
+                        verifier=bytes.fromhex(verifier),
+                        created=created,
                     )
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"invalid keyring version entry: {exc}") from None
-        return cls(str(data.get("keyId", "")), tuple(versions))
+        return cls(key_id, tuple(versions))
 
 
 def _wrap_aad(key_id: str, version: int, context: WrapContext) -> bytes:
@@ -283,7 +298,7 @@ class LocalKms:
     def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
         if wrapped.provider != PROVIDER or wrapped.key_id != self._key_id:
             raise KmsCorrupt(
-                PROVIDER, self._key_id, f"wrapped by {wrapped.provider} key {wrapped.key_id!r}"
+                PROVIDER, self._key_id, f"wrapped by {wrapped.provider} key {wrapped.key_id[:64]!r}"
             )
         found = self._by_text.get(wrapped.key_version)
         if found is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from secure_keys.core import envelope
+from secure_keys.core import envelope, memory
 from secure_keys.core.binding import KeyBinding, WrapContext
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, MIN_ITERATIONS
@@ -155,8 +155,7 @@ def test_keyring_json_round_trip(keyring: LocalKeyring) -> None:
     assert len(bytes.fromhex(data["versions"][0]["verifier"])) == 32
 
 
-def test_default_iterations_are_owasp() -> None:
-    assert DEFAULT_ITERATIONS >= 600_000
+def test_new_keyrings_use_the_default_iterations() -> None:
     ring = LocalKeyring.create("default", "pw")
     assert ring.newest.kdf.iterations == DEFAULT_ITERATIONS
     assert len(ring.newest.kdf.salt) == 32
@@ -176,6 +175,13 @@ def test_default_iterations_are_owasp() -> None:
         lambda d: d["versions"][0]["kdf"].update(salt="!!"),
         lambda d: d["versions"][0]["kdf"].update(algorithm="md5"),
         lambda d: d["versions"].append(dict(d["versions"][0])),
+        lambda d: d.update(keyId=123),
+        lambda d: d["versions"][0].update(created=None),
+        lambda d: d["versions"][0].update(verifier=""),
+        lambda d: d["versions"][0].update(verifier="00" * 31),
+        lambda d: d["versions"][0]["kdf"].update(salt="A" * 1000),
+        lambda d: d["versions"][0]["kdf"].update(salt=123),
+        lambda d: d.update(versions=[dict(d["versions"][0], version=i) for i in range(1, 66)]),
     ],
 )
 def test_malformed_keyrings_are_refused(keyring: LocalKeyring, mutate: object) -> None:
@@ -233,3 +239,89 @@ def test_envelope_sealed_under_password_keyring(
 def test_wrap_context_rejects_duplicate_keys() -> None:
     with pytest.raises(ValueError, match="unique"):
         WrapContext((("a", "1"), ("a", "2")))
+
+
+def test_unlock_wipes_every_derived_hierarchy(
+    keyring: LocalKeyring, keyring_password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from secure_keys.core.hierarchy import KeyHierarchy
+
+    made: list[KeyHierarchy] = []
+    real = KeyHierarchy.derive.__func__  # type: ignore[attr-defined]
+
+    def recording(cls: type[KeyHierarchy], *args: object) -> KeyHierarchy:
+        made.append(real(cls, *args))
+        return made[-1]
+
+    monkeypatch.setattr(KeyHierarchy, "derive", classmethod(recording))
+    LocalKms.unlock(keyring, ["wrong password", keyring_password])
+    assert len(made) == 2
+    for hierarchy in made:
+        assert hierarchy.kek == hierarchy.integrity_key == bytearray(32)
+
+
+def test_from_config_zeroes_the_password_buffers(
+    tmp_path: Path, keyring: LocalKeyring, keyring_password: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ring.json").write_text(keyring.to_json())
+    (tmp_path / "pw").write_text(keyring_password + "\nold password\n")
+    read: list[bytearray] = []
+    real = memory.read_secret_file
+
+    def recording(path: str | os.PathLike[str]) -> bytearray:
+        read.append(real(path))
+        return read[-1]
+
+    monkeypatch.setattr("secure_keys.core.kms.local.read_secret_file", recording)
+    seen: list[list[bytearray]] = []
+    real_unlock = LocalKms.unlock.__func__  # type: ignore[attr-defined]
+
+    def spy_unlock(cls: type[LocalKms], ring: LocalKeyring, passwords: list[bytearray]) -> LocalKms:
+        seen.append(passwords)
+        return real_unlock(cls, ring, passwords)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(LocalKms, "unlock", classmethod(spy_unlock))
+    from_config(
+        "default",
+        {"keyringPath": str(tmp_path / "ring.json"), "passwordFile": str(tmp_path / "pw")},
+    )
+    assert read[0] == bytearray(len(read[0]))
+    assert [len(p) for p in seen[0]] == [len(keyring_password), len("old password")]
+    assert all(p == bytearray(len(p)) for p in seen[0])
+
+
+def test_health_reports_a_broken_key() -> None:
+    class Broken(LocalKms):
+        def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+            raise KmsCorrupt("local", "default", "tag mismatch")
+
+    status = Broken("default", LocalKms._from_keks("default", {1: os.urandom(32)})._keks).health()
+    assert not status.healthy
+    assert status.detail == "tag mismatch"
+
+    class Wrong(LocalKms):
+        def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+            return bytearray(32)
+
+    status = Wrong("default", LocalKms._from_keks("default", {1: os.urandom(32)})._keks).health()
+    assert not status.healthy
+    assert "different key" in status.detail
+
+
+def test_base_rewrap_does_not_skip_another_keys_wrap() -> None:
+    mine = LocalKms._from_keks("default", {1: os.urandom(32)})
+    theirs = LocalKms._from_keks("other", {1: os.urandom(32)}).wrap(os.urandom(32), CONTEXT)
+    with pytest.raises(KmsCorrupt, match="wrapped by local key 'other'"):
+        rewrap(mine, theirs, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 60_000, "not valid JSON"),
+        ('{"kind": "secure-keys/local-keyring"' + " " * 70_000 + "}", "larger than"),
+    ],
+)
+def test_hostile_keyring_text_is_refused(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LocalKeyring.from_json(text)
