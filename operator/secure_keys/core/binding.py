@@ -60,6 +60,15 @@ class WrapContext:
         encoded = b"".join(length_prefixed(k) + length_prefixed(v) for k, v in ordered)
         object.__setattr__(self, "canonical", _WRAP_CONTEXT_DOMAIN + encoded)
 
+    @classmethod
+    def _presorted(cls, pairs: tuple[tuple[str, str], ...], canonical: bytes) -> WrapContext:
+        # For KeyBinding, which builds the same encoding from pieces it already has;
+        # a test checks the two constructions agree.
+        context = object.__new__(cls)
+        object.__setattr__(context, "pairs", pairs)
+        object.__setattr__(context, "canonical", canonical)
+        return context
+
     def as_dict(self) -> dict[str, str]:
         """The pairs as a mapping, e.g. for AWS KMS's ``EncryptionContext``."""
         return dict(self.pairs)
@@ -122,13 +131,33 @@ class KeyBinding:
         cached = self._contexts.get(format_version)
         if cached is not None:
             return cached
-        context = WrapContext(
+        fmt, version = str(format_version), str(self.version)
+        # The keys in sorted order: format < name < namespace < version.
+        context = WrapContext._presorted(
             (
-                (CONTEXT_NAMESPACE, self.namespace),
+                (CONTEXT_FORMAT, fmt),
                 (CONTEXT_NAME, self.name),
-                (CONTEXT_VERSION, str(self.version)),
-                (CONTEXT_FORMAT, str(format_version)),
-            )
+                (CONTEXT_NAMESPACE, self.namespace),
+                (CONTEXT_VERSION, version),
+            ),
+            b"".join(
+                (
+                    _CONTEXT_PREFIX_FORMAT,
+                    length_prefixed(fmt),
+                    _CONTEXT_PREFIX_NAME,
+                    length_prefixed(self.name),
+                    _CONTEXT_PREFIX_NAMESPACE,
+                    length_prefixed(self.namespace),
+                    _CONTEXT_PREFIX_VERSION,
+                    length_prefixed(version),
+                )
+            ),
         )
         self._contexts[format_version] = context
         return context
+
+
+_CONTEXT_PREFIX_FORMAT = _WRAP_CONTEXT_DOMAIN + length_prefixed(CONTEXT_FORMAT)
+_CONTEXT_PREFIX_NAME = length_prefixed(CONTEXT_NAME)
+_CONTEXT_PREFIX_NAMESPACE = length_prefixed(CONTEXT_NAMESPACE)
+_CONTEXT_PREFIX_VERSION = length_prefixed(CONTEXT_VERSION)

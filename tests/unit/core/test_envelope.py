@@ -332,3 +332,14 @@ def test_mutated_headers_never_escape_the_one_error(
     # error type escaping is not.
     with contextlib.suppress(InvalidEnvelope):
         envelope.open(bytes(raw), binding, KMS)
+
+
+@given(binding=bindings, format_version=st.integers(1, 255))
+def test_binding_context_matches_the_generic_encoding(
+    binding: KeyBinding, format_version: int
+) -> None:
+    fast = binding.wrap_context(format_version)
+    generic = WrapContext(tuple(fast.as_dict().items()))
+    assert fast.pairs == generic.pairs
+    assert fast.canonical == generic.canonical
+    assert fast.as_dict()["securekeys.io/version"] == str(binding.version)
