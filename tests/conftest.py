@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -18,7 +17,6 @@ settings.register_profile(
 settings.register_profile("ci", deadline=None, max_examples=400, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-DATA = Path(__file__).parent / "data"
 CANARY = "sk-canary-9f3b2e71c0a4d8e6-do-not-leak"
 """A recognisable plaintext. Tests search every output for it (and its encodings)."""
 

@@ -59,7 +59,10 @@ def run(workdir: Path, iterations: int) -> int:
     )
 
     binding = KeyBinding("default", "github-token", 1)
-    api_key = bytearray(b"ghp_") + bytearray(base64.b32encode(random_secret(20)).lower())
+    entropy = random_secret(20)
+    # A demo token; base32 makes one short-lived immutable copy (docs/memory.md).
+    api_key = bytearray(b"ghp_") + bytearray(base64.b32encode(entropy).lower())
+    zero(entropy)
     try:
         print_fp = fingerprint(hierarchy.integrity_key, api_key)
         sealed = envelope.seal(api_key, binding, kms)
