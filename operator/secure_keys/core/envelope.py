@@ -209,8 +209,6 @@ def _seal_with(
         raise ValueError(f"plaintext must be 1 to {MAX_PLAINTEXT_SIZE} bytes")
     cipher = AeadKey(dek)  # checks the DEK size; ``encrypt`` checks the nonce size
     wrapped = kms.wrap(dek, binding.wrap_context(FORMAT_V1))
-    if len(wrapped.ciphertext) > MAX_WRAPPED_SIZE:
-        raise ValueError(f"KMS returned a wrapped key over {MAX_WRAPPED_SIZE} bytes")
     aad = _aad(FORMAT_V1, binding, wrapped.provider, wrapped.key_id)
     ciphertext = cipher.encrypt(nonce, plaintext, aad)
     return Envelope(FORMAT_V1, wrapped, bytes(nonce), ciphertext)
