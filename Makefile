@@ -7,19 +7,23 @@ BIN := $(VENV)/bin
 # Re-install only when the dependency declaration changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test lint typecheck imports unit bench demo clean help
+.PHONY: test lint typecheck imports unit bench demo clean help control-plane cluster-up cluster-down e2e kind-e2e image
 
 help:
 	@echo "make test   - set up .venv and run ruff, mypy --strict, import-linter and pytest"
 	@echo "make demo   - set up .venv and run the local-KMS demo (seal, open, rotate the KEK)"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl"
+	@echo "make cluster-up / cluster-down - start / stop a local control plane"
+	@echo "make e2e KUBECONFIG=... - run the e2e suite against an existing cluster"
+	@echo "make kind-e2e - create a kind cluster, load the image, run e2e (needs Docker)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[server,test]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -33,10 +37,39 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+unit: $(STAMP) control-plane
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
+
+# etcd, kube-apiserver, kube-controller-manager and kubectl from the Go modules
+# pinned in tools/, into build/bin. Rebuilt only when missing or re-pinned.
+control-plane:
+	scripts/build-control-plane.sh
+
+# A long-lived local cluster; prints the path of its admin kubeconfig.
+cluster-up: $(STAMP) control-plane
+	@$(BIN)/python -m secure_keys.devcluster up
+
+cluster-down: $(STAMP)
+	@$(BIN)/python -m secure_keys.devcluster down
+
+# The e2e suite against an existing cluster: make e2e KUBECONFIG=/path/to/kubeconfig
+e2e: $(STAMP)
+	@test -n "$(KUBECONFIG)" || { echo "set KUBECONFIG=/path/to/kubeconfig"; exit 2; }
+	$(BIN)/pytest tests/e2e --kubeconfig="$(KUBECONFIG)"
+
+# Needs Docker and kind (not available on the development machines; see README).
+KIND_CLUSTER ?= secure-keys
+IMAGE ?= secure-keys:dev
+image:
+	docker build -t $(IMAGE) .
+
+kind-e2e: $(STAMP) image
+	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+	mkdir -p build && kind get kubeconfig --name $(KIND_CLUSTER) > build/kind.kubeconfig
+	$(MAKE) e2e KUBECONFIG=$(CURDIR)/build/kind.kubeconfig
 
 bench: $(STAMP)
 	$(BIN)/python bench/envelope.py

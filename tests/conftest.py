@@ -41,3 +41,12 @@ def keyring_password() -> str:
 def keyring(keyring_password: str) -> LocalKeyring:
     """A real password-derived keyring, at the iteration floor to keep the suite quick."""
     return LocalKeyring.create("default", keyring_password, iterations=MIN_ITERATIONS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kubeconfig",
+        default=os.environ.get("SECUREKEYS_E2E_KUBECONFIG"),
+        help="run tests/e2e against this existing cluster instead of starting a local "
+        "control plane (also: $SECUREKEYS_E2E_KUBECONFIG)",
+    )

@@ -1,0 +1,526 @@
+"""A real local control plane: etcd, kube-apiserver and kube-controller-manager.
+
+`LocalCluster` owns the processes, ports and working directory of one cluster.
+It starts etcd, then kube-apiserver, then kube-controller-manager on free
+loopback ports in a fresh temporary directory, waits until the API server's
+`/readyz` is OK and the controllers are working (the `default` ServiceAccount
+exists), and writes an admin kubeconfig. `stop()` (or leaving the `with`
+block) stops every process and removes the directory.
+
+Leftovers are prevented three ways: `stop()` runs from `finally`/`__exit__`;
+each child gets PR_SET_PDEATHSIG so the kernel kills it if this process dies
+without cleaning up (SIGKILL, a crash); and `start()` sweeps the directories of
+earlier clusters whose owner process is gone.
+
+The binaries come from `scripts/build-control-plane.sh` (pinned Go modules
+under `tools/`), found in `$SECUREKEYS_BIN_DIR` or `build/bin`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from secure_keys.devcluster import kubeconfig, pki
+
+BUILD_COMMAND = "scripts/build-control-plane.sh (or: make control-plane)"
+WORKDIR_PREFIX = "securekeys-cluster-"
+SERVICE_CIDR = "10.96.0.0/16"
+# Controllers the tests rely on: cascading deletes, namespace teardown,
+# ServiceAccounts and their tokens, Deployments, and signing client-cert CSRs.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "certificatesigningrequest-signing-controller",
+)
+_PR_SET_PDEATHSIG = 1
+
+
+class ControlPlaneError(RuntimeError):
+    """The local control plane could not be built, started or reached."""
+
+
+class MissingBinaries(ControlPlaneError):
+    def __init__(self, directory: Path, missing: Sequence[str]) -> None:
+        super().__init__(
+            f"control-plane binaries not found in {directory}: {', '.join(missing)}. "
+            f"Build them with {BUILD_COMMAND}; the first build takes several minutes."
+        )
+        self.directory = directory
+        self.missing = tuple(missing)
+
+
+class PortInUse(ControlPlaneError):
+    def __init__(self, port: int) -> None:
+        super().__init__(
+            f"port {port} on 127.0.0.1 is already in use; stop whatever listens there "
+            "(a cluster from `make cluster-up`? run `make cluster-down`) or choose another port"
+        )
+        self.port = port
+
+
+class StartupFailed(ControlPlaneError):
+    """A component exited or never became healthy; the message ends with its log."""
+
+
+def repository_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class Binaries:
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kubectl: Path
+
+    @classmethod
+    def find(cls, directory: Path | None = None) -> Binaries:
+        if directory is None:
+            env = os.environ.get("SECUREKEYS_BIN_DIR")
+            directory = Path(env) if env else repository_root() / "build" / "bin"
+        names = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+        paths = [directory / name for name in names]
+        missing = [p.name for p in paths if not os.access(p, os.X_OK)]
+        if missing:
+            raise MissingBinaries(directory, missing)
+        return cls(*paths)
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the kernel's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_port_free(port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As Go's listeners do: a port in TIME_WAIT is free, one with a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise PortInUse(port) from exc
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_workdirs(base: Path | None = None) -> list[Path]:
+    """Remove working directories of clusters whose owning process has exited."""
+    base = base or Path(tempfile.gettempdir())
+    removed = []
+    for candidate in base.glob(WORKDIR_PREFIX + "*"):
+        owner = candidate / "owner.pid"
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
+@dataclass
+class _Component:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def log_tail(self, lines: int = 25) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace").splitlines()
+            return "\n".join(text[-lines:])
+        return ""
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+
+    @classmethod
+    def pick(cls, apiserver: int | None = None) -> Ports:
+        if apiserver is not None:
+            ensure_port_free(apiserver)
+        chosen: set[int] = {apiserver} if apiserver else set()
+        picks: list[int] = []
+        while len(picks) < (4 if apiserver is None else 3):
+            port = free_port()
+            if port not in chosen:
+                chosen.add(port)
+                picks.append(port)
+        if apiserver is None:
+            apiserver = picks.pop()
+        return cls(picks[0], picks[1], apiserver, picks[2])
+
+
+class LocalCluster:
+    """One running control plane. Use as a context manager, or start()/stop()."""
+
+    def __init__(
+        self,
+        *,
+        binaries: Binaries | None = None,
+        api_port: int | None = None,
+        workdir: Path | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        self.binaries = binaries or Binaries.find()
+        self._requested_port = api_port
+        self._own_workdir = workdir is None
+        self._workdir = workdir
+        self.startup_timeout = startup_timeout
+        self._components: list[_Component] = []
+        self._ports: Ports | None = None
+        self.ca: pki.CertificateAuthority | None = None
+        self.started_in: float | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    # -- public surface --------------------------------------------------------------
+    @property
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            raise ControlPlaneError("cluster not started")
+        return self._workdir
+
+    @property
+    def ports(self) -> Ports:
+        if self._ports is None:
+            raise ControlPlaneError("cluster not started")
+        return self._ports
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (user `securekeys-admin`, group system:masters)."""
+        return self.workdir / "kubeconfig"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports.etcd_client}"
+
+    @property
+    def etcd_data_dir(self) -> Path:
+        return self.workdir / "etcd"
+
+    def user_kubeconfig(self, user: str, groups: Sequence[str] = ()) -> Path:
+        """A kubeconfig for a client-cert user with the given groups, signed by our CA."""
+        ca = self._require_ca()
+        pair = ca.issue_client(user, groups)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in user)
+        document = kubeconfig.build(
+            server=self.server,
+            ca_pem=ca.cert_pem,
+            user=user,
+            cert_pem=pair.cert_pem,
+            key_pem=pair.key_pem,
+        )
+        return kubeconfig.write(self.workdir / "users" / f"{safe}.kubeconfig", document)
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- lifecycle --------------------------------------------------------------------
+    def start(self) -> LocalCluster:
+        if self._components:
+            raise ControlPlaneError("cluster already started")
+        began = time.monotonic()
+        sweep_stale_workdirs()
+        attempts = 1 if self._requested_port else 3
+        for attempt in range(attempts):
+            self._prepare(self._requested_port)
+            try:
+                self._launch()
+            except StartupFailed as exc:
+                port_race = "address already in use" in str(exc)
+                self.stop()
+                if not port_race or attempt == attempts - 1:
+                    raise
+                continue
+            except BaseException:
+                self.stop()
+                raise
+            break
+        self.started_in = time.monotonic() - began
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop components in reverse order (SIGTERM, then SIGKILL) and remove the workdir."""
+        for component in reversed(self._components):
+            if component.process.poll() is None:
+                component.process.terminate()
+        deadline = time.monotonic() + timeout
+        for component in reversed(self._components):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                component.process.wait(remaining)
+            except subprocess.TimeoutExpired:
+                component.process.kill()
+                component.process.wait()
+            component.log.close()
+        self._components.clear()
+        self._tls = None
+        if self._own_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    # -- internals --------------------------------------------------------------------
+    def _require_ca(self) -> pki.CertificateAuthority:
+        if self.ca is None:
+            raise ControlPlaneError("cluster not started")
+        return self.ca
+
+    def _prepare(self, api_port: int | None) -> None:
+        if self._own_workdir:
+            self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        workdir = self.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "owner.pid").write_text(str(os.getpid()))
+        (workdir / "logs").mkdir(exist_ok=True)
+        self._ports = Ports.pick(api_port)
+        self._write_pki(workdir)
+
+    def _write_pki(self, workdir: Path) -> None:
+        pki_dir = workdir / "pki"
+        pki_dir.mkdir(mode=0o700, exist_ok=True)
+        ca = self.ca = pki.CertificateAuthority.generate("securekeys-local-ca")
+        serving = ca.issue_server(
+            "kube-apiserver",
+            ips=("127.0.0.1", "10.96.0.1"),
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+        )
+        signer = pki.new_private_key()
+        files = {
+            "ca.crt": ca.cert_pem,
+            "ca.key": ca.key_pem,
+            "apiserver.crt": serving.cert_pem,
+            "apiserver.key": serving.key_pem,
+            "sa.key": pki.private_key_pem(signer),
+            "sa.pub": pki.public_key_pem(signer),
+        }
+        for name, data in files.items():
+            path = pki_dir / name
+            path.write_bytes(data)
+            path.chmod(0o600)
+        admin = ca.issue_client("securekeys-admin", ["system:masters"])
+        kubeconfig.write(
+            workdir / "kubeconfig",
+            kubeconfig.build(
+                server=self.server,
+                ca_pem=ca.cert_pem,
+                user="securekeys-admin",
+                cert_pem=admin.cert_pem,
+                key_pem=admin.key_pem,
+            ),
+        )
+        kcm = ca.issue_client("system:kube-controller-manager")
+        kubeconfig.write(
+            workdir / "controller-manager.kubeconfig",
+            kubeconfig.build(
+                server=self.server,
+                ca_pem=ca.cert_pem,
+                user="system:kube-controller-manager",
+                cert_pem=kcm.cert_pem,
+                key_pem=kcm.key_pem,
+            ),
+        )
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> _Component:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log = log_path.open("ab")
+        process = subprocess.Popen(  # noqa: S603 - argv is built here from our own paths
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+        )
+        component = _Component(name, process, log_path, log)
+        self._components.append(component)
+        return component
+
+    def _launch(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        ports = self.ports
+        pki_dir = self.workdir / "pki"
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.binaries.etcd),
+                "--name=securekeys",
+                f"--data-dir={self.etcd_data_dir}",
+                f"--listen-client-urls={self.etcd_endpoint}",
+                f"--advertise-client-urls={self.etcd_endpoint}",
+                f"--listen-peer-urls=http://127.0.0.1:{ports.etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{ports.etcd_peer}",
+                f"--initial-cluster=securekeys=http://127.0.0.1:{ports.etcd_peer}",
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+            ],
+        )
+        self._wait(etcd, deadline, lambda: self._etcd_healthy())
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.binaries.kube_apiserver),
+                f"--etcd-servers={self.etcd_endpoint}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # Loopback may not be published as the kubernetes Service endpoint.
+                "--endpoint-reconciler-type=none",
+                f"--secure-port={ports.apiserver}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+                f"--client-ca-file={pki_dir / 'ca.crt'}",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer=https://127.0.0.1:{ports.apiserver}",
+                f"--service-account-key-file={pki_dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._wait(apiserver, deadline, lambda: self._api_get("/readyz") == (200, b"ok"))
+        manager = self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.binaries.kube_controller_manager),
+                f"--kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
+                f"--authentication-kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
+                f"--authorization-kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={ports.controller_manager}",
+                f"--cert-dir={self.workdir / 'controller-manager-certs'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--controllers={','.join(CONTROLLERS)}",
+                f"--service-account-private-key-file={pki_dir / 'sa.key'}",
+                f"--root-ca-file={pki_dir / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki_dir / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki_dir / 'ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self._wait(
+            manager,
+            deadline,
+            lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+        )
+
+    def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
+        delay = 0.02
+        while True:
+            code = component.process.poll()
+            if code is not None:
+                raise StartupFailed(
+                    f"{component.name} exited with status {code} during startup "
+                    f"(log {component.log_path}):\n{component.log_tail()}"
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise StartupFailed(
+                    f"{component.name} not ready after {self.startup_timeout:.0f} s "
+                    f"(log {component.log_path}):\n{component.log_tail()}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def _etcd_healthy(self) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.ports.etcd_client, timeout=2)
+        try:
+            connection.request("GET", "/health")
+            response = connection.getresponse()
+            body: dict[str, Any] = json.loads(response.read() or b"{}")
+        finally:
+            connection.close()
+        return response.status == 200 and body.get("health") == "true"
+
+    def _admin_tls(self) -> ssl.SSLContext:
+        if self._tls is not None:
+            return self._tls
+        pki_dir = self.workdir / "pki"
+        context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
+        admin_dir = self.workdir / "admin-cert"
+        if not admin_dir.exists():
+            admin_dir.mkdir(mode=0o700)
+            pair = self._require_ca().issue_client("securekeys-probe", ["system:masters"])
+            (admin_dir / "tls.crt").write_bytes(pair.cert_pem)
+            (admin_dir / "tls.key").write_bytes(pair.key_pem)
+        context.load_cert_chain(admin_dir / "tls.crt", admin_dir / "tls.key")
+        self._tls = context
+        return context
+
+    def _api_get(self, path: str) -> tuple[int, bytes]:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", self.ports.apiserver, context=self._admin_tls(), timeout=5
+        )
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()

@@ -1,0 +1,75 @@
+"""Where the e2e suite runs: a local control plane, or any cluster given by kubeconfig.
+
+With no `--kubeconfig` (or $SECUREKEYS_E2E_KUBECONFIG), one LocalCluster is
+started for the session. With one, nothing is started and the same tests run
+against that cluster (kind, for example); tests that need the API server to
+call back into this machine skip unless $SECUREKEYS_E2E_CALLBACK_HOST names an
+address of this machine that the API server can reach.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from secure_keys.devcluster import access
+from secure_keys.devcluster.cluster import LocalCluster
+
+
+@dataclass
+class Target:
+    """The cluster under test and how to act on it."""
+
+    kubeconfig: Path
+    cluster: LocalCluster | None
+    scratch: Path
+    callback_host: str | None
+
+    @property
+    def is_local(self) -> bool:
+        return self.cluster is not None
+
+    def admin(self) -> client.ApiClient:
+        return access.api_client(self.kubeconfig)
+
+    def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for an unprivileged client-cert user with these groups."""
+        if self.cluster is not None:
+            return self.cluster.user_kubeconfig(user, groups)
+        out = self.scratch / f"{user}.kubeconfig"
+        return access.csr_user_kubeconfig(self.kubeconfig, user, groups, out)
+
+
+@pytest.fixture(scope="session")
+def kube(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    scratch = tmp_path_factory.mktemp("e2e")
+    given = request.config.getoption("--kubeconfig")
+    if given:
+        yield Target(Path(given), None, scratch, os.environ.get("SECUREKEYS_E2E_CALLBACK_HOST"))
+        return
+    with LocalCluster() as cluster:
+        print(f"\nlocal control plane ready in {cluster.started_in:.1f} s at {cluster.server}")
+        yield Target(cluster.kubeconfig, cluster, scratch, "127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def admin_api(kube: Target) -> client.ApiClient:
+    return kube.admin()
+
+
+@pytest.fixture
+def namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting)."""
+    name = f"e2e-{secrets.token_hex(4)}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
