@@ -1,8 +1,9 @@
 """Generates the known-answer vectors under tests/data/ from an independent implementation.
 
 Nothing here imports ``secure_keys``: the envelope, the local provider's wrap and the key
-hierarchy are rebuilt from ``docs/envelope-format.md`` with raw AES-GCM, ``struct``,
-``hashlib`` and ``hmac``. The committed JSON therefore pins the format, and
+hierarchy are rebuilt from ``docs/envelope-format.md``, and sealed sources from
+``docs/sealed-source-format.md``, with raw AES-GCM, raw X25519, ``struct``, ``hashlib``
+and ``hmac``. The committed JSON therefore pins the format, and
 ``tests/unit/core/test_vectors.py`` checks both that the package matches the files and
 that this script still reproduces them. Run ``python tests/data/generate_vectors.py`` to
 rewrite them (only when the format deliberately changes, with a new format version).
@@ -18,6 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 HERE = Path(__file__).parent
@@ -279,13 +281,160 @@ def fingerprint_cases() -> list[dict[str, Any]]:
     return cases
 
 
+def x25519_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def recipient_key_id_digest(public: bytes) -> bytes:
+    return hashlib.sha256(b"securekeys.io/v1/recipient-key-id\x00" + public).digest()[:8]
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes) -> bytes:
+    # RFC 5869 with one output block: extract, then expand.
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+
+def sealed_source(case: dict[str, Any]) -> bytes:
+    recipient_private = bytes.fromhex(case["recipientPrivateKey"])
+    ephemeral_private = bytes.fromhex(case["ephemeralPrivateKey"])
+    recipient_public = x25519_public(recipient_private)
+    ephemeral_public = x25519_public(ephemeral_private)
+    shared = X25519PrivateKey.from_private_bytes(ephemeral_private).exchange(
+        X25519PublicKey.from_public_bytes(recipient_public)
+    )
+    key = hkdf_sha256(
+        shared, ephemeral_public + recipient_public, b"securekeys.io/v1/sealed-source"
+    )
+    key_id = recipient_key_id_digest(recipient_public)
+    aad = (
+        b"securekeys.io/sealed-source\x00"
+        + bytes((FORMAT,))
+        + key_id
+        + lp(case["namespace"])
+        + lp(case["name"])
+    )
+    nonce = bytes.fromhex(case["nonce"])
+    ciphertext = AESGCM(key).encrypt(nonce, bytes.fromhex(case["plaintext"]), aad)
+    return bytes((FORMAT,)) + key_id + ephemeral_public + nonce + ciphertext
+
+
+def sealing_valid_cases() -> list[dict[str, Any]]:
+    inputs = [
+        (
+            "a 40-byte token",
+            "default",
+            "github-token",
+            b"ghp_" + b"Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3",
+        ),
+        ("a single byte", "a", "b", b"k"),
+        ("non-ASCII UTF-8", "payments", "stripe.live", "clé-ключ-🔑".encode()),
+        ("1000 bytes of binary", "team-x", "svc-key", bytes.fromhex(seeded("sealed-pt", 1000))),
+    ]
+    cases = []
+    for i, (desc, namespace, name, plaintext) in enumerate(inputs):
+        recipient_private = seeded(f"recipient{i % 2}", 32)  # two cases per recipient
+        public = x25519_public(bytes.fromhex(recipient_private))
+        key_id = "x25519:" + recipient_key_id_digest(public).hex()
+        case: dict[str, Any] = {
+            "description": desc,
+            "namespace": namespace,
+            "name": name,
+            "recipientPrivateKey": recipient_private,
+            "recipientDocument": json.dumps(
+                {"keyId": key_id, "publicKey": base64.b64encode(public).decode()}
+            ),
+            "keyId": key_id,
+            "plaintext": plaintext.hex(),
+            "ephemeralPrivateKey": seeded(f"ephemeral{i}", 32),
+            "nonce": seeded(f"sealed-nonce{i}", 12),
+        }
+        case["sealed"] = base64.b64encode(sealed_source(case)).decode()
+        cases.append(case)
+    return cases
+
+
+def sealing_invalid_cases(valid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    base = valid[0]
+    text = base["sealed"]
+    raw = base64.b64decode(text)
+    assert len(raw) % 3 == 2, "the base case needs one '=' of padding"
+    header = 1 + 8 + 32 + 12
+
+    def case(
+        desc: str,
+        sealed: str | bytes,
+        reason: str,
+        namespace: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "description": desc,
+            "namespace": namespace or base["namespace"],
+            "name": name or base["name"],
+            "recipientPrivateKey": base["recipientPrivateKey"],
+            "sealed": sealed if isinstance(sealed, str) else base64.b64encode(sealed).decode(),
+            "reason": reason,
+        }
+
+    # The last character before '=' carries 2 bits nobody reads: flip one of them.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet[alphabet.index(text[-2]) ^ 1]
+    same_recipient = next(c for c in valid[1:] if c["keyId"] == base["keyId"])
+    other_recipient = next(c for c in valid if c["keyId"] != base["keyId"])
+    # u = 0 and u = 1 are low-order points: every shared secret with them is zero.
+    low_order = [bytes(32), (1).to_bytes(32, "little")]
+    url_safe = text.replace("+", "-").replace("/", "_")
+    assert url_safe != text, "the base case needs a '+' or '/' in its base64"
+    return [
+        case("empty text", "", "malformed"),
+        case("not base64", "!" * len(text), "malformed"),
+        case("padding missing", text.rstrip("="), "malformed"),
+        case("a line break inside", text[:40] + "\n" + text[40:], "malformed"),
+        case("a trailing newline", text + "\n", "malformed"),
+        case("URL-safe alphabet", url_safe, "malformed"),
+        case("non-canonical final base64 character", text[:-2] + last + "=", "malformed"),
+        case("format version 2", bytes((2,)) + raw[1:], "unsupported-format"),
+        case("format byte zero", bytes((0,)) + raw[1:], "unsupported-format"),
+        case("only the format byte", raw[:1], "malformed"),
+        case("truncated to the header", raw[:header], "malformed"),
+        case("header and a bare tag, no ciphertext", raw[: header + 16], "malformed"),
+        case("truncated inside the tag", raw[:-1], "authentication-failed"),
+        case("one byte appended", raw + b"\x00", "authentication-failed"),
+        case("key id bit flipped", _flip(raw, 1), "wrong-recipient"),
+        case("sealed to another recipient", other_recipient["sealed"], "wrong-recipient"),
+        case("ephemeral key bit flipped", _flip(raw, 9 + 5, 2), "authentication-failed"),
+        case("ephemeral key zero", raw[:9] + low_order[0] + raw[41:], "malformed"),
+        case("ephemeral key u = 1", raw[:9] + low_order[1] + raw[41:], "malformed"),
+        case("nonce bit flipped", _flip(raw, 41 + 11, 7), "authentication-failed"),
+        case("first ciphertext bit flipped", _flip(raw, header), "authentication-failed"),
+        case("last tag bit flipped", _flip(raw, len(raw) - 1, 7), "authentication-failed"),
+        case(
+            "another ApiKey's value for the same recipient",
+            same_recipient["sealed"],
+            "authentication-failed",
+        ),
+        case("replayed onto another namespace", text, "authentication-failed", namespace="other"),
+        case("replayed onto another name", text, "authentication-failed", name="github-token2"),
+        case(
+            "namespace and name boundary moved",
+            text,
+            "authentication-failed",
+            namespace=base["namespace"] + base["name"][0],
+            name=base["name"][1:],
+        ),
+    ]
+
+
 def build() -> dict[str, str]:
     valid = seal_cases()
+    sealed = sealing_valid_cases()
     files = {
         "envelope/seal.json": valid,
         "envelope/invalid.json": invalid_cases(valid),
         "hierarchy/derive.json": hierarchy_cases(),
         "fingerprint/fingerprint.json": fingerprint_cases(),
+        "sealing/sealed.json": {"valid": sealed, "invalid": sealing_invalid_cases(sealed)},
     }
     return {
         path: json.dumps(data, indent=2, ensure_ascii=False) + "\n" for path, data in files.items()

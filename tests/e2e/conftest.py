@@ -20,6 +20,14 @@ from kubernetes import client
 
 from secure_keys.devcluster import access
 from secure_keys.devcluster.cluster import LocalCluster
+from secure_keys.devcluster.localkms import write_local_kms
+from tests.e2e.harness import (
+    CONTROLLER_NAMESPACE,
+    ControllerProcess,
+    bind_controller_identity,
+    ensure_namespace,
+    install_crds,
+)
 
 
 @dataclass
@@ -73,3 +81,33 @@ def namespace(admin_api: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def crds(admin_api: client.ApiClient) -> None:
+    """The secure-keys CRDs, installed once per session (never deleted: other tests use them)."""
+    install_crds(admin_api)
+
+
+@pytest.fixture(scope="session")
+def controller_setup(
+    kube: Target, admin_api: client.ApiClient, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """(controller kubeconfig, KMS config): an unprivileged identity with the shipped RBAC."""
+    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
+    user = "securekeys-e2e-controller"
+    bind_controller_identity(admin_api, user)
+    kubeconfig = kube.user_kubeconfig(user)
+    kms_config = write_local_kms(tmp_path_factory.mktemp("kms"))
+    return kubeconfig, kms_config
+
+
+@pytest.fixture(scope="session")
+def controller(
+    controller_setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControllerProcess]:
+    """The controller for all namespaces except ``crash-*`` (crash tests run their own)."""
+    kubeconfig, kms_config = controller_setup
+    log = tmp_path_factory.mktemp("controller") / "controller.log"
+    with ControllerProcess(kubeconfig, kms_config, log, namespaces="*,!crash-*") as process:
+        yield process

@@ -1,14 +1,16 @@
 """Owns the error types that cross module boundaries in ``secure_keys.core``.
 
-Two families:
+Three families:
 
 - ``InvalidEnvelope``: the one error for every failure to open a sealed key version.
+- ``SealedSourceInvalid``: the one error for every failure to open a sealed source
+  (``spec.source.sealed``, made client side by ``secure-keys seal``).
 - ``KmsError`` and its three kinds, which tell a caller what to do next: retry
   (``KmsUnavailable``), give up and alert (``KmsDenied``), or treat the wrapped key as
   damaged (``KmsCorrupt``).
 
-No message built here contains key material; each names the ApiKey, version, provider or
-key id it concerns, which are not secret.
+No message built here contains key material or plaintext; each names the ApiKey, version,
+provider or key id it concerns, which are not secret.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "KmsError",
     "KmsUnavailable",
     "OpenFailure",
+    "SealedSourceFailure",
+    "SealedSourceInvalid",
 ]
 
 OpenFailure = Literal[
@@ -57,6 +61,41 @@ class InvalidEnvelope(Exception):
         self.reason: OpenFailure = reason
         super().__init__(
             f"cannot open ApiKey {namespace}/{name} version {version}: {_REASON_TEXT[reason]}"
+        )
+
+
+SealedSourceFailure = Literal[
+    "malformed",
+    "unsupported-format",
+    "wrong-recipient",
+    "authentication-failed",
+]
+"""Why a sealed source did not open. As coarse as ``OpenFailure``, for the same reason."""
+
+_SEALED_REASON_TEXT: dict[SealedSourceFailure, str] = {
+    "malformed": "the sealed value is not valid base64, or is truncated or malformed",
+    "unsupported-format": "the sealed value's format version is not supported",
+    "wrong-recipient": "the value was sealed to a different recipient key",
+    "authentication-failed": "the ciphertext did not authenticate for this ApiKey",
+}
+
+
+class SealedSourceInvalid(Exception):
+    """A sealed source (``spec.source.sealed``) could not be opened.
+
+    Raised for every failure: bad base64, truncation, an unknown format version, a value
+    sealed to another recipient key, any flipped bit, a value copied from another ApiKey
+    or namespace. ``reason`` says which, coarsely; the message never carries key material
+    or plaintext.
+    """
+
+    def __init__(self, namespace: str, name: str, reason: SealedSourceFailure) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.reason: SealedSourceFailure = reason
+        super().__init__(
+            f"cannot open the sealed source of ApiKey {namespace}/{name}: "
+            f"{_SEALED_REASON_TEXT[reason]}"
         )
 
 

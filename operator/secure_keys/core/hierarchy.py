@@ -1,4 +1,4 @@
-"""Owns password-based key derivation: the local key hierarchy and its password verifier.
+"""Owns key derivation: the local key hierarchy, its password verifier, and HKDF.
 
 ::
 
@@ -14,6 +14,9 @@
 The iteration count and salt travel with the data they protect (``KdfParams``), so a
 later rise in the default never breaks what was derived before. ``calibrate_iterations``
 picks a count for a target time on the machine it runs on.
+
+``hkdf_sha256`` is the full HKDF (extract, then expand) for the other modules that need
+one, such as ``sealing``, so that PBKDF2 and HKDF keep a single owner.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from hashlib import sha256
 from typing import Any
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from secure_keys.core.memory import zero
@@ -40,6 +43,7 @@ __all__ = [
     "KdfParams",
     "KeyHierarchy",
     "calibrate_iterations",
+    "hkdf_sha256",
     "normalize_password",
 ]
 
@@ -118,6 +122,26 @@ class KdfParams:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"invalid kdf parameters: {exc}") from None
+
+
+MAX_HKDF_LENGTH = 255 * 32
+"""RFC 5869's limit for HKDF-SHA256: 255 blocks of the 32-byte hash output."""
+
+
+def hkdf_sha256(
+    ikm: bytes | bytearray, *, salt: bytes, info: bytes, length: int = KEY_SIZE
+) -> bytearray:
+    """HKDF-SHA256 (RFC 5869, extract then expand) into a fresh ``bytearray``.
+
+    For input keying material that is not already uniformly random, such as an X25519
+    shared secret. The output is written straight into the returned buffer
+    (``derive_into``), so the derived key never exists as ``bytes``; the caller zeroes it.
+    """
+    if not 1 <= length <= MAX_HKDF_LENGTH:
+        raise ValueError(f"HKDF-SHA256 output length must be 1 to {MAX_HKDF_LENGTH} bytes")
+    out = bytearray(length)
+    HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive_into(ikm, out)
+    return out
 
 
 def _hkdf(master: bytearray, info: bytes) -> bytearray:

@@ -1,0 +1,47 @@
+"""``python -m secure_keys.controller``: run the ApiKey controller."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from secure_keys.controller.operator import ControllerOptions, run
+from secure_keys.core.logs import configure
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="secure-keys-controller")
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", "secure-keys-system"),
+        help="namespace of the controller's own keys and recipient ConfigMap",
+    )
+    parser.add_argument("--kms-config", type=Path, required=True, help="KMS keys (JSON)")
+    parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--peering", default=None, help="kopf peering name (leader election)")
+    parser.add_argument(
+        "--namespaces",
+        default=None,
+        help="only these namespaces: kopf globs with ! negations, e.g. 'team-*,!team-test'",
+    )
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    args = parser.parse_args(argv)
+    configure(json=None if args.log_format == "auto" else args.log_format == "json")
+    run(
+        ControllerOptions(
+            namespace=args.namespace,
+            kms_config=args.kms_config,
+            kubeconfig=args.kubeconfig,
+            workers=args.workers,
+        ),
+        peering=args.peering,
+        namespaces=args.namespaces,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Standard status conditions (metav1.Condition), built purely.
+
+``set_condition`` keeps ``lastTransitionTime`` when the status does not change, as the
+Kubernetes API conventions ask, so a condition's age says how long it has held.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any, Literal
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+def _stamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[dict[str, Any]],
+    type_: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int,
+    now: datetime.datetime,
+) -> list[dict[str, Any]]:
+    out = []
+    found = False
+    for condition in conditions:
+        if condition.get("type") != type_:
+            out.append(dict(condition))
+            continue
+        found = True
+        changed = condition.get("status") != status
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": _stamp(now)
+                if changed
+                else condition.get("lastTransitionTime", _stamp(now)),
+            }
+        )
+    if not found:
+        out.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": generation,
+                "lastTransitionTime": _stamp(now),
+            }
+        )
+    return out
+
+
+def get_condition(conditions: Sequence[dict[str, Any]], type_: str) -> dict[str, Any] | None:
+    for condition in conditions:
+        if condition.get("type") == type_:
+            return condition
+    return None

@@ -1,0 +1,143 @@
+"""The controller's own keys: the sealed-source recipient key and the fingerprint key.
+
+Both are created once per cluster, sealed as envelopes under the default KMS and kept in
+one Secret in the controller's namespace; every replica opens them at startup.
+
+* The X25519 **recipient key** opens ``spec.source.sealed`` values made by
+  ``secure-keys seal``. Its public half is published in a ConfigMap that any
+  authenticated user may read, so the CLI can seal without other access.
+* The **fingerprint key** (32 random bytes) keys the HMAC fingerprints written to status
+  and Events. It is independent of any KMS provider, so fingerprints stay comparable
+  across providers and KMS key rotations.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+from secure_keys.controller.kubeapi import CONFIGMAPS, SECRETS, ApiError, KubeApi
+from secure_keys.core import envelope
+from secure_keys.core.binding import KeyBinding
+from secure_keys.core.kms.base import KmsProvider
+from secure_keys.core.memory import random_secret, zero
+from secure_keys.core.sealing import Recipient, RecipientPrivateKey
+
+KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
+RECIPIENT_CONFIGMAP = "secure-keys-recipient"
+RECIPIENT_CONFIGMAP_KEY = "recipient.json"
+_RECIPIENT_SLOT = "recipient"
+_FINGERPRINT_SLOT = "fingerprint"
+FINGERPRINT_KEY_SIZE = 32
+_LABELS = {
+    "app.kubernetes.io/managed-by": "secure-keys",
+    "app.kubernetes.io/part-of": "secure-keys",
+}
+
+
+def _binding(namespace: str, slot: str) -> KeyBinding:
+    return KeyBinding(namespace, f"controller-{slot}", 1)
+
+
+@dataclass
+class ControllerKeys:
+    """The opened keys. ``close()`` zeroes the fingerprint key."""
+
+    recipient: RecipientPrivateKey
+    fingerprint_key: bytearray
+
+    @property
+    def public(self) -> Recipient:
+        return self.recipient.public()
+
+    def close(self) -> None:
+        zero(self.fingerprint_key)
+
+    def __repr__(self) -> str:
+        return f"ControllerKeys(recipient={self.public.key_id})"
+
+
+def _seal(kms: KmsProvider, namespace: str, slot: str, plaintext: bytearray) -> str:
+    sealed = envelope.seal(plaintext, _binding(namespace, slot), kms).to_bytes()
+    return base64.b64encode(sealed).decode()
+
+
+def _open(kms: KmsProvider, namespace: str, slot: str, data: dict[str, str]) -> bytearray:
+    if slot not in data:
+        raise ValueError(f"Secret {namespace}/{KEYS_SECRET} has no {slot!r} entry")
+    return envelope.open(base64.b64decode(data[slot]), _binding(namespace, slot), kms)
+
+
+def new_keys_secret(namespace: str, kms: KmsProvider) -> dict[str, object]:
+    """A fresh Secret body holding newly generated keys, sealed (pure but for the CSPRNG)."""
+    recipient = RecipientPrivateKey.generate()
+    raw = recipient.raw_bytes()
+    fingerprint_key = random_secret(FINGERPRINT_KEY_SIZE)
+    try:
+        data = {
+            _RECIPIENT_SLOT: _seal(kms, namespace, _RECIPIENT_SLOT, raw),
+            _FINGERPRINT_SLOT: _seal(kms, namespace, _FINGERPRINT_SLOT, fingerprint_key),
+        }
+    finally:
+        zero(raw)
+        zero(fingerprint_key)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "securekeys.io/controller-keys",
+        "metadata": {"name": KEYS_SECRET, "namespace": namespace, "labels": _LABELS},
+        "data": data,
+    }
+
+
+def open_keys(namespace: str, data: dict[str, str], kms: KmsProvider) -> ControllerKeys:
+    raw = _open(kms, namespace, _RECIPIENT_SLOT, data)
+    try:
+        recipient = RecipientPrivateKey.from_raw(raw)
+    finally:
+        zero(raw)
+    fingerprint_key = _open(kms, namespace, _FINGERPRINT_SLOT, data)
+    if len(fingerprint_key) != FINGERPRINT_KEY_SIZE:
+        zero(fingerprint_key)
+        raise ValueError("the stored fingerprint key has the wrong size")
+    return ControllerKeys(recipient, fingerprint_key)
+
+
+def recipient_configmap(namespace: str, recipient: Recipient) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": RECIPIENT_CONFIGMAP, "namespace": namespace, "labels": _LABELS},
+        "data": {RECIPIENT_CONFIGMAP_KEY: recipient.to_json()},
+    }
+
+
+async def load_or_create(api: KubeApi, namespace: str, kms: KmsProvider) -> ControllerKeys:
+    """Open the controller's keys, creating them on first start; publish the recipient."""
+    try:
+        secret = await api.get(SECRETS, namespace, KEYS_SECRET)
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+        try:
+            secret = await api.create(SECRETS, namespace, new_keys_secret(namespace, kms))
+        except ApiError as race:
+            if not race.conflict:
+                raise
+            secret = await api.get(SECRETS, namespace, KEYS_SECRET)  # another replica won
+    keys = open_keys(namespace, secret.get("data") or {}, kms)
+    await publish_recipient(api, namespace, keys.public)
+    return keys
+
+
+async def publish_recipient(api: KubeApi, namespace: str, recipient: Recipient) -> None:
+    body = recipient_configmap(namespace, recipient)
+    try:
+        current = await api.get(CONFIGMAPS, namespace, RECIPIENT_CONFIGMAP)
+    except ApiError as exc:
+        if not exc.not_found:
+            raise
+        await api.create(CONFIGMAPS, namespace, body)
+        return
+    if current.get("data") != body["data"]:
+        await api.patch(CONFIGMAPS, namespace, RECIPIENT_CONFIGMAP, {"data": body["data"]})

@@ -1,0 +1,27 @@
+"""Failpoints: named places where a test can make the controller die, as etcd's gofail does.
+
+``failpoint("blob-written")`` does nothing unless the name is listed in the
+``SECUREKEYS_FAILPOINTS`` environment variable of the process, in which case the process
+exits at once with status 86: no ``finally`` blocks, no flushing, like a SIGKILL or an
+OOM kill at that instruction. The crash-recovery tests run the controller in a
+subprocess with one failpoint armed, then restart it without.
+"""
+
+from __future__ import annotations
+
+import os
+
+CRASH_EXIT_STATUS = 86
+_ENV = "SECUREKEYS_FAILPOINTS"
+
+
+def armed() -> frozenset[str]:
+    return frozenset(filter(None, os.environ.get(_ENV, "").split(",")))
+
+
+_ARMED = armed()
+
+
+def failpoint(name: str) -> None:
+    if name in _ARMED:
+        os._exit(CRASH_EXIT_STATUS)

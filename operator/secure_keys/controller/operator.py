@@ -1,0 +1,185 @@
+"""Kopf wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
+
+kopf provides the watches, login, and (with ``--peering``) leader election. Its event
+handlers only enqueue the ApiKey's key; workers pull keys and run the ``Reconciler``,
+which is level-triggered: it reads the current state and moves it one step toward the
+spec, so a missed or duplicated event costs nothing. Delays (the next rotation, a grace
+period ending) and failures (backoff) are scheduled on the same queue.
+
+Nothing here writes kopf's own annotations or status: every ApiKey change is a write the
+service makes deliberately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kopf
+import structlog
+
+from secure_keys.controller.config import KmsDirectory, KmsSettings
+from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
+from secure_keys.controller.kubeapi import Credentials, KubeApi
+from secure_keys.controller.models import GROUP, VERSION
+from secure_keys.controller.service import (
+    LABEL_APIKEY,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Reconciler,
+    Retry,
+)
+from secure_keys.controller.workqueue import WorkQueue
+from secure_keys.core.errors import KmsError
+
+_log = structlog.get_logger("secure_keys.controller")
+
+Key = tuple[str, str]
+
+
+@dataclass
+class ControllerOptions:
+    namespace: str
+    kms_config: Path
+    kubeconfig: Path | None = None
+    workers: int = 8
+    instance: str = field(default_factory=lambda: os.environ.get("POD_NAME", "local"))
+
+
+class Runtime:
+    """The controller's long-lived parts, created at kopf startup and closed at cleanup."""
+
+    def __init__(self, options: ControllerOptions) -> None:
+        self.options = options
+        self.queue: WorkQueue[Key] = WorkQueue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._api: KubeApi | None = None
+        self.keys: ControllerKeys | None = None
+        self.reconciler: Reconciler | None = None
+
+    async def start(self) -> None:
+        options = self.options
+        kms = KmsDirectory(KmsSettings.load(options.kms_config))
+        self._api = KubeApi(Credentials.discover(options.kubeconfig))
+        api = await self._api.__aenter__()
+        delay = 0.5
+        while True:
+            try:
+                self.keys = await load_or_create(api, options.namespace, kms.default())
+                break
+            except KmsError as exc:
+                # Without the default KMS nothing can be sealed or opened: wait for it.
+                _log.warning("controller.keys.unavailable", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+        self.reconciler = Reconciler(api, kms, self.keys, instance=options.instance)
+        self._tasks.append(asyncio.create_task(self.queue.run_timers()))
+        for _ in range(options.workers):
+            self._tasks.append(asyncio.create_task(self._worker()))
+        _log.info(
+            "controller.started",
+            namespace=options.namespace,
+            recipient=self.keys.public.key_id,
+            workers=options.workers,
+        )
+
+    async def stop(self) -> None:
+        self.queue.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._api is not None:
+            await self._api.__aexit__(None, None, None)
+        if self.keys is not None:
+            self.keys.close()
+
+    async def _worker(self) -> None:
+        if self.reconciler is None:
+            raise RuntimeError("workers start after the reconciler")
+        while True:
+            key = await self.queue.get()
+            try:
+                outcome = await self.reconciler.reconcile(*key)
+            except Retry as exc:
+                delay = self.queue.backoff(key)
+                _log.info(
+                    "apikey.retry", namespace=key[0], apikey=key[1], delay=delay, why=str(exc)
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = self.queue.backoff(key)
+                _log.exception(
+                    "apikey.reconcile.crashed", namespace=key[0], apikey=key[1], delay=delay
+                )
+            else:
+                self.queue.forget(key)
+                if outcome.wake_at is not None:
+                    now = datetime.datetime.now(datetime.UTC)
+                    self.queue.add_after(key, (outcome.wake_at - now).total_seconds() + 0.5)
+            finally:
+                self.queue.done(key)
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        if runtime.options.kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ:
+            return kopf.login_with_service_account(**kwargs)
+        return kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are written by the service
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event
+        settings.watching.server_timeout = 300
+        await runtime.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await runtime.stop()
+
+    @kopf.on.event(GROUP, VERSION, "apikeys", registry=registry)
+    def apikey_changed(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace:
+            runtime.queue.add((namespace, name))
+
+    @kopf.on.event("", "v1", "secrets", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
+    def blobs_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+        owner = labels.get(LABEL_APIKEY)
+        if owner and namespace:
+            runtime.queue.add((namespace, owner))
+
+    return registry
+
+
+def run(
+    options: ControllerOptions, *, peering: str | None = None, namespaces: str | None = None
+) -> None:
+    """Run the controller until SIGINT/SIGTERM. Without ``peering`` it runs standalone.
+
+    ``namespaces`` is a kopf namespace pattern (globs, ``!`` negations, comma-separated);
+    without it the controller watches the whole cluster.
+    """
+    if options.kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(options.kubeconfig)
+    runtime = Runtime(options)
+    kopf.run(
+        registry=build_registry(runtime),
+        clusterwide=namespaces is None,
+        namespaces=[namespaces] if namespaces else (),
+        standalone=peering is None,
+        peering_name=peering,
+    )

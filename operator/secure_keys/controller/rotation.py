@@ -1,0 +1,305 @@
+"""The version lifecycle of one ApiKey, as a pure planner: state in, next step out.
+
+States follow AWS Secrets Manager's staging labels::
+
+    Pending  -> Active  -> Archived -> Destroyed
+    (sealed,    (served     (served as    (blob deleted:
+     recorded)   as current) .previous for  crypto-shredded)
+                             gracePeriod)
+
+The controller's durable state is split over two objects: the ApiKey's ``status``
+(which versions exist and in which state) and the blob Secret (one sealed envelope per
+version). Neither write is atomic with the other, so every step is ordered to leave a
+state the next ``plan`` call can finish from, whatever point a crash interrupts:
+
+* A new version's blob is written **before** its status record. A blob with no record
+  was never served (serving needs an Active record), so ``plan`` deletes it and starts
+  again.
+* Promotion is **one** status write that makes the Pending version Active and the old
+  Active one Archived, so there is never more than one Active version.
+* A version is marked Destroyed in status **before** its blob is deleted, and a blob of
+  a Destroyed version is deleted on the next pass.
+
+``plan`` returns one step; the service executes it, re-reads, and plans again until
+``Idle``. Every function here is pure: time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from secure_keys.core.schedule import RotationPolicy
+
+State = Literal["Pending", "Active", "Archived", "Destroyed"]
+STATES: tuple[State, ...] = ("Pending", "Active", "Archived", "Destroyed")
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version as the ApiKey status records it. Holds no secret material."""
+
+    version: int
+    state: State
+    created_at: datetime.datetime
+    fingerprint: str
+    kms_provider: str
+    kms_key_id: str
+    kms_key_version: str
+    activated_at: datetime.datetime | None = None
+    archived_at: datetime.datetime | None = None
+    destroyed_at: datetime.datetime | None = None
+
+    def to_status(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "version": self.version,
+            "state": self.state,
+            "createdAt": _stamp(self.created_at),
+            "fingerprint": self.fingerprint,
+            "kmsProvider": self.kms_provider,
+            "kmsKeyId": self.kms_key_id,
+            "kmsKeyVersion": self.kms_key_version,
+        }
+        for key, value in (
+            ("activatedAt", self.activated_at),
+            ("archivedAt", self.archived_at),
+            ("destroyedAt", self.destroyed_at),
+        ):
+            if value is not None:
+                out[key] = _stamp(value)
+        return out
+
+    @classmethod
+    def from_status(cls, item: dict[str, object]) -> VersionRecord:
+        state = str(item["state"])
+        if state not in STATES:
+            raise ValueError(f"unknown version state {state!r}")
+        return cls(
+            version=int(str(item["version"])),
+            state=state,
+            created_at=parse_stamp(str(item["createdAt"])),
+            fingerprint=str(item.get("fingerprint", "")),
+            kms_provider=str(item.get("kmsProvider", "")),
+            kms_key_id=str(item.get("kmsKeyId", "")),
+            kms_key_version=str(item.get("kmsKeyVersion", "")),
+            activated_at=_opt_stamp(item.get("activatedAt")),
+            archived_at=_opt_stamp(item.get("archivedAt")),
+            destroyed_at=_opt_stamp(item.get("destroyedAt")),
+        )
+
+
+def _stamp(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_stamp(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+def _opt_stamp(value: object) -> datetime.datetime | None:
+    return parse_stamp(str(value)) if value else None
+
+
+def format_stamp(value: datetime.datetime) -> str:
+    return _stamp(value)
+
+
+# -- steps -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeleteBlobs:
+    """Remove blobs no live record points at (unrecorded attempts, destroyed versions)."""
+
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """Seal a new version: write its blob, then record it as Pending."""
+
+    version: int
+    reason: Literal["initial", "scheduled", "requested", "source-changed"]
+    from_source: bool
+    """Take the plaintext from spec.source (else re-seal the Active version's under a new
+    DEK: a rotation cannot invent a new value for a key that came from outside)."""
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Make the Pending version Active and the old Active one Archived (one write)."""
+
+    version: int
+    previous: int | None
+
+
+@dataclass(frozen=True)
+class Destroy:
+    """Mark versions Destroyed in status; their blobs go on the next pass."""
+
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing to do until ``wake_at`` (None: until the spec or annotations change)."""
+
+    wake_at: datetime.datetime | None
+
+
+Step = DeleteBlobs | NewVersion | Promote | Destroy | Idle
+
+
+@dataclass(frozen=True)
+class KeyState:
+    """Everything ``plan`` needs to know about one ApiKey, read from the API."""
+
+    records: tuple[VersionRecord, ...]
+    blobs: frozenset[int]
+    policy: RotationPolicy
+    source_digest: str
+    """Digest of spec.source now; compared with ``recorded_source_digest``."""
+    recorded_source_digest: str | None
+    rotation_request: str | None
+    """Value of the rotate-now annotation, if set."""
+    honoured_request: str | None
+    next_rotation: datetime.datetime | None
+    source_mints: bool = False
+    """The source makes a new value on demand (``generate``); others are re-sealed."""
+
+    def by_state(self, state: State) -> list[VersionRecord]:
+        return [r for r in self.records if r.state == state]
+
+    @property
+    def active(self) -> VersionRecord | None:
+        active = self.by_state("Active")
+        return active[0] if active else None
+
+
+def live_versions(records: Iterable[VersionRecord]) -> set[int]:
+    return {r.version for r in records if r.state != "Destroyed"}
+
+
+def plan(state: KeyState, now: datetime.datetime) -> Step:
+    """The next step for this ApiKey. Call again after executing it."""
+    live = live_versions(state.records)
+    stray = sorted(state.blobs - live)
+    if stray:
+        return DeleteBlobs(tuple(stray))
+
+    pending = state.by_state("Pending")
+    active = state.active
+    if pending:
+        newest = max(pending, key=lambda r: r.version)
+        if newest.version in state.blobs:
+            return Promote(newest.version, active.version if active else None)
+        # A record whose blob vanished (deleted by hand): never serve it.
+        return Destroy(tuple(r.version for r in pending))
+
+    next_version = max((r.version for r in state.records), default=0) + 1
+    if active is None:
+        return NewVersion(next_version, "initial", from_source=True)
+    if active.version not in state.blobs:
+        # The served version's blob is gone; re-create from source rather than serve nothing.
+        return NewVersion(next_version, "initial", from_source=True)
+    if state.recorded_source_digest != state.source_digest:
+        return NewVersion(next_version, "source-changed", from_source=True)
+    if state.rotation_request and state.rotation_request != state.honoured_request:
+        return NewVersion(next_version, "requested", from_source=state.source_mints)
+    if state.next_rotation is not None and now >= state.next_rotation:
+        return NewVersion(next_version, "scheduled", from_source=state.source_mints)
+
+    doomed = expired(state.records, state.policy, now)
+    if doomed:
+        return Destroy(doomed)
+    return Idle(wake_time(state, now))
+
+
+def expired(
+    records: Sequence[VersionRecord], policy: RotationPolicy, now: datetime.datetime
+) -> tuple[int, ...]:
+    """Archived versions beyond the newest ``retain`` live ones, once their grace is over."""
+    live = sorted(
+        (r for r in records if r.state in ("Active", "Archived")),
+        key=lambda r: r.version,
+        reverse=True,
+    )
+    doomed = []
+    for record in live[policy.retain :]:
+        if record.state != "Archived" or record.archived_at is None:
+            continue
+        if now >= record.archived_at + policy.grace_period:
+            doomed.append(record.version)
+    return tuple(sorted(doomed))
+
+
+def wake_time(state: KeyState, now: datetime.datetime) -> datetime.datetime | None:
+    """When the next timed step (rotation or destruction) falls due."""
+    candidates = []
+    if state.next_rotation is not None:
+        candidates.append(state.next_rotation)
+    live = sorted(
+        (r for r in state.records if r.state in ("Active", "Archived")),
+        key=lambda r: r.version,
+        reverse=True,
+    )
+    for record in live[state.policy.retain :]:
+        if record.archived_at is not None:
+            candidates.append(record.archived_at + state.policy.grace_period)
+    future = [c for c in candidates if c > now]
+    return min(future) if future else None
+
+
+# -- status transitions (pure) -----------------------------------------------------------
+
+
+def record_pending(
+    records: Sequence[VersionRecord], new: VersionRecord
+) -> tuple[VersionRecord, ...]:
+    if new.state != "Pending":
+        raise ValueError("a new version starts Pending")
+    if any(r.version == new.version for r in records):
+        raise ValueError(f"version {new.version} is already recorded")
+    return (*records, new)
+
+
+def promote(
+    records: Sequence[VersionRecord], version: int, now: datetime.datetime
+) -> tuple[VersionRecord, ...]:
+    out = []
+    for record in records:
+        if record.version == version:
+            out.append(replace(record, state="Active", activated_at=now))
+        elif record.state == "Active":
+            out.append(replace(record, state="Archived", archived_at=now))
+        elif record.state == "Pending":
+            # An older Pending version lost the race to this one; it was never served.
+            out.append(replace(record, state="Destroyed", destroyed_at=now))
+        else:
+            out.append(record)
+    return tuple(out)
+
+
+def destroy(
+    records: Sequence[VersionRecord], versions: Iterable[int], now: datetime.datetime
+) -> tuple[VersionRecord, ...]:
+    doomed = set(versions)
+    return tuple(
+        replace(r, state="Destroyed", destroyed_at=now) if r.version in doomed else r
+        for r in records
+    )
+
+
+def grace_versions(
+    records: Sequence[VersionRecord], policy: RotationPolicy, now: datetime.datetime
+) -> tuple[VersionRecord, ...]:
+    """Archived versions still within their grace period: served as ``.previous``."""
+    return tuple(
+        r
+        for r in records
+        if r.state == "Archived"
+        and r.archived_at is not None
+        and now < r.archived_at + policy.grace_period
+    )

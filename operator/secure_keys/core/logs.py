@@ -1,0 +1,49 @@
+"""Owns logging configuration: structlog, configured once per process.
+
+JSON lines when stderr is not a terminal (containers, CI), readable key=value output
+when it is. Standard-library loggers (kopf, aiohttp) go through the same renderer, so a
+process emits one format. Context such as the ApiKey being reconciled is bound with
+contextvars. Log calls pass names, versions and fingerprints, never key material.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_configured = False
+
+
+def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    if json is None:
+        json = not sys.stderr.isatty()
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
