@@ -21,7 +21,7 @@ from kubernetes import client
 from secure_keys.devcluster import access
 from secure_keys.devcluster.cluster import LocalCluster
 from secure_keys.devcluster.localkms import write_local_kms
-from tests.e2e.harness import (
+from secure_keys.devcluster.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     bind_controller_identity,

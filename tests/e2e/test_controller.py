@@ -11,7 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys.controller.service import blob_secret_name
-from tests.e2e.harness import (
+from secure_keys.devcluster.stack import (
     ControllerProcess,
     condition,
     create_apikey,

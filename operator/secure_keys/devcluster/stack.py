@@ -1,9 +1,10 @@
-"""Running secure-keys components against the cluster under test.
+"""Running the secure-keys stack on a cluster: CRDs, RBAC, and the controller process.
 
-``install_crds`` applies ``crds/``; ``ControllerProcess`` runs the real controller
-(``python -m secure_keys.controller``) as a subprocess under an unprivileged identity
-bound to ``deploy/controller-rbac.yaml``, with its log captured to a file, so tests can
-crash it, restart it and search its output.
+Used by the e2e tests, ``make demo`` and the benchmarks. ``install_crds`` applies
+``crds/``; ``bind_controller_identity`` grants a user exactly the shipped controller
+RBAC (``deploy/controller-rbac.yaml``); ``ControllerProcess`` runs the real controller
+(``python -m secure_keys.controller``) as a subprocess with its log captured to a file,
+so callers can crash it, restart it and search its output.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONTROLLER_NAMESPACE = "secure-keys-system"
 GROUP, VERSION = "securekeys.io", "v1alpha1"
 
