@@ -12,6 +12,16 @@ from __future__ import annotations
 import os
 
 CRASH_EXIT_STATUS = 86
+
+CRASH_POINTS = (
+    "before-blob-write",  # a new version is sealed in memory; nothing written yet
+    "blob-written",  # its blob is in the Secret; status does not know it
+    "pending-recorded",  # status records it as Pending
+    "promoted",  # status made it Active and the previous one Archived
+    "destroy-recorded",  # status marks an expired version Destroyed; blob still there
+    "blobs-deleted",  # the Destroyed version's blob is gone from the Secret
+)
+"""Every failpoint in a rotation, in the order a rotation reaches them."""
 _ENV = "SECUREKEYS_FAILPOINTS"
 
 
