@@ -74,8 +74,8 @@ kind-e2e: $(STAMP) image
 bench: $(STAMP)
 	$(BIN)/python bench/envelope.py
 
-demo: $(STAMP)
-	$(BIN)/python -m secure_keys.demo
+demo: $(STAMP) control-plane
+	$(BIN)/python -m secure_keys.cli dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

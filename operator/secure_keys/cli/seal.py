@@ -1,0 +1,114 @@
+"""``secure-keys seal``: encrypt a plaintext to the cluster's recipient key, client side.
+
+The output is an ApiKey manifest whose ``spec.source.sealed`` only the controller can
+open, and only for that namespace and name: safe to commit to git. The plaintext is
+read from stdin or ``--from-file`` into a ``bytearray`` and zeroed after sealing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from secure_keys.controller.controller_keys import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
+from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE
+from secure_keys.core.memory import read_secret_file, zero
+from secure_keys.core.sealing import Recipient, seal_to_recipient
+
+
+class SealError(Exception):
+    """A user-facing error: the message says what to fix."""
+
+
+def read_plaintext(source: IO[bytes] | None, path: Path | None, *, keep_newline: bool) -> bytearray:
+    if path is not None:
+        buffer = read_secret_file(path)
+    else:
+        if source is None:
+            raise SealError("no plaintext: pipe it on stdin or use --from-file")
+        buffer = bytearray(MAX_PLAINTEXT_SIZE + 2)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < len(buffer):
+            count = source.readinto(view[filled:])  # type: ignore[attr-defined]
+            if not count:
+                break
+            filled += count
+        view.release()
+        del buffer[filled:]
+    if not keep_newline and buffer.endswith(b"\n"):
+        del buffer[-1:]
+        if buffer.endswith(b"\r"):
+            del buffer[-1:]
+    if not buffer:
+        zero(buffer)
+        raise SealError("the plaintext is empty")
+    if len(buffer) > MAX_PLAINTEXT_SIZE:
+        zero(buffer)
+        raise SealError(f"the plaintext is larger than {MAX_PLAINTEXT_SIZE} bytes")
+    return buffer
+
+
+def recipient_from_cluster(kubeconfig: Path | None, controller_namespace: str) -> Recipient:
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+
+    api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
+    try:
+        configmap = client.CoreV1Api(api).read_namespaced_config_map(
+            RECIPIENT_CONFIGMAP, controller_namespace
+        )
+    except ApiException as exc:
+        raise SealError(
+            f"cannot read ConfigMap {controller_namespace}/{RECIPIENT_CONFIGMAP} "
+            f"({exc.status} {exc.reason}); is the controller running? "
+            "Or pass --recipient-file"
+        ) from None
+    return Recipient.from_json((configmap.data or {}).get(RECIPIENT_CONFIGMAP_KEY, ""))
+
+
+def manifest(
+    name: str,
+    namespace: str,
+    recipient: Recipient,
+    ciphertext: str,
+    *,
+    extra_spec: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "source": {"sealed": {"recipient": recipient.key_id, "ciphertext": ciphertext}}
+    }
+    spec.update(extra_spec or {})
+    return {
+        "apiVersion": "securekeys.io/v1alpha1",
+        "kind": "ApiKey",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def seal_command(
+    *,
+    name: str,
+    namespace: str,
+    recipient: Recipient,
+    plaintext: bytearray,
+    extra_spec: dict[str, Any] | None,
+) -> str:
+    try:
+        ciphertext = seal_to_recipient(recipient, plaintext, namespace=namespace, name=name)
+    finally:
+        zero(plaintext)
+    document = manifest(name, namespace, recipient, ciphertext, extra_spec=extra_spec)
+    header = (
+        f"# Sealed for {recipient.key_id}; only the controller can open it, and only as\n"
+        f"# ApiKey {namespace}/{name}. Safe to commit.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, width=1 << 20)
+
+
+def stdin_bytes() -> IO[bytes]:
+    return sys.stdin.buffer
