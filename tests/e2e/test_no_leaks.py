@@ -102,7 +102,12 @@ def test_canary_appears_nowhere(
         "controller log": controller.log().encode(),
     }
     if kube.cluster is not None:
-        etcd = eventually(lambda: (b := _etcd_bytes(kube)) and CONTROL.encode() in b and b)
+
+        def etcd_with_control() -> bytes | None:
+            data = _etcd_bytes(kube)
+            return data if CONTROL.encode() in data else None
+
+        etcd = eventually(etcd_with_control, what="the control Secret in etcd's files")
         assert leaked(etcd, CONTROL), "the etcd search cannot see a plain Secret"
         places["etcd data directory (bbolt db and WAL)"] = etcd
     for where, haystack in places.items():
