@@ -20,13 +20,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import kopf
 import structlog
 
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
+from secure_keys.controller.keyroles import KeyRoleReconciler
 from secure_keys.controller.kubeapi import Credentials, KubeApi
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
@@ -41,7 +42,9 @@ from secure_keys.core.errors import KmsError
 
 _log = structlog.get_logger("secure_keys.controller")
 
-Key = tuple[str, str]
+Kind = Literal["apikey", "keyrole"]
+Key = tuple[Kind, str, str]
+"""(kind, namespace, name): one queue serves both resources."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class Runtime:
         self._api: KubeApi | None = None
         self.keys: ControllerKeys | None = None
         self.reconciler: Reconciler | None = None
+        self.keyroles: KeyRoleReconciler | None = None
+        self.roles_by_namespace: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         options = self.options
@@ -80,6 +85,7 @@ class Runtime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
         self.reconciler = Reconciler(api, kms, self.keys, instance=options.instance)
+        self.keyroles = KeyRoleReconciler(api, instance=options.instance)
         self._tasks.append(asyncio.create_task(self.queue.run_timers()))
         for _ in range(options.workers):
             self._tasks.append(asyncio.create_task(self._worker()))
@@ -103,24 +109,42 @@ class Runtime:
         if self.keys is not None:
             self.keys.close()
 
+    def apikey_changed(self, namespace: str, name: str) -> None:
+        self.queue.add(("apikey", namespace, name))
+        for role in self.roles_by_namespace.get(namespace, ()):
+            self.queue.add(("keyrole", namespace, role))
+
+    def keyrole_changed(self, namespace: str, name: str, deleted: bool) -> None:
+        roles = self.roles_by_namespace.setdefault(namespace, set())
+        if deleted:
+            roles.discard(name)
+        else:
+            roles.add(name)
+            self.queue.add(("keyrole", namespace, name))
+
     async def _worker(self) -> None:
-        if self.reconciler is None:
-            raise RuntimeError("workers start after the reconciler")
+        if self.reconciler is None or self.keyroles is None:
+            raise RuntimeError("workers start after the reconcilers")
         while True:
             key = await self.queue.get()
+            kind, namespace, name = key
             try:
-                outcome = await self.reconciler.reconcile(*key)
+                if kind == "keyrole":
+                    await self.keyroles.reconcile(namespace, name)
+                    self.queue.forget(key)
+                    continue
+                outcome = await self.reconciler.reconcile(namespace, name)
             except Retry as exc:
                 delay = self.queue.backoff(key)
                 _log.info(
-                    "apikey.retry", namespace=key[0], apikey=key[1], delay=delay, why=str(exc)
+                    "retry", kind=kind, namespace=namespace, name=name, delay=delay, why=str(exc)
                 )
             except asyncio.CancelledError:
                 raise
             except Exception:
                 delay = self.queue.backoff(key)
                 _log.exception(
-                    "apikey.reconcile.crashed", namespace=key[0], apikey=key[1], delay=delay
+                    "reconcile.crashed", kind=kind, namespace=namespace, name=name, delay=delay
                 )
             else:
                 self.queue.forget(key)
@@ -154,13 +178,18 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.event(GROUP, VERSION, "apikeys", registry=registry)
     def apikey_changed(namespace: str | None, name: str, **_: Any) -> None:
         if namespace:
-            runtime.queue.add((namespace, name))
+            runtime.apikey_changed(namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
+    def keyrole_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:  # noqa: A002
+        if namespace:
+            runtime.keyrole_changed(namespace, name, deleted=type == "DELETED")
 
     @kopf.on.event("", "v1", "secrets", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
     def blobs_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
         owner = labels.get(LABEL_APIKEY)
         if owner and namespace:
-            runtime.queue.add((namespace, owner))
+            runtime.queue.add(("apikey", namespace, owner))
 
     return registry
 

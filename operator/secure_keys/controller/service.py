@@ -32,8 +32,9 @@ from secure_keys.controller import rotation
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.config import KmsDirectory, KmsNotConfigured
 from secure_keys.controller.controller_keys import ControllerKeys
+from secure_keys.controller.events import COMPONENT, EventType, post_event
 from secure_keys.controller.failpoints import failpoint
-from secure_keys.controller.kubeapi import APIKEYS, EVENTS, SECRETS, ApiError, KubeApi
+from secure_keys.controller.kubeapi import APIKEYS, SECRETS, ApiError, KubeApi
 from secure_keys.controller.models import (
     FINALIZER,
     GROUP,
@@ -59,7 +60,6 @@ BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
 LABEL_APIKEY = "securekeys.io/apikey"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "secure-keys"
-COMPONENT = "secure-keys-controller"
 MAX_STEPS = 16
 
 
@@ -596,36 +596,7 @@ class Reconciler:
             if not exc.not_found:
                 raise Retry(str(exc)) from None
 
-    async def _event(self, body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        metadata = body["metadata"]
-        now = datetime.datetime.now(datetime.UTC)
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "generateName": f"{metadata['name']}.",
-                "namespace": metadata["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ApiKey",
-                "name": metadata["name"],
-                "namespace": metadata["namespace"],
-                "uid": metadata["uid"],
-                "resourceVersion": metadata.get("resourceVersion", ""),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.instance,
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        try:
-            await self.api.create(EVENTS, metadata["namespace"], event)
-        except ApiError as exc:  # an Event is best effort; the status already says it
-            _log.warning("event.failed", reason=reason, status=exc.status)
+    async def _event(
+        self, body: dict[str, Any], type_: EventType, reason: str, message: str
+    ) -> None:
+        await post_event(self.api, body, "ApiKey", type_, reason, message, instance=self.instance)
