@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +69,24 @@ def kube(
 
 
 @pytest.fixture(scope="session")
-def admin_api(kube: Target) -> client.ApiClient:
-    return kube.admin()
+def admin_api(kube: Target) -> Iterator[client.ApiClient]:
+    with kube.admin() as api:
+        yield api
+
+
+@pytest.fixture
+def user_api(kube: Target) -> Iterator[Callable[..., client.ApiClient]]:
+    """Make API clients for unprivileged users; every one is closed after the test."""
+    made: list[client.ApiClient] = []
+
+    def make(user: str, groups: tuple[str, ...] = ()) -> client.ApiClient:
+        api = access.api_client(kube.user_kubeconfig(user, groups))
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.close()
 
 
 @pytest.fixture

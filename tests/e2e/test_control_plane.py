@@ -284,10 +284,10 @@ def test_validating_webhook_is_called_over_tls_and_can_deny(
 
 
 def test_unprivileged_user_needs_rbac_grant_to_list_secrets(
-    kube: Target, admin_api: client.ApiClient, namespace: str
+    user_api: Callable[..., client.ApiClient], admin_api: client.ApiClient, namespace: str
 ) -> None:
     user = f"alice-{namespace}"
-    api = access.api_client(kube.user_kubeconfig(user, ("e2e-developers",)))
+    api = user_api(user, ("e2e-developers",))
     secrets_of_user = client.CoreV1Api(api)
 
     def list_secrets() -> Any:
@@ -328,10 +328,10 @@ def test_unprivileged_user_needs_rbac_grant_to_list_secrets(
 
 
 def test_group_from_client_cert_is_honoured(
-    kube: Target, admin_api: client.ApiClient, namespace: str
+    user_api: Callable[..., client.ApiClient], admin_api: client.ApiClient, namespace: str
 ) -> None:
     group = f"readers-{namespace}"
-    api = access.api_client(kube.user_kubeconfig(f"bob-{namespace}", (group,)))
+    api = user_api(f"bob-{namespace}", (group,))
     rbac = client.RbacAuthorizationV1Api(admin_api)
     rbac.create_namespaced_role(
         namespace,

@@ -138,8 +138,9 @@ def test_users_from_the_csr_api_work_on_the_local_cluster(
     path = access.csr_user_kubeconfig(
         local.kubeconfig, f"carol-{namespace}", ["e2e-csr"], kube.scratch / "carol.kubeconfig"
     )
-    who = client.AuthenticationV1Api(access.api_client(path)).create_self_subject_review(
-        client.V1SelfSubjectReview()
-    )
+    with access.api_client(path) as api:
+        who = client.AuthenticationV1Api(api).create_self_subject_review(
+            client.V1SelfSubjectReview()
+        )
     assert who.status.user_info.username == f"carol-{namespace}"
     assert "e2e-csr" in who.status.user_info.groups

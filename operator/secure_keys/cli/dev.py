@@ -12,6 +12,7 @@ Everything runs from this repository's own files; nothing needs Docker or a netw
 from __future__ import annotations
 
 import base64
+import contextlib
 import subprocess
 import tempfile
 import time
@@ -79,9 +80,10 @@ def run_demo(*, keep: bool = False) -> int:
     with tempfile.TemporaryDirectory(prefix="securekeys-demo-") as tmp:
         workdir = Path(tmp)
         _say("1. starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
-        with LocalCluster() as cluster:
+        with LocalCluster() as cluster, contextlib.ExitStack() as stack:
             print(f"ready in {cluster.started_in:.1f} s; kubeconfig {cluster.kubeconfig}")
             api = access.api_client(cluster.kubeconfig)
+            stack.callback(api.close)
             _say("2. installing the CRDs and the controller's RBAC")
             install_crds(api)
             ensure_namespace(api, CONTROLLER_NAMESPACE)

@@ -24,7 +24,12 @@ from pathlib import Path
 from secure_keys.controller.models import KmsRef
 from secure_keys.core.errors import KmsError, KmsUnavailable
 from secure_keys.core.kms.base import KmsProvider
-from secure_keys.core.kms.registry import KmsConfig, KmsRegistry, default_registry
+from secure_keys.core.kms.registry import (
+    KmsConfig,
+    KmsRegistry,
+    UnknownProviderError,
+    default_registry,
+)
 
 
 class KmsNotConfigured(LookupError):
@@ -42,11 +47,23 @@ class KmsSettings:
         if not isinstance(document, dict):
             raise ValueError("KMS config must be a JSON object")
         keys: dict[tuple[str, str], KmsConfig] = {}
-        for entry in document.get("keys", []):
+        entries = document.get("keys", [])
+        if not isinstance(entries, list):
+            raise ValueError("KMS config: keys must be a list")
+        for index, entry in enumerate(entries):
+            where = f"KMS config: keys[{index}]"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where} must be an object")
+            missing = [f for f in ("provider", "keyId") if not isinstance(entry.get(f), str)]
+            if missing:
+                raise ValueError(f"{where} needs string fields {missing}")
+            options = entry.get("options") or {}
+            if not isinstance(options, dict):
+                raise ValueError(f"{where}.options must be an object")
             config = KmsConfig(
-                provider=str(entry["provider"]),
-                key_id=str(entry["keyId"]),
-                options={str(k): str(v) for k, v in (entry.get("options") or {}).items()},
+                provider=entry["provider"],
+                key_id=entry["keyId"],
+                options={str(k): str(v) for k, v in options.items()},
             )
             keys[(config.provider, config.key_id)] = config
         default = document.get("default") or {}
@@ -96,6 +113,9 @@ class KmsDirectory:
             built = self._registry.create(config)
         except KmsError:
             raise
+        except UnknownProviderError as exc:
+            # Configured, but this build lacks the provider (e.g. the aws extra).
+            raise KmsNotConfigured(str(exc)) from None
         except (OSError, ValueError) as exc:
             # The message names the file or setting, never its contents.
             raise KmsUnavailable(config.provider, config.key_id, str(exc)) from None

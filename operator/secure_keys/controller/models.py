@@ -154,5 +154,8 @@ def source_digest(spec: ApiKeySpec) -> str:
     The source holds no plaintext (a generator's parameters, a Secret's name, or a
     ciphertext), so its digest can sit in status.
     """
-    canonical = json.dumps(spec.source.model_dump(by_alias=True, exclude_none=True), sort_keys=True)
+    source = spec.source.model_dump(by_alias=True, exclude_none=True)
+    # deleteAfterSeal says what to do with the source, not what the value is.
+    (source.get("secretRef") or {}).pop("deleteAfterSeal", None)
+    canonical = json.dumps(source, sort_keys=True)
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:32]

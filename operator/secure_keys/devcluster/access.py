@@ -58,8 +58,20 @@ def csr_user_kubeconfig(
     approves it as the admin, waits for the certificate and deletes the request.
     """
     csr_pem, key_pem = pki.certificate_signing_request(user, groups)
-    api = api_client(admin_kubeconfig)
-    certificates = client.CertificatesV1Api(api)
+    with api_client(admin_kubeconfig) as api:
+        cert_pem = _issue(client.CertificatesV1Api(api), csr_pem, user, timeout)
+    server, ca_pem, _ = kubeconfig.current_cluster(admin_kubeconfig)
+    if ca_pem is None:
+        raise ValueError(f"{admin_kubeconfig} has no certificate authority for its cluster")
+    document = kubeconfig.build(
+        server=server, ca_pem=ca_pem, user=user, cert_pem=cert_pem, key_pem=key_pem
+    )
+    return kubeconfig.write(out, document)
+
+
+def _issue(
+    certificates: client.CertificatesV1Api, csr_pem: bytes, user: str, timeout: float
+) -> bytes:
     name = f"securekeys-{user}-{time.time_ns()}".lower().replace(":", "-")[:63]
     certificates.create_certificate_signing_request(
         client.V1CertificateSigningRequest(
@@ -94,10 +106,4 @@ def csr_user_kubeconfig(
             time.sleep(0.1)
     finally:
         certificates.delete_certificate_signing_request(name)
-    server, ca_pem, _ = kubeconfig.current_cluster(admin_kubeconfig)
-    if ca_pem is None:
-        raise ValueError(f"{admin_kubeconfig} has no certificate authority for its cluster")
-    document = kubeconfig.build(
-        server=server, ca_pem=ca_pem, user=user, cert_pem=cert_pem, key_pem=key_pem
-    )
-    return kubeconfig.write(out, document)
+    return cert_pem
