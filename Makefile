@@ -71,8 +71,9 @@ kind-e2e: $(STAMP) image
 	mkdir -p build && kind get kubeconfig --name $(KIND_CLUSTER) > build/kind.kubeconfig
 	$(MAKE) e2e KUBECONFIG=$(CURDIR)/build/kind.kubeconfig
 
-bench: $(STAMP)
+bench: $(STAMP) control-plane
 	$(BIN)/python bench/envelope.py
+	$(BIN)/python bench/controller.py
 
 demo: $(STAMP) control-plane
 	$(BIN)/python -m secure_keys.cli dev

@@ -142,12 +142,15 @@ def peak_rss_mib(pid: int) -> float:
     raise RuntimeError("no VmHWM")
 
 
-async def measure(kubeconfig: Path, controller: ControllerProcess, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(
+    kubeconfig: Path, controller: ControllerProcess, args: argparse.Namespace
+) -> dict[str, Any]:
     async with KubeApi(Credentials.from_kubeconfig(kubeconfig), limit=args.concurrency) as api:
         secrets_per_s = await create_secrets(api, args.count, args.concurrency)
         keys_per_s = await create_apikeys(api, args.count, args.concurrency, args.timeout)
         rotations_per_s = await rotate_all(api, args.count, args.concurrency, args.timeout)
-    assert controller.process is not None
+    if controller.process is None:
+        raise RuntimeError("the controller is not running")
     return {
         "bench": "controller",
         "count": args.count,

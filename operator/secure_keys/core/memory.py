@@ -8,6 +8,7 @@ immutable ``bytes`` object, and ``zero`` overwrites a buffer in place.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import threading
@@ -33,7 +34,14 @@ def _forget_reader() -> None:
     _urandom_lock = threading.Lock()
 
 
+def _close_reader() -> None:
+    reader = _urandom_file
+    if reader is not None:
+        reader.close()
+
+
 os.register_at_fork(after_in_child=_forget_reader)
+atexit.register(_close_reader)
 
 
 def _urandom_reader() -> io.FileIO:
