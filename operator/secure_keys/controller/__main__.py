@@ -7,8 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from secure_keys.controller.operator import ControllerOptions, run
-from secure_keys.core.logs import configure
+# kopf imports the `kubernetes` client, when it is installed, only to recognise its model
+# objects. The controller never hands it any (its API I/O is kubeapi.py), and the import
+# costs about 40 MiB of resident memory, so keep it out of this process.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
+from secure_keys.controller.operator import ControllerOptions, run  # noqa: E402
+from secure_keys.core.logs import configure  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

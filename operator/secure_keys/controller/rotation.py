@@ -292,6 +292,23 @@ def destroy(
     )
 
 
+MAX_DESTROYED_RECORDS = 10
+"""Destroyed versions stay in status for audit; beyond this many, the oldest are dropped."""
+
+
+def prune_destroyed(
+    records: Sequence[VersionRecord], keep: int = MAX_DESTROYED_RECORDS
+) -> tuple[VersionRecord, ...]:
+    """Drop the oldest Destroyed records beyond ``keep``; live records always stay.
+
+    Safe at any time: a blob whose record is dropped is no longer live, so the next
+    ``plan`` deletes it, and version numbers keep rising from the newest record.
+    """
+    destroyed = sorted(r.version for r in records if r.state == "Destroyed")
+    dropped = set(destroyed[: max(0, len(destroyed) - keep)])
+    return tuple(r for r in records if r.version not in dropped)
+
+
 def grace_versions(
     records: Sequence[VersionRecord], policy: RotationPolicy, now: datetime.datetime
 ) -> tuple[VersionRecord, ...]:

@@ -474,7 +474,7 @@ class Reconciler:
             )
         status: dict[str, Any] = {
             "observedGeneration": generation,
-            "versions": [r.to_status() for r in records],
+            "versions": [r.to_status() for r in rotation.prune_destroyed(records)],
             "conditions": conditions,
             "currentVersion": active[0].version if active else None,
             "nextRotation": None,

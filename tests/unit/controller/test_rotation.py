@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secure_keys.controller import rotation
 from secure_keys.controller.rotation import (
     STATES,
     DeleteBlobs,
@@ -583,3 +584,19 @@ def test_from_status_defaults_and_errors() -> None:
         VersionRecord.from_status({**minimal, "createdAt": "yesterday"})
     with pytest.raises(KeyError):
         VersionRecord.from_status({"version": 1, "state": "Pending"})
+
+
+def test_prune_destroyed_keeps_live_records_and_the_newest_destroyed() -> None:
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+    def record(version: int, state: rotation.State) -> rotation.VersionRecord:
+        return rotation.VersionRecord(version, state, now, "hs256:x", "local", "k", "1")
+
+    records = (
+        *tuple(record(v, "Destroyed") for v in range(1, 14)),
+        record(14, "Archived"),
+        record(15, "Active"),
+    )
+    pruned = rotation.prune_destroyed(records, keep=10)
+    assert [r.version for r in pruned] == list(range(4, 16))
+    assert rotation.prune_destroyed(records[-3:], keep=10) == records[-3:]
