@@ -69,15 +69,23 @@ async def create_secrets(api: KubeApi, count: int, concurrency: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-async def _count(api: KubeApi, predicate: Any) -> int:
-    done = 0
-    token = None
-    while True:
-        page = await api.list(APIKEYS, NAMESPACE, limit=500, continue_=token)
-        done += sum(1 for item in page.get("items") or [] if predicate(item))
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return done
+async def wait_until(api: KubeApi, predicate: Any, count: int, timeout: float) -> None:
+    """Until ``count`` ApiKeys satisfy ``predicate``: one list, then a watch. Polling would
+    spend the API server's CPU serialising 1,000 objects again and again."""
+    page = await api.list(APIKEYS, NAMESPACE)
+    done = {i["metadata"]["name"] for i in page.get("items") or [] if predicate(i)}
+    version = page["metadata"]["resourceVersion"]
+    deadline = time.monotonic() + timeout
+    while len(done) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the controller did not finish in time")
+        async for event in api.watch(APIKEYS, NAMESPACE, resource_version=version):
+            obj = event["object"]
+            version = obj["metadata"]["resourceVersion"]
+            if event["type"] in ("ADDED", "MODIFIED") and predicate(obj):
+                done.add(obj["metadata"]["name"])
+            if len(done) >= count or time.monotonic() > deadline:
+                break
 
 
 def _ready(item: dict[str, Any]) -> bool:
@@ -92,14 +100,6 @@ def _at_version(version: int) -> Any:
         return bool((item.get("status") or {}).get("currentVersion") == version and _ready(item))
 
     return check
-
-
-async def wait_until(api: KubeApi, predicate: Any, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while await _count(api, predicate) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError("the controller did not finish in time")
-        await asyncio.sleep(0.5)
 
 
 async def create_apikeys(api: KubeApi, count: int, concurrency: int, timeout: float) -> float:

@@ -17,7 +17,7 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -248,6 +248,37 @@ class KubeApi:
         if continue_:
             query["continue"] = continue_
         return await self.request("GET", resource.path(namespace), query=query)
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[JsonObject]:
+        """Watch events (``{"type": ..., "object": ...}``) after ``resource_version``."""
+        if self._session is None:
+            raise RuntimeError("KubeApi used outside its async context")
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        headers = {"Accept": "application/json"}
+        token = self.credentials.bearer()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        url = f"{self.credentials.server}{resource.path(namespace)}?{urlencode(query)}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        async with self._session.get(url, headers=headers, timeout=timeout) as response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            async for line in response.content:
+                if line.strip():
+                    event: JsonObject = json.loads(line)
+                    yield event
 
     async def create(
         self, resource: Resource, namespace: str | None, body: JsonObject

@@ -176,8 +176,19 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         await runtime.stop()
 
     @kopf.on.event(GROUP, VERSION, "apikeys", registry=registry)
-    def apikey_changed(namespace: str | None, name: str, **_: Any) -> None:
-        if namespace:
+    def apikey_changed(
+        type: str,  # noqa: A002 - kopf's argument name
+        namespace: str | None,
+        name: str,
+        meta: Mapping[str, Any],
+        **_: Any,
+    ) -> None:
+        if not namespace:
+            return
+        own = runtime.reconciler is not None and runtime.reconciler.wrote(
+            "apikey", namespace, name, str(meta.get("resourceVersion"))
+        )
+        if type == "DELETED" or not own:
             runtime.apikey_changed(namespace, name)
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
@@ -186,9 +197,20 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
             runtime.keyrole_changed(namespace, name, deleted=type == "DELETED")
 
     @kopf.on.event("", "v1", "secrets", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
-    def blobs_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    def blobs_changed(
+        type: str,  # noqa: A002 - kopf's argument name
+        namespace: str | None,
+        labels: Mapping[str, str],
+        meta: Mapping[str, Any],
+        **_: Any,
+    ) -> None:
         owner = labels.get(LABEL_APIKEY)
-        if owner and namespace:
+        if not owner or not namespace:
+            return
+        own = runtime.reconciler is not None and runtime.reconciler.wrote(
+            "blobs", namespace, owner, str(meta.get("resourceVersion"))
+        )
+        if type == "DELETED" or not own:
             runtime.queue.add(("apikey", namespace, owner))
 
     return registry

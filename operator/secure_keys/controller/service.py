@@ -119,6 +119,7 @@ class Reconciler:
         self.clock = clock
         self.instance = instance
         self._sources_deleted: set[tuple[str, str, str]] = set()
+        self._written: dict[tuple[str, str, str], str] = {}
 
     # -- entry point ----------------------------------------------------------------------
     async def reconcile(self, namespace: str, name: str) -> Outcome:
@@ -126,6 +127,7 @@ class Reconciler:
             body = await self.api.get(APIKEYS, namespace, name)
         except ApiError as exc:
             if exc.not_found:
+                self.forget(namespace, name)
                 return Outcome(None)
             raise Retry(str(exc)) from None
         log = _log.bind(namespace=namespace, apikey=name)
@@ -376,6 +378,32 @@ class Reconciler:
                 raise Retry(str(exc)) from None
         self._sources_deleted.add(marker)
 
+    # -- our own writes ---------------------------------------------------------------------
+    def _remember(self, apikey: dict[str, Any]) -> dict[str, Any]:
+        metadata = apikey["metadata"]
+        self._written[("apikey", metadata["namespace"], metadata["name"])] = metadata[
+            "resourceVersion"
+        ]
+        return apikey
+
+    def _own(self, secret: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+        self._written[("blobs", key.metadata.namespace, key.metadata.name)] = secret["metadata"][
+            "resourceVersion"
+        ]
+        return secret
+
+    def wrote(self, kind: str, namespace: str, name: str, resource_version: str) -> bool:
+        """Whether this exact object version is one this reconciler wrote itself.
+
+        A watch event for it carries nothing the reconciler does not already know, so the
+        operator need not queue the key again.
+        """
+        return self._written.get((kind, namespace, name)) == resource_version
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._written.pop(("apikey", namespace, name), None)
+        self._written.pop(("blobs", namespace, name), None)
+
     # -- writes ---------------------------------------------------------------------------
     def _owner(self, key: ApiKey) -> dict[str, Any]:
         return {
@@ -405,7 +433,7 @@ class Reconciler:
                 "data": {blob_key(version): blob},
             }
             try:
-                return await self.api.create(SECRETS, namespace, body)
+                return self._own(await self.api.create(SECRETS, namespace, body), key)
             except ApiError as exc:
                 raise Retry(str(exc)) from None  # 409: created meanwhile; re-read and re-plan
         patch = {
@@ -413,7 +441,7 @@ class Reconciler:
             "data": {blob_key(version): blob},
         }
         try:
-            return await self.api.patch(SECRETS, namespace, name, patch)
+            return self._own(await self.api.patch(SECRETS, namespace, name, patch), key)
         except ApiError as exc:
             raise Retry(str(exc)) from None
 
@@ -427,8 +455,11 @@ class Reconciler:
             "data": {blob_key(v): None for v in versions},
         }
         try:
-            secret = await self.api.patch(
-                SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
+            secret = self._own(
+                await self.api.patch(
+                    SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
+                ),
+                key,
             )
         except ApiError as exc:
             raise Retry(str(exc)) from None
@@ -501,13 +532,15 @@ class Reconciler:
         metadata = body["metadata"]
         patch = {"metadata": {"resourceVersion": metadata["resourceVersion"]}, "status": status}
         try:
-            return await self.api.patch(
+            written = await self.api.patch(
                 APIKEYS, metadata["namespace"], metadata["name"], patch, subresource="status"
             )
         except ApiError as exc:
             if exc.not_found:
                 return body
             raise Retry(str(exc)) from None
+        self._remember(written)
+        return written
 
     async def _settle(
         self, key: ApiKey, body: dict[str, Any], state: KeyState, policy: RotationPolicy
@@ -559,7 +592,9 @@ class Reconciler:
             }
         }
         try:
-            return await self.api.patch(APIKEYS, key.metadata.namespace, key.metadata.name, patch)
+            return self._remember(
+                await self.api.patch(APIKEYS, key.metadata.namespace, key.metadata.name, patch)
+            )
         except ApiError as exc:
             raise Retry(str(exc)) from None
 
