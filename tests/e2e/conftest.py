@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 
 from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import LocalCluster
+from secure_keys.devcluster.cluster import LocalCluster, free_port
 from secure_keys.devcluster.localkms import write_local_kms
 from secure_keys.devcluster.stack import (
     CONTROLLER_NAMESPACE,
@@ -125,5 +125,7 @@ def controller(
     """The controller for all namespaces except ``crash-*`` (crash tests run their own)."""
     kubeconfig, kms_config = controller_setup
     log = tmp_path_factory.mktemp("controller") / "controller.log"
-    with ControllerProcess(kubeconfig, kms_config, log, namespaces="*,!crash-*") as process:
+    with ControllerProcess(
+        kubeconfig, kms_config, log, namespaces="*,!crash-*", metrics_port=free_port()
+    ) as process:
         yield process

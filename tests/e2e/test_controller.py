@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import urllib.request
 from typing import Any
 
 import pytest
@@ -123,3 +124,22 @@ def test_deletion_shreds_the_blobs(admin_api: client.ApiClient, namespace: str) 
 def test_controller_log_is_json(controller: ControllerProcess) -> None:
     lines = [line for line in controller.log().splitlines() if line.startswith("{")]
     assert any('"controller.started"' in line for line in lines)
+
+
+def test_metrics_count_what_the_controller_did(
+    admin_api: client.ApiClient, namespace: str, controller: ControllerProcess
+) -> None:
+    create_apikey(admin_api, namespace, "counted", {"source": {"generate": {}}})
+    _ready(admin_api, namespace, "counted")
+    url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['securekeys_versions_sealed_total{reason="initial"}'] >= 1
+    assert samples['securekeys_versions_promoted_total{with_previous="false"}'] >= 1
+    assert samples['securekeys_reconciles_total{kind="apikey",outcome="idle"}'] >= 1
+    assert "counted" not in text  # no per-key labels

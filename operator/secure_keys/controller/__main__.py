@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kms-config", type=Path, required=True, help="KMS keys (JSON)")
     parser.add_argument("--kubeconfig", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
+    )
     parser.add_argument("--peering", default=None, help="kopf peering name (leader election)")
     parser.add_argument(
         "--namespaces",
@@ -41,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             kms_config=args.kms_config,
             kubeconfig=args.kubeconfig,
             workers=args.workers,
+            metrics_port=args.metrics_port,
         ),
         peering=args.peering,
         namespaces=args.namespaces,

@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Literal
 import kopf
 import structlog
 
+from secure_keys.controller import metrics
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
 from secure_keys.controller.keyroles import KeyRoleReconciler
@@ -53,6 +55,7 @@ class ControllerOptions:
     kms_config: Path
     kubeconfig: Path | None = None
     workers: int = 8
+    metrics_port: int | None = None
     instance: str = field(default_factory=lambda: os.environ.get("POD_NAME", "local"))
 
 
@@ -84,6 +87,8 @@ class Runtime:
                 _log.warning("controller.keys.unavailable", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
+        if options.metrics_port is not None:
+            metrics.serve(options.metrics_port)
         self.reconciler = Reconciler(api, kms, self.keys, instance=options.instance)
         self.keyroles = KeyRoleReconciler(api, instance=options.instance)
         self._tasks.append(asyncio.create_task(self.queue.run_timers()))
@@ -123,36 +128,44 @@ class Runtime:
             self.queue.add(("keyrole", namespace, name))
 
     async def _worker(self) -> None:
-        if self.reconciler is None or self.keyroles is None:
-            raise RuntimeError("workers start after the reconcilers")
         while True:
             key = await self.queue.get()
-            kind, namespace, name = key
-            try:
-                if kind == "keyrole":
-                    await self.keyroles.reconcile(namespace, name)
-                    self.queue.forget(key)
-                    continue
-                outcome = await self.reconciler.reconcile(namespace, name)
-            except Retry as exc:
-                delay = self.queue.backoff(key)
-                _log.info(
-                    "retry", kind=kind, namespace=namespace, name=name, delay=delay, why=str(exc)
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = self.queue.backoff(key)
-                _log.exception(
-                    "reconcile.crashed", kind=kind, namespace=namespace, name=name, delay=delay
-                )
-            else:
+            metrics.QUEUE_DEPTH.set(len(self.queue))
+            started = time.perf_counter()
+            outcome = await self._process(key)
+            metrics.RECONCILES.labels(key[0], outcome).inc()
+            metrics.RECONCILE_SECONDS.labels(key[0]).observe(time.perf_counter() - started)
+
+    async def _process(self, key: Key) -> str:
+        """Reconcile one key and schedule what follows; returns the outcome's name."""
+        if self.reconciler is None or self.keyroles is None:
+            raise RuntimeError("workers start after the reconcilers")
+        kind, namespace, name = key
+        try:
+            if kind == "keyrole":
+                await self.keyroles.reconcile(namespace, name)
                 self.queue.forget(key)
-                if outcome.wake_at is not None:
-                    now = datetime.datetime.now(datetime.UTC)
-                    self.queue.add_after(key, (outcome.wake_at - now).total_seconds() + 0.5)
-            finally:
-                self.queue.done(key)
+                return "idle"
+            outcome = await self.reconciler.reconcile(namespace, name)
+        except Retry as exc:
+            delay = self.queue.backoff(key)
+            _log.info("retry", kind=kind, namespace=namespace, name=name, delay=delay, why=str(exc))
+            return "retry"
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = self.queue.backoff(key)
+            _log.exception(
+                "reconcile.crashed", kind=kind, namespace=namespace, name=name, delay=delay
+            )
+            return "error"
+        finally:
+            self.queue.done(key)
+        self.queue.forget(key)
+        if outcome.wake_at is not None:
+            now = datetime.datetime.now(datetime.UTC)
+            self.queue.add_after(key, (outcome.wake_at - now).total_seconds() + 0.5)
+        return "idle"
 
 
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:

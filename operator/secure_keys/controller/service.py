@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 
-from secure_keys.controller import rotation
+from secure_keys.controller import metrics, rotation
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.config import KmsDirectory, KmsNotConfigured
 from secure_keys.controller.controller_keys import ControllerKeys
@@ -282,6 +282,7 @@ class Reconciler:
         failpoint("before-blob-write")
         secret = await self._write_blob(key, secret, step.version, blob)
         failpoint("blob-written")
+        metrics.VERSIONS_SEALED.labels(step.reason).inc()
         now = self.clock()
         record = VersionRecord(
             version=step.version,
@@ -321,6 +322,7 @@ class Reconciler:
         records = rotation.promote(state.records, step.version, now)
         body = await self._write_status(key, body, records, policy, {})
         failpoint("promoted")
+        metrics.VERSIONS_PROMOTED.labels(str(step.previous is not None).lower()).inc()
         promoted = next(r for r in records if r.version == step.version)
         if step.previous is None:
             await self._event(
@@ -360,6 +362,7 @@ class Reconciler:
         records = rotation.destroy(state.records, step.versions, self.clock())
         body = await self._write_status(key, body, records, policy, {})
         failpoint("destroy-recorded")
+        metrics.VERSIONS_DESTROYED.inc(len(step.versions))
         listed = ", ".join(str(v) for v in step.versions)
         await self._event(body, "Normal", "Destroyed", f"version(s) {listed} destroyed")
         return body
@@ -556,6 +559,7 @@ class Reconciler:
 
     async def _fail(self, body: dict[str, Any], reason: str, message: str) -> None:
         """Ready=False with ``reason``; an Event when the reason is new (no Event storms)."""
+        metrics.FAILURES.labels(reason).inc()
         metadata = body["metadata"]
         status = body.get("status") or {}
         conditions = list(status.get("conditions") or [])

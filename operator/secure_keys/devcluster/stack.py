@@ -144,6 +144,7 @@ class ControllerProcess:
         namespaces: str | None = None,
         failpoints: str = "",
         workers: int = 8,
+        metrics_port: int | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.kms_config = kms_config
@@ -151,6 +152,7 @@ class ControllerProcess:
         self.namespaces = namespaces
         self.failpoints = failpoints
         self.workers = workers
+        self.metrics_port = metrics_port
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -167,6 +169,8 @@ class ControllerProcess:
         ]
         if self.namespaces:
             argv.append(f"--namespaces={self.namespaces}")
+        if self.metrics_port is not None:
+            argv.append(f"--metrics-port={self.metrics_port}")
         return argv
 
     def start(self, timeout: float = 60) -> ControllerProcess:
