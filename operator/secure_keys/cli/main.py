@@ -82,10 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     except (seal_cmd.SealError, SealedSourceInvalid, ValueError) as exc:
         print(f"secure-keys: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"secure-keys: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the kubernetes client's errors: report, don't dump a traceback
+        from kubernetes.client.rest import ApiException
+        from kubernetes.config import ConfigException
+
+        if isinstance(exc, ApiException):
+            print(
+                f"secure-keys: error: the API server said {exc.status} {exc.reason}",
+                file=sys.stderr,
+            )
+            return 1
+        if isinstance(exc, ConfigException):
+            print(f"secure-keys: error: kubeconfig: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 def _seal(args: argparse.Namespace) -> int:
     namespace = args.namespace or _context_namespace(args.kubeconfig)
+    if not args.namespace:
+        # The namespace is bound into the ciphertext: say which one was chosen.
+        print(f"sealing for namespace {namespace!r} (use -n to choose)", file=sys.stderr)
     if args.recipient_file is not None:
         recipient = Recipient.from_json(args.recipient_file.read_text())
     else:

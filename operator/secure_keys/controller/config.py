@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,11 +81,19 @@ class KmsSettings:
 class KmsDirectory:
     """Resolves spec.kms to a built provider; builds each provider once, lazily."""
 
-    def __init__(self, settings: KmsSettings, registry: KmsRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: KmsSettings,
+        registry: KmsRegistry | None = None,
+        *,
+        retry_after: float = 5.0,
+    ) -> None:
         self.settings = settings
         self._registry = registry or default_registry()
         self._built: dict[tuple[str, str], KmsProvider] = {}
+        self._failed: dict[tuple[str, str], tuple[float, KmsError]] = {}
         self._lock = threading.Lock()
+        self.retry_after = retry_after
 
     def resolve(self, ref: KmsRef) -> KmsConfig:
         provider = ref.provider or self.settings.default[0]
@@ -107,20 +116,33 @@ class KmsDirectory:
         key = (config.provider, config.key_id)
         with self._lock:
             built = self._built.get(key)
+            failed = self._failed.get(key)
         if built is not None:
             return built
+        if failed is not None and time.monotonic() < failed[0]:
+            # A build costs PBKDF2 per KEK version: one attempt per key per interval, not
+            # one per ApiKey reconcile.
+            raise failed[1]
         try:
             built = self._registry.create(config)
-        except KmsError:
+        except KmsError as exc:
+            self._remember_failure(key, exc)
             raise
         except UnknownProviderError as exc:
             # Configured, but this build lacks the provider (e.g. the aws extra).
             raise KmsNotConfigured(str(exc)) from None
         except (OSError, ValueError) as exc:
             # The message names the file or setting, never its contents.
-            raise KmsUnavailable(config.provider, config.key_id, str(exc)) from None
+            error = KmsUnavailable(config.provider, config.key_id, str(exc))
+            self._remember_failure(key, error)
+            raise error from None
         with self._lock:
+            self._failed.pop(key, None)
             return self._built.setdefault(key, built)
+
+    def _remember_failure(self, key: tuple[str, str], error: KmsError) -> None:
+        with self._lock:
+            self._failed[key] = (time.monotonic() + self.retry_after, error)
 
     def default(self) -> KmsProvider:
         return self.provider(KmsRef())

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.events import post_event
 from secure_keys.controller.kubeapi import APIKEYS, KEYROLES, ApiError, KubeApi
+from secure_keys.controller.service import Retry
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -132,6 +133,12 @@ class KeyRoleReconciler:
 
     async def reconcile(self, namespace: str, name: str) -> None:
         try:
+            await self._reconcile(namespace, name)
+        except ApiError as exc:
+            raise Retry(str(exc)) from None
+
+    async def _reconcile(self, namespace: str, name: str) -> None:
+        try:
             body = await self.api.get(KEYROLES, namespace, name)
         except ApiError as exc:
             if exc.not_found:
@@ -155,7 +162,11 @@ class KeyRoleReconciler:
         if all(current.get(k) == v for k, v in status.items()):
             return
         was = get_condition(current.get("conditions") or [], "Ready")
-        await self.api.patch(KEYROLES, namespace, name, {"status": status}, subresource="status")
+        patch = {
+            "metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
+            "status": status,
+        }
+        await self.api.patch(KEYROLES, namespace, name, patch, subresource="status")
         if resolution.missing and (was is None or was.get("reason") != "KeysMissing"):
             await self._event(body, ", ".join(resolution.missing))
 

@@ -24,6 +24,8 @@ __all__ = [
 ROTATE_ANNOTATION = "securekeys.io/rotate-requested-at"
 """Set by ``secure-keys rotate``: any new value asks for one rotation now."""
 FINALIZER = "securekeys.io/shred-blobs"
+MAX_REQUEST_TEXT = 128
+"""Longer rotate-now values are recorded as a digest (status.lastRotationRequest is capped)."""
 GROUP = "securekeys.io"
 VERSION = "v1alpha1"
 
@@ -132,7 +134,11 @@ class ApiKey(_Model):
 
     @property
     def rotation_request(self) -> str | None:
-        return self.metadata.annotations.get(ROTATE_ANNOTATION)
+        """The rotate-now annotation as recorded in status: itself if short, else a digest."""
+        value = self.metadata.annotations.get(ROTATE_ANNOTATION)
+        if value is None or len(value) <= MAX_REQUEST_TEXT:
+            return value
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
 
     @property
     def deleting(self) -> bool:

@@ -95,7 +95,11 @@ def _stamp(value: datetime.datetime) -> str:
 
 
 def parse_stamp(text: str) -> datetime.datetime:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    """An RFC 3339 time as the API server accepts it (fractions and offsets allowed)."""
+    value = datetime.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return value.astimezone(datetime.UTC)
 
 
 def _opt_stamp(value: object) -> datetime.datetime | None:
@@ -143,13 +147,21 @@ class Destroy:
 
 
 @dataclass(frozen=True)
+class Blocked:
+    """A state no safe step leads out of (blobs nobody recorded); a person must look."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing to do until ``wake_at`` (None: until the spec or annotations change)."""
 
     wake_at: datetime.datetime | None
 
 
-Step = DeleteBlobs | NewVersion | Promote | Destroy | Idle
+Step = DeleteBlobs | NewVersion | Promote | Destroy | Blocked | Idle
 
 
 @dataclass(frozen=True)
@@ -185,11 +197,28 @@ def live_versions(records: Iterable[VersionRecord]) -> set[int]:
 def plan(state: KeyState, now: datetime.datetime) -> Step:
     """The next step for this ApiKey. Call again after executing it."""
     live = live_versions(state.records)
+    newest_recorded = max((r.version for r in state.records), default=0)
     stray = sorted(state.blobs - live)
+    # A crash leaves at most one unrecorded blob, at the next version number; blobs at or
+    # below the newest record belong to destroyed (or pruned) versions. Anything else was
+    # not written by this protocol (a status lost in a restore, a hand edit): keep it and
+    # say so, rather than delete what may be the key being served.
+    unknown = [v for v in stray if v > newest_recorded + 1]
+    if unknown:
+        return Blocked(
+            "OrphanBlobs",
+            f"the blob Secret holds versions {unknown} that status does not record; "
+            "restore the status or remove those entries by hand",
+        )
     if stray:
         return DeleteBlobs(tuple(stray))
 
     pending = state.by_state("Pending")
+    actives = state.by_state("Active")
+    if len(actives) > 1:
+        # Never written by us (promotion is one write); serve the newest, archive the rest.
+        newest_active = max(r.version for r in actives)
+        return Promote(newest_active, None)
     active = state.active
     if pending:
         newest = max(pending, key=lambda r: r.version)

@@ -19,9 +19,11 @@ an exception message; status and Events carry version numbers and keyed fingerpr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +52,7 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import InvalidEnvelope, KmsError, SealedSourceInvalid
 from secure_keys.core.fingerprint import fingerprint
+from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import zero
 from secure_keys.core.schedule import InvalidSchedule, RotationPolicy
 from secure_keys.core.sealing import open_sealed
@@ -65,6 +68,16 @@ MAX_STEPS = 16
 
 class Retry(Exception):
     """Try this key again later, with backoff."""
+
+
+class WriteRejected(RuntimeError):
+    """The API server refused a write as invalid (400/422): retrying cannot help."""
+
+
+def _write_error(exc: ApiError) -> Exception:
+    if exc.status in (400, 422):
+        return WriteRejected(f"the API server rejected a write: {exc.message}")
+    return Retry(str(exc))
 
 
 class StatusNotPersisted(RuntimeError):
@@ -84,6 +97,9 @@ def blob_secret_name(apikey: str) -> str:
     return f"{apikey[:200]}.{digest}.sealed"
 
 
+_BLOB_KEY = re.compile(r"v[1-9][0-9]{0,9}")
+
+
 def blob_key(version: int) -> str:
     return f"v{version}"
 
@@ -91,11 +107,7 @@ def blob_key(version: int) -> str:
 def blob_versions(secret: dict[str, Any] | None) -> frozenset[int]:
     if secret is None:
         return frozenset()
-    versions = set()
-    for key in secret.get("data") or {}:
-        if key.startswith("v") and key[1:].isdigit():
-            versions.add(int(key[1:]))
-    return frozenset(versions)
+    return frozenset(int(key[1:]) for key in secret.get("data") or {} if _BLOB_KEY.fullmatch(key))
 
 
 @dataclass
@@ -118,7 +130,6 @@ class Reconciler:
         self.keys = keys
         self.clock = clock
         self.instance = instance
-        self._sources_deleted: set[tuple[str, str, str]] = set()
         self._written: dict[tuple[str, str, str], str] = {}
 
     # -- entry point ----------------------------------------------------------------------
@@ -131,13 +142,15 @@ class Reconciler:
                 return Outcome(None)
             raise Retry(str(exc)) from None
         log = _log.bind(namespace=namespace, apikey=name)
+        if body["metadata"].get("deletionTimestamp"):
+            # Shred whatever the spec says: a spec this version cannot parse must not
+            # leave a deleted key Terminating with its blobs in place.
+            await self._shred(body)
+            return Outcome(None)
         try:
             key = ApiKey.parse(body)
         except InvalidSpec as exc:
             await self._fail(body, "InvalidSpec", str(exc))
-            return Outcome(None)
-        if key.deleting:
-            await self._shred(key, body)
             return Outcome(None)
         if FINALIZER not in key.metadata.finalizers:
             body = await self._add_finalizer(key, body)
@@ -149,7 +162,12 @@ class Reconciler:
             return Outcome(None)
         secret = await self._read_blobs(key)
         for _ in range(MAX_STEPS):
-            state = self._state(key, secret, policy)
+            try:
+                state = self._state(key, secret, policy)
+            except (KeyError, TypeError, ValueError) as exc:
+                # A hand-edited or foreign status: stop rather than guess what is served.
+                await self._fail(body, "StatusInvalid", f"status.versions is unusable: {exc}")
+                return Outcome(None)
             now = self.clock()
             step = rotation.plan(state, now)
             log.debug("apikey.step", step=type(step).__name__)
@@ -157,12 +175,20 @@ class Reconciler:
                 if isinstance(step, rotation.Idle):
                     await self._settle(key, body, state, policy)
                     return Outcome(step.wake_at)
+                if isinstance(step, rotation.Blocked):
+                    await self._fail(body, step.reason, step.message)
+                    return Outcome(None)
                 if isinstance(step, rotation.DeleteBlobs):
                     secret = await self._delete_blobs(key, secret, step.versions)
                     continue
                 if isinstance(step, rotation.NewVersion):
                     secret, body = await self._new_version(key, body, secret, state, step)
                 elif isinstance(step, rotation.Promote):
+                    # Re-read the blobs: another writer (a second replica during a rolling
+                    # update) may have removed the one we are about to serve.
+                    secret = await self._read_blobs(key)
+                    if step.version not in blob_versions(secret):
+                        continue
                     body = await self._promote(key, body, state, policy, step)
                 else:
                     body = await self._destroy(key, body, state, policy, step)
@@ -184,6 +210,9 @@ class Reconciler:
                 return Outcome(None)
             except StatusNotPersisted as exc:
                 await self._fail(body, "StatusNotPersisted", str(exc))
+                return Outcome(None)
+            except WriteRejected as exc:
+                await self._fail(body, "WriteRejected", str(exc))
                 return Outcome(None)
             key = ApiKey.parse(body)
         raise Retry(f"no fixed point after {MAX_STEPS} steps")
@@ -222,10 +251,11 @@ class Reconciler:
         )
 
     # -- steps ----------------------------------------------------------------------------
-    async def _plaintext_from_source(self, key: ApiKey) -> bytearray:
+    async def _plaintext_from_source(self, key: ApiKey) -> tuple[bytearray, dict[str, str] | None]:
+        """The plaintext, and for a ``deleteAfterSeal`` Secret, which object was read."""
         source = key.spec.source
         if source.generate is not None:
-            return generate(source.generate)
+            return generate(source.generate), None
         if source.secret_ref is not None:
             ref = source.secret_ref
             try:
@@ -237,22 +267,34 @@ class Reconciler:
             data = secret.get("data") or {}
             if ref.key not in data:
                 raise SourceUnavailable(f"Secret {ref.name} has no key {ref.key}")
-            return decode_secret_value(data[ref.key], secret=ref.name, key=ref.key)
+            consumed = None
+            if ref.delete_after_seal:
+                consumed = {
+                    "name": ref.name,
+                    "uid": secret["metadata"]["uid"],
+                    "resourceVersion": secret["metadata"]["resourceVersion"],
+                }
+            return decode_secret_value(data[ref.key], secret=ref.name, key=ref.key), consumed
         if source.sealed is None:  # unreachable: Source validates exactly one
             raise SourceUnavailable("spec.source names no source")
-        return open_sealed(
+        plaintext = open_sealed(
             self.keys.recipient,
             source.sealed.ciphertext,
             namespace=key.metadata.namespace,
             name=key.metadata.name,
         )
+        return plaintext, None
 
-    def _plaintext_of(
+    async def _provider(self, ref: KmsRef) -> KmsProvider:
+        # Building a provider can be slow (PBKDF2 for the local keyring): off the loop.
+        return await asyncio.to_thread(self.kms.provider, ref)
+
+    async def _plaintext_of(
         self, key: ApiKey, record: VersionRecord, secret: dict[str, Any] | None
     ) -> bytearray:
         data = (secret or {}).get("data") or {}
         blob = base64.b64decode(data[blob_key(record.version)])
-        kms = self.kms.provider(
+        kms = await self._provider(
             KmsRef.model_validate({"provider": record.kms_provider, "keyId": record.kms_key_id})
         )
         binding = KeyBinding(key.metadata.namespace, key.metadata.name, record.version)
@@ -266,12 +308,13 @@ class Reconciler:
         state: KeyState,
         step: rotation.NewVersion,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        kms = self.kms.provider(key.spec.kms)
+        kms = await self._provider(key.spec.kms)
         active = state.active
+        consumed = None
         if step.from_source or active is None:
-            plaintext = await self._plaintext_from_source(key)
+            plaintext, consumed = await self._plaintext_from_source(key)
         else:
-            plaintext = self._plaintext_of(key, active, secret)
+            plaintext = await self._plaintext_of(key, active, secret)
         try:
             binding = KeyBinding(key.metadata.namespace, key.metadata.name, step.version)
             sealed = envelope.seal(plaintext, binding, kms)
@@ -299,6 +342,8 @@ class Reconciler:
             extra["sourceDigest"] = state.source_digest
         if state.rotation_request:
             extra["lastRotationRequest"] = state.rotation_request
+        if consumed is not None:
+            extra["consumedSource"] = consumed
         body = await self._write_status(key, body, records, state.policy, extra)
         written = body.get("status") or {}
         if any(written.get(k) != v for k, v in extra.items()):
@@ -348,7 +393,6 @@ class Reconciler:
             previous=step.previous,
             fingerprint=promoted.fingerprint,
         )
-        await self._consume_source(key)
         return body
 
     async def _destroy(
@@ -367,19 +411,32 @@ class Reconciler:
         await self._event(body, "Normal", "Destroyed", f"version(s) {listed} destroyed")
         return body
 
-    async def _consume_source(self, key: ApiKey) -> None:
+    async def _consume_source(self, key: ApiKey, body: dict[str, Any]) -> dict[str, Any]:
+        """Delete a ``deleteAfterSeal`` source, but only the exact Secret that was sealed.
+
+        The uid and resourceVersion read when sealing are kept in status
+        (``consumedSource``) and sent as delete preconditions: a Secret re-created or
+        changed since is a different value and is left alone. The field is cleared after.
+        """
+        consumed = key.status.get("consumedSource")
+        if not consumed:
+            return body
         ref = key.spec.source.secret_ref
-        if ref is None or not ref.delete_after_seal:
-            return
-        marker = (key.metadata.namespace, key.metadata.name, ref.name)
-        if marker in self._sources_deleted:
-            return
-        try:
-            await self.api.delete(SECRETS, key.metadata.namespace, ref.name)
-        except ApiError as exc:
-            if not exc.not_found:
-                raise Retry(str(exc)) from None
-        self._sources_deleted.add(marker)
+        if ref is not None and ref.delete_after_seal and ref.name == consumed.get("name"):
+            try:
+                await self.api.delete(
+                    SECRETS,
+                    key.metadata.namespace,
+                    ref.name,
+                    preconditions={
+                        "uid": str(consumed.get("uid")),
+                        "resourceVersion": str(consumed.get("resourceVersion")),
+                    },
+                )
+            except ApiError as exc:
+                if not (exc.not_found or exc.conflict):
+                    raise Retry(str(exc)) from None
+        return await self._patch_status(body, {"consumedSource": None})
 
     # -- our own writes ---------------------------------------------------------------------
     def _remember(self, apikey: dict[str, Any]) -> dict[str, Any]:
@@ -438,7 +495,7 @@ class Reconciler:
             try:
                 return self._own(await self.api.create(SECRETS, namespace, body), key)
             except ApiError as exc:
-                raise Retry(str(exc)) from None  # 409: created meanwhile; re-read and re-plan
+                raise _write_error(exc) from None  # 409: created meanwhile; re-read and re-plan
         patch = {
             "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
             "data": {blob_key(version): blob},
@@ -446,7 +503,7 @@ class Reconciler:
         try:
             return self._own(await self.api.patch(SECRETS, namespace, name, patch), key)
         except ApiError as exc:
-            raise Retry(str(exc)) from None
+            raise _write_error(exc) from None
 
     async def _delete_blobs(
         self, key: ApiKey, secret: dict[str, Any] | None, versions: tuple[int, ...]
@@ -465,7 +522,7 @@ class Reconciler:
                 key,
             )
         except ApiError as exc:
-            raise Retry(str(exc)) from None
+            raise _write_error(exc) from None
         failpoint("blobs-deleted")
         return secret
 
@@ -541,7 +598,7 @@ class Reconciler:
         except ApiError as exc:
             if exc.not_found:
                 return body
-            raise Retry(str(exc)) from None
+            raise _write_error(exc) from None
         self._remember(written)
         return written
 
@@ -549,8 +606,9 @@ class Reconciler:
         self, key: ApiKey, body: dict[str, Any], state: KeyState, policy: RotationPolicy
     ) -> None:
         """At a fixed point: bring the summary fields (conditions, generation) up to date."""
-        if state.active is not None:
-            await self._consume_source(key)
+        if state.active is not None and key.status.get("consumedSource"):
+            body = await self._consume_source(key, body)
+            key = ApiKey.parse(body)
         status = self._summary(key, state.records, policy, {})
         current = key.status
         if all(current.get(k) == v for k, v in status.items()):
@@ -600,37 +658,49 @@ class Reconciler:
                 await self.api.patch(APIKEYS, key.metadata.namespace, key.metadata.name, patch)
             )
         except ApiError as exc:
-            raise Retry(str(exc)) from None
+            raise _write_error(exc) from None
 
-    async def _shred(self, key: ApiKey, body: dict[str, Any]) -> None:
+    async def _shred(self, body: dict[str, Any]) -> None:
         """Finalizer: erase every blob (crypto-shredding), delete the Secret, let go."""
-        if FINALIZER not in key.metadata.finalizers:
+        metadata = body["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        if FINALIZER not in finalizers:
             return
-        namespace = key.metadata.namespace
-        secret = await self._read_blobs(key)
+        namespace, name = metadata["namespace"], metadata["name"]
+        secret_name = blob_secret_name(name)
+        try:
+            secret: dict[str, Any] | None = await self.api.get(SECRETS, namespace, secret_name)
+        except ApiError as exc:
+            if not exc.not_found:
+                raise Retry(str(exc)) from None
+            secret = None
         if secret is not None:
             versions = sorted(blob_versions(secret))
-            if versions:
-                await self._delete_blobs(key, secret, tuple(versions))
             try:
-                await self.api.delete(SECRETS, namespace, secret["metadata"]["name"])
+                if secret.get("data"):
+                    patch = {
+                        "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
+                        "data": dict.fromkeys(secret["data"]),
+                    }
+                    await self.api.patch(SECRETS, namespace, secret_name, patch)
+                await self.api.delete(SECRETS, namespace, secret_name)
             except ApiError as exc:
                 if not exc.not_found:
                     raise Retry(str(exc)) from None
             await self._event(
                 body, "Normal", "Shredded", f"sealed versions {versions} erased on deletion"
             )
-        remaining = [f for f in key.metadata.finalizers if f != FINALIZER]
-        patch = [
+        remaining = [f for f in finalizers if f != FINALIZER]
+        patch_ops = [
             {
                 "op": "test",
                 "path": "/metadata/resourceVersion",
-                "value": key.metadata.resource_version,
+                "value": metadata["resourceVersion"],
             },
             {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
         ]
         try:
-            await self.api.patch(APIKEYS, namespace, key.metadata.name, patch, kind="json")
+            await self.api.patch(APIKEYS, namespace, name, patch_ops, kind="json")
         except ApiError as exc:
             if not exc.not_found:
                 raise Retry(str(exc)) from None

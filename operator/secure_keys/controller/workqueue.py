@@ -59,6 +59,11 @@ class WorkQueue(Generic[K]):
         self._due[key] = at
         self._counter += 1
         heapq.heappush(self._timers, (at, self._counter, key))
+        if len(self._timers) > 2 * len(self._due) + 64:
+            # Superseded entries (a key re-added or re-scheduled) are skipped when they
+            # come due; drop them now so the heap stays proportional to the keys waiting.
+            self._timers = [t for t in self._timers if self._due.get(t[2]) == t[0]]
+            heapq.heapify(self._timers)
         self._wakeup.set()
 
     def backoff(self, key: K) -> float:

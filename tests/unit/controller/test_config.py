@@ -186,7 +186,7 @@ class Factory:
 def directory_with(factory: Factory) -> KmsDirectory:
     registry = KmsRegistry()
     registry.register("local", factory)
-    return KmsDirectory(SETTINGS, registry)
+    return KmsDirectory(SETTINGS, registry, retry_after=0.0)
 
 
 def test_providers_are_built_lazily_and_once() -> None:
@@ -281,7 +281,11 @@ def local_kms(tmp_path: Path) -> tuple[KmsDirectory, Path, Path]:
     """A real local KMS config; returns the directory, password file and keyring file."""
     settings = KmsSettings.load(write_local_kms(tmp_path / "kms", iterations=MIN_ITERATIONS))
     options = settings.keys[settings.default].options
-    return KmsDirectory(settings), Path(options["passwordFile"]), Path(options["keyringPath"])
+    return (
+        KmsDirectory(settings, retry_after=0.0),
+        Path(options["passwordFile"]),
+        Path(options["keyringPath"]),
+    )
 
 
 def leak_free(exc: BaseException, *secrets: str) -> bool:
@@ -333,3 +337,19 @@ def test_a_corrupt_keyring_is_unavailable_without_echoing_it(
     with pytest.raises(KmsUnavailable, match="keyring is not valid JSON") as info:
         directory.provider(ref())
     assert leak_free(info.value, CANARY, CANARY[8:24])
+
+
+def test_a_failed_build_is_not_retried_before_retry_after() -> None:
+    calls = []
+
+    def failing(config: KmsConfig) -> KmsProvider:
+        calls.append(config)
+        raise OSError("password file /run/kms/pw is missing")
+
+    registry = KmsRegistry()
+    registry.register("local", failing)
+    directory = KmsDirectory(SETTINGS, registry, retry_after=60.0)
+    for _ in range(5):
+        with pytest.raises(KmsUnavailable, match="/run/kms/pw"):
+            directory.provider(ref())
+    assert len(calls) == 1  # one PBKDF2-costing attempt, not one per reconcile

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from secure_keys.controller import rotation
 from secure_keys.controller.rotation import (
     STATES,
+    Blocked,
     DeleteBlobs,
     Destroy,
     Idle,
@@ -123,8 +124,32 @@ PLAN_CASES = [
     ),
     Case(
         "strays-sorted-together",
+        key_state(rec(1, "Destroyed"), rec(3, "Destroyed"), rec(4, "Active"), blobs={5, 1, 4, 3}),
+        DeleteBlobs((1, 3, 5)),
+    ),
+    # -- blobs no crash of ours can leave (beyond the next version): kept, and reported
+    Case(
+        "unknown-blobs-block",
         key_state(rec(1, "Destroyed"), rec(2, "Active"), blobs={7, 1, 2, 4}),
-        DeleteBlobs((1, 4, 7)),
+        Blocked(
+            "OrphanBlobs",
+            "the blob Secret holds versions [4, 7] that status does not record; "
+            "restore the status or remove those entries by hand",
+        ),
+    ),
+    Case(
+        "lost-status-keeps-blobs",
+        key_state(blobs={3, 4}),
+        Blocked(
+            "OrphanBlobs",
+            "the blob Secret holds versions [3, 4] that status does not record; "
+            "restore the status or remove those entries by hand",
+        ),
+    ),
+    Case(
+        "two-actives-resolved-to-the-newest",
+        key_state(rec(1, "Active"), rec(2, "Active"), blobs={1, 2}),
+        Promote(2, None),
     ),
     Case(
         "strays-before-promotion",
@@ -346,7 +371,7 @@ def test_plan(case: Case) -> None:
 
 def test_plan_cases_cover_every_step_kind_and_reason() -> None:
     kinds = {type(case.expected) for case in PLAN_CASES}
-    assert kinds == {DeleteBlobs, Promote, Destroy, NewVersion, Idle}
+    assert kinds == {DeleteBlobs, Promote, Destroy, NewVersion, Blocked, Idle}
     reasons = {c.expected.reason for c in PLAN_CASES if isinstance(c.expected, NewVersion)}
     assert reasons == {"initial", "scheduled", "requested", "source-changed"}
     assert len({case.id for case in PLAN_CASES}) == len(PLAN_CASES)
@@ -580,7 +605,7 @@ def test_from_status_defaults_and_errors() -> None:
     assert (record.activated_at, record.archived_at, record.destroyed_at) == (None, None, None)
     with pytest.raises(ValueError, match="unknown version state 'Deleted'"):
         VersionRecord.from_status({**minimal, "state": "Deleted"})
-    with pytest.raises(ValueError, match="does not match format"):
+    with pytest.raises(ValueError, match="Invalid isoformat string"):
         VersionRecord.from_status({**minimal, "createdAt": "yesterday"})
     with pytest.raises(KeyError):
         VersionRecord.from_status({"version": 1, "state": "Pending"})
