@@ -192,13 +192,19 @@ class WebhookServer:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/validate", self._validate)
-        self._runner = web.AppRunner(app)
+        # No keep-alive: the API server's connection must not outlive the test's loop.
+        self._runner = web.AppRunner(app, keepalive_timeout=0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0, ssl_context=self._tls)
         await site.start()
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    @staticmethod
+    async def _shutdown(runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        await asyncio.sleep(0.2)  # let closing transports finish before the loop closes
 
     def __enter__(self) -> WebhookServer:
         self._thread.start()
@@ -207,7 +213,7 @@ class WebhookServer:
 
     def __exit__(self, *exc: object) -> None:
         if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            asyncio.run_coroutine_threadsafe(self._shutdown(self._runner), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
