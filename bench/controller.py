@@ -179,7 +179,9 @@ def main() -> None:
         identity = cluster.user_kubeconfig("secure-keys-controller")
         kms = write_local_kms(workdir / "kms")
         log = workdir / "controller.log"
-        with ControllerProcess(identity, kms, log, workers=args.workers) as controller:
+        with ControllerProcess(
+            identity, kms, log, workers=args.workers, lease="secure-keys-controller"
+        ) as controller:
             result = asyncio.run(measure(cluster.kubeconfig, controller, args))
         print(
             f"{args.count} plain Secrets: {result['secrets_per_s']}/s; "

@@ -93,7 +93,7 @@ def run_demo(*, keep: bool = False) -> int:
             kms_config = write_local_kms(workdir / "kms")
             identity = cluster.user_kubeconfig("secure-keys-controller")
             log = workdir / "controller.log"
-            with ControllerProcess(identity, kms_config, log):
+            with ControllerProcess(identity, kms_config, log, lease="secure-keys-controller"):
                 print(f"controller running as an unprivileged user; log {log}")
                 _say(f"4. applying examples/ and a sealed key to namespace {DEMO_NAMESPACE}")
                 ensure_namespace(api, DEMO_NAMESPACE)

@@ -12,6 +12,7 @@ from pathlib import Path
 # costs about 40 MiB of resident memory, so keep it out of this process.
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
+from secure_keys.controller.leader import LeaseTiming  # noqa: E402
 from secure_keys.controller.operator import ControllerOptions, run  # noqa: E402
 from secure_keys.core.logs import configure  # noqa: E402
 
@@ -29,7 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )
-    parser.add_argument("--peering", default=None, help="kopf peering name (leader election)")
+    parser.add_argument(
+        "--leader-elect",
+        default="secure-keys-controller",
+        metavar="LEASE",
+        help="Lease (in --namespace) for leader election; 'false' to run without",
+    )
+    parser.add_argument(
+        "--lease-duration", type=float, default=15.0, help="seconds a leader's term lasts"
+    )
+    parser.add_argument("--peering", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--namespaces",
         default=None,
@@ -45,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
             kubeconfig=args.kubeconfig,
             workers=args.workers,
             metrics_port=args.metrics_port,
+            lease=None if args.leader_elect == "false" else args.leader_elect,
+            lease_timing=LeaseTiming(
+                lease_duration=args.lease_duration,
+                renew_deadline=args.lease_duration * 2 / 3,
+                retry_period=args.lease_duration / 7.5,
+            ),
         ),
         peering=args.peering,
         namespaces=args.namespaces,

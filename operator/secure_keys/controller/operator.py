@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
 from secure_keys.controller.keyroles import KeyRoleReconciler
 from secure_keys.controller.kubeapi import Credentials, KubeApi
+from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
     LABEL_APIKEY,
@@ -44,6 +46,8 @@ from secure_keys.core.errors import KmsError
 
 _log = structlog.get_logger("secure_keys.controller")
 
+LOST_LEASE_EXIT_STATUS = 3
+
 Kind = Literal["apikey", "keyrole"]
 Key = tuple[Kind, str, str]
 """(kind, namespace, name): one queue serves both resources."""
@@ -56,7 +60,14 @@ class ControllerOptions:
     kubeconfig: Path | None = None
     workers: int = 8
     metrics_port: int | None = None
-    instance: str = field(default_factory=lambda: os.environ.get("POD_NAME", "local"))
+    lease: str | None = "secure-keys-controller"
+    """Lease name for leader election in ``namespace``; None runs without election."""
+    lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
+    instance: str = field(
+        default_factory=lambda: (
+            os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        )
+    )
 
 
 class Runtime:
@@ -77,6 +88,12 @@ class Runtime:
         kms = KmsDirectory(KmsSettings.load(options.kms_config))
         self._api = KubeApi(Credentials.discover(options.kubeconfig))
         api = await self._api.__aenter__()
+        if options.lease:
+            elector = LeaderElector(
+                api, options.namespace, options.lease, options.instance, options.lease_timing
+            )
+            await elector.acquire()  # followers wait here, before any watch or worker
+            self._tasks.append(asyncio.create_task(elector.hold(self._lost_lease)))
         delay = 0.5
         while True:
             try:
@@ -100,6 +117,11 @@ class Runtime:
             recipient=self.keys.public.key_id,
             workers=options.workers,
         )
+
+    def _lost_lease(self) -> None:
+        # Another replica may lead now: stop at once, as controller-runtime's managers do,
+        # and let the Deployment restart this one as a follower.
+        os._exit(LOST_LEASE_EXIT_STATUS)
 
     async def stop(self) -> None:
         self.queue.close()

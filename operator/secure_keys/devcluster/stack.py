@@ -145,6 +145,8 @@ class ControllerProcess:
         failpoints: str = "",
         workers: int = 8,
         metrics_port: int | None = None,
+        lease: str | None = None,
+        lease_duration: float = 15.0,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.kms_config = kms_config
@@ -153,6 +155,8 @@ class ControllerProcess:
         self.failpoints = failpoints
         self.workers = workers
         self.metrics_port = metrics_port
+        self.lease = lease
+        self.lease_duration = lease_duration
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -171,9 +175,13 @@ class ControllerProcess:
             argv.append(f"--namespaces={self.namespaces}")
         if self.metrics_port is not None:
             argv.append(f"--metrics-port={self.metrics_port}")
+        argv.append(f"--leader-elect={self.lease or 'false'}")
+        argv.append(f"--lease-duration={self.lease_duration}")
         return argv
 
-    def start(self, timeout: float = 60) -> ControllerProcess:
+    def start(
+        self, timeout: float = 60, *, wait: str = '"controller.started"'
+    ) -> ControllerProcess:
         env = dict(os.environ)
         env.pop("SECUREKEYS_FAILPOINTS", None)
         if self.failpoints:
@@ -183,9 +191,9 @@ class ControllerProcess:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         eventually(
-            lambda: self.exited() is not None or '"controller.started"' in self.log(),
+            lambda: self.exited() is not None or wait in self.log(),
             timeout,
-            "the controller to start",
+            f"{wait} in the controller's log",
         )
         if self.exited() is not None:
             raise AssertionError(f"controller exited at startup:\n{self.log()[-4000:]}")

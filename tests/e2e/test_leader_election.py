@@ -1,0 +1,80 @@
+"""Two controllers, one Lease: only the leader reconciles, and a follower takes over.
+
+The leader is killed with SIGKILL (no chance to release anything); the follower must
+take the Lease once the term (3 s here) runs out and carry on. These namespaces are
+``crash-*``, which the session's controller does not watch.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from secure_keys.devcluster.stack import (
+    CONTROLLER_NAMESPACE,
+    ControllerProcess,
+    create_apikey,
+    ensure_namespace,
+    eventually,
+    get_apikey,
+    is_ready,
+)
+
+
+@pytest.fixture
+def election_namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    name = f"crash-lease-{secrets.token_hex(3)}"
+    ensure_namespace(admin_api, name)
+    yield name
+    client.CoreV1Api(admin_api).delete_namespace(name)
+
+
+def test_only_the_leader_reconciles_and_a_follower_takes_over(
+    admin_api: client.ApiClient,
+    election_namespace: str,
+    controller_setup: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    kubeconfig, kms_config = controller_setup
+    lease = f"e2e-{election_namespace}"
+
+    def controller(log: str) -> ControllerProcess:
+        return ControllerProcess(
+            kubeconfig,
+            kms_config,
+            tmp_path / log,
+            namespaces=election_namespace,
+            lease=lease,
+            lease_duration=3,
+        )
+
+    first = controller("first.log").start(wait='"leader.acquired"')
+    second = controller("second.log").start(wait='"leader.waiting"')
+    try:
+        assert '"leader.acquired"' not in second.log()
+        create_apikey(admin_api, election_namespace, "one", {"source": {"generate": {}}})
+        eventually(lambda: is_ready(get_apikey(admin_api, election_namespace, "one")))
+        assert '"apikey.promoted"' in first.log()
+        assert '"apikey.promoted"' not in second.log()
+
+        assert first.process is not None
+        first.process.send_signal(signal.SIGKILL)
+        first.wait_exit(10)
+        eventually(lambda: '"controller.started"' in second.log(), 30, "the follower to lead")
+        create_apikey(admin_api, election_namespace, "two", {"source": {"generate": {}}})
+        eventually(lambda: is_ready(get_apikey(admin_api, election_namespace, "two")))
+        assert '"apikey.promoted"' in second.log()
+
+        held = client.CoordinationV1Api(admin_api).read_namespaced_lease(
+            lease, CONTROLLER_NAMESPACE
+        )
+        assert held.spec.lease_transitions >= 1
+        assert held.spec.holder_identity.endswith(f"-{second.process.pid}")  # type: ignore[union-attr]
+    finally:
+        first.stop()
+        second.stop()
