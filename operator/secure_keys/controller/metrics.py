@@ -40,6 +40,11 @@ VERSIONS_DESTROYED = Counter(
     "Versions destroyed (blobs deleted) after retention.",
     registry=REGISTRY,
 )
+VERSIONS_REWRAPPED = Counter(
+    "securekeys_versions_rewrapped_total",
+    "Versions whose DEK was rewrapped to a newer KMS key version (KEK rotation).",
+    registry=REGISTRY,
+)
 FAILURES = Counter(
     "securekeys_failures_total",
     "Reconcile failures reported in a Ready=False condition, by reason.",

@@ -147,6 +147,19 @@ class Destroy:
 
 
 @dataclass(frozen=True)
+class Rewrap:
+    """Move these versions' DEKs to the KMS key's current version (KEK rotation).
+
+    The sealed ciphertext is untouched; only the wrapped DEK in each blob changes. The
+    blobs are written first, then the records' ``kmsKeyVersion``: a crash in between is
+    healed by rewrapping again, which is a no-op for a DEK already on the current version.
+    """
+
+    versions: tuple[int, ...]
+    key_version: str
+
+
+@dataclass(frozen=True)
 class Blocked:
     """A state no safe step leads out of (blobs nobody recorded); a person must look."""
 
@@ -161,7 +174,7 @@ class Idle:
     wake_at: datetime.datetime | None
 
 
-Step = DeleteBlobs | NewVersion | Promote | Destroy | Blocked | Idle
+Step = DeleteBlobs | NewVersion | Promote | Destroy | Rewrap | Blocked | Idle
 
 
 @dataclass(frozen=True)
@@ -180,6 +193,8 @@ class KeyState:
     next_rotation: datetime.datetime | None
     source_mints: bool = False
     """The source makes a new value on demand (``generate``); others are re-sealed."""
+    current_kms: tuple[str, str, str] | None = None
+    """(provider, key id, key version) the ApiKey's KMS key wraps with now, if known."""
 
     def by_state(self, state: State) -> list[VersionRecord]:
         return [r for r in self.records if r.state == state]
@@ -243,7 +258,37 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
     doomed = expired(state.records, state.policy, now)
     if doomed:
         return Destroy(doomed)
+    stale = stale_wraps(state)
+    if stale and state.current_kms is not None:
+        return Rewrap(stale, state.current_kms[2])
     return Idle(wake_time(state, now))
+
+
+def stale_wraps(state: KeyState) -> tuple[int, ...]:
+    """Live versions wrapped by an older version of the ApiKey's current KMS key."""
+    if state.current_kms is None:
+        return ()
+    provider, key_id, key_version = state.current_kms
+    return tuple(
+        sorted(
+            r.version
+            for r in state.records
+            if r.state in ("Active", "Archived")
+            and r.version in state.blobs
+            and (r.kms_provider, r.kms_key_id) == (provider, key_id)
+            and r.kms_key_version != key_version
+        )
+    )
+
+
+def rewrapped(
+    records: Sequence[VersionRecord], key_versions: dict[int, str]
+) -> tuple[VersionRecord, ...]:
+    """Records with the KMS key version their blobs are now wrapped under."""
+    return tuple(
+        replace(r, kms_key_version=key_versions[r.version]) if r.version in key_versions else r
+        for r in records
+    )
 
 
 def expired(

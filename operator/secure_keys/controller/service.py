@@ -50,7 +50,7 @@ from secure_keys.controller.rotation import KeyState, VersionRecord
 from secure_keys.controller.sources import SourceUnavailable, decode_secret_value, generate
 from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
-from secure_keys.core.errors import InvalidEnvelope, KmsError, SealedSourceInvalid
+from secure_keys.core.errors import InvalidEnvelope, KmsCorrupt, KmsError, SealedSourceInvalid
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import zero
@@ -161,9 +161,10 @@ class Reconciler:
             await self._fail(body, "InvalidRotation", str(exc))
             return Outcome(None)
         secret = await self._read_blobs(key)
+        current_kms = await self._current_kms(key)
         for _ in range(MAX_STEPS):
             try:
-                state = self._state(key, secret, policy)
+                state = self._state(key, secret, policy, current_kms)
             except (KeyError, TypeError, ValueError) as exc:
                 # A hand-edited or foreign status: stop rather than guess what is served.
                 await self._fail(body, "StatusInvalid", f"status.versions is unusable: {exc}")
@@ -183,6 +184,8 @@ class Reconciler:
                     continue
                 if isinstance(step, rotation.NewVersion):
                     secret, body = await self._new_version(key, body, secret, state, step)
+                elif isinstance(step, rotation.Rewrap):
+                    secret, body = await self._rewrap(key, body, secret, state, policy, step)
                 elif isinstance(step, rotation.Promote):
                     # Re-read the blobs: another writer (a second replica during a rolling
                     # update) may have removed the one we are about to serve.
@@ -228,8 +231,21 @@ class Reconciler:
                 return None
             raise Retry(str(exc)) from None
 
+    async def _current_kms(self, key: ApiKey) -> tuple[str, str, str] | None:
+        """(provider, key id, key version) of the ApiKey's KMS key; None if not usable now
+        (sealing reports why; rewrapping simply waits)."""
+        try:
+            kms = await self._provider(key.spec.kms)
+            return kms.name, kms.key_id, kms.key_version()
+        except (KmsError, KmsNotConfigured):
+            return None
+
     def _state(
-        self, key: ApiKey, secret: dict[str, Any] | None, policy: RotationPolicy
+        self,
+        key: ApiKey,
+        secret: dict[str, Any] | None,
+        policy: RotationPolicy,
+        current_kms: tuple[str, str, str] | None = None,
     ) -> KeyState:
         records = tuple(
             rotation.VersionRecord.from_status(item) for item in key.status.get("versions") or []
@@ -248,6 +264,7 @@ class Reconciler:
             honoured_request=key.status.get("lastRotationRequest"),
             next_rotation=next_rotation,
             source_mints=key.spec.source.kind == "generate",
+            current_kms=current_kms,
         )
 
     # -- steps ----------------------------------------------------------------------------
@@ -394,6 +411,67 @@ class Reconciler:
             fingerprint=promoted.fingerprint,
         )
         return body
+
+    async def _rewrap(
+        self,
+        key: ApiKey,
+        body: dict[str, Any],
+        secret: dict[str, Any] | None,
+        state: KeyState,
+        policy: RotationPolicy,
+        step: rotation.Rewrap,
+    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """KEK rotation: rewrap each DEK; the nonce and ciphertext stay byte for byte."""
+        kms = await self._provider(key.spec.kms)
+        data = (secret or {}).get("data") or {}
+        changed: dict[str, str] = {}
+        reached: dict[int, str] = {}
+        for version in step.versions:
+            binding = KeyBinding(key.metadata.namespace, key.metadata.name, version)
+            try:
+                sealed = envelope.Envelope.from_bytes(base64.b64decode(data[blob_key(version)]))
+            except envelope.EnvelopeFormatError as exc:
+                raise InvalidEnvelope(
+                    key.metadata.namespace, key.metadata.name, version, exc.reason
+                ) from None
+            moved = await asyncio.to_thread(envelope.rewrap, sealed, binding, kms)
+            if moved.wrapped.key_version != step.key_version:
+                raise KmsCorrupt(
+                    kms.name,
+                    kms.key_id,
+                    f"rewrap of version {version} reached key version "
+                    f"{moved.wrapped.key_version}, not {step.key_version}",
+                )
+            if moved is not sealed:
+                changed[blob_key(version)] = base64.b64encode(moved.to_bytes()).decode()
+            reached[version] = moved.wrapped.key_version
+        if changed and secret is not None:
+            patch = {
+                "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
+                "data": changed,
+            }
+            try:
+                secret = self._own(
+                    await self.api.patch(
+                        SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
+                    ),
+                    key,
+                )
+            except ApiError as exc:
+                raise _write_error(exc) from None
+        failpoint("rewrapped-blobs")
+        records = rotation.rewrapped(state.records, reached)
+        body = await self._write_status(key, body, records, policy, {})
+        metrics.VERSIONS_REWRAPPED.inc(len(step.versions))
+        listed = ", ".join(str(v) for v in step.versions)
+        await self._event(
+            body,
+            "Normal",
+            "Rewrapped",
+            f"version(s) {listed} rewrapped to {kms.name}/{kms.key_id} key version "
+            f"{step.key_version}; ciphertext unchanged",
+        )
+        return secret, body
 
     async def _destroy(
         self,

@@ -23,6 +23,7 @@ from secure_keys.controller.rotation import (
     KeyState,
     NewVersion,
     Promote,
+    Rewrap,
     State,
     Step,
     VersionRecord,
@@ -89,6 +90,7 @@ def key_state(
     honoured: str | None = None,
     next_rotation: datetime.datetime | None = None,
     mints: bool = False,
+    kms: tuple[str, str, str] | None = None,
 ) -> KeyState:
     """A consistent KeyState: by default every live record has its blob and nothing is due."""
     return KeyState(
@@ -101,6 +103,7 @@ def key_state(
         honoured_request=honoured,
         next_rotation=next_rotation,
         source_mints=mints,
+        current_kms=kms,
     )
 
 
@@ -145,6 +148,33 @@ PLAN_CASES = [
             "the blob Secret holds versions [3, 4] that status does not record; "
             "restore the status or remove those entries by hand",
         ),
+    ),
+    # -- KEK rotation: live versions under an older key version are rewrapped
+    Case(
+        "rewrap-live-versions-on-an-older-kek",
+        key_state(
+            rec(1, "Destroyed"),
+            rec(2, "Archived"),
+            rec(3, "Active"),
+            blobs={2, 3},
+            kms=("local", "default", "2"),
+        ),
+        Rewrap((2, 3), "2"),
+    ),
+    Case(
+        "no-rewrap-when-current",
+        key_state(rec(1, "Active"), kms=("local", "default", "1")),
+        Idle(None),
+    ),
+    Case(
+        "no-rewrap-of-another-key",
+        key_state(rec(1, "Active"), kms=("local", "other", "7")),
+        Idle(None),
+    ),
+    Case(
+        "no-rewrap-when-the-kms-is-unknown",
+        key_state(rec(1, "Active"), kms=None),
+        Idle(None),
     ),
     Case(
         "two-actives-resolved-to-the-newest",
@@ -371,7 +401,7 @@ def test_plan(case: Case) -> None:
 
 def test_plan_cases_cover_every_step_kind_and_reason() -> None:
     kinds = {type(case.expected) for case in PLAN_CASES}
-    assert kinds == {DeleteBlobs, Promote, Destroy, NewVersion, Blocked, Idle}
+    assert kinds == {DeleteBlobs, Promote, Destroy, NewVersion, Rewrap, Blocked, Idle}
     reasons = {c.expected.reason for c in PLAN_CASES if isinstance(c.expected, NewVersion)}
     assert reasons == {"initial", "scheduled", "requested", "source-changed"}
     assert len({case.id for case in PLAN_CASES}) == len(PLAN_CASES)
@@ -625,3 +655,10 @@ def test_prune_destroyed_keeps_live_records_and_the_newest_destroyed() -> None:
     pruned = rotation.prune_destroyed(records, keep=10)
     assert [r.version for r in pruned] == list(range(4, 16))
     assert rotation.prune_destroyed(records[-3:], keep=10) == records[-3:]
+
+
+def test_rewrapped_sets_the_key_version_of_only_those_versions() -> None:
+    records = (rec(1, "Archived"), rec(2, "Active"))
+    moved = rotation.rewrapped(records, {2: "5"})
+    assert [r.kms_key_version for r in moved] == ["1", "5"]
+    assert moved[1].fingerprint == records[1].fingerprint

@@ -1,0 +1,143 @@
+"""KEK rotation: every live DEK moves to the new KEK version; no ciphertext changes.
+
+The ApiKey's local keyring gets a second KEK version (a new password, a fresh salt) and
+the controller is restarted. It must rewrap each live version's DEK, keep each blob's
+nonce and ciphertext byte for byte, record the new key version in status, and leave
+blobs that open with the new password alone (the old KEK is no longer needed).
+Namespaces are ``crash-*``, which the session's controller does not watch.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from secure_keys.controller.service import blob_secret_name
+from secure_keys.core import envelope
+from secure_keys.core.binding import KeyBinding
+from secure_keys.core.hierarchy import MIN_ITERATIONS
+from secure_keys.core.kms.local import LocalKeyring, LocalKms
+from secure_keys.core.memory import zero
+from secure_keys.devcluster.localkms import write_kms_config, write_local_kms
+from secure_keys.devcluster.stack import (
+    ControllerProcess,
+    create_apikey,
+    ensure_namespace,
+    eventually,
+    get_apikey,
+)
+
+NAME = "wrapped"
+
+
+@pytest.fixture
+def kek_namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    name = f"crash-kek-{secrets.token_hex(3)}"
+    ensure_namespace(admin_api, name)
+    yield name
+    client.CoreV1Api(admin_api).delete_namespace(name)
+
+
+def _blobs(api: client.ApiClient, namespace: str) -> dict[str, envelope.Envelope]:
+    data = client.CoreV1Api(api).read_namespaced_secret(blob_secret_name(NAME), namespace).data
+    return {k: envelope.Envelope.from_bytes(base64.b64decode(v)) for k, v in data.items()}
+
+
+def _versions(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    return list((get_apikey(api, namespace, NAME).get("status") or {}).get("versions") or [])
+
+
+def test_kek_rotation_rewraps_every_live_dek(
+    admin_api: client.ApiClient,
+    kek_namespace: str,
+    controller_setup: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    kubeconfig, default_config = controller_setup
+    default = json.loads(default_config.read_text())["keys"][0]["options"]
+    write_local_kms(tmp_path / "kek", key_id="rotating", iterations=MIN_ITERATIONS)
+    keyring_path = tmp_path / "kek" / "rotating.keyring.json"
+    password_path = tmp_path / "kek" / "rotating.password"
+    config = write_kms_config(
+        tmp_path / "kms.json",
+        [
+            ("default", Path(default["keyringPath"]), Path(default["passwordFile"])),
+            ("rotating", keyring_path, password_path),
+        ],
+        default="default",
+    )
+    ns = kek_namespace
+
+    def controller() -> ControllerProcess:
+        return ControllerProcess(kubeconfig, config, tmp_path / "log", namespaces=ns)
+
+    with controller():
+        create_apikey(
+            admin_api,
+            ns,
+            NAME,
+            {"source": {"generate": {}}, "kms": {"provider": "local", "keyId": "rotating"}},
+        )
+        eventually(lambda: [v["state"] for v in _versions(admin_api, ns)] == ["Active"])
+        client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+            "securekeys.io",
+            "v1alpha1",
+            ns,
+            "apikeys",
+            NAME,
+            {
+                "metadata": {
+                    "annotations": {
+                        "securekeys.io/rotate-requested-at": datetime.datetime.now(
+                            datetime.UTC
+                        ).isoformat()
+                    }
+                }
+            },
+        )
+        eventually(lambda: [v["state"] for v in _versions(admin_api, ns)] == ["Archived", "Active"])
+    before = _blobs(admin_api, ns)
+    old_records = _versions(admin_api, ns)
+    assert {v["kmsKeyVersion"] for v in old_records} == {"1"}
+
+    # Rotate the KEK: a second version with a new password; old passwords stay listed.
+    new_password = secrets.token_hex(16)
+    keyring = LocalKeyring.from_json(keyring_path.read_text())
+    keyring = keyring.with_new_version(new_password, iterations=MIN_ITERATIONS)
+    keyring_path.write_text(keyring.to_json())
+    password_path.write_text(new_password + "\n" + password_path.read_text())
+
+    with controller():
+        eventually(
+            lambda: {v["kmsKeyVersion"] for v in _versions(admin_api, ns)} == {"2"},
+            what="every live version on KEK version 2",
+        )
+    after = _blobs(admin_api, ns)
+    assert set(after) == set(before) == {"v1", "v2"}
+    for key in before:
+        assert after[key].nonce == before[key].nonce
+        assert after[key].ciphertext == before[key].ciphertext  # the sealed data never moved
+        assert after[key].wrapped.key_version == "2"
+        assert after[key].wrapped.ciphertext != before[key].wrapped.ciphertext
+    new_records = _versions(admin_api, ns)
+    assert [v["fingerprint"] for v in new_records] == [v["fingerprint"] for v in old_records]
+    events = client.CoreV1Api(admin_api).list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={NAME}"
+    )
+    assert "Rewrapped" in {e.reason for e in events.items}
+
+    # The new password alone opens every live version: KEK version 1 is no longer needed.
+    only_new = LocalKms.unlock(keyring, [new_password])
+    for key, sealed in after.items():
+        version = int(key[1:])
+        plaintext = envelope.open(sealed, KeyBinding(ns, NAME, version), only_new)
+        assert plaintext
+        zero(plaintext)
