@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 .PHONY: test lint typecheck imports unit bench demo clean help control-plane cluster-up cluster-down e2e kind-e2e image
 
 help:
-	@echo "make test   - set up .venv and run ruff, mypy --strict, import-linter and pytest"
-	@echo "make demo   - set up .venv and run the local-KMS demo (seal, open, rotate the KEK)"
+	@echo "make test   - set up, build the control plane, run ruff, mypy --strict, import-linter, pytest"
+	@echo "make demo   - set up, start a local Kubernetes, run the controller, seal and rotate keys"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl"
 	@echo "make cluster-up / cluster-down - start / stop a local control plane"
