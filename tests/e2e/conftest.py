@@ -129,3 +129,13 @@ def controller(
         kubeconfig, kms_config, log, namespaces="*,!crash-*", metrics_port=free_port()
     ) as process:
         yield process
+
+
+@pytest.fixture
+def private_namespace(admin_api: client.ApiClient) -> Iterator[str]:
+    """A fresh ``crash-*`` namespace: the session's controller does not watch it, so a test
+    can run controllers of its own there (crashing, rotating KEKs, electing leaders)."""
+    name = f"crash-{secrets.token_hex(4)}"
+    ensure_namespace(admin_api, name)
+    yield name
+    client.CoreV1Api(admin_api).delete_namespace(name)

@@ -13,10 +13,9 @@ import json
 import secrets
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -24,20 +23,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys.devcluster import access, pki
+from secure_keys.devcluster.stack import eventually
 from tests.e2e.conftest import Target
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.1)
 
 
 def status_of(call: Callable[[], Any]) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import datetime
 import urllib.request
 from typing import Any
 
@@ -19,6 +18,7 @@ from secure_keys.devcluster.stack import (
     eventually,
     get_apikey,
     is_ready,
+    request_rotation,
 )
 
 pytestmark = pytest.mark.usefixtures("controller")
@@ -76,15 +76,7 @@ def test_rotation_on_request_archives_the_previous_version(
         {"source": {"generate": {}}, "rotation": {"retain": 2, "gracePeriod": "1h"}},
     )
     first = _ready(admin_api, namespace, "rot")
-    stamp = datetime.datetime.now(datetime.UTC).isoformat()
-    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
-        "securekeys.io",
-        "v1alpha1",
-        namespace,
-        "apikeys",
-        "rot",
-        {"metadata": {"annotations": {"securekeys.io/rotate-requested-at": stamp}}},
-    )
+    stamp = request_rotation(admin_api, namespace, "rot")
     second = _ready(admin_api, namespace, "rot", version=2)
     states = {v["version"]: v["state"] for v in second["status"]["versions"]}
     assert states == {1: "Archived", 2: "Active"}

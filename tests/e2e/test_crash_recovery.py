@@ -14,10 +14,7 @@ These namespaces are ``crash-*``, which the session's controller does not watch.
 from __future__ import annotations
 
 import base64
-import datetime
-import secrets
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +34,9 @@ from secure_keys.devcluster.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     create_apikey,
-    ensure_namespace,
     eventually,
     get_apikey,
+    request_rotation,
 )
 
 NAME = "crashy"
@@ -88,14 +85,6 @@ class StatusRecorder:
         assert self.error is None, f"the status watch failed: {self.error!r}"
 
 
-@pytest.fixture
-def crash_namespace(admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"crash-{secrets.token_hex(4)}"
-    ensure_namespace(admin_api, name)
-    yield name
-    client.CoreV1Api(admin_api).delete_namespace(name)
-
-
 def _live_plaintext_matches(
     admin_api: client.ApiClient, namespace: str, kms_config: Path, status: dict[str, Any]
 ) -> None:
@@ -129,7 +118,7 @@ def _live_plaintext_matches(
 def test_crash_during_rotation_loses_nothing(
     point: str,
     admin_api: client.ApiClient,
-    crash_namespace: str,
+    private_namespace: str,
     controller_setup: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
@@ -138,21 +127,21 @@ def test_crash_during_rotation_loses_nothing(
 
     def controller(failpoints: str = "") -> ControllerProcess:
         return ControllerProcess(
-            kubeconfig, kms_config, log, namespaces=crash_namespace, failpoints=failpoints
+            kubeconfig, kms_config, log, namespaces=private_namespace, failpoints=failpoints
         )
 
-    with StatusRecorder(admin_api, crash_namespace) as recorder:
+    with StatusRecorder(admin_api, private_namespace) as recorder:
         # Version 1, sealed by a healthy controller.
         with controller():
             create_apikey(
                 admin_api,
-                crash_namespace,
+                private_namespace,
                 NAME,
                 {"source": {"generate": {}}, "rotation": {"retain": 1, "gracePeriod": "1s"}},
             )
             first = eventually(
                 lambda: (
-                    (get_apikey(admin_api, crash_namespace, NAME).get("status") or {}).get(
+                    (get_apikey(admin_api, private_namespace, NAME).get("status") or {}).get(
                         "currentVersion"
                     )
                     == 1
@@ -160,36 +149,21 @@ def test_crash_during_rotation_loses_nothing(
                 what="version 1",
             )
             assert first
-        v1 = get_apikey(admin_api, crash_namespace, NAME)["status"]["versions"][0]
+        v1 = get_apikey(admin_api, private_namespace, NAME)["status"]["versions"][0]
 
         # A rotation, by a controller that dies at `point`.
         crashing = controller(failpoints=point).start()
-        client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
-            "securekeys.io",
-            "v1alpha1",
-            crash_namespace,
-            "apikeys",
-            NAME,
-            {
-                "metadata": {
-                    "annotations": {
-                        "securekeys.io/rotate-requested-at": datetime.datetime.now(
-                            datetime.UTC
-                        ).isoformat()
-                    }
-                }
-            },
-        )
+        request_rotation(admin_api, private_namespace, NAME)
         assert crashing.wait_exit(60) == CRASH_EXIT_STATUS, crashing.log()[-3000:]
 
         # A fresh controller finishes the job.
         with controller():
 
             def converged() -> dict[str, Any] | None:
-                status = get_apikey(admin_api, crash_namespace, NAME).get("status") or {}
+                status = get_apikey(admin_api, private_namespace, NAME).get("status") or {}
                 states = {v["version"]: v["state"] for v in status.get("versions") or []}
                 blobs = client.CoreV1Api(admin_api).read_namespaced_secret(
-                    blob_secret_name(NAME), crash_namespace
+                    blob_secret_name(NAME), private_namespace
                 )
                 # Status marks v1 Destroyed first; its blob goes in the next write.
                 if states == {1: "Destroyed", 2: "Active"} and set(blobs.data or {}) == {"v2"}:
@@ -201,7 +175,7 @@ def test_crash_during_rotation_loses_nothing(
             [old] = [v for v in status["versions"] if v["version"] == 1]
             assert old["fingerprint"] == v1["fingerprint"]
             assert old["activatedAt"] == v1["activatedAt"]
-            _live_plaintext_matches(admin_api, crash_namespace, kms_config, status)
+            _live_plaintext_matches(admin_api, private_namespace, kms_config, status)
 
     assert recorder.states, "the watch saw nothing"
     for versions in recorder.states:

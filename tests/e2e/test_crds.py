@@ -14,11 +14,10 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -27,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from secure_keys.devcluster.cluster import Binaries, MissingBinaries
+from secure_keys.devcluster.stack import eventually
 from tests.e2e.conftest import Target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,19 +36,6 @@ GROUP = "securekeys.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 PLURALS = {"ApiKey": "apikeys", "KeyRole": "keyroles"}
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.2)
 
 
 def load_crds() -> list[dict[str, Any]]:

@@ -10,14 +10,10 @@ Namespaces are ``crash-*``, which the session's controller does not watch.
 from __future__ import annotations
 
 import base64
-import datetime
-import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from secure_keys.controller.service import blob_secret_name
@@ -26,24 +22,16 @@ from secure_keys.core.binding import KeyBinding
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
 from secure_keys.core.memory import zero
-from secure_keys.devcluster.localkms import write_kms_config, write_local_kms
+from secure_keys.devcluster.localkms import add_local_key
 from secure_keys.devcluster.stack import (
     ControllerProcess,
     create_apikey,
-    ensure_namespace,
     eventually,
     get_apikey,
+    request_rotation,
 )
 
 NAME = "wrapped"
-
-
-@pytest.fixture
-def kek_namespace(admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"crash-kek-{secrets.token_hex(3)}"
-    ensure_namespace(admin_api, name)
-    yield name
-    client.CoreV1Api(admin_api).delete_namespace(name)
 
 
 def _blobs(api: client.ApiClient, namespace: str) -> dict[str, envelope.Envelope]:
@@ -57,24 +45,16 @@ def _versions(api: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
 
 def test_kek_rotation_rewraps_every_live_dek(
     admin_api: client.ApiClient,
-    kek_namespace: str,
+    private_namespace: str,
     controller_setup: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     kubeconfig, default_config = controller_setup
-    default = json.loads(default_config.read_text())["keys"][0]["options"]
-    write_local_kms(tmp_path / "kek", key_id="rotating", iterations=MIN_ITERATIONS)
-    keyring_path = tmp_path / "kek" / "rotating.keyring.json"
-    password_path = tmp_path / "kek" / "rotating.password"
-    config = write_kms_config(
-        tmp_path / "kms.json",
-        [
-            ("default", Path(default["keyringPath"]), Path(default["passwordFile"])),
-            ("rotating", keyring_path, password_path),
-        ],
-        default="default",
+    config, rotating = add_local_key(
+        default_config, tmp_path / "kek", "rotating", iterations=MIN_ITERATIONS
     )
-    ns = kek_namespace
+    keyring_path, password_path = rotating.keyring, rotating.password_file
+    ns = private_namespace
 
     def controller() -> ControllerProcess:
         return ControllerProcess(kubeconfig, config, tmp_path / "log", namespaces=ns)
@@ -87,22 +67,7 @@ def test_kek_rotation_rewraps_every_live_dek(
             {"source": {"generate": {}}, "kms": {"provider": "local", "keyId": "rotating"}},
         )
         eventually(lambda: [v["state"] for v in _versions(admin_api, ns)] == ["Active"])
-        client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
-            "securekeys.io",
-            "v1alpha1",
-            ns,
-            "apikeys",
-            NAME,
-            {
-                "metadata": {
-                    "annotations": {
-                        "securekeys.io/rotate-requested-at": datetime.datetime.now(
-                            datetime.UTC
-                        ).isoformat()
-                    }
-                }
-            },
-        )
+        request_rotation(admin_api, ns, NAME)
         eventually(lambda: [v["state"] for v in _versions(admin_api, ns)] == ["Archived", "Active"])
     before = _blobs(admin_api, ns)
     old_records = _versions(admin_api, ns)

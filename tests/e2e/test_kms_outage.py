@@ -9,56 +9,36 @@ with no further action.
 
 from __future__ import annotations
 
-import json
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from secure_keys.core.hierarchy import MIN_ITERATIONS
-from secure_keys.devcluster.localkms import write_kms_config, write_local_kms
+from secure_keys.devcluster.localkms import add_local_key
 from secure_keys.devcluster.stack import (
     ControllerProcess,
     condition,
     create_apikey,
-    ensure_namespace,
     eventually,
     get_apikey,
     is_ready,
 )
 
 
-@pytest.fixture
-def outage_namespace(admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"crash-kms-{secrets.token_hex(3)}"
-    ensure_namespace(admin_api, name)
-    yield name
-    client.CoreV1Api(admin_api).delete_namespace(name)
-
-
 def test_unavailable_kms_key_backs_off_and_recovers(
     admin_api: client.ApiClient,
-    outage_namespace: str,
+    private_namespace: str,
     controller_setup: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     kubeconfig, default_config = controller_setup
-    default = json.loads(default_config.read_text())["keys"][0]["options"]
-    write_local_kms(tmp_path / "flaky", key_id="flaky", iterations=MIN_ITERATIONS)
-    password = tmp_path / "flaky" / "flaky.password"
-    config = write_kms_config(
-        tmp_path / "kms.json",
-        [
-            ("default", Path(default["keyringPath"]), Path(default["passwordFile"])),
-            ("flaky", tmp_path / "flaky" / "flaky.keyring.json", password),
-        ],
-        default="default",
+    config, flaky = add_local_key(
+        default_config, tmp_path / "flaky", "flaky", iterations=MIN_ITERATIONS
     )
+    password = flaky.password_file
     hidden = password.rename(tmp_path / "password.elsewhere")
-    ns = outage_namespace
+    ns = private_namespace
     with ControllerProcess(kubeconfig, config, tmp_path / "log", namespaces=ns) as controller:
         create_apikey(
             admin_api,

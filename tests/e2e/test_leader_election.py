@@ -7,48 +7,36 @@ take the Lease once the term (3 s here) runs out and carry on. These namespaces 
 
 from __future__ import annotations
 
-import secrets
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from kubernetes import client
 
 from secure_keys.devcluster.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     create_apikey,
-    ensure_namespace,
     eventually,
     get_apikey,
     is_ready,
 )
 
 
-@pytest.fixture
-def election_namespace(admin_api: client.ApiClient) -> Iterator[str]:
-    name = f"crash-lease-{secrets.token_hex(3)}"
-    ensure_namespace(admin_api, name)
-    yield name
-    client.CoreV1Api(admin_api).delete_namespace(name)
-
-
 def test_only_the_leader_reconciles_and_a_follower_takes_over(
     admin_api: client.ApiClient,
-    election_namespace: str,
+    private_namespace: str,
     controller_setup: tuple[Path, Path],
     tmp_path: Path,
 ) -> None:
     kubeconfig, kms_config = controller_setup
-    lease = f"e2e-{election_namespace}"
+    lease = f"e2e-{private_namespace}"
 
     def controller(log: str) -> ControllerProcess:
         return ControllerProcess(
             kubeconfig,
             kms_config,
             tmp_path / log,
-            namespaces=election_namespace,
+            namespaces=private_namespace,
             lease=lease,
             lease_duration=3,
         )
@@ -57,8 +45,8 @@ def test_only_the_leader_reconciles_and_a_follower_takes_over(
     second = controller("second.log").start(wait='"leader.waiting"')
     try:
         assert '"leader.acquired"' not in second.log()
-        create_apikey(admin_api, election_namespace, "one", {"source": {"generate": {}}})
-        eventually(lambda: is_ready(get_apikey(admin_api, election_namespace, "one")))
+        create_apikey(admin_api, private_namespace, "one", {"source": {"generate": {}}})
+        eventually(lambda: is_ready(get_apikey(admin_api, private_namespace, "one")))
         assert '"apikey.promoted"' in first.log()
         assert '"apikey.promoted"' not in second.log()
 
@@ -66,8 +54,8 @@ def test_only_the_leader_reconciles_and_a_follower_takes_over(
         first.process.send_signal(signal.SIGKILL)
         first.wait_exit(10)
         eventually(lambda: '"controller.started"' in second.log(), 30, "the follower to lead")
-        create_apikey(admin_api, election_namespace, "two", {"source": {"generate": {}}})
-        eventually(lambda: is_ready(get_apikey(admin_api, election_namespace, "two")))
+        create_apikey(admin_api, private_namespace, "two", {"source": {"generate": {}}})
+        eventually(lambda: is_ready(get_apikey(admin_api, private_namespace, "two")))
         assert '"apikey.promoted"' in second.log()
 
         held = client.CoordinationV1Api(admin_api).read_namespaced_lease(

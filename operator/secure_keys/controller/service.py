@@ -446,19 +446,7 @@ class Reconciler:
                 changed[blob_key(version)] = base64.b64encode(moved.to_bytes()).decode()
             reached[version] = moved.wrapped.key_version
         if changed and secret is not None:
-            patch = {
-                "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
-                "data": changed,
-            }
-            try:
-                secret = self._own(
-                    await self.api.patch(
-                        SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
-                    ),
-                    key,
-                )
-            except ApiError as exc:
-                raise _write_error(exc) from None
+            secret = await self._patch_blobs(key, secret, dict(changed))
         failpoint("rewrapped-blobs")
         records = rotation.rewrapped(state.records, reached)
         body = await self._write_status(key, body, records, policy, {})
@@ -574,33 +562,30 @@ class Reconciler:
                 return self._own(await self.api.create(SECRETS, namespace, body), key)
             except ApiError as exc:
                 raise _write_error(exc) from None  # 409: created meanwhile; re-read and re-plan
+        return await self._patch_blobs(key, secret, {blob_key(version): blob})
+
+    async def _patch_blobs(
+        self, key: ApiKey, secret: dict[str, Any], data: dict[str, str | None]
+    ) -> dict[str, Any]:
+        """Set (or, with None, remove) entries of the blob Secret, if it has not changed."""
         patch = {
             "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
-            "data": {blob_key(version): blob},
+            "data": data,
         }
         try:
-            return self._own(await self.api.patch(SECRETS, namespace, name, patch), key)
+            written = await self.api.patch(
+                SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
+            )
         except ApiError as exc:
             raise _write_error(exc) from None
+        return self._own(written, key)
 
     async def _delete_blobs(
         self, key: ApiKey, secret: dict[str, Any] | None, versions: tuple[int, ...]
     ) -> dict[str, Any] | None:
         if secret is None:
             return None
-        patch = {
-            "metadata": {"resourceVersion": secret["metadata"]["resourceVersion"]},
-            "data": {blob_key(v): None for v in versions},
-        }
-        try:
-            secret = self._own(
-                await self.api.patch(
-                    SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
-                ),
-                key,
-            )
-        except ApiError as exc:
-            raise _write_error(exc) from None
+        secret = await self._patch_blobs(key, secret, {blob_key(v): None for v in versions})
         failpoint("blobs-deleted")
         return secret
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS
@@ -44,6 +45,44 @@ def write_local_kms(
         [(key_id, keyring_path, password_file)],
         default=key_id,
     )
+
+
+@dataclass(frozen=True)
+class LocalKey:
+    """Where one local key's files are."""
+
+    key_id: str
+    keyring: Path
+    password_file: Path
+
+
+def add_local_key(
+    base_config: Path,
+    directory: Path,
+    key_id: str,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+) -> tuple[Path, LocalKey]:
+    """A new local key in ``directory``, and a KMS config listing the keys of
+    ``base_config`` plus it (``base_config``'s default stays the default)."""
+    write_local_kms(directory, key_id=key_id, iterations=iterations)
+    added = LocalKey(key_id, directory / f"{key_id}.keyring.json", directory / f"{key_id}.password")
+    base = json.loads(base_config.read_text())
+    keys = [
+        (
+            entry["keyId"],
+            Path(entry["options"]["keyringPath"]),
+            Path(entry["options"]["passwordFile"]),
+        )
+        for entry in base["keys"]
+        if entry["provider"] == "local"
+    ]
+    config = write_kms_config(
+        directory / "kms.json",
+        [*keys, (added.key_id, added.keyring, added.password_file)],
+        default=base["default"]["keyId"],
+    )
+    return config, added
 
 
 def write_kms_config(path: Path, local_keys: list[tuple[str, Path, Path]], *, default: str) -> Path:

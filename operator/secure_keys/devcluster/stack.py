@@ -9,6 +9,7 @@ so callers can crash it, restart it and search its output.
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -254,6 +255,20 @@ def create_apikey(
         GROUP, VERSION, namespace, "apikeys", body
     )
     return obj
+
+
+def request_rotation(api: client.ApiClient, namespace: str, name: str) -> str:
+    """What `secure-keys rotate` does: a fresh value in the rotate-now annotation."""
+    value = datetime.datetime.now(datetime.UTC).isoformat()
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "apikeys",
+        name,
+        {"metadata": {"annotations": {"securekeys.io/rotate-requested-at": value}}},
+    )
+    return value
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
