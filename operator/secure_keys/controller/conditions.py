@@ -27,6 +27,14 @@ def set_condition(
     generation: int,
     now: datetime.datetime,
 ) -> list[dict[str, Any]]:
+    fresh = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": _stamp(now),
+    }
     out = []
     found = False
     for condition in conditions:
@@ -34,30 +42,12 @@ def set_condition(
             out.append(dict(condition))
             continue
         found = True
-        changed = condition.get("status") != status
-        out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": _stamp(now)
-                if changed
-                else condition.get("lastTransitionTime", _stamp(now)),
-            }
-        )
+        updated = dict(fresh)
+        if condition.get("status") == status and "lastTransitionTime" in condition:
+            updated["lastTransitionTime"] = condition["lastTransitionTime"]
+        out.append(updated)
     if not found:
-        out.append(
-            {
-                "type": type_,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": generation,
-                "lastTransitionTime": _stamp(now),
-            }
-        )
+        out.append(fresh)
     return out
 
 
