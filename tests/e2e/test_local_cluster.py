@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,12 @@ import pytest
 from kubernetes import client
 
 from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import LocalCluster, PortInUse, sweep_stale_workdirs
+from secure_keys.devcluster.cluster import (
+    WORKDIR_PREFIX,
+    LocalCluster,
+    PortInUse,
+    sweep_stale_workdirs,
+)
 from tests.e2e.conftest import Target
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,8 +85,19 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def test_stop_leaves_no_processes_ports_or_directories(local: LocalCluster) -> None:
+def test_stop_leaves_no_processes_ports_or_directories(local: LocalCluster, tmp_path: Path) -> None:
+    # A directory left by a run that was SIGKILLed: its owner pid is gone.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stale = Path(tempfile.gettempdir()) / f"{WORKDIR_PREFIX}stale-{dead}"
+    stale.mkdir()
+    (stale / "owner.pid").write_text(dead)
     with LocalCluster(binaries=local.binaries) as other:
+        assert not stale.exists(), "start() did not sweep a dead owner's directory"
         pids = [c.process.pid for c in other._components]
         ports = [other.ports.etcd_client, other.ports.apiserver, other.ports.controller_manager]
         workdir = other.workdir

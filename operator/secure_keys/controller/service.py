@@ -679,8 +679,23 @@ class Reconciler:
         await self._patch_status(body, status)
 
     async def _fail(self, body: dict[str, Any], reason: str, message: str) -> None:
-        """Ready=False with ``reason``; an Event when the reason is new (no Event storms)."""
+        """Ready=False with ``reason``; an Event when the reason is new (no Event storms).
+
+        ``body`` may be older than the object (a step failed after writing it), so a
+        conflict is answered by reading the object again, once.
+        """
         metrics.FAILURES.labels(reason).inc()
+        try:
+            await self._report(body, reason, message)
+        except Retry:
+            metadata = body["metadata"]
+            try:
+                fresh = await self.api.get(APIKEYS, metadata["namespace"], metadata["name"])
+            except ApiError as exc:
+                raise Retry(str(exc)) from None
+            await self._report(fresh, reason, message)
+
+    async def _report(self, body: dict[str, Any], reason: str, message: str) -> None:
         metadata = body["metadata"]
         status = body.get("status") or {}
         conditions = list(status.get("conditions") or [])

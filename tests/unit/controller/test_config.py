@@ -353,3 +353,18 @@ def test_a_failed_build_is_not_retried_before_retry_after() -> None:
         with pytest.raises(KmsUnavailable, match="/run/kms/pw"):
             directory.provider(ref())
     assert len(calls) == 1  # one PBKDF2-costing attempt, not one per reconcile
+
+
+def test_the_default_key_wins_over_other_keys_of_its_provider() -> None:
+    document = {
+        "default": {"provider": "local", "keyId": "zeta"},
+        "keys": [
+            {"provider": "local", "keyId": "alpha", "options": {}},
+            {"provider": "local", "keyId": "zeta", "options": {}},
+        ],
+    }
+    directory = KmsDirectory(KmsSettings.from_json(json.dumps(document)), KmsRegistry())
+    assert directory.resolve(KmsRef.model_validate({})).key_id == "zeta"
+    assert directory.resolve(KmsRef.model_validate({"provider": "local"})).key_id == "zeta"
+    chosen = directory.resolve(KmsRef.model_validate({"provider": "local", "keyId": "alpha"}))
+    assert chosen.key_id == "alpha"

@@ -1,0 +1,360 @@
+"""The reconciler's write discipline, under interleavings staged with an in-memory API.
+
+The e2e suite runs this code against a real API server; these tests use ``FakeApi``
+(tests/unit/controller/fakeapi.py) only because a real server cannot change an object
+between two calls of one reconcile on demand. Everything else is real: the local KMS
+(a PBKDF2 keyring at the iteration floor), envelopes, X25519 keys, the planner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from secure_keys.controller.config import KmsDirectory, KmsSettings
+from secure_keys.controller.controller_keys import ControllerKeys
+from secure_keys.controller.kubeapi import APIKEYS, EVENTS, SECRETS, KubeApi, Resource
+from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION
+from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
+from secure_keys.core.binding import WrapContext
+from secure_keys.core.hierarchy import MIN_ITERATIONS
+from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
+from secure_keys.core.kms.local import from_config
+from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
+from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.devcluster.localkms import write_local_kms
+from tests.unit.controller.fakeapi import FakeApi
+
+NS = "team"
+NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
+
+
+@pytest.fixture(scope="module")
+def kms_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_local_kms(tmp_path_factory.mktemp("kms"), iterations=MIN_ITERATIONS)
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    return FakeApi()
+
+
+def reconciler(api: FakeApi, kms_config: Path, registry: KmsRegistry | None = None) -> Reconciler:
+    keys = ControllerKeys(RecipientPrivateKey.generate(), bytearray(os.urandom(32)))
+    kms = KmsDirectory(KmsSettings.load(kms_config), registry)
+    return Reconciler(cast(KubeApi, api), kms, keys, clock=lambda: NOW)
+
+
+def add_apikey(api: FakeApi, name: str, spec: dict[str, Any]) -> None:
+    api.put(
+        APIKEYS,
+        NS,
+        {
+            "apiVersion": "securekeys.io/v1alpha1",
+            "kind": "ApiKey",
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+    )
+
+
+def reconcile(rec: Reconciler, name: str) -> None:
+    asyncio.run(rec.reconcile(NS, name))
+
+
+def status(api: FakeApi, name: str) -> dict[str, Any]:
+    return dict(api.stored(APIKEYS, NS, name).get("status") or {})
+
+
+def states(api: FakeApi, name: str) -> dict[int, str]:
+    return {v["version"]: v["state"] for v in status(api, name).get("versions") or []}
+
+
+def blobs(api: FakeApi, name: str) -> set[str]:
+    return set(api.stored(SECRETS, NS, blob_secret_name(name)).get("data") or {})
+
+
+def request_rotation(api: FakeApi, name: str, value: str = "r1") -> None:
+    stored = api.stored(APIKEYS, NS, name)
+    stored["metadata"].setdefault("annotations", {})[ROTATE_ANNOTATION] = value
+    api._bump(stored)
+
+
+def bump(resource: Resource, name: str) -> Any:
+    """A hook: another client changes the object just before our call."""
+
+    def hook(fake: FakeApi, *_: Any) -> None:
+        fake._bump(fake.stored(resource, NS, name))
+
+    return hook
+
+
+def ready_reason(api: FakeApi, name: str) -> str:
+    for condition in status(api, name).get("conditions") or []:
+        if condition["type"] == "Ready":
+            return str(condition["reason"])
+    return ""
+
+
+# -- the happy path, and the order of its writes ----------------------------------------
+
+
+def test_a_new_key_gets_a_finalizer_then_its_blob_then_its_record(
+    api: FakeApi, kms_config: Path
+) -> None:
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(reconciler(api, kms_config), "k")
+    assert states(api, "k") == {1: "Active"}
+    assert blobs(api, "k") == {"v1"}
+    assert FINALIZER in api.stored(APIKEYS, NS, "k")["metadata"]["finalizers"]
+    writes = [(c[0], c[1]) for c in api.calls if c[0] != "get"]
+    blob_write = writes.index(("create", "secrets"))
+    first_status = next(
+        i for i, c in enumerate(api.calls) if c[0] == "patch" and "status" in (c[4] or {})
+    )
+    assert (
+        api.calls.index(next(c for c in api.calls if c[:2] == ("create", "secrets"))) < first_status
+    )
+    assert blob_write >= 1  # the finalizer patch came first
+
+
+def test_a_spec_change_without_a_new_version_updates_observed_generation(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    stored = api.stored(APIKEYS, NS, "k")
+    stored["spec"]["rotation"] = {"retain": 5}
+    stored["metadata"]["generation"] = 2
+    api._bump(stored)
+    reconcile(rec, "k")
+    assert status(api, "k")["observedGeneration"] == 2
+    assert states(api, "k") == {1: "Active"}
+
+
+# -- resourceVersion preconditions ------------------------------------------------------
+
+
+def test_a_concurrent_change_makes_the_status_write_fail_not_overwrite(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    request_rotation(api, "k")
+    api.before("patch", "apikeys", "status", bump(APIKEYS, "k"))
+    with pytest.raises(Retry, match="409"):
+        reconcile(rec, "k")
+    assert states(api, "k") == {1: "Active"}  # the Pending record was not written
+    reconcile(rec, "k")  # the next pass deletes the unrecorded blob and rotates again
+    assert states(api, "k") == {1: "Archived", 2: "Active"}
+    assert blobs(api, "k") == {"v1", "v2"}
+
+
+def test_a_concurrent_change_makes_the_blob_write_fail(api: FakeApi, kms_config: Path) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    request_rotation(api, "k")
+    api.before("patch", "secrets", "", bump(SECRETS, blob_secret_name("k")))
+    with pytest.raises(Retry, match="409"):
+        reconcile(rec, "k")
+    assert blobs(api, "k") == {"v1"}
+    assert states(api, "k") == {1: "Active"}
+
+
+# -- another writer removes the blob about to be served --------------------------------
+
+
+def test_promotion_rechecks_that_the_blob_still_exists(api: FakeApi, kms_config: Path) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    request_rotation(api, "k")
+
+    def remove_v2(fake: FakeApi, *_: Any) -> None:  # a second replica deletes "its" stray
+        secret = fake.stored(SECRETS, NS, blob_secret_name("k"))
+        secret["data"].pop("v2", None)
+        fake._bump(secret)
+
+    api.before("patch", "apikeys", "status", remove_v2)  # just before the Pending record
+    reconcile(rec, "k")
+    final = states(api, "k")
+    active = [v for v, s in final.items() if s == "Active"]
+    assert len(active) == 1
+    assert f"v{active[0]}" in blobs(api, "k")
+    assert final.get(2) == "Destroyed"  # never served
+    for call in api.calls:
+        if call[0] == "patch" and call[1] == "apikeys" and "status" in (call[4] or {}):
+            for record in call[4]["status"].get("versions") or []:
+                assert not (record["version"] == 2 and record["state"] == "Active")
+
+
+# -- deleteAfterSeal deletes exactly what was sealed ---------------------------------------
+
+
+def _source(api: FakeApi, value: bytes) -> None:
+    api.put(
+        SECRETS,
+        NS,
+        {"metadata": {"name": "src"}, "data": {"k": base64.b64encode(value).decode()}},
+    )
+
+
+def test_delete_after_seal_deletes_the_sealed_source(api: FakeApi, kms_config: Path) -> None:
+    _source(api, b"value-a")
+    add_apikey(
+        api, "k", {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
+    )
+    reconcile(reconciler(api, kms_config), "k")
+    assert states(api, "k") == {1: "Active"}
+    assert ("secrets", NS, "src") not in api.objects
+    assert not status(api, "k").get("consumedSource")
+
+
+def test_delete_after_seal_spares_a_source_replaced_meanwhile(
+    api: FakeApi, kms_config: Path
+) -> None:
+    _source(api, b"value-a")
+    add_apikey(
+        api, "k", {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
+    )
+
+    def replace_source(fake: FakeApi, *_: Any) -> None:
+        _source(fake, b"value-b")  # a user re-creates it with a new value
+
+    api.before("patch", "apikeys", "status", replace_source)
+    reconcile(reconciler(api, kms_config), "k")
+    assert states(api, "k") == {1: "Active"}
+    kept = api.stored(SECRETS, NS, "src")
+    assert base64.b64decode(kept["data"]["k"]) == b"value-b"
+    deletes = [c for c in api.calls if c[0] == "delete" and c[3] == "src"]
+    assert deletes
+    assert deletes[0][4]
+    assert set(deletes[0][4]) == {"uid", "resourceVersion"}
+    assert not status(api, "k").get("consumedSource")
+
+
+# -- shredding ----------------------------------------------------------------------------
+
+
+def test_shredding_erases_every_blob_before_deleting_the_secret(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    asyncio.run(api.delete(APIKEYS, NS, "k"))  # finalizer: deletionTimestamp only
+    api.calls.clear()
+    reconcile(rec, "k")
+    secret = blob_secret_name("k")
+    erase = next(i for i, c in enumerate(api.calls) if c[:2] == ("patch", "secrets"))
+    delete = next(i for i, c in enumerate(api.calls) if c[:2] == ("delete", "secrets"))
+    assert erase < delete
+    assert api.calls[erase][4]["data"] == {"v1": None}
+    assert api.calls[delete][3] == secret
+    assert ("apikeys", NS, "k") not in api.objects  # the finalizer let go
+
+
+# -- what a write or the KMS says must be believed ---------------------------------------
+
+
+class LyingVersion:
+    """A provider that announces key version 9 but still wraps with its real newest.
+
+    A stand-in for a KMS that reports a rotation it has not made; no real provider
+    misbehaves this way on demand.
+    """
+
+    def __init__(self, inner: KmsProvider) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.key_id = inner.key_id
+
+    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+        return self.inner.wrap(dek, context)
+
+    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+        return self.inner.unwrap(wrapped, context)
+
+    def key_version(self) -> str:
+        return "9"
+
+    def health(self) -> HealthStatus:
+        return self.inner.health()
+
+
+def test_a_rewrap_that_does_not_reach_the_new_version_is_refused(
+    api: FakeApi, kms_config: Path
+) -> None:
+    registry = KmsRegistry()
+    registry.register(
+        "local", lambda c: cast(KmsProvider, LyingVersion(from_config(c.key_id, c.options)))
+    )
+    rec = reconciler(api, kms_config, registry)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    with pytest.raises(Retry):
+        reconcile(rec, "k")
+    assert ready_reason(api, "k") == "KmsRefused"
+    assert {v["kmsKeyVersion"] for v in status(api, "k")["versions"]} == {"1"}
+
+
+def test_a_pruned_status_field_stops_the_controller_minting_versions(
+    api: FakeApi, kms_config: Path
+) -> None:
+    add_apikey(api, "k", {"source": {"generate": {}}})
+
+    def prune(
+        fake: FakeApi, method: str, resource: Resource, ns: Any, name: str, patch: Any
+    ) -> None:
+        patch["status"].pop("sourceDigest", None)  # an outdated CRD drops the field
+
+    api.before("patch", "apikeys", "status", prune)
+    reconcile(reconciler(api, kms_config), "k")
+    assert ready_reason(api, "k") == "StatusNotPersisted"
+    assert blobs(api, "k") == {"v1"}
+
+
+def test_a_repeated_failure_emits_one_event(api: FakeApi, kms_config: Path) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"secretRef": {"name": "missing", "key": "k"}}})
+    for _ in range(3):
+        with pytest.raises(Retry):
+            reconcile(rec, "k")
+    events = [c for c in api.calls if c[:2] == ("create", EVENTS.plural)]
+    assert [e[4]["reason"] for e in events] == ["SourceUnavailable"]
+
+
+def test_own_writes_are_recognised(api: FakeApi, kms_config: Path) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    key_rv = api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
+    blob_rv = api.stored(SECRETS, NS, blob_secret_name("k"))["metadata"]["resourceVersion"]
+    assert rec.wrote("apikey", NS, "k", key_rv)
+    assert rec.wrote("blobs", NS, "k", blob_rv)
+    request_rotation(api, "k")  # someone else's write
+    assert not rec.wrote(
+        "apikey", NS, "k", api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
+    )
+
+
+def test_kms_config_registry_is_used(kms_config: Path) -> None:
+    """Guard for the fixture above: a custom registry really replaces the default one."""
+    registry = KmsRegistry()
+    built: list[KmsConfig] = []
+
+    def factory(config: KmsConfig) -> KmsProvider:
+        built.append(config)
+        return from_config(config.key_id, config.options)
+
+    registry.register("local", factory)
+    KmsDirectory(KmsSettings.load(kms_config), registry).default()
+    assert len(built) == 1
