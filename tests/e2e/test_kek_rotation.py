@@ -22,6 +22,7 @@ from secure_keys.core.binding import KeyBinding
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
 from secure_keys.core.memory import zero
+from secure_keys.devcluster.cluster import free_port
 from secure_keys.devcluster.localkms import add_local_key
 from secure_keys.devcluster.stack import (
     ControllerProcess,
@@ -57,7 +58,9 @@ def test_kek_rotation_rewraps_every_live_dek(
     ns = private_namespace
 
     def controller() -> ControllerProcess:
-        return ControllerProcess(kubeconfig, config, tmp_path / "log", namespaces=ns)
+        return ControllerProcess(
+            kubeconfig, config, tmp_path / "log", namespaces=ns, metrics_port=free_port()
+        )
 
     with controller():
         create_apikey(
@@ -80,11 +83,12 @@ def test_kek_rotation_rewraps_every_live_dek(
     keyring_path.write_text(keyring.to_json())
     password_path.write_text(new_password + "\n" + password_path.read_text())
 
-    with controller():
+    with controller() as restarted:
         eventually(
             lambda: {v["kmsKeyVersion"] for v in _versions(admin_api, ns)} == {"2"},
             what="every live version on KEK version 2",
         )
+        assert restarted.metrics()["securekeys_versions_rewrapped_total"] == 2
     after = _blobs(admin_api, ns)
     assert set(after) == set(before) == {"v1", "v2"}
     for key in before:

@@ -14,6 +14,7 @@ from kubernetes import client
 
 from secure_keys.devcluster.stack import (
     CONTROLLER_NAMESPACE,
+    ControllerProcess,
     condition,
     create_apikey,
     eventually,
@@ -182,7 +183,10 @@ def test_rotation_of_an_ingested_key_reseals_the_same_value(
     assert core.read_namespaced_secret("src", namespace).data
 
 
-def test_interval_rotation_and_retention(admin_api: client.ApiClient, namespace: str) -> None:
+def test_interval_rotation_and_retention(
+    admin_api: client.ApiClient, namespace: str, controller: ControllerProcess
+) -> None:
+    destroyed_before = controller.metrics().get("securekeys_versions_destroyed_total", 0.0)
     create_apikey(
         admin_api,
         namespace,
@@ -206,6 +210,7 @@ def test_interval_rotation_and_retention(admin_api: client.ApiClient, namespace:
         lambda: "v1" not in (core.read_namespaced_secret("ticking.sealed", namespace).data or {}),
         what="v1's blob deleted",
     )
+    assert controller.metrics()["securekeys_versions_destroyed_total"] >= destroyed_before + 1
     reasons = _reasons(admin_api, namespace, "ticking")
     assert {"Sealed", "Rotated", "Destroyed"} <= reasons
 

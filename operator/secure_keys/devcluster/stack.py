@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -199,6 +200,17 @@ class ControllerProcess:
         if self.exited() is not None:
             raise AssertionError(f"controller exited at startup:\n{self.log()[-4000:]}")
         return self
+
+    def metrics(self) -> dict[str, float]:
+        """The controller's Prometheus samples, by series (needs ``metrics_port``)."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
 
     def log(self) -> str:
         try:
