@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lease-duration", type=float, default=15.0, help="seconds a leader's term lasts"
     )
-    parser.add_argument("--peering", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--namespaces",
         default=None,
@@ -62,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
                 retry_period=args.lease_duration / 7.5,
             ),
         ),
-        peering=args.peering,
         namespaces=args.namespaces,
     )
     return 0

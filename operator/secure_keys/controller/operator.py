@@ -1,6 +1,6 @@
 """Kopf wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
 
-kopf provides the watches, login, and (with ``--peering``) leader election. Its event
+kopf provides the watches and login (leader election is ours: ``leader.py``). Its event
 handlers only enqueue the ApiKey's key; workers pull keys and run the ``Reconciler``,
 which is level-triggered: it reads the current state and moves it one step toward the
 spec, so a missed or duplicated event costs nothing. Delays (the next rotation, a grace
@@ -251,10 +251,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     return registry
 
 
-def run(
-    options: ControllerOptions, *, peering: str | None = None, namespaces: str | None = None
-) -> None:
-    """Run the controller until SIGINT/SIGTERM. Without ``peering`` it runs standalone.
+def run(options: ControllerOptions, *, namespaces: str | None = None) -> None:
+    """Run the controller until SIGINT/SIGTERM (kopf standalone: no kopf peering).
 
     ``namespaces`` is a kopf namespace pattern (globs, ``!`` negations, comma-separated);
     without it the controller watches the whole cluster.
@@ -266,6 +264,5 @@ def run(
         registry=build_registry(runtime),
         clusterwide=namespaces is None,
         namespaces=[namespaces] if namespaces else (),
-        standalone=peering is None,
-        peering_name=peering,
+        standalone=True,
     )
