@@ -10,11 +10,9 @@ import datetime
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from secure_keys.controller.rotation import format_stamp
+
 ConditionStatus = Literal["True", "False", "Unknown"]
-
-
-def _stamp(now: datetime.datetime) -> str:
-    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -33,7 +31,7 @@ def set_condition(
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "lastTransitionTime": _stamp(now),
+        "lastTransitionTime": format_stamp(now),
     }
     out = []
     found = False

@@ -111,6 +111,15 @@ class KmsDirectory:
             raise KmsNotConfigured(f"KMS key {key[0]}/{key[1]} is not configured")
         return config
 
+    def built(self, ref: KmsRef) -> KmsProvider | None:
+        """The provider for ``ref`` if it is already built (never blocks, never builds)."""
+        try:
+            config = self.resolve(ref)
+        except KmsNotConfigured:
+            return None
+        with self._lock:
+            return self._built.get((config.provider, config.key_id))
+
     def provider(self, ref: KmsRef) -> KmsProvider:
         config = self.resolve(ref)
         key = (config.provider, config.key_id)

@@ -13,6 +13,7 @@ import structlog
 
 from secure_keys.controller.kubeapi import EVENTS, ApiError, KubeApi
 from secure_keys.controller.models import GROUP, VERSION
+from secure_keys.controller.rotation import format_stamp
 
 COMPONENT = "secure-keys-controller"
 MAX_MESSAGE = 1024
@@ -32,7 +33,7 @@ def build_event(
     now: datetime.datetime,
 ) -> dict[str, Any]:
     metadata = body["metadata"]
-    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_stamp(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",

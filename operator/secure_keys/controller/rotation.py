@@ -56,7 +56,7 @@ class VersionRecord:
         out: dict[str, object] = {
             "version": self.version,
             "state": self.state,
-            "createdAt": _stamp(self.created_at),
+            "createdAt": format_stamp(self.created_at),
             "fingerprint": self.fingerprint,
             "kmsProvider": self.kms_provider,
             "kmsKeyId": self.kms_key_id,
@@ -68,7 +68,7 @@ class VersionRecord:
             ("destroyedAt", self.destroyed_at),
         ):
             if value is not None:
-                out[key] = _stamp(value)
+                out[key] = format_stamp(value)
         return out
 
     @classmethod
@@ -90,7 +90,8 @@ class VersionRecord:
         )
 
 
-def _stamp(value: datetime.datetime) -> str:
+def format_stamp(value: datetime.datetime) -> str:
+    """The one timestamp form of status fields, conditions and Events (RFC 3339, UTC)."""
     return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -104,10 +105,6 @@ def parse_stamp(text: str) -> datetime.datetime:
 
 def _opt_stamp(value: object) -> datetime.datetime | None:
     return parse_stamp(str(value)) if value else None
-
-
-def format_stamp(value: datetime.datetime) -> str:
-    return _stamp(value)
 
 
 # -- steps -----------------------------------------------------------------------------

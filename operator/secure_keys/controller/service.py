@@ -303,6 +303,9 @@ class Reconciler:
         return plaintext, None
 
     async def _provider(self, ref: KmsRef) -> KmsProvider:
+        built = self.kms.built(ref)
+        if built is not None:
+            return built  # the common case: no thread hop on every reconcile
         # Building a provider can be slow (PBKDF2 for the local keyring): off the loop.
         return await asyncio.to_thread(self.kms.provider, ref)
 
@@ -685,6 +688,13 @@ class Reconciler:
         conflict is answered by reading the object again, once.
         """
         metrics.FAILURES.labels(reason).inc()
+        _log.warning(
+            "apikey.failed",
+            namespace=body["metadata"]["namespace"],
+            apikey=body["metadata"]["name"],
+            reason=reason,
+            message=message,
+        )
         try:
             await self._report(body, reason, message)
         except Retry:
@@ -708,13 +718,6 @@ class Reconciler:
             message,
             generation=int(metadata.get("generation", 1)),
             now=self.clock(),
-        )
-        _log.warning(
-            "apikey.failed",
-            namespace=metadata["namespace"],
-            apikey=metadata["name"],
-            reason=reason,
-            message=message,
         )
         if ready is not None and ready.get("reason") == reason and ready.get("message") == message:
             return

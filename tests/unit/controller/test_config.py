@@ -368,3 +368,13 @@ def test_the_default_key_wins_over_other_keys_of_its_provider() -> None:
     assert directory.resolve(KmsRef.model_validate({"provider": "local"})).key_id == "zeta"
     chosen = directory.resolve(KmsRef.model_validate({"provider": "local", "keyId": "alpha"}))
     assert chosen.key_id == "alpha"
+
+
+def test_built_never_builds() -> None:
+    factory = Factory()
+    directory = directory_with(factory)
+    assert directory.built(ref()) is None
+    assert factory.built == []
+    provider = directory.provider(ref())
+    assert directory.built(ref()) is provider
+    assert directory.built(ref("aws")) is None  # not configured: None, not an error
