@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Development-only code (the local cluster, the demo) lives in devtools/, outside the wheel.
+DEV := PYTHONPATH=$(CURDIR)/devtools $(BIN)/python
 # Re-install only when the dependency declaration changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
@@ -28,14 +30,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator sidecar tests bench
-	$(BIN)/ruff format --check operator sidecar tests bench
+	$(BIN)/ruff check operator sidecar devtools tests bench
+	$(BIN)/ruff format --check operator sidecar devtools tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 imports: $(STAMP)
-	$(BIN)/lint-imports
+	PYTHONPATH=$(CURDIR)/devtools $(BIN)/lint-imports
 
 unit: $(STAMP) control-plane
 	$(BIN)/pytest
@@ -49,10 +51,10 @@ control-plane:
 
 # A long-lived local cluster; prints the path of its admin kubeconfig.
 cluster-up: $(STAMP) control-plane
-	@$(BIN)/python -m secure_keys.devcluster up
+	@$(DEV) -m secure_keys_dev up
 
 cluster-down: $(STAMP)
-	@$(BIN)/python -m secure_keys.devcluster down
+	@$(DEV) -m secure_keys_dev down
 
 # The e2e suite against an existing cluster: make e2e KUBECONFIG=/path/to/kubeconfig
 e2e: $(STAMP)
@@ -73,10 +75,10 @@ kind-e2e: $(STAMP) image
 
 bench: $(STAMP) control-plane
 	$(BIN)/python bench/envelope.py
-	$(BIN)/python bench/controller.py
+	$(DEV) bench/controller.py
 
 demo: $(STAMP) control-plane
-	$(BIN)/python -m secure_keys.cli dev
+	$(DEV) -m secure_keys_dev.demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from secure_keys.controller.kubeapi import APIKEYS, SECRETS, Credentials, KubeApi
-from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import LocalCluster
-from secure_keys.devcluster.localkms import write_local_kms
-from secure_keys.devcluster.stack import (
+from secure_keys.kube.client import APIKEYS, SECRETS, Credentials, KubeApi
+from secure_keys_dev import access
+from secure_keys_dev.cluster import LocalCluster
+from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     bind_controller_identity,

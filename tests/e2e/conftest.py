@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import LocalCluster, free_port
-from secure_keys.devcluster.localkms import write_local_kms
-from secure_keys.devcluster.stack import (
+from secure_keys_dev import access
+from secure_keys_dev.cluster import LocalCluster, free_port
+from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     bind_controller_identity,

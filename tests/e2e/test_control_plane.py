@@ -22,8 +22,8 @@ from aiohttp import web
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys.devcluster import access, pki
-from secure_keys.devcluster.stack import eventually
+from secure_keys_dev import access, pki
+from secure_keys_dev.stack import eventually
 from tests.e2e.conftest import Target
 
 

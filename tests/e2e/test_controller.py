@@ -10,7 +10,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys.controller.service import blob_secret_name
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.stack import (
     ControllerProcess,
     condition,
     create_apikey,

@@ -30,7 +30,7 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.memory import zero
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     create_apikey,

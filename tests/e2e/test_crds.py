@@ -25,8 +25,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from secure_keys.devcluster.cluster import Binaries, MissingBinaries
-from secure_keys.devcluster.stack import eventually
+from secure_keys_dev.cluster import Binaries, MissingBinaries
+from secure_keys_dev.stack import eventually
 from tests.e2e.conftest import Target
 
 REPO = Path(__file__).resolve().parents[2]

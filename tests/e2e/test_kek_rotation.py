@@ -22,9 +22,9 @@ from secure_keys.core.binding import KeyBinding
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
 from secure_keys.core.memory import zero
-from secure_keys.devcluster.cluster import free_port
-from secure_keys.devcluster.localkms import add_local_key
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.cluster import free_port
+from secure_keys_dev.localkms import add_local_key
+from secure_keys_dev.stack import (
     ControllerProcess,
     create_apikey,
     eventually,

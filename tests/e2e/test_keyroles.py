@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys.devcluster.stack import condition, create_apikey, eventually
+from secure_keys_dev.stack import condition, create_apikey, eventually
 
 pytestmark = pytest.mark.usefixtures("controller")
 

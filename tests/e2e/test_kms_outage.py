@@ -15,8 +15,8 @@ from typing import Any
 from kubernetes import client
 
 from secure_keys.core.hierarchy import MIN_ITERATIONS
-from secure_keys.devcluster.localkms import add_local_key
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.localkms import add_local_key
+from secure_keys_dev.stack import (
     ControllerProcess,
     condition,
     create_apikey,

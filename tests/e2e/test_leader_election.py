@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kubernetes import client
 
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     create_apikey,

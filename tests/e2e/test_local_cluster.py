@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import (
+from secure_keys_dev import access
+from secure_keys_dev.cluster import (
     WORKDIR_PREFIX,
     LocalCluster,
     PortInUse,
@@ -112,7 +112,7 @@ def test_stop_leaves_no_processes_ports_or_directories(local: LocalCluster, tmp_
 def test_a_killed_owner_takes_its_cluster_with_it(local: LocalCluster, tmp_path: Path) -> None:
     script = (
         "import json, sys, time\n"
-        "from secure_keys.devcluster.cluster import LocalCluster\n"
+        "from secure_keys_dev.cluster import LocalCluster\n"
         "c = LocalCluster().start()\n"
         "print(json.dumps({'pids': [x.process.pid for x in c._components],"
         " 'workdir': str(c.workdir)}), flush=True)\n"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from secure_keys.devcluster.stack import (
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     condition,

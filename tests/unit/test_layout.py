@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).parents[2]
 SOURCES = sorted(
     p
-    for tree in ("operator", "sidecar")
+    for tree in ("operator", "sidecar", "devtools")
     for p in (ROOT / tree).rglob("*.py")
     if ".venv" not in p.parts
 )

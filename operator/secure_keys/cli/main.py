@@ -58,11 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser("rotate", help="rotate an ApiKey now")
     rotate.add_argument("name")
     rotate.add_argument("-n", "--namespace", default=None)
-
-    dev = commands.add_parser(
-        "dev", help="local demo: a control plane, the controller, examples/, a rotation"
-    )
-    dev.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     return parser
 
 
@@ -76,9 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             value = rotate_cmd.rotate(args.name, namespace, args.kubeconfig)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
-        from secure_keys.cli.dev import run_demo
-
-        return run_demo(keep=args.keep)
+        raise AssertionError(f"unhandled command {args.command!r}")
     except (seal_cmd.SealError, SealedSourceInvalid, ValueError) as exc:
         print(f"secure-keys: error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ import datetime
 import secrets
 from pathlib import Path
 
-from secure_keys.controller.models import GROUP, ROTATE_ANNOTATION, VERSION
+from secure_keys.kube.names import GROUP, ROTATE_ANNOTATION, VERSION
 
 
 def request_value(now: datetime.datetime) -> str:

@@ -15,10 +15,10 @@ from typing import IO, Any
 
 import yaml
 
-from secure_keys.controller.controller_keys import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import Recipient, seal_to_recipient
+from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 
 class SealError(Exception):

@@ -16,16 +16,15 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from secure_keys.controller.kubeapi import CONFIGMAPS, SECRETS, ApiError, KubeApi
 from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
+from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, KubeApi
+from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
-RECIPIENT_CONFIGMAP = "secure-keys-recipient"
-RECIPIENT_CONFIGMAP_KEY = "recipient.json"
 _RECIPIENT_SLOT = "recipient"
 _FINGERPRINT_SLOT = "fingerprint"
 FINGERPRINT_KEY_SIZE = 32

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import structlog
 
-from secure_keys.controller.kubeapi import EVENTS, ApiError, KubeApi
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.rotation import format_stamp
+from secure_keys.kube.client import EVENTS, ApiError, KubeApi
 
 COMPONENT = "secure-keys-controller"
 MAX_MESSAGE = 1024

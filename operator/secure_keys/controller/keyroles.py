@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.events import post_event
-from secure_keys.controller.kubeapi import APIKEYS, KEYROLES, ApiError, KubeApi
 from secure_keys.controller.service import Retry
+from secure_keys.kube.client import APIKEYS, KEYROLES, ApiError, KubeApi
 
 _log = structlog.get_logger("secure_keys.controller")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from secure_keys.controller.kubeapi import ApiError, KubeApi, Resource
+from secure_keys.kube.client import ApiError, KubeApi, Resource
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 _log = structlog.get_logger("secure_keys.controller")

@@ -14,20 +14,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from secure_keys.kube.names import FINALIZER, GROUP, ROTATE_ANNOTATION, VERSION
+
 __all__ = [
+    "FINALIZER",
+    "GROUP",
+    "ROTATE_ANNOTATION",
+    "VERSION",
     "ApiKey",
     "ApiKeySpec",
     "InvalidSpec",
     "source_digest",
 ]
 
-ROTATE_ANNOTATION = "securekeys.io/rotate-requested-at"
-"""Set by ``secure-keys rotate``: any new value asks for one rotation now."""
-FINALIZER = "securekeys.io/shred-blobs"
 MAX_REQUEST_TEXT = 128
 """Longer rotate-now values are recorded as a digest (status.lastRotationRequest is capped)."""
-GROUP = "securekeys.io"
-VERSION = "v1alpha1"
 
 
 class InvalidSpec(ValueError):

@@ -31,7 +31,6 @@ from secure_keys.controller import metrics
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
 from secure_keys.controller.keyroles import KeyRoleReconciler
-from secure_keys.controller.kubeapi import Credentials, KubeApi
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
@@ -43,6 +42,7 @@ from secure_keys.controller.service import (
 )
 from secure_keys.controller.workqueue import WorkQueue
 from secure_keys.core.errors import KmsError
+from secure_keys.kube.client import Credentials, KubeApi
 
 _log = structlog.get_logger("secure_keys.controller")
 

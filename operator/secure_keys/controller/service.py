@@ -36,7 +36,6 @@ from secure_keys.controller.config import KmsDirectory, KmsNotConfigured
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.events import COMPONENT, EventType, post_event
 from secure_keys.controller.failpoints import failpoint
-from secure_keys.controller.kubeapi import APIKEYS, SECRETS, ApiError, KubeApi
 from secure_keys.controller.models import (
     FINALIZER,
     GROUP,
@@ -56,6 +55,7 @@ from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import zero
 from secure_keys.core.schedule import InvalidSchedule, RotationPolicy
 from secure_keys.core.sealing import open_sealed
+from secure_keys.kube.client import APIKEYS, SECRETS, ApiError, KubeApi
 
 _log = structlog.get_logger("secure_keys.controller")
 

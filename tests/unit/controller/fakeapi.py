@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from secure_keys.controller.kubeapi import ApiError, Resource
+from secure_keys.kube.client import ApiError, Resource
 
 Key = tuple[str, str | None, str]
 Hook = Callable[["FakeApi", str, Resource, str | None, str, Any], None]

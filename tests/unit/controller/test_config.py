@@ -18,7 +18,7 @@ from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
-from secure_keys.devcluster.localkms import write_local_kms
+from secure_keys_dev.localkms import write_local_kms
 from tests.conftest import CANARY
 
 

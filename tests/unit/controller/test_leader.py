@@ -8,7 +8,6 @@ from typing import cast
 
 import pytest
 
-from secure_keys.controller.kubeapi import ApiError, KubeApi
 from secure_keys.controller.leader import (
     LEASES,
     LeaderElector,
@@ -16,6 +15,7 @@ from secure_keys.controller.leader import (
     claimed_spec,
     expired,
 )
+from secure_keys.kube.client import ApiError, KubeApi
 from tests.unit.controller.fakeapi import FakeApi
 
 T0 = datetime.datetime(2026, 11, 28, 12, 0, 0, tzinfo=datetime.UTC)

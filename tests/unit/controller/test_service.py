@@ -19,7 +19,6 @@ import pytest
 
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
-from secure_keys.controller.kubeapi import APIKEYS, EVENTS, SECRETS, KubeApi, Resource
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION
 from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
@@ -28,7 +27,8 @@ from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.devcluster.localkms import write_local_kms
+from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS, KubeApi, Resource
+from secure_keys_dev.localkms import write_local_kms
 from tests.unit.controller.fakeapi import FakeApi
 
 NS = "team"

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from secure_keys.devcluster import pki
+from secure_keys_dev import pki
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from secure_keys.devcluster import kubeconfig, pki
+from secure_keys_dev import kubeconfig, pki
 
 BUILD_COMMAND = "scripts/build-control-plane.sh (or: make control-plane)"
 WORKDIR_PREFIX = "securekeys-cluster-"
@@ -84,7 +84,7 @@ class StartupFailed(ControlPlaneError):
 
 
 def repository_root() -> Path:
-    return Path(__file__).resolve().parents[3]
+    return Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from secure_keys.devcluster import kubeconfig
-from secure_keys.devcluster.cluster import (
+from secure_keys_dev import kubeconfig
+from secure_keys_dev.cluster import (
     WORKDIR_PREFIX,
     Binaries,
     MissingBinaries,

@@ -1,4 +1,4 @@
-"""`python -m secure_keys.devcluster up|down|status`: a long-lived local cluster.
+"""`python -m secure_keys_dev up|down|status`: a long-lived local cluster.
 
 `up` starts a detached supervisor process (`serve`) that owns a LocalCluster
 and stops it on SIGTERM/SIGINT. The supervisor copies the admin kubeconfig to
@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-from secure_keys.devcluster.cluster import (
+from secure_keys_dev.cluster import (
     ControlPlaneError,
     LocalCluster,
     repository_root,
@@ -71,7 +71,7 @@ def up(state: Path, port: int | None, timeout: float) -> int:
         return 0
     state.mkdir(parents=True, exist_ok=True)
     log_path = state / "supervisor.log"
-    argv = [sys.executable, "-m", "secure_keys.devcluster", "serve", f"--state-dir={state}"]
+    argv = [sys.executable, "-m", "secure_keys_dev", "serve", f"--state-dir={state}"]
     if port is not None:
         argv.append(f"--port={port}")
     with log_path.open("wb") as log:
@@ -114,7 +114,7 @@ def down(state: Path, timeout: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m secure_keys.devcluster")
+    parser = argparse.ArgumentParser(prog="python -m secure_keys_dev")
     parser.add_argument("command", choices=["up", "down", "status", "serve"])
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--port", type=int, default=None, help="API server port (default: any)")

@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client, utils
 from kubernetes.client.rest import ApiException
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 CONTROLLER_NAMESPACE = "secure-keys-system"
 GROUP, VERSION = "securekeys.io", "v1alpha1"
 

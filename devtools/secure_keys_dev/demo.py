@@ -1,6 +1,6 @@
-"""``secure-keys dev`` (``make demo``): the whole flow on a local control plane.
+"""``make demo`` (``python -m secure_keys_dev.demo``): the whole flow on a local cluster.
 
-1. start a real etcd + kube-apiserver + kube-controller-manager (``devcluster``);
+1. start a real etcd + kube-apiserver + kube-controller-manager (``cluster``);
 2. install the CRDs and the controller's RBAC;
 3. run the controller under that RBAC with the local KMS (a password-derived keyring);
 4. apply ``examples/`` and a manifest made by ``secure-keys seal``;
@@ -25,10 +25,10 @@ from secure_keys.cli.rotate import rotate
 from secure_keys.cli.seal import recipient_from_cluster, seal_command
 from secure_keys.core.logs import configure
 from secure_keys.core.memory import random_secret, zero
-from secure_keys.devcluster import access
-from secure_keys.devcluster.cluster import LocalCluster, repository_root
-from secure_keys.devcluster.localkms import write_local_kms
-from secure_keys.devcluster.stack import (
+from secure_keys_dev import access
+from secure_keys_dev.cluster import LocalCluster, repository_root
+from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
     bind_controller_identity,
@@ -164,3 +164,18 @@ def run_demo(*, keep: bool = False) -> int:
                         pass
         _say("done: controller and control plane stopped, nothing left running")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m secure_keys_dev.demo",
+        description="local demo: a control plane, the controller, examples/, a rotation",
+    )
+    parser.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    return run_demo(keep=parser.parse_args(argv).keep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from secure_keys.devcluster import kubeconfig, pki
+from secure_keys_dev import kubeconfig, pki
 
 CLIENT_SIGNER = "kubernetes.io/kube-apiserver-client"
 

@@ -1,0 +1,16 @@
+"""Names of the API objects secure-keys defines or relies on: the one place they are spelled.
+
+Constants only, no I/O: the CLI, the controller and the gateway import them from here.
+"""
+
+from __future__ import annotations
+
+GROUP = "securekeys.io"
+VERSION = "v1alpha1"
+
+ROTATE_ANNOTATION = "securekeys.io/rotate-requested-at"
+"""Set by ``secure-keys rotate``: any new value asks for one rotation now."""
+FINALIZER = "securekeys.io/shred-blobs"
+
+RECIPIENT_CONFIGMAP = "secure-keys-recipient"
+RECIPIENT_CONFIGMAP_KEY = "recipient.json"
