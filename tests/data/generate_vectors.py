@@ -268,12 +268,19 @@ def hierarchy_cases() -> list[dict[str, Any]]:
 
 def fingerprint_cases() -> list[dict[str, Any]]:
     cases = []
+    bindings = (("payments", "stripe-live"), ("default", "x"), ("ns-" + "a" * 60, "k" * 253))
     for i, plaintext in enumerate((b"ghp_example", b"x", bytes(range(256)))):
         key = bytes.fromhex(seeded(f"integrity{i}", 32))
-        mac = hmac.new(key, b"securekeys.io/v1/fingerprint\x00" + plaintext, hashlib.sha256)
+        namespace, name = bindings[i]
+        message = b"securekeys.io/v2/fingerprint\x00"
+        for part in (namespace.encode(), name.encode()):
+            message += len(part).to_bytes(2, "big") + part
+        mac = hmac.new(key, message + plaintext, hashlib.sha256)
         cases.append(
             {
                 "integrityKey": key.hex(),
+                "namespace": namespace,
+                "name": name,
                 "plaintext": plaintext.hex(),
                 "fingerprint": "hs256:" + mac.digest()[:16].hex(),
             }

@@ -107,7 +107,8 @@ def _live_plaintext_matches(
             binding = KeyBinding(namespace, NAME, record["version"])
             plaintext = envelope.open(blob, binding, provider)
             try:
-                assert fingerprint(keys.fingerprint_key, plaintext) == record["fingerprint"]
+                mark = fingerprint(keys.fingerprint_key, plaintext, namespace=namespace, name=NAME)
+                assert mark == record["fingerprint"]
             finally:
                 zero(plaintext)
     finally:

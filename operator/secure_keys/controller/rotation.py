@@ -12,9 +12,15 @@ The controller's durable state is split over two objects: the ApiKey's ``status`
 version). Neither write is atomic with the other, so every step is ordered to leave a
 state the next ``plan`` call can finish from, whatever point a crash interrupts:
 
-* A new version's blob is written **before** its status record. A blob with no record
-  was never served (serving needs an Active record), so ``plan`` deletes it and starts
-  again.
+* A new version's blob is written **before** its status record, together with the
+  intent of that write (``blobs.INTENT_ANNOTATION``). A blob with no record was never
+  served (serving needs an Active record); ``plan`` adopts it (``Adopt``) rather than
+  deleting it, so a crash there finishes the rotation it interrupted, and a status that
+  was cleared or lost is rebuilt from the blobs instead of losing the key.
+* No blob is ever deleted unless its record says Destroyed, and version numbers never
+  repeat: the next number is above every recorded version and every blob.
+* A live record whose blob is gone (the Secret deleted or edited by hand) is marked
+  Destroyed with ``lostAt`` (``MarkLost``) and reported; it is never served again.
 * Promotion is **one** status write that makes the Pending version Active and the old
   Active one Archived, so there is never more than one Active version.
 * A version is marked Destroyed in status **before** its blob is deleted, and a blob of
@@ -31,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from secure_keys.core.schedule import RotationPolicy
+from secure_keys.controller.schedule import RotationPolicy
 
 State = Literal["Pending", "Active", "Archived", "Destroyed"]
 STATES: tuple[State, ...] = ("Pending", "Active", "Archived", "Destroyed")
@@ -51,6 +57,8 @@ class VersionRecord:
     activated_at: datetime.datetime | None = None
     archived_at: datetime.datetime | None = None
     destroyed_at: datetime.datetime | None = None
+    lost_at: datetime.datetime | None = None
+    """Set when the record's blob was found missing (removed outside the controller)."""
 
     def to_status(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -66,6 +74,7 @@ class VersionRecord:
             ("activatedAt", self.activated_at),
             ("archivedAt", self.archived_at),
             ("destroyedAt", self.destroyed_at),
+            ("lostAt", self.lost_at),
         ):
             if value is not None:
                 out[key] = format_stamp(value)
@@ -87,6 +96,7 @@ class VersionRecord:
             activated_at=_opt_stamp(item.get("activatedAt")),
             archived_at=_opt_stamp(item.get("archivedAt")),
             destroyed_at=_opt_stamp(item.get("destroyedAt")),
+            lost_at=_opt_stamp(item.get("lostAt")),
         )
 
 
@@ -112,7 +122,25 @@ def _opt_stamp(value: object) -> datetime.datetime | None:
 
 @dataclass(frozen=True)
 class DeleteBlobs:
-    """Remove blobs no live record points at (unrecorded attempts, destroyed versions)."""
+    """Remove the blobs of versions whose records say Destroyed."""
+
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """Record blobs that status does not know (a crash after the blob write, or a status
+    cleared or lost): ``pending`` (newer than every record) as Pending, the rest as
+    Archived. A blob that does not open for this ApiKey is kept and reported, never deleted.
+    """
+
+    versions: tuple[int, ...]
+    pending: int | None
+
+
+@dataclass(frozen=True)
+class MarkLost:
+    """Live records whose blobs are gone: mark them Destroyed and lost, and say so."""
 
     versions: tuple[int, ...]
 
@@ -157,21 +185,13 @@ class Rewrap:
 
 
 @dataclass(frozen=True)
-class Blocked:
-    """A state no safe step leads out of (blobs nobody recorded); a person must look."""
-
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
 class Idle:
     """Nothing to do until ``wake_at`` (None: until the spec or annotations change)."""
 
     wake_at: datetime.datetime | None
 
 
-Step = DeleteBlobs | NewVersion | Promote | Destroy | Rewrap | Blocked | Idle
+Step = DeleteBlobs | Adopt | MarkLost | NewVersion | Promote | Destroy | Rewrap | Idle
 
 
 @dataclass(frozen=True)
@@ -208,22 +228,23 @@ def live_versions(records: Iterable[VersionRecord]) -> set[int]:
 
 def plan(state: KeyState, now: datetime.datetime) -> Step:
     """The next step for this ApiKey. Call again after executing it."""
-    live = live_versions(state.records)
-    newest_recorded = max((r.version for r in state.records), default=0)
-    stray = sorted(state.blobs - live)
-    # A crash leaves at most one unrecorded blob, at the next version number; blobs at or
-    # below the newest record belong to destroyed (or pruned) versions. Anything else was
-    # not written by this protocol (a status lost in a restore, a hand edit): keep it and
-    # say so, rather than delete what may be the key being served.
-    unknown = [v for v in stray if v > newest_recorded + 1]
-    if unknown:
-        return Blocked(
-            "OrphanBlobs",
-            f"the blob Secret holds versions {unknown} that status does not record; "
-            "restore the status or remove those entries by hand",
-        )
-    if stray:
-        return DeleteBlobs(tuple(stray))
+    recorded = {r.version for r in state.records}
+    newest_recorded = max(recorded, default=0)
+    unrecorded = sorted(state.blobs - recorded)
+    if unrecorded:
+        above = [v for v in unrecorded if v > newest_recorded]
+        return Adopt(tuple(unrecorded), max(above) if above else None)
+    destroyed = {r.version for r in state.records if r.state == "Destroyed"}
+    leftovers = sorted(state.blobs & destroyed)
+    if leftovers:
+        return DeleteBlobs(tuple(leftovers))
+    lost = sorted(
+        r.version
+        for r in state.records
+        if r.state in ("Active", "Archived") and r.version not in state.blobs
+    )
+    if lost:
+        return MarkLost(tuple(lost))
 
     pending = state.by_state("Pending")
     actives = state.by_state("Active")
@@ -239,11 +260,8 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
         # A record whose blob vanished (deleted by hand): never serve it.
         return Destroy(tuple(r.version for r in pending))
 
-    next_version = max((r.version for r in state.records), default=0) + 1
+    next_version = max(recorded | state.blobs, default=0) + 1
     if active is None:
-        return NewVersion(next_version, "initial", from_source=True)
-    if active.version not in state.blobs:
-        # The served version's blob is gone; re-create from source rather than serve nothing.
         return NewVersion(next_version, "initial", from_source=True)
     if state.recorded_source_digest != state.source_digest:
         return NewVersion(next_version, "source-changed", from_source=True)
@@ -363,19 +381,46 @@ def destroy(
     )
 
 
+def mark_lost(
+    records: Sequence[VersionRecord], versions: Iterable[int], now: datetime.datetime
+) -> tuple[VersionRecord, ...]:
+    lost = set(versions)
+    return tuple(
+        replace(r, state="Destroyed", destroyed_at=now, lost_at=now) if r.version in lost else r
+        for r in records
+    )
+
+
+def adopt(
+    records: Sequence[VersionRecord], adopted: Iterable[VersionRecord]
+) -> tuple[VersionRecord, ...]:
+    """Records with the adopted versions added, ordered by version."""
+    known = {r.version for r in records}
+    added = [r for r in adopted if r.version not in known]
+    return tuple(sorted((*records, *added), key=lambda r: r.version))
+
+
 MAX_DESTROYED_RECORDS = 10
 """Destroyed versions stay in status for audit; beyond this many, the oldest are dropped."""
 
 
 def prune_destroyed(
-    records: Sequence[VersionRecord], keep: int = MAX_DESTROYED_RECORDS
+    records: Sequence[VersionRecord],
+    blobs: frozenset[int] = frozenset(),
+    keep: int = MAX_DESTROYED_RECORDS,
 ) -> tuple[VersionRecord, ...]:
     """Drop the oldest Destroyed records beyond ``keep``; live records always stay.
 
-    Safe at any time: a blob whose record is dropped is no longer live, so the next
-    ``plan`` deletes it, and version numbers keep rising from the newest record.
+    A Destroyed record whose blob is still in the Secret is never dropped (it is what
+    tells ``plan`` to delete that blob rather than adopt it), and the newest record is
+    never dropped, so version numbers keep rising from it.
     """
-    destroyed = sorted(r.version for r in records if r.state == "Destroyed")
+    newest = max((r.version for r in records), default=0)
+    destroyed = sorted(
+        r.version
+        for r in records
+        if r.state == "Destroyed" and r.version not in blobs and r.version != newest
+    )
     dropped = set(destroyed[: max(0, len(destroyed) - keep)])
     return tuple(r for r in records if r.version not in dropped)
 

@@ -13,6 +13,7 @@ import binascii
 import string
 
 from secure_keys.controller.models import GenerateSource
+from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE
 from secure_keys.core.memory import random_secret, zero
 
 ALPHABETS: dict[str, bytes] = {
@@ -25,6 +26,26 @@ ALPHABETS: dict[str, bytes] = {
 
 class SourceUnavailable(Exception):
     """The source cannot be read now (missing Secret or key); retried with backoff."""
+
+
+class SourceInvalid(Exception):
+    """The source holds a value no ApiKey can hold (empty, or over 64 KiB); retried with
+    backoff, since the Secret may be fixed without the ApiKey changing."""
+
+
+class SourceForbidden(Exception):
+    """spec.source names something the controller must never seal (its own Secrets)."""
+
+
+def check_size(plaintext: bytearray, what: str) -> bytearray:
+    """``plaintext`` if an envelope can hold it; otherwise zero it and say why."""
+    size = len(plaintext)
+    if 1 <= size <= MAX_PLAINTEXT_SIZE:
+        return plaintext
+    zero(plaintext)
+    raise SourceInvalid(
+        f"{what} holds {size} bytes; an ApiKey holds 1 to {MAX_PLAINTEXT_SIZE} bytes"
+    )
 
 
 def generate(spec: GenerateSource) -> bytearray:

@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from secure_keys.controller import rotation
 from secure_keys.controller.rotation import (
     STATES,
-    Blocked,
+    Adopt,
     DeleteBlobs,
     Destroy,
     Idle,
     KeyState,
+    MarkLost,
     NewVersion,
     Promote,
     Rewrap,
@@ -38,7 +39,7 @@ from secure_keys.controller.rotation import (
     record_pending,
     wake_time,
 )
-from secure_keys.core.schedule import RotationPolicy
+from secure_keys.controller.schedule import RotationPolicy
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2030, 1, 1, tzinfo=UTC)
@@ -119,36 +120,29 @@ ACTIVE_1 = rec(1, "Active")
 
 PLAN_CASES = [
     # -- stray blobs: deleted before anything else
-    Case("unrecorded-blob", key_state(ACTIVE_1, blobs={1, 2}), DeleteBlobs((2,))),
+    # -- blobs status does not record are adopted, never deleted (hardening item 4)
+    Case("unrecorded-blob-adopted", key_state(ACTIVE_1, blobs={1, 2}), Adopt((2,), 2)),
     Case(
         "blob-of-destroyed-version",
         key_state(rec(1, "Destroyed"), rec(2, "Active"), blobs={1, 2}),
         DeleteBlobs((1,)),
     ),
     Case(
-        "strays-sorted-together",
+        "adoption-before-deleting-destroyed-blobs",
         key_state(rec(1, "Destroyed"), rec(3, "Destroyed"), rec(4, "Active"), blobs={5, 1, 4, 3}),
-        DeleteBlobs((1, 3, 5)),
+        Adopt((5,), 5),
     ),
-    # -- blobs no crash of ours can leave (beyond the next version): kept, and reported
     Case(
-        "unknown-blobs-block",
+        "destroyed-blobs-deleted-together",
+        key_state(rec(1, "Destroyed"), rec(3, "Destroyed"), rec(4, "Active"), blobs={1, 4, 3}),
+        DeleteBlobs((1, 3)),
+    ),
+    Case(
+        "unrecorded-blobs-below-and-above-adopted",
         key_state(rec(1, "Destroyed"), rec(2, "Active"), blobs={7, 1, 2, 4}),
-        Blocked(
-            "OrphanBlobs",
-            "the blob Secret holds versions [4, 7] that status does not record; "
-            "restore the status or remove those entries by hand",
-        ),
+        Adopt((4, 7), 7),
     ),
-    Case(
-        "lost-status-keeps-blobs",
-        key_state(blobs={3, 4}),
-        Blocked(
-            "OrphanBlobs",
-            "the blob Secret holds versions [3, 4] that status does not record; "
-            "restore the status or remove those entries by hand",
-        ),
-    ),
+    Case("cleared-status-adopts-blobs", key_state(blobs={3, 4}), Adopt((3, 4), 4)),
     # -- KEK rotation: live versions under an older key version are rewrapped
     Case(
         "rewrap-live-versions-on-an-older-kek",
@@ -182,11 +176,11 @@ PLAN_CASES = [
         Promote(2, None),
     ),
     Case(
-        "strays-before-promotion",
+        "adoption-before-promotion",
         key_state(ACTIVE_1, rec(2, "Pending"), blobs={1, 2, 3}),
-        DeleteBlobs((3,)),
+        Adopt((3,), 3),
     ),
-    Case("strays-before-first-version", key_state(blobs={1}), DeleteBlobs((1,))),
+    Case("adoption-before-first-version", key_state(blobs={1}), Adopt((1,), 1)),
     # -- a Pending version: promoted if its blob exists, else destroyed
     Case("pending-promoted", key_state(ACTIVE_1, rec(2, "Pending")), Promote(2, 1)),
     Case("first-pending-promoted", key_state(rec(1, "Pending")), Promote(1, None)),
@@ -223,14 +217,24 @@ PLAN_CASES = [
         NewVersion(4, "initial", from_source=True),
     ),
     Case(
-        "active-blob-missing",
+        "active-blob-missing-marked-lost",
         key_state(rec(1, "Archived"), rec(2, "Active"), blobs={1}, mints=False),
-        NewVersion(3, "initial", from_source=True),
+        MarkLost((2,)),
     ),
     Case(
-        "active-blob-missing-before-source-change",
+        "lost-before-source-change",
         key_state(ACTIVE_1, blobs=set(), digest="sha256:two"),
-        NewVersion(2, "initial", from_source=True),
+        MarkLost((1,)),
+    ),
+    Case(
+        "archived-blob-missing-marked-lost",
+        key_state(rec(1, "Archived"), rec(2, "Active"), blobs={2}),
+        MarkLost((1,)),
+    ),
+    Case(
+        "after-a-loss-the-next-version-is-new",
+        key_state(rec(1, "Archived"), rec(2, "Destroyed"), blobs={1}),
+        NewVersion(3, "initial", from_source=True),
     ),
     # -- the source changed: always from the source, whatever the source kind
     Case(
@@ -401,7 +405,7 @@ def test_plan(case: Case) -> None:
 
 def test_plan_cases_cover_every_step_kind_and_reason() -> None:
     kinds = {type(case.expected) for case in PLAN_CASES}
-    assert kinds == {DeleteBlobs, Promote, Destroy, NewVersion, Rewrap, Blocked, Idle}
+    assert kinds == {DeleteBlobs, Adopt, MarkLost, Promote, Destroy, NewVersion, Rewrap, Idle}
     reasons = {c.expected.reason for c in PLAN_CASES if isinstance(c.expected, NewVersion)}
     assert reasons == {"initial", "scheduled", "requested", "source-changed"}
     assert len({case.id for case in PLAN_CASES}) == len(PLAN_CASES)

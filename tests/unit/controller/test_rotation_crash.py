@@ -5,8 +5,10 @@ driven through random histories: time passing, rotation requests, source changes
 reconcile runs that a crash may cut short between any two individual writes. Each step
 ``plan`` returns is executed the way ``service`` does (see ``rotation``'s docstring):
 
-* NewVersion: write the blob, then write the status with the version Pending (and the
-  source digest / honoured request in the same write);
+* NewVersion: write the blob with its intent (the status fields it will record), then
+  write the status with the version Pending (and that source digest / honoured request);
+* Adopt: one status write recording the unrecorded blob as Pending, with the intent
+  written beside it (a crash after the blob write finishes that rotation);
 * Promote and Destroy: one status write each;
 * DeleteBlobs: one blob-Secret write.
 
@@ -31,6 +33,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from secure_keys.controller import rotation
 from secure_keys.controller.rotation import (
+    Adopt,
     DeleteBlobs,
     Destroy,
     Idle,
@@ -41,8 +44,8 @@ from secure_keys.controller.rotation import (
     Step,
     VersionRecord,
 )
+from secure_keys.controller.schedule import RotationPolicy
 from secure_keys.controller.service import MAX_STEPS
-from secure_keys.core.schedule import RotationPolicy
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 TICK = datetime.timedelta(microseconds=1)
@@ -67,6 +70,7 @@ FORWARD: dict[State, set[State]] = {
 class Blob:
     token: str  # what the status record's fingerprint points at
     value: str  # the plaintext it seals
+    intent: dict[str, Any] = field(default_factory=dict)  # written in the same write
 
 
 @dataclass
@@ -171,13 +175,38 @@ class CrashModel(RuleBasedStateMachine):
             return [("status", {"versions": rotation.promote(state.records, step.version, now)})]
         if isinstance(step, Destroy):
             return [("status", {"versions": rotation.destroy(state.records, step.versions, now)})]
+        if isinstance(step, Adopt):
+            adopted = []
+            for version in step.versions:
+                pending = version == step.pending
+                adopted.append(
+                    VersionRecord(
+                        version=version,
+                        state="Pending" if pending else "Archived",
+                        created_at=now,
+                        fingerprint=self.stores.blobs[version].token,
+                        kms_provider="local",
+                        kms_key_id="default",
+                        kms_key_version="1",
+                        archived_at=None if pending else now,
+                    )
+                )
+            adopted_status: dict[str, Any] = {"versions": rotation.adopt(state.records, adopted)}
+            if step.pending is not None:
+                adopted_status.update(self.stores.blobs[step.pending].intent)
+            return [("status", adopted_status)]
         assert isinstance(step, NewVersion)
         active = state.active
         if step.from_source or active is None:
             value = f"minted-{next(self.tokens)}" if self.mints else f"value-of-{self.source}"
         else:
             value = self.stores.blobs[active.version].value  # re-sealed, same plaintext
-        blob = Blob(f"blob-{next(self.tokens)}", value)
+        intent: dict[str, Any] = {}
+        if step.from_source:
+            intent["sourceDigest"] = state.source_digest
+        if state.rotation_request:
+            intent["lastRotationRequest"] = state.rotation_request
+        blob = Blob(f"blob-{next(self.tokens)}", value, intent)
         self.values[blob.token] = value
         record = VersionRecord(
             version=step.version,
@@ -189,10 +218,7 @@ class CrashModel(RuleBasedStateMachine):
             kms_key_version="1",
         )
         status: dict[str, Any] = {"versions": rotation.record_pending(state.records, record)}
-        if step.from_source:
-            status["sourceDigest"] = state.source_digest
-        if state.rotation_request:
-            status["lastRotationRequest"] = state.rotation_request
+        status.update(intent)
         return [("blobs", {step.version: blob}), ("status", status)]
 
     def _apply(self, write: tuple[str, Any]) -> None:

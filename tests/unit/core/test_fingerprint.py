@@ -1,4 +1,4 @@
-"""Keyed fingerprints."""
+"""Keyed fingerprints: keyed, bound to one ApiKey, constant-time compared."""
 
 from __future__ import annotations
 
@@ -10,27 +10,42 @@ import pytest
 
 from secure_keys.core.fingerprint import fingerprint, fingerprints_match
 
+KEY = os.urandom(32)
+
+
+def fp(plaintext: bytes, namespace: str = "payments", name: str = "stripe") -> str:
+    return fingerprint(KEY, plaintext, namespace=namespace, name=name)
+
 
 def test_fingerprint_depends_on_the_key_and_the_plaintext() -> None:
-    key, other_key = os.urandom(32), os.urandom(32)
-    fp = fingerprint(key, b"sk_live_abc")
-    assert fp.startswith("hs256:")
-    assert len(fp) == len("hs256:") + 32
-    assert fingerprint(key, b"sk_live_abc") == fp
-    assert fingerprint(key, b"sk_live_abd") != fp
-    assert fingerprint(other_key, b"sk_live_abc") != fp
+    value = fp(b"sk_live_abc")
+    assert value.startswith("hs256:")
+    assert len(value) == len("hs256:") + 32
+    assert fp(b"sk_live_abc") == value
+    assert fp(b"sk_live_abd") != value
+    other = fingerprint(os.urandom(32), b"sk_live_abc", namespace="payments", name="stripe")
+    assert other != value
+
+
+def test_equal_values_of_different_apikeys_do_not_match() -> None:
+    # Item 12 of the hardening issue: a fingerprint is no oracle across ApiKeys.
+    value = fp(b"sk_live_abc")
+    assert fp(b"sk_live_abc", name="stripe-copy") != value
+    assert fp(b"sk_live_abc", namespace="attacker") != value
+    # Length prefixes: moving characters between namespace and name changes the input.
+    assert fp(b"x", namespace="ab", name="c") != fp(b"x", namespace="a", name="bc")
 
 
 def test_fingerprint_is_not_an_unkeyed_hash() -> None:
     plaintext = b"sk_live_abc"
-    fp = fingerprint(os.urandom(32), plaintext)
-    assert hashlib.sha256(plaintext).hexdigest()[:32] not in fp
-    assert plaintext.hex() not in fp
+    value = fp(plaintext)
+    assert hashlib.sha256(plaintext).hexdigest()[:32] not in value
+    assert plaintext.hex() not in value
 
 
 def test_short_integrity_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
-        fingerprint(bytes(16), b"x")
+        fingerprint(bytes(16), b"x", namespace="n", name="k")
 
 
 def test_fingerprints_match_uses_a_constant_time_compare(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +56,7 @@ def test_fingerprints_match_uses_a_constant_time_compare(monkeypatch: pytest.Mon
         return a == b
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    fp = fingerprint(os.urandom(32), b"x")
-    assert fingerprints_match(fp, fp)
-    assert not fingerprints_match(fp, fp[:-1] + "0" if fp[-1] != "0" else fp[:-1] + "1")
+    value = fp(b"x")
+    assert fingerprints_match(value, value)
+    assert not fingerprints_match(value, value[:-1] + ("0" if value[-1] != "0" else "1"))
     assert len(calls) == 2

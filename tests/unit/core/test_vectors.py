@@ -105,7 +105,11 @@ def test_hierarchy_vector(case: dict[str, Any]) -> None:
 @pytest.mark.parametrize("case", _load("fingerprint/fingerprint.json"))
 def test_fingerprint_vector(case: dict[str, Any]) -> None:
     key = bytes.fromhex(case["integrityKey"])
-    assert fingerprint(key, bytes.fromhex(case["plaintext"])) == case["fingerprint"]
+    plaintext = bytes.fromhex(case["plaintext"])
+    assert (
+        fingerprint(key, plaintext, namespace=case["namespace"], name=case["name"])
+        == case["fingerprint"]
+    )
 
 
 def test_generator_reproduces_the_committed_vectors() -> None:

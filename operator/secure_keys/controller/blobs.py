@@ -1,0 +1,283 @@
+"""The blob Secret: where an ApiKey's sealed versions live, and who may write it.
+
+Each ApiKey keeps its sealed envelopes in one Secret, ``<name>.sealed``, one ``v<N>``
+entry per version. This module owns that Secret: its name, labels and owner reference,
+the ownership check, and every read and write of it.
+
+The controller writes only a Secret it created for this very ApiKey: one whose
+controller owner reference names the ApiKey's uid and which carries our type and labels.
+Anything else under that name (an admin's own ``payments.sealed``, say) is foreign:
+reading it raises ``ForeignBlobSecret``, and nothing here ever patches, erases or
+deletes it. Writes carry the resourceVersion they were computed from, so a concurrent
+change fails with 409 rather than being overwritten.
+
+Labels never hold the ApiKey's name (names may be 253 characters, label values 63): the
+``securekeys.io/apikey-uid`` label holds the uid, and the owner reference the name.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from secure_keys.controller.models import ApiKey
+from secure_keys.kube.client import SECRETS, ApiError, KubeApi
+from secure_keys.kube.names import GROUP, VERSION
+
+BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
+CONTROLLER_KEYS_TYPE = "securekeys.io/controller-keys"
+LABEL_APIKEY = "securekeys.io/apikey-uid"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "secure-keys"
+INTENT_ANNOTATION = "securekeys.io/pending-intent"
+"""Written with a new version's blob, in the same write: what status should record for
+it (source digest, rotation request, consumed source). If the controller dies before the
+Pending record, the next pass adopts the blob with exactly that intent."""
+
+_BLOB_KEY = re.compile(r"v[1-9][0-9]{0,9}")
+
+
+class ForeignBlobSecret(Exception):
+    """A Secret with the blob Secret's name exists and this ApiKey does not own it."""
+
+    def __init__(self, namespace: str, name: str, why: str) -> None:
+        super().__init__(
+            f"Secret {namespace}/{name} exists and was not created by the controller for "
+            f"this ApiKey ({why}); it is left untouched. Rename the ApiKey, or move that "
+            "Secret out of the way"
+        )
+
+
+def blob_secret_name(apikey: str) -> str:
+    """The Secret holding an ApiKey's sealed versions (fits the 253-character limit)."""
+    name = f"{apikey}.sealed"
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(apikey.encode()).hexdigest()[:16]
+    return f"{apikey[:200]}.{digest}.sealed"
+
+
+def blob_key(version: int) -> str:
+    return f"v{version}"
+
+
+def blob_versions(secret: dict[str, Any] | None) -> frozenset[int]:
+    if secret is None:
+        return frozenset()
+    return frozenset(int(key[1:]) for key in secret.get("data") or {} if _BLOB_KEY.fullmatch(key))
+
+
+def blob_bytes(secret: dict[str, Any] | None, version: int) -> bytes:
+    """The sealed envelope of ``version`` (raises KeyError if absent, ValueError if garbled)."""
+    data = (secret or {}).get("data") or {}
+    return base64.b64decode(data[blob_key(version)], validate=True)
+
+
+def owner_reference(key: ApiKey) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ApiKey",
+        "name": key.metadata.name,
+        "uid": key.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(key: ApiKey) -> dict[str, str]:
+    return {LABEL_APIKEY: key.metadata.uid, LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def foreign_reason(secret: dict[str, Any], uid: str) -> str | None:
+    """Why ``secret`` is not this ApiKey's blob Secret (None: it is ours). Pure."""
+    metadata = secret.get("metadata") or {}
+    owners = [
+        ref
+        for ref in metadata.get("ownerReferences") or []
+        if ref.get("controller") and ref.get("kind") == "ApiKey"
+    ]
+    if not any(ref.get("uid") == uid for ref in owners):
+        return "no controller owner reference to this ApiKey's uid"
+    if secret.get("type") != BLOB_SECRET_TYPE:
+        return f"its type is not {BLOB_SECRET_TYPE}"
+    if (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return f"it lacks the {LABEL_MANAGED_BY}={MANAGED_BY} label"
+    return None
+
+
+def owned_by_controller(secret: dict[str, Any]) -> bool:
+    """Whether a Secret is one of the controller's own (blobs, its keys, anything it labels).
+
+    A ``secretRef`` may never name one: sealing the controller's own material under a
+    user's ApiKey would hand it to whoever the user binds to that key.
+    """
+    metadata = secret.get("metadata") or {}
+    return (
+        secret.get("type") in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE)
+        or (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
+    )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What status should record for a new version: see ``INTENT_ANNOTATION``."""
+
+    version: int
+    extra: dict[str, Any]
+
+    def to_annotation(self) -> str:
+        return json.dumps({"version": self.version, "extra": self.extra}, sort_keys=True)
+
+    @classmethod
+    def of(cls, secret: dict[str, Any] | None) -> Intent | None:
+        text = ((secret or {}).get("metadata") or {}).get("annotations", {}).get(INTENT_ANNOTATION)
+        if not text:
+            return None
+        try:
+            document = json.loads(text)
+            version, extra = document["version"], document["extra"]
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(version, int) or not isinstance(extra, dict):
+            return None
+        allowed = {"sourceDigest", "lastRotationRequest", "consumedSource"}
+        return cls(version, {k: v for k, v in extra.items() if k in allowed})
+
+
+class BlobStore:
+    """Reads and writes of blob Secrets, limited to the ones this controller owns."""
+
+    def __init__(self, api: KubeApi) -> None:
+        self.api = api
+        self._written: dict[tuple[str, str], str] = {}
+
+    async def read(self, key: ApiKey) -> dict[str, Any] | None:
+        """This ApiKey's blob Secret, None if absent; ``ForeignBlobSecret`` if not ours."""
+        namespace, name = key.metadata.namespace, blob_secret_name(key.metadata.name)
+        try:
+            secret = await self.api.get(SECRETS, namespace, name)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        why = foreign_reason(secret, key.metadata.uid)
+        if why is not None:
+            raise ForeignBlobSecret(namespace, name, why)
+        return secret
+
+    async def write_version(
+        self, key: ApiKey, secret: dict[str, Any] | None, version: int, blob: bytes, intent: Intent
+    ) -> dict[str, Any]:
+        """Add ``v<version>`` (never replacing an entry) together with its intent."""
+        encoded = base64.b64encode(blob).decode()
+        annotations = {INTENT_ANNOTATION: intent.to_annotation()}
+        if secret is None:
+            body = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": BLOB_SECRET_TYPE,
+                "metadata": {
+                    "name": blob_secret_name(key.metadata.name),
+                    "namespace": key.metadata.namespace,
+                    "labels": labels(key),
+                    "annotations": annotations,
+                    "ownerReferences": [owner_reference(key)],
+                },
+                "data": {blob_key(version): encoded},
+            }
+            created = await self.api.create(SECRETS, key.metadata.namespace, body)
+            return self._own(created, key)
+        if version in blob_versions(secret):
+            raise ValueError(f"version {version} already has a blob; versions never repeat")
+        return await self._patch(
+            key, secret, {blob_key(version): encoded}, {"annotations": annotations}
+        )
+
+    async def replace_versions(
+        self, key: ApiKey, secret: dict[str, Any], blobs: dict[int, bytes]
+    ) -> dict[str, Any]:
+        """Replace existing entries (a rewrap changes the wrapped DEK, not the ciphertext)."""
+        data: dict[str, str | None] = {
+            blob_key(v): base64.b64encode(b).decode() for v, b in blobs.items()
+        }
+        return await self._patch(key, secret, data)
+
+    async def delete_versions(
+        self, key: ApiKey, secret: dict[str, Any], versions: tuple[int, ...]
+    ) -> dict[str, Any]:
+        return await self._patch(key, secret, {blob_key(v): None for v in versions})
+
+    async def shred(self, namespace: str, apikey: str, uid: str) -> list[int] | None:
+        """Erase every blob, then delete the Secret (crypto-shredding on ApiKey deletion).
+
+        Returns the erased versions, or None when there was no Secret of ours: a foreign
+        Secret under the name is left alone.
+        """
+        name = blob_secret_name(apikey)
+        try:
+            secret = await self.api.get(SECRETS, namespace, name)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        if foreign_reason(secret, uid) is not None:
+            return None
+        versions = sorted(blob_versions(secret))
+        metadata = secret["metadata"]
+        try:
+            if secret.get("data"):
+                patch = {
+                    "metadata": {"resourceVersion": metadata["resourceVersion"]},
+                    "data": dict.fromkeys(secret["data"]),
+                }
+                erased = await self.api.patch(SECRETS, namespace, name, patch)
+                metadata = erased["metadata"]
+            await self.api.delete(
+                SECRETS,
+                namespace,
+                name,
+                preconditions={
+                    "uid": metadata["uid"],
+                    "resourceVersion": metadata["resourceVersion"],
+                },
+            )
+        except ApiError as exc:
+            if not exc.not_found:
+                raise
+        return versions
+
+    async def _patch(
+        self,
+        key: ApiKey,
+        secret: dict[str, Any],
+        data: dict[str, str | None],
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        patch = {
+            "metadata": {
+                "resourceVersion": secret["metadata"]["resourceVersion"],
+                **(metadata or {}),
+            },
+            "data": data,
+        }
+        written = await self.api.patch(
+            SECRETS, key.metadata.namespace, secret["metadata"]["name"], patch
+        )
+        return self._own(written, key)
+
+    # -- our own writes -------------------------------------------------------------------
+    def _own(self, secret: dict[str, Any], key: ApiKey) -> dict[str, Any]:
+        self._written[(key.metadata.namespace, key.metadata.name)] = secret["metadata"][
+            "resourceVersion"
+        ]
+        return secret
+
+    def wrote(self, namespace: str, apikey: str, resource_version: str) -> bool:
+        return self._written.get((namespace, apikey)) == resource_version
+
+    def forget(self, namespace: str, apikey: str) -> None:
+        self._written.pop((namespace, apikey), None)

@@ -1,0 +1,473 @@
+"""Execute one planned step of an ApiKey's lifecycle, in its crash-safe write order.
+
+The planner (``rotation.plan``) decides what to do; ``StepExecutor`` does it: it reads
+the plaintext from the source, seals, adopts, promotes, destroys or rewraps, and writes
+the blob Secret and the status in the order ``rotation``'s docstring gives.
+
+Every KMS call and every envelope operation (which wraps or unwraps a data key through
+the KMS) runs in a small bounded thread pool, never on the event loop: a network KMS
+that takes seconds must not stall the Lease renewals and watches sharing the loop.
+
+Plaintext lives in ``bytearray`` buffers zeroed as soon as the envelope is sealed or the
+fingerprint computed; no step puts it in a status field, an Event, a log or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import datetime
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import structlog
+
+from secure_keys.controller import metrics, rotation
+from secure_keys.controller.blobs import BlobStore, Intent, blob_bytes, owned_by_controller
+from secure_keys.controller.config import KmsDirectory
+from secure_keys.controller.controller_keys import ControllerKeys
+from secure_keys.controller.failpoints import failpoint
+from secure_keys.controller.models import ApiKey, KmsRef
+from secure_keys.controller.projection import summary
+from secure_keys.controller.rotation import KeyState, VersionRecord
+from secure_keys.controller.sources import (
+    SourceForbidden,
+    SourceUnavailable,
+    check_size,
+    decode_secret_value,
+    generate,
+)
+from secure_keys.controller.status import ApiKeyWriter, Retry, StatusNotPersisted, write_error
+from secure_keys.core import envelope
+from secure_keys.core.binding import KeyBinding
+from secure_keys.core.errors import InvalidEnvelope, KmsCorrupt, KmsUnavailable
+from secure_keys.core.fingerprint import fingerprint
+from secure_keys.core.kms.base import KmsProvider
+from secure_keys.core.memory import zero
+from secure_keys.core.sealing import open_sealed
+from secure_keys.kube.client import SECRETS, ApiError
+
+_log = structlog.get_logger("secure_keys.controller")
+T = TypeVar("T")
+KMS_THREADS = 4
+"""KMS calls in flight at once, per controller; further ones queue for a thread."""
+
+Body = dict[str, Any]
+Secret = dict[str, Any] | None
+
+
+class ControllerKeysUnavailable(KmsUnavailable):
+    """The controller's own keys (fingerprint, recipient) are not open yet."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("controller", "keys", why)
+
+
+class OrphanBlobs(Exception):
+    """The blob Secret holds versions that status does not record and that cannot be
+    adopted (they do not open for this ApiKey); they are kept for a person to look at."""
+
+
+class StepExecutor:
+    def __init__(
+        self,
+        writer: ApiKeyWriter,
+        blobs: BlobStore,
+        kms: KmsDirectory,
+        keys: Callable[[], ControllerKeys | None],
+        clock: Callable[[], datetime.datetime],
+    ) -> None:
+        self.writer = writer
+        self.api = writer.api
+        self.blobs = blobs
+        self.kms = kms
+        self._keys = keys
+        self.clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=KMS_THREADS, thread_name_prefix="kms")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking KMS or envelope call in the bounded pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def keys(self) -> ControllerKeys:
+        keys = self._keys()
+        if keys is None:
+            raise ControllerKeysUnavailable(
+                "the controller's keys are not open yet: its default KMS key is unavailable"
+            )
+        return keys
+
+    async def provider(self, ref: KmsRef) -> KmsProvider:
+        built = self.kms.built(ref)
+        if built is not None:
+            return built  # the common case: no thread hop on every reconcile
+        # Building a provider can be slow (PBKDF2 for the local keyring): off the loop.
+        return await self.off_loop(self.kms.provider, ref)
+
+    async def current_kms(self, ref: KmsRef) -> tuple[str, str, str]:
+        kms = await self.provider(ref)
+        return kms.name, kms.key_id, await self.off_loop(kms.key_version)
+
+    def _fingerprint(self, key: ApiKey, plaintext: bytearray) -> str:
+        return fingerprint(
+            self.keys().fingerprint_key,
+            plaintext,
+            namespace=key.metadata.namespace,
+            name=key.metadata.name,
+        )
+
+    # -- plaintext ------------------------------------------------------------------------
+    async def plaintext_from_source(self, key: ApiKey) -> tuple[bytearray, dict[str, str] | None]:
+        """The plaintext, and for a ``deleteAfterSeal`` Secret, which object was read."""
+        source = key.spec.source
+        if source.generate is not None:
+            return generate(source.generate), None
+        if source.secret_ref is not None:
+            return await self._from_secret(key)
+        if source.sealed is None:  # unreachable: Source validates exactly one
+            raise SourceUnavailable("spec.source names no source")
+        plaintext = open_sealed(
+            self.keys().recipient,
+            source.sealed.ciphertext,
+            namespace=key.metadata.namespace,
+            name=key.metadata.name,
+        )
+        return check_size(plaintext, "the sealed value"), None
+
+    async def _from_secret(self, key: ApiKey) -> tuple[bytearray, dict[str, str] | None]:
+        ref = key.spec.source.secret_ref
+        assert ref is not None  # noqa: S101 - the caller checked
+        try:
+            secret = await self.api.get(SECRETS, key.metadata.namespace, ref.name)
+        except ApiError as exc:
+            if exc.not_found:
+                raise SourceUnavailable(f"Secret {ref.name} not found") from None
+            raise Retry(str(exc)) from None
+        if owned_by_controller(secret):
+            raise SourceForbidden(
+                f"Secret {ref.name} belongs to the secure-keys controller (its type or "
+                "managed-by label say so); a secretRef may not name it"
+            )
+        data = secret.get("data") or {}
+        if not isinstance(data, dict) or ref.key not in data:
+            raise SourceUnavailable(f"Secret {ref.name} has no key {ref.key}")
+        plaintext = decode_secret_value(data[ref.key], secret=ref.name, key=ref.key)
+        plaintext = check_size(plaintext, f"Secret {ref.name} key {ref.key}")
+        consumed = None
+        if ref.delete_after_seal:
+            consumed = {
+                "name": ref.name,
+                "uid": secret["metadata"]["uid"],
+                "resourceVersion": secret["metadata"]["resourceVersion"],
+            }
+        return plaintext, consumed
+
+    async def plaintext_of(self, key: ApiKey, record: VersionRecord, secret: Secret) -> bytearray:
+        try:
+            blob = blob_bytes(secret, record.version)
+        except (KeyError, ValueError, binascii.Error):
+            raise InvalidEnvelope(
+                key.metadata.namespace, key.metadata.name, record.version, "malformed"
+            ) from None
+        kms = await self.provider(
+            KmsRef.model_validate({"provider": record.kms_provider, "keyId": record.kms_key_id})
+        )
+        binding = KeyBinding(key.metadata.namespace, key.metadata.name, record.version)
+        return await self.off_loop(envelope.open, blob, binding, kms)
+
+    # -- steps ----------------------------------------------------------------------------
+    async def new_version(
+        self, key: ApiKey, body: Body, secret: Secret, state: KeyState, step: rotation.NewVersion
+    ) -> tuple[Secret, Body]:
+        kms = await self.provider(key.spec.kms)
+        self.keys()  # fail before reading a source we could not fingerprint
+        active = state.active
+        consumed = None
+        if step.from_source or active is None:
+            plaintext, consumed = await self.plaintext_from_source(key)
+        else:
+            plaintext = await self.plaintext_of(key, active, secret)
+        try:
+            binding = KeyBinding(key.metadata.namespace, key.metadata.name, step.version)
+            sealed = await self.off_loop(envelope.seal, plaintext, binding, kms)
+            mark = self._fingerprint(key, plaintext)
+        finally:
+            zero(plaintext)
+        extra: dict[str, Any] = {}
+        if step.from_source:
+            extra["sourceDigest"] = state.source_digest
+        if state.rotation_request:
+            extra["lastRotationRequest"] = state.rotation_request
+        if consumed is not None:
+            extra["consumedSource"] = consumed
+        failpoint("before-blob-write")
+        try:
+            secret = await self.blobs.write_version(
+                key, secret, step.version, sealed.to_bytes(), Intent(step.version, extra)
+            )
+        except ApiError as exc:
+            raise write_error(exc) from None  # 409: written meanwhile; re-read and re-plan
+        failpoint("blob-written")
+        metrics.VERSIONS_SEALED.labels(step.reason).inc()
+        record = VersionRecord(
+            version=step.version,
+            state="Pending",
+            created_at=self.clock(),
+            fingerprint=mark,
+            kms_provider=sealed.wrapped.provider,
+            kms_key_id=sealed.wrapped.key_id,
+            kms_key_version=sealed.wrapped.key_version,
+        )
+        records = rotation.record_pending(state.records, record)
+        body = await self._write_records(key, body, records, state, extra)
+        failpoint("pending-recorded")
+        return secret, body
+
+    async def adopt(
+        self, key: ApiKey, body: Body, secret: Secret, state: KeyState, step: rotation.Adopt
+    ) -> Body:
+        """Record unrecorded blobs instead of deleting them (see ``rotation.Adopt``)."""
+        now = self.clock()
+        adopted: list[VersionRecord] = []
+        unreadable: list[int] = []
+        for version in step.versions:
+            try:
+                sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
+                plaintext = await self.plaintext_of(
+                    key,
+                    VersionRecord(
+                        version=version,
+                        state="Archived",
+                        created_at=now,
+                        fingerprint="",
+                        kms_provider=sealed.wrapped.provider,
+                        kms_key_id=sealed.wrapped.key_id,
+                        kms_key_version=sealed.wrapped.key_version,
+                    ),
+                    secret,
+                )
+            except (InvalidEnvelope, envelope.EnvelopeFormatError, ValueError, KeyError):
+                unreadable.append(version)
+                continue
+            try:
+                mark = self._fingerprint(key, plaintext)
+            finally:
+                zero(plaintext)
+            pending = version == step.pending
+            adopted.append(
+                VersionRecord(
+                    version=version,
+                    state="Pending" if pending else "Archived",
+                    created_at=now,
+                    fingerprint=mark,
+                    kms_provider=sealed.wrapped.provider,
+                    kms_key_id=sealed.wrapped.key_id,
+                    kms_key_version=sealed.wrapped.key_version,
+                    archived_at=None if pending else now,
+                )
+            )
+        if unreadable:
+            raise OrphanBlobs(
+                f"the blob Secret holds version(s) {unreadable} that status does not record "
+                "and that do not open for this ApiKey; they are kept. Restore the status, "
+                "or remove those entries by hand"
+            )
+        extra: dict[str, Any] = {}
+        intent = Intent.of(secret)
+        if intent is not None and intent.version == step.pending:
+            extra = dict(intent.extra)  # a crash after the blob write: finish that rotation
+        elif not state.records:
+            # Status was cleared or lost: keep serving what the blobs hold; do not re-read
+            # the source (it may be gone) or rotate for a request that may be old.
+            extra["sourceDigest"] = state.source_digest
+            if state.rotation_request:
+                extra["lastRotationRequest"] = state.rotation_request
+        records = rotation.adopt(state.records, adopted)
+        body = await self._write_records(key, body, records, state, extra)
+        listed = ", ".join(f"{r.version} ({r.state})" for r in adopted)
+        await self.writer.event(
+            body,
+            "Warning" if step.pending is None or intent is None else "Normal",
+            "Adopted",
+            f"status did not record version(s) {listed}; recorded them from the blob Secret",
+        )
+        return body
+
+    async def mark_lost(
+        self, key: ApiKey, body: Body, state: KeyState, step: rotation.MarkLost
+    ) -> Body:
+        records = rotation.mark_lost(state.records, step.versions, self.clock())
+        body = await self._write_records(key, body, records, state, {})
+        listed = ", ".join(str(v) for v in step.versions)
+        await self.writer.event(
+            body,
+            "Warning",
+            "BlobMissing",
+            f"version(s) {listed} lost their sealed blob (the blob Secret was deleted or "
+            "edited outside the controller); they are marked Destroyed and no longer served",
+        )
+        _log.warning(
+            "apikey.blobs.missing",
+            namespace=key.metadata.namespace,
+            apikey=key.metadata.name,
+            versions=list(step.versions),
+        )
+        return body
+
+    async def promote(
+        self, key: ApiKey, body: Body, state: KeyState, step: rotation.Promote
+    ) -> Body:
+        now = self.clock()
+        records = rotation.promote(state.records, step.version, now)
+        body = await self._write_records(key, body, records, state, {})
+        failpoint("promoted")
+        metrics.VERSIONS_PROMOTED.labels(str(step.previous is not None).lower()).inc()
+        promoted = next(r for r in records if r.version == step.version)
+        if step.previous is None:
+            await self.writer.event(
+                body,
+                "Normal",
+                "Sealed",
+                f"version {step.version} sealed and active ({promoted.fingerprint})",
+            )
+        else:
+            until = rotation.format_stamp(now + state.policy.grace_period)
+            await self.writer.event(
+                body,
+                "Normal",
+                "Rotated",
+                f"version {step.version} active ({promoted.fingerprint}); version "
+                f"{step.previous} archived, served as previous until {until}",
+            )
+        _log.info(
+            "apikey.promoted",
+            namespace=key.metadata.namespace,
+            apikey=key.metadata.name,
+            version=step.version,
+            previous=step.previous,
+            fingerprint=promoted.fingerprint,
+        )
+        return body
+
+    async def rewrap(
+        self, key: ApiKey, body: Body, secret: Secret, state: KeyState, step: rotation.Rewrap
+    ) -> tuple[Secret, Body]:
+        """KEK rotation: rewrap each DEK; the nonce and ciphertext stay byte for byte."""
+        kms = await self.provider(key.spec.kms)
+        changed: dict[int, bytes] = {}
+        reached: dict[int, str] = {}
+        for version in step.versions:
+            binding = KeyBinding(key.metadata.namespace, key.metadata.name, version)
+            try:
+                sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
+            except (envelope.EnvelopeFormatError, ValueError, KeyError):
+                raise InvalidEnvelope(
+                    key.metadata.namespace, key.metadata.name, version, "malformed"
+                ) from None
+            moved = await self.off_loop(envelope.rewrap, sealed, binding, kms)
+            if moved.wrapped.key_version != step.key_version:
+                raise KmsCorrupt(
+                    kms.name,
+                    kms.key_id,
+                    f"rewrap of version {version} reached key version "
+                    f"{moved.wrapped.key_version}, not {step.key_version}",
+                )
+            if moved is not sealed:
+                changed[version] = moved.to_bytes()
+            reached[version] = moved.wrapped.key_version
+        if changed and secret is not None:
+            try:
+                secret = await self.blobs.replace_versions(key, secret, changed)
+            except ApiError as exc:
+                raise write_error(exc) from None
+        failpoint("rewrapped-blobs")
+        records = rotation.rewrapped(state.records, reached)
+        body = await self._write_records(key, body, records, state, {})
+        metrics.VERSIONS_REWRAPPED.inc(len(step.versions))
+        listed = ", ".join(str(v) for v in step.versions)
+        await self.writer.event(
+            body,
+            "Normal",
+            "Rewrapped",
+            f"version(s) {listed} rewrapped to {kms.name}/{kms.key_id} key version "
+            f"{step.key_version}; ciphertext unchanged",
+        )
+        return secret, body
+
+    async def destroy(
+        self, key: ApiKey, body: Body, state: KeyState, step: rotation.Destroy
+    ) -> Body:
+        records = rotation.destroy(state.records, step.versions, self.clock())
+        body = await self._write_records(key, body, records, state, {})
+        failpoint("destroy-recorded")
+        metrics.VERSIONS_DESTROYED.inc(len(step.versions))
+        listed = ", ".join(str(v) for v in step.versions)
+        await self.writer.event(body, "Normal", "Destroyed", f"version(s) {listed} destroyed")
+        return body
+
+    async def delete_blobs(self, key: ApiKey, secret: Secret, step: rotation.DeleteBlobs) -> Secret:
+        if secret is None:
+            return None
+        try:
+            secret = await self.blobs.delete_versions(key, secret, step.versions)
+        except ApiError as exc:
+            raise write_error(exc) from None
+        failpoint("blobs-deleted")
+        return secret
+
+    async def consume_source(self, key: ApiKey, body: Body) -> Body:
+        """Delete a ``deleteAfterSeal`` source, but only the exact Secret that was sealed.
+
+        The uid and resourceVersion read when sealing are kept in status
+        (``consumedSource``) and sent as delete preconditions: a Secret re-created or
+        changed since is a different value and is left alone. The field is cleared after.
+        """
+        consumed = key.status.get("consumedSource")
+        if not consumed:
+            return body
+        ref = key.spec.source.secret_ref
+        if (
+            isinstance(consumed, dict)
+            and ref is not None
+            and ref.delete_after_seal
+            and ref.name == consumed.get("name")
+        ):
+            try:
+                await self.api.delete(
+                    SECRETS,
+                    key.metadata.namespace,
+                    ref.name,
+                    preconditions={
+                        "uid": str(consumed.get("uid")),
+                        "resourceVersion": str(consumed.get("resourceVersion")),
+                    },
+                )
+            except ApiError as exc:
+                if not (exc.not_found or exc.conflict):
+                    raise Retry(str(exc)) from None
+        return await self.writer.patch_status(body, {"consumedSource": None})
+
+    # -- status ---------------------------------------------------------------------------
+    async def _write_records(
+        self,
+        key: ApiKey,
+        body: Body,
+        records: tuple[VersionRecord, ...],
+        state: KeyState,
+        extra: dict[str, Any],
+    ) -> Body:
+        status = summary(key, records, state.blobs, state.policy, self.clock())
+        status.update(extra)
+        body = await self.writer.patch_status(body, status)
+        written = body.get("status") or {}
+        if any(written.get(k) != v for k, v in extra.items()):
+            # The API server pruned a field we rely on: an outdated CRD. Stop rather than
+            # mint a new version on every pass.
+            raise StatusNotPersisted(
+                f"status fields {sorted(extra)} were not stored; update the ApiKey CRD"
+            )
+        return body
