@@ -1,29 +1,47 @@
 """Owns rotation timing: durations, cron schedules and an ApiKey's rotation policy.
 
-Pure: no clock and no I/O. The caller passes the times in; every datetime taken must be
-timezone-aware, and every datetime returned is in UTC (cron schedules are read in UTC, as
-the CRD says).
+Used by the controller only. Pure: no clock and no I/O. The caller passes the times in;
+every datetime taken must be timezone-aware, and every datetime returned is in UTC (cron
+schedules are read in UTC, as the CRD says).
 
 - ``parse_duration`` / ``format_duration``: the Go duration syntax the CRD accepts
   (``1h30m``, ``720h``, ``1.5h``; units h, m, s, ms).
-- ``CronSchedule``: a 5-field cron expression or macro, parsed once into sets, and
-  ``next_after``, which skips whole months, days and hours rather than minutes.
+- ``CronSchedule``: a 5-field cron expression or macro, parsed once into sets;
+  ``next_after`` asks cronsim for the next fire time.
 - ``RotationPolicy``: ``spec.rotation`` parsed and validated into a frozen object that
   says when the next rotation is due.
 
 Every parse or validation failure raises ``InvalidSchedule`` with a message naming the
 field at fault.
+
+Cron rules: Kubernetes CronJob's (robfig/cron v3, ``ParseStandard``) within the CRD's
+pattern. Five fields or a macro; lists, ranges, steps and month and day names; ``*/2``
+is a restriction, so it and another restricted day field combine with OR, while ``*``
+or ``*/1`` anywhere in a day field's list makes both day fields combine with AND. Where
+the CRD and robfig differ, the CRD wins: day-of-week 7 is Sunday (robfig refuses it);
+``?``, ``@midnight``, ``@every``, ``TZ=`` and empty list items are refused (robfig takes
+them). Kubernetes also stops looking five years ahead, so it never fires ``0 0 29 2 *``
+across 2100; this finds 2104-02-29.
+
+cronsim (maintained, typed, no dependencies) computes the fire times, but never sees the
+text the user wrote. Given it, cronsim would AND the day fields whenever one *starts
+with* ``*`` (Debian cron's rule: ``*/2`` and ``5,*`` would differ from Kubernetes), run
+``N/step`` in day-of-week up to 7 (Sunday) where robfig stops at 6, read ``N-N/step`` as
+``N/step``, and take a seconds field, ``L``, ``W`` and ``#``, which Kubernetes refuses.
+So the parser here keeps the grammar and the meaning, and hands cronsim each field as
+``*`` or a plain list of numbers.
 """
 
 from __future__ import annotations
 
 import calendar
 import re
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import MAXYEAR, UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+
+from cronsim import CronSim
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
@@ -140,6 +158,11 @@ _MAX_TEXT = format_duration(MAX_DURATION)
 
 
 # Cron ------------------------------------------------------------------------------
+#
+# Two halves. The parser below is the CRD's grammar with Kubernetes CronJob meaning
+# (robfig/cron v3's standard parser): it turns each field into the set of values it
+# allows and records whether robfig would set its "star bit". cronsim then walks the
+# calendar, fed an expression rewritten so that its own parsing quirks never apply.
 
 _MONTH_NAMES = {name.upper(): i for i, name in enumerate(calendar.month_abbr) if name}
 _DAY_NAMES = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
@@ -153,9 +176,6 @@ _MACROS = {
 }
 _MAX_EXPRESSION = 128
 """The CRD's ``maxLength`` for ``rotation.schedule``."""
-_HORIZON_YEARS = 8
-"""The longest wait of any schedule that fires at all: Feb 29 across a century year that
-is not a leap year (2096-02-29 to 2104-02-29). ``next_after`` looks no further."""
 _MINUTE = timedelta(minutes=1)
 # The year 2000 starts a 400-year Gregorian cycle; measuring every schedule's shortest gap
 # from the same instant makes policy validation independent of when it runs.
@@ -205,7 +225,8 @@ def _parse_field(text: str, spec: _Field) -> tuple[frozenset[int], bool]:
     """The values a field allows, and whether it is restricted (anything but ``*``).
 
     As in Kubernetes CronJobs (robfig/cron): ``*`` or ``*/1`` anywhere in the list leaves
-    the field unrestricted; ``*/2`` restricts it; ``N/step`` means ``N-max/step``.
+    the field unrestricted; ``*/2`` restricts it; ``N/step`` means ``N-max/step``, where
+    max is 6 for day-of-week; ``N-M/step`` is exactly that range, even when N is M.
     """
     values: set[int] = set()
     restricted = True
@@ -239,14 +260,14 @@ def _parse_field(text: str, spec: _Field) -> tuple[frozenset[int], bool]:
     return frozenset(values), restricted
 
 
-def _days_in_month(year: int, month: int) -> int:
-    return calendar.monthrange(year, month)[1]
-
-
 def _aware_utc(moment: datetime, what: str) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware")
     return moment.astimezone(UTC)
+
+
+def _cronsim_field(values: frozenset[int], star: bool) -> str:
+    return "*" if star else ",".join(map(str, sorted(values)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +276,8 @@ class CronSchedule:
 
     ``dom_restricted`` and ``dow_restricted`` record whether day-of-month and day-of-week
     were written as something other than ``*``. When both are, a day matches if either
-    does (Vixie cron, and Kubernetes CronJobs); otherwise both must match.
+    does (as in Kubernetes CronJobs); otherwise both must match. An unrestricted
+    day field holds every value, and a schedule that can never fire is refused.
     """
 
     minutes: frozenset[int]
@@ -265,12 +287,10 @@ class CronSchedule:
     days_of_week: frozenset[int]
     dom_restricted: bool
     dow_restricted: bool
-    _sorted_minutes: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _sorted_days: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _sorted_hours: tuple[int, ...] = field(init=False, repr=False, compare=False)
-    _sorted_months: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _cronsim: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        every: list[bool] = []  # per field: does it allow every value?
         for spec, values in zip(
             _FIELDS,
             (self.minutes, self.hours, self.days_of_month, self.months, self.days_of_week),
@@ -279,10 +299,32 @@ class CronSchedule:
             high = 6 if spec.high == 7 else spec.high
             if not values or not all(spec.low <= v <= high for v in values):
                 raise InvalidSchedule(f"{spec.name}: values must be {spec.low}-{high}")
-        object.__setattr__(self, "_sorted_minutes", tuple(sorted(self.minutes)))
-        object.__setattr__(self, "_sorted_hours", tuple(sorted(self.hours)))
-        object.__setattr__(self, "_sorted_days", tuple(sorted(self.days_of_month)))
-        object.__setattr__(self, "_sorted_months", tuple(sorted(self.months)))
+            every.append(values == frozenset(range(spec.low, high + 1)))
+        for name, restricted, full in (
+            ("day-of-month", self.dom_restricted, every[2]),
+            ("day-of-week", self.dow_restricted, every[4]),
+        ):
+            if not restricted and not full:
+                raise InvalidSchedule(f"{name}: an unrestricted field allows every value")
+        if self.dom_restricted and not self.dow_restricted:
+            # Only a date-only schedule can select no day at all (0 0 31 2 *).
+            longest = max(calendar.monthrange(2000, month)[1] for month in self.months)
+            if min(self.days_of_month) > longest:
+                raise InvalidSchedule(
+                    "day-of-month: never fires, no selected month has any of the selected days"
+                )
+        # cronsim ANDs the day fields when either one starts with "*" (Debian cron's test),
+        # so a day field is "*" exactly when robfig's star bit is set, and a plain list of
+        # numbers otherwise. Lists also sidestep where cronsim's parser differs from
+        # robfig's: "N/step" runs to 7 in day-of-week, and "N-N/step" reads as "N/step".
+        fields = (
+            _cronsim_field(self.minutes, every[0]),
+            _cronsim_field(self.hours, every[1]),
+            _cronsim_field(self.days_of_month, not self.dom_restricted),
+            _cronsim_field(self.months, every[3]),
+            _cronsim_field(self.days_of_week, not self.dow_restricted),
+        )
+        object.__setattr__(self, "_cronsim", " ".join(fields))
 
     @classmethod
     def parse(cls, expression: str) -> CronSchedule:
@@ -313,95 +355,30 @@ class CronSchedule:
             )
         try:
             parsed = [_parse_field(part, spec) for part, spec in zip(parts, _FIELDS, strict=True)]
-        except _FieldError as exc:
+            (
+                (minutes, _),
+                (hours, _),
+                (days, dom_restricted),
+                (months, _),
+                (weekdays, dow_restricted),
+            ) = parsed
+            return cls(minutes, hours, days, months, weekdays, dom_restricted, dow_restricted)
+        except (_FieldError, InvalidSchedule) as exc:
             raise InvalidSchedule(f"invalid cron schedule {expression!r}: {exc}") from None
-        (
-            (minutes, _),
-            (hours, _),
-            (days, dom_restricted),
-            (months, _),
-            (weekdays, dow_restricted),
-        ) = parsed
-        schedule = cls(minutes, hours, days, months, weekdays, dom_restricted, dow_restricted)
-        if not schedule._some_day_exists():
-            raise InvalidSchedule(
-                f"invalid cron schedule {expression!r}: day-of-month: never fires, no "
-                "selected month has any of the selected days"
-            )
-        return schedule
-
-    def _some_day_exists(self) -> bool:
-        # Only a date-only schedule (day-of-week left at ``*``) can select no day at all.
-        if not self.dom_restricted or self.dow_restricted:
-            return True
-        longest = max(_days_in_month(2000, month) for month in self.months)  # Feb: 29
-        return min(self.days_of_month) <= longest
-
-    def _day_matches(self, year: int, month: int, day: int) -> bool:
-        dom = day in self.days_of_month
-        dow = (date(year, month, day).weekday() + 1) % 7 in self.days_of_week
-        if self.dom_restricted and self.dow_restricted:
-            return dom or dow
-        return dom and dow
 
     def next_after(self, moment: datetime) -> datetime:
         """The first fire time strictly after ``moment`` (its seconds are ignored), in UTC.
 
-        Skips whole months, days and hours that cannot match. Raises ``InvalidSchedule``
-        if nothing fires within eight years, the longest wait of any schedule that fires
-        at all, or before the end of year 9999.
+        Raises ``InvalidSchedule`` if there is none before the end of year 9999.
         """
-        start = _aware_utc(moment, "the start time").replace(second=0, microsecond=0)
+        start = _aware_utc(moment, "the start time")
         try:
-            first = start + _MINUTE
-        except OverflowError:
+            # cronsim drops the microseconds, steps one second and looks for second 0.
+            return next(CronSim(self._cronsim, start))
+        except (OverflowError, StopIteration):
+            # cronsim gives up after 50 years; every schedule that fires at all does so
+            # within 8 (Feb 29 across 2100), so only the end of the calendar gets here.
             raise InvalidSchedule("no fire time before the end of year 9999") from None
-        year, month, day = first.year, first.month, first.day
-        hour, minute = first.hour, first.minute
-        last_year = start.year + _HORIZON_YEARS
-        months = self._sorted_months
-        while year <= min(last_year, MAXYEAR):
-            if month > 12:
-                year, month = year + 1, 1
-                continue
-            if month not in self.months:
-                later = bisect_left(months, month)
-                if later == len(months):
-                    year, month = year + 1, months[0]
-                else:
-                    month = months[later]
-                day, hour, minute = 1, 0, 0
-                continue
-            if day > _days_in_month(year, month):
-                month, day, hour, minute = month + 1, 1, 0, 0
-                continue
-            if not self._day_matches(year, month, day):
-                hour, minute = 0, 0
-                if self.dow_restricted:
-                    day += 1
-                else:  # the day of the month decides alone: jump to the next one allowed
-                    later = bisect_left(self._sorted_days, day)
-                    if later == len(self._sorted_days):
-                        month, day = month + 1, 1
-                    else:
-                        day = self._sorted_days[later]
-                continue
-            at_hour = bisect_left(self._sorted_hours, hour)
-            if at_hour == len(self._sorted_hours):
-                day, hour, minute = day + 1, 0, 0
-                continue
-            if self._sorted_hours[at_hour] != hour:
-                hour, minute = self._sorted_hours[at_hour], 0
-            at_minute = bisect_left(self._sorted_minutes, minute)
-            if at_minute == len(self._sorted_minutes):
-                hour, minute = hour + 1, 0
-                if hour == 24:
-                    day, hour = day + 1, 0
-                continue
-            return datetime(year, month, day, hour, self._sorted_minutes[at_minute], tzinfo=UTC)
-        if last_year > MAXYEAR:
-            raise InvalidSchedule("no fire time before the end of year 9999")
-        raise InvalidSchedule(f"the schedule never fires (nothing within {_HORIZON_YEARS} years)")
 
     def shortest_gap(self, start: datetime, samples: int = 1000) -> timedelta:
         """The smallest gap between consecutive fire times over the next ``samples`` gaps.

@@ -278,7 +278,7 @@ class StepExecutor:
             )
         extra: dict[str, Any] = {}
         intent = Intent.of(secret)
-        if intent is not None and intent.version == step.pending:
+        if intent is not None and step.pending is not None and intent.version == step.pending:
             extra = dict(intent.extra)  # a crash after the blob write: finish that rotation
         elif not state.records:
             # Status was cleared or lost: keep serving what the blobs hold; do not re-read
@@ -289,9 +289,10 @@ class StepExecutor:
         records = rotation.adopt(state.records, adopted)
         body = await self._write_records(key, body, records, state, extra)
         listed = ", ".join(f"{r.version} ({r.state})" for r in adopted)
+        interrupted = bool(state.records) and extra and step.pending is not None
         await self.writer.event(
             body,
-            "Warning" if step.pending is None or intent is None else "Normal",
+            "Normal" if interrupted else "Warning",
             "Adopted",
             f"status did not record version(s) {listed}; recorded them from the blob Secret",
         )

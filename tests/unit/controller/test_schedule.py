@@ -1,4 +1,8 @@
-"""Rotation timing (secure_keys.core.schedule): durations, cron schedules, rotation policy."""
+"""Rotation timing (secure_keys.controller.schedule): durations, cron schedules, rotation policy.
+
+The cron tables pin Kubernetes CronJob (robfig/cron v3) behaviour where cronsim, which
+computes the fire times, would read the same text differently.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secure_keys.core.schedule import (
+from secure_keys.controller.schedule import (
     DEFAULT_GRACE_PERIOD,
     DEFAULT_RETAIN,
     MAX_DURATION,
@@ -292,6 +296,11 @@ def test_direct_construction_is_validated() -> None:
         build(hours=frozenset())
     with pytest.raises(InvalidSchedule, match="day-of-month: values must be 1-31"):
         build(days_of_month=frozenset({0}))
+    # Unrestricted means written as "*": robfig's star bit comes with every value.
+    with pytest.raises(InvalidSchedule, match="day-of-week: an unrestricted field allows every"):
+        CronSchedule(
+            ALL_MINUTES, ALL_HOURS, ALL_DAYS, ALL_MONTHS, frozenset({1}), True, dow_restricted=False
+        )
 
 
 # next_after
@@ -344,21 +353,19 @@ def test_leap_day(start: datetime, expected: datetime) -> None:
     assert time.perf_counter() - began < 0.5
 
 
-def test_a_schedule_that_never_fires_raises_within_the_horizon() -> None:
-    # parse() refuses these; built directly, next_after still stops after 8 years.
-    never = CronSchedule(
-        minutes=frozenset({0}),
-        hours=frozenset({0}),
-        days_of_month=frozenset({30, 31}),
-        months=frozenset({2}),
-        days_of_week=ALL_WEEKDAYS,
-        dom_restricted=True,
-        dow_restricted=False,
-    )
-    began = time.perf_counter()
+def test_a_schedule_that_never_fires_is_refused_when_built_directly() -> None:
+    # parse() refuses "0 0 30,31 2 *"; the constructor does too, so next_after never waits
+    # on a date that does not come.
     with pytest.raises(InvalidSchedule, match="never fires"):
-        never.next_after(at(2024, 1, 1))
-    assert time.perf_counter() - began < 0.5
+        CronSchedule(
+            minutes=frozenset({0}),
+            hours=frozenset({0}),
+            days_of_month=frozenset({30, 31}),
+            months=frozenset({2}),
+            days_of_week=ALL_WEEKDAYS,
+            dom_restricted=True,
+            dow_restricted=False,
+        )
 
 
 def test_next_after_stops_at_the_end_of_the_calendar() -> None:
@@ -396,6 +403,64 @@ def test_day_of_month_or_day_of_week_when_both_are_restricted() -> None:
     ]
     # And a restricted day-of-month makes "31 Feb" fire on February's Mondays.
     assert CronSchedule.parse("0 0 31 2 MON").next_after(at(2024, 1, 1)) == at(2024, 2, 5)
+
+
+# Kubernetes CronJob compatibility: where cronsim alone would read the text differently
+
+JAN_2024 = at(2024, 1, 1)  # a Monday
+
+
+@pytest.mark.parametrize(
+    ("expression", "fires"),
+    [
+        # "*/2" restricts day-of-month (no star bit), so it ORs with a weekday; Debian cron
+        # (cronsim) would AND them, since the field starts with "*": Jan 15, 29, ...
+        ("0 0 */2 * MON", [at(2024, 1, 3), at(2024, 1, 5), at(2024, 1, 7), at(2024, 1, 8)]),
+        # "*" anywhere in the list sets the star bit, so the day fields AND: Mondays only.
+        # Debian cron looks at the first character only and would fire every day.
+        ("0 0 5,* * MON", [at(2024, 1, 8), at(2024, 1, 15), at(2024, 1, 22)]),
+        ("0 0 */1 * MON", [at(2024, 1, 8), at(2024, 1, 15), at(2024, 1, 22)]),
+        # Written out, 1-31 is a restriction: OR with Monday is every day.
+        ("0 0 1-31 * MON", [at(2024, 1, 2), at(2024, 1, 3), at(2024, 1, 4)]),
+        ("0 0 */2 * *", [at(2024, 1, 3), at(2024, 1, 5), at(2024, 1, 7)]),
+        # "N/step" in day-of-week ends at 6 (Saturday); cronsim would run on to 7, Sunday.
+        ("0 0 * * 5/1", [at(2024, 1, 5), at(2024, 1, 6), at(2024, 1, 12)]),
+        ("0 0 * * MON/2", [at(2024, 1, 3), at(2024, 1, 5), at(2024, 1, 8)]),
+        # "N-N/step" is the one value N; cronsim would read it as "N/step" (5, 25, 45).
+        ("5-5/20 * * * *", [at(2024, 1, 1, 0, 5), at(2024, 1, 1, 1, 5), at(2024, 1, 1, 2, 5)]),
+        ("*/90 * * * *", [at(2024, 1, 1, 1), at(2024, 1, 1, 2), at(2024, 1, 1, 3)]),
+        ("@weekly", [at(2024, 1, 7), at(2024, 1, 14), at(2024, 1, 21)]),
+        # The CRD's one extension over robfig/cron, which refuses 7: Sunday, as in Vixie cron.
+        ("0 0 * * 7", [at(2024, 1, 7), at(2024, 1, 14), at(2024, 1, 21)]),
+    ],
+)
+def test_fires_as_a_kubernetes_cronjob_would(expression: str, fires: list[datetime]) -> None:
+    assert list(_fires(CronSchedule.parse(expression), JAN_2024, len(fires))) == fires
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        # cronsim would take each of these; Kubernetes or the CRD refuses them.
+        ("0 0 * * * *", "got 6"),  # cronsim: a leading seconds field
+        ("TZ=UTC 0 0 * * *", "got 6"),  # Kubernetes refuses TZ= in the schedule
+        ("CRON_TZ=UTC 0 0 * * *", "got 6"),
+        ("0 0 L * *", "day-of-month: 'L' is not a number"),
+        ("0 0 LW * *", "day-of-month: 'LW' is not a number"),
+        ("0 0 15W * *", "day-of-month: '15W' is not a number"),
+        ("0 0 * * 5L", "day-of-week: '5L' is not a number or a name SUN-SAT"),
+        ("0 0 * * MON#1", "day-of-week: 'MON#1' is not a number"),
+        # robfig takes these, the CRD's pattern does not.
+        ("0 0 ? * *", "day-of-month: '?' is not a number"),
+        ("0 0 * * ?", "day-of-week: '?' is not a number"),
+        ("0 0 1,,15 * *", "day-of-month: empty item in list"),
+        ("@midnight", "unknown macro"),
+    ],
+)
+def test_refuses_what_kubernetes_or_the_crd_refuses(expression: str, message: str) -> None:
+    with pytest.raises(InvalidSchedule) as info:
+        CronSchedule.parse(expression)
+    assert message in str(info.value)
 
 
 # next_after against a brute-force reference
