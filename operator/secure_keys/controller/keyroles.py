@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.events import post_event
-from secure_keys.controller.service import Retry
+from secure_keys.controller.status import Retry
 from secure_keys.kube.client import APIKEYS, KEYROLES, ApiError, KubeApi
 
 _log = structlog.get_logger("secure_keys.controller")
