@@ -23,9 +23,10 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# pip's output goes to stderr, so that `make -s cluster-up` prints only the kubeconfig path.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[server,test]"
+	$(BIN)/python -m pip install --quiet --upgrade pip >&2
+	$(BIN)/python -m pip install --quiet -e ".[server,test]" >&2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -47,14 +48,16 @@ test: lint typecheck imports unit
 # etcd, kube-apiserver, kube-controller-manager and kubectl from the Go modules
 # pinned in tools/, into build/bin. Rebuilt only when missing or re-pinned.
 control-plane:
-	scripts/build-control-plane.sh
+	@scripts/build-control-plane.sh
 
-# A long-lived local cluster; prints the path of its admin kubeconfig.
+# A long-lived local cluster. `make -s cluster-up` prints one line, the path of its admin
+# kubeconfig, once the API server answers /readyz: export KUBECONFIG=$(make -s cluster-up)
+CLUSTER_STATE ?= $(CURDIR)/build/cluster
 cluster-up: $(STAMP) control-plane
-	@$(DEV) -m secure_keys_dev up
+	@$(DEV) -m secure_keys_dev up --state-dir="$(CLUSTER_STATE)"
 
 cluster-down: $(STAMP)
-	@$(DEV) -m secure_keys_dev down
+	@$(DEV) -m secure_keys_dev down --state-dir="$(CLUSTER_STATE)"
 
 # The e2e suite against an existing cluster: make e2e KUBECONFIG=/path/to/kubeconfig
 e2e: $(STAMP)

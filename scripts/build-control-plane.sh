@@ -5,6 +5,8 @@
 # A binary is rebuilt only when it is missing or when its pin changed: each
 # one has a stamp file holding the checksum of the go.mod/go.sum it came from.
 # Usage: scripts/build-control-plane.sh [--force]
+# Prints nothing on stdout: progress goes to stderr, so that `make -s cluster-up`
+# (which runs this first) prints only the kubeconfig path.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -56,4 +58,4 @@ for cmd in kube-apiserver kube-controller-manager kubectl; do
     build "$cmd" k8s "k8s.io/kubernetes/cmd/$cmd" "$(k8s_ldflags)"
   fi
 done
-echo "$bin"
+echo "control-plane binaries are in $bin" >&2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -19,6 +20,14 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 CANARY = "sk-canary-9f3b2e71c0a4d8e6-do-not-leak"
 """A recognisable plaintext. Tests search every output for it (and its encodings)."""
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_config_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """`secure-keys seal` pins recipients under $XDG_CONFIG_HOME: never the developer's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg-config")))
+        yield
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
 """`python -m secure_keys_dev up|down|status`: a long-lived local cluster.
 
 `up` starts a detached supervisor process (`serve`) that owns a LocalCluster
-and stops it on SIGTERM/SIGINT. The supervisor copies the admin kubeconfig to
-`<state-dir>/kubeconfig` once the cluster is ready and removes it on the way
-out; `up` prints that path. `down` signals the supervisor and waits for it.
+and stops it on SIGTERM/SIGINT. The supervisor writes the admin kubeconfig to
+`<state-dir>/kubeconfig` (atomically) once the cluster is ready and removes it
+on the way out. `up` prints that path, and only that, on stdout, and only once
+the supervisor is alive and the API server answers `/readyz` through that
+kubeconfig. A supervisor killed outright (SIGKILL) cannot remove its files:
+`up` recognises them as stale (no live supervisor behind the pid file) and
+removes them before starting a new cluster, so it never hands out the
+kubeconfig of a dead cluster. `down` signals the supervisor and waits for it.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import signal
@@ -16,8 +22,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import yaml
+
+from secure_keys.kube.client import Credentials
 from secure_keys_dev.cluster import (
     ControlPlaneError,
     LocalCluster,
@@ -25,18 +36,52 @@ from secure_keys_dev.cluster import (
 )
 
 DEFAULT_STATE_DIR = repository_root() / "build" / "cluster"
+_SUPERVISOR_MARK = b"secure_keys_dev\0serve\0"
 
 
-def _pid(state: Path) -> int | None:
+def supervisor_pid(state: Path) -> int | None:
+    """The pid in the pid file if it is alive and is this state directory's supervisor.
+
+    Checking the command line, not just that the pid exists, keeps a recycled pid (the
+    supervisor was killed and the number reused) from passing for a live supervisor.
+    """
     try:
         pid = int((state / "supervisor.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if _SUPERVISOR_MARK not in cmdline or f"--state-dir={state}".encode() not in cmdline:
         return None
     return pid
+
+
+def api_ready(kubeconfig: Path, timeout: float = 2.0) -> bool:
+    """Whether the API server named in ``kubeconfig`` answers ``/readyz`` with ok."""
+    try:
+        credentials = Credentials.from_kubeconfig(kubeconfig)
+        url = urlsplit(credentials.server)
+        connection = http.client.HTTPSConnection(
+            url.hostname or "127.0.0.1",
+            url.port or 443,
+            context=credentials.ssl_context(),
+            timeout=timeout,
+        )
+        try:
+            connection.request("GET", "/readyz")
+            response = connection.getresponse()
+            return response.status == 200 and response.read() == b"ok"
+        finally:
+            connection.close()
+    except (OSError, ValueError, KeyError, yaml.YAMLError, http.client.HTTPException):
+        return False
+
+
+def _remove_stale(state: Path) -> None:
+    stale = [state / "kubeconfig", state / "supervisor.pid"]
+    if any(path.exists() for path in stale):
+        print(f"removing the state of a supervisor that is gone ({state})", file=sys.stderr)
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def serve(state: Path, port: int | None) -> int:
@@ -46,8 +91,10 @@ def serve(state: Path, port: int | None) -> int:
     ready = state / "kubeconfig"
     try:
         with LocalCluster(api_port=port) as cluster:
-            shutil.copy(cluster.kubeconfig, ready)
-            ready.chmod(0o600)
+            staged = state / ".kubeconfig.tmp"
+            shutil.copy(cluster.kubeconfig, staged)
+            staged.chmod(0o600)
+            os.replace(staged, ready)  # `up` never sees a half-written file
             print(
                 f"cluster ready in {cluster.started_in:.1f} s at {cluster.server}; "
                 f"workdir {cluster.workdir}",
@@ -64,12 +111,37 @@ def serve(state: Path, port: int | None) -> int:
     return 0
 
 
+def _wait_ready(state: Path, alive: Callable[[], bool], timeout: float) -> bool:
+    """Until the supervisor has published a kubeconfig whose API server is ready.
+
+    False at once if the supervisor dies (``alive``), else at the timeout.
+    """
+    kubeconfig = state / "kubeconfig"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        if kubeconfig.exists() and api_ready(kubeconfig):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def up(state: Path, port: int | None, timeout: float) -> int:
     kubeconfig = state / "kubeconfig"
-    if _pid(state) is not None and kubeconfig.exists():
-        print(kubeconfig)
-        return 0
+    running = supervisor_pid(state)
+    if running is not None:
+        if _wait_ready(state, lambda: supervisor_pid(state) == running, timeout):
+            print(kubeconfig)
+            return 0
+        print(
+            f"error: supervisor {running} is running but its cluster is not ready "
+            f"(log {state / 'supervisor.log'}); try: make cluster-down",
+            file=sys.stderr,
+        )
+        return 1
     state.mkdir(parents=True, exist_ok=True)
+    _remove_stale(state)
     log_path = state / "supervisor.log"
     argv = [sys.executable, "-m", "secure_keys_dev", "serve", f"--state-dir={state}"]
     if port is not None:
@@ -83,28 +155,27 @@ def up(state: Path, port: int | None, timeout: float) -> int:
             start_new_session=True,
         )
     (state / "supervisor.pid").write_text(str(process.pid))
-    deadline = time.monotonic() + timeout
-    while not kubeconfig.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.terminate()
-                process.wait()
-            print(log_path.read_text(), file=sys.stderr)
-            print(f"error: the cluster did not start (log {log_path})", file=sys.stderr)
-            return 1
-        time.sleep(0.1)
+    # Its liveness from the handle: /proc/<pid>/cmdline can be empty just after exec.
+    if not _wait_ready(state, lambda: process.poll() is None, timeout):
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+        print(log_path.read_text(), file=sys.stderr)
+        print(f"error: the cluster did not start (log {log_path})", file=sys.stderr)
+        return 1
     print(kubeconfig)
     return 0
 
 
 def down(state: Path, timeout: float) -> int:
-    pid = _pid(state)
+    pid = supervisor_pid(state)
     if pid is None:
+        _remove_stale(state)
         print("no local cluster is running", file=sys.stderr)
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid(state) is not None:
+    while supervisor_pid(state) is not None:
         if time.monotonic() > deadline:
             print(f"error: supervisor {pid} did not stop in {timeout:.0f} s", file=sys.stderr)
             return 1
@@ -127,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return up(state, args.port, args.timeout)
     if args.command == "down":
         return down(state, args.timeout)
-    running = _pid(state) is not None and (state / "kubeconfig").exists()
+    running = supervisor_pid(state) is not None and api_ready(state / "kubeconfig")
     print(state / "kubeconfig" if running else "no local cluster is running")
     return 0 if running else 3
 

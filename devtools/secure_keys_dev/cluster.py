@@ -140,11 +140,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_workdirs(base: Path | None = None) -> list[Path]:
-    """Remove working directories of clusters whose owning process has exited."""
+def claim_workdir(prefix: str, base: Path | None = None) -> Path:
+    """A fresh private temporary directory that records this process as its owner.
+
+    ``sweep_stale_workdirs`` removes it once the owner is gone, however it died.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    (workdir / "owner.pid").write_text(str(os.getpid()))
+    return workdir
+
+
+def sweep_stale_workdirs(base: Path | None = None, prefix: str = WORKDIR_PREFIX) -> list[Path]:
+    """Remove working directories named ``prefix*`` whose owning process has exited."""
     base = base or Path(tempfile.gettempdir())
     removed = []
-    for candidate in base.glob(WORKDIR_PREFIX + "*"):
+    for candidate in base.glob(prefix + "*"):
         owner = candidate / "owner.pid"
         try:
             pid = int(owner.read_text())
@@ -322,7 +332,7 @@ class LocalCluster:
 
     def _prepare(self, api_port: int | None) -> None:
         if self._own_workdir:
-            self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            self._workdir = claim_workdir(WORKDIR_PREFIX)
         workdir = self.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "owner.pid").write_text(str(os.getpid()))

@@ -7,26 +7,36 @@
 5. show ``kubectl get apikeys`` with every key Ready, then rotate one and show it again.
 
 Everything runs from this repository's own files; nothing needs Docker or a network.
+The demo's working directory (the local KMS password among other things) records its
+owner's pid: a run killed outright leaves it behind, and the next run removes it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import shutil
 import subprocess
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
+from secure_keys.cli.kubeapi import fetch_recipient, load_target
 from secure_keys.cli.rotate import rotate
-from secure_keys.cli.seal import recipient_from_cluster, seal_command
+from secure_keys.cli.seal import seal_command
 from secure_keys.core.logs import configure
 from secure_keys.core.memory import random_secret, zero
+from secure_keys.core.sealing import Recipient
 from secure_keys_dev import access
-from secure_keys_dev.cluster import LocalCluster, repository_root
+from secure_keys_dev.cluster import (
+    LocalCluster,
+    claim_workdir,
+    repository_root,
+    sweep_stale_workdirs,
+)
 from secure_keys_dev.localkms import write_local_kms
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
@@ -39,6 +49,7 @@ from secure_keys_dev.stack import (
 )
 
 DEMO_NAMESPACE = "demo"
+WORKDIR_PREFIX = "securekeys-demo-"
 
 
 def _say(text: str) -> None:
@@ -74,11 +85,21 @@ def _bootstrap_secret(api: client.ApiClient) -> None:
     )
 
 
+@contextlib.contextmanager
+def demo_workdir(base: Path | None = None) -> Iterator[Path]:
+    """This run's private directory, after removing those of runs that were killed."""
+    sweep_stale_workdirs(base, prefix=WORKDIR_PREFIX)
+    workdir = claim_workdir(WORKDIR_PREFIX, base)
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def run_demo(*, keep: bool = False) -> int:
     configure(json=False)
     root = repository_root()
-    with tempfile.TemporaryDirectory(prefix="securekeys-demo-") as tmp:
-        workdir = Path(tmp)
+    with demo_workdir() as workdir:
         _say("1. starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
         with LocalCluster() as cluster, contextlib.ExitStack() as stack:
             print(f"ready in {cluster.started_in:.1f} s; kubeconfig {cluster.kubeconfig}")
@@ -99,7 +120,10 @@ def run_demo(*, keep: bool = False) -> int:
                 ensure_namespace(api, DEMO_NAMESPACE)
                 _bootstrap_secret(api)
                 _kubectl(cluster, "apply", "-n", DEMO_NAMESPACE, "-f", str(root / "examples"))
-                recipient = recipient_from_cluster(cluster.kubeconfig, CONTROLLER_NAMESPACE)
+                # A fresh cluster each run: its recipient is not pinned (secure-keys seal
+                # would pin it in the user's known-recipients file).
+                fetched = fetch_recipient(cluster.kubeconfig, CONTROLLER_NAMESPACE)
+                recipient = Recipient.from_json(fetched.document)
                 plaintext = random_secret(24)
                 token = bytearray(b"partner_" + plaintext.hex().encode())
                 zero(plaintext)
@@ -125,7 +149,7 @@ def run_demo(*, keep: bool = False) -> int:
                 _say("   the source Secret of stripe-live was deleted once sealed:")
                 _kubectl(cluster, "get", "secrets", "-n", DEMO_NAMESPACE)
                 _say("6. secure-keys rotate internal-billing")
-                rotate("internal-billing", DEMO_NAMESPACE, cluster.kubeconfig)
+                rotate("internal-billing", DEMO_NAMESPACE, load_target(cluster.kubeconfig))
                 _wait(
                     "version 2 of internal-billing",
                     lambda: (

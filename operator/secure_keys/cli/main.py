@@ -1,30 +1,38 @@
-"""Argument parsing and dispatch for ``secure-keys``."""
+"""Argument parsing, dispatch and error reporting for ``secure-keys``.
+
+User errors end with one ``secure-keys: error: ...`` line and an exit status, never a
+traceback: 2 for what the user can fix here (arguments, files, the kubeconfig, a refused
+recipient), 1 for what the cluster answered or a cluster that cannot be reached.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from secure_keys.cli import kubeapi, pins
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.errors import SealedSourceInvalid
 from secure_keys.core.sealing import Recipient
+from secure_keys.kube.client import ApiError
+from secure_keys.kube.names import RECIPIENT_CONFIGMAP
+
+FetchRecipient = Callable[[Path | None, str], kubeapi.FetchedRecipient]
+"""``(kubeconfig, controller namespace) -> the published recipient``: the seam tests fake."""
 
 
-def _context_namespace(kubeconfig: Path | None) -> str:
-    from kubernetes import config
-
+def fingerprint(text: str) -> pins.Fingerprint:
+    """argparse type for ``SHA256:...`` (its name appears in argparse's message)."""
     try:
-        _, active = config.list_kube_config_contexts(
-            config_file=str(kubeconfig) if kubeconfig else None
-        )
-    except (config.ConfigException, OSError):
-        return "default"
-    namespace: str = (active or {}).get("context", {}).get("namespace") or "default"
-    return namespace
+        return pins.Fingerprint.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     seal = commands.add_parser(
         "seal",
         help="encrypt a key for the cluster and print an ApiKey manifest (safe to commit)",
-        description="Reads the plaintext from stdin (or --from-file), never from arguments.",
+        description="Reads the plaintext from stdin (or --from-file), never from arguments. "
+        "The recipient key fetched from the cluster is pinned on first use, per API server "
+        "and controller namespace, in $XDG_CONFIG_HOME/secure-keys/known-recipients.json; "
+        "a different key later is refused.",
     )
     seal.add_argument("name", help="the ApiKey's name")
     seal.add_argument("-n", "--namespace", default=None)
@@ -47,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the cluster's recipient key (recipient.json); default: fetch it from the cluster",
+    )
+    checks = seal.add_mutually_exclusive_group()
+    checks.add_argument(
+        "--recipient-fingerprint",
+        type=fingerprint,
+        default=None,
+        metavar="SHA256:...",
+        help="require this recipient fingerprint (the pin file is then neither read nor written)",
+    )
+    checks.add_argument(
+        "--trust-recipient",
+        type=fingerprint,
+        default=None,
+        metavar="SHA256:...",
+        help="accept a changed recipient key with this fingerprint and pin it",
     )
     seal.add_argument("--controller-namespace", default="secure-keys-system")
     seal.add_argument("--keep-newline", action="store_true", help="keep one trailing newline")
@@ -61,48 +87,98 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _error(message: str) -> None:
+    print(f"secure-keys: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "seal":
-            return _seal(args)
+            return _seal(args, fetch or kubeapi.fetch_recipient)
         if args.command == "rotate":
-            namespace = args.namespace or _context_namespace(args.kubeconfig)
-            value = rotate_cmd.rotate(args.name, namespace, args.kubeconfig)
+            target = kubeapi.load_target(args.kubeconfig)
+            namespace = args.namespace or target.namespace
+            value = rotate_cmd.rotate(args.name, namespace, target)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
         raise AssertionError(f"unhandled command {args.command!r}")
-    except (seal_cmd.SealError, SealedSourceInvalid, ValueError) as exc:
-        print(f"secure-keys: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"secure-keys: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the kubernetes client's errors: report, don't dump a traceback
-        from kubernetes.client.rest import ApiException
-        from kubernetes.config import ConfigException
-
-        if isinstance(exc, ApiException):
+    except ApiError as exc:
+        _error(f"the API server said {exc}")
+        if args.command == "seal" and exc.status in (403, 404):
             print(
-                f"secure-keys: error: the API server said {exc.status} {exc.reason}",
+                f"  (reading ConfigMap {args.controller_namespace}/{RECIPIENT_CONFIGMAP}: is "
+                "the controller running, and may you read it? Or pass --recipient-file)",
                 file=sys.stderr,
             )
-            return 1
-        if isinstance(exc, ConfigException):
-            print(f"secure-keys: error: kubeconfig: {exc}", file=sys.stderr)
-            return 2
-        raise
+        return 1
+    except (kubeapi.ApiUnreachable, kubeapi.RecipientUnpublished) as exc:
+        _error(str(exc))
+        return 1
+    except kubeapi.KubeconfigError as exc:
+        _error(str(exc))
+        return 2
+    except (
+        seal_cmd.SealError,
+        SealedSourceInvalid,
+        pins.RecipientRefused,
+        pins.KnownRecipientsInvalid,
+        ValueError,
+    ) as exc:
+        _error(str(exc))
+        return 2
+    except OSError as exc:
+        _error(f"{exc.strerror or exc}: {exc.filename or ''}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
-def _seal(args: argparse.Namespace) -> int:
-    namespace = args.namespace or _context_namespace(args.kubeconfig)
+def _recipient(args: argparse.Namespace, fetch: FetchRecipient) -> tuple[Recipient, str]:
+    """The recipient to seal to, checked, and the namespace ``-n`` defaults to.
+
+    Prints one line to stderr saying what was checked; raises ``RecipientRefused`` (and
+    writes nothing) when the recipient is not the one the user trusts.
+    """
+    if args.recipient_file is not None:
+        if args.trust_recipient is not None:
+            raise seal_cmd.SealError("--trust-recipient applies to a fetched recipient only")
+        recipient = Recipient.from_json(args.recipient_file.read_text())
+        report = pins.check_file(
+            recipient, args.recipient_file, expected=args.recipient_fingerprint
+        )
+        print(report, file=sys.stderr)
+        return recipient, args.namespace or kubeapi.default_namespace(args.kubeconfig)
+    fetched = fetch(args.kubeconfig, args.controller_namespace)
+    try:
+        recipient = Recipient.from_json(fetched.document)
+    except ValueError as exc:
+        raise ValueError(
+            f"ConfigMap {args.controller_namespace}/{RECIPIENT_CONFIGMAP} on "
+            f"{fetched.cluster.server}: {exc}"
+        ) from None
+    store_path = pins.default_path()
+    known = None if args.recipient_fingerprint is not None else pins.load(store_path)
+    decision = pins.decide_fetched(
+        recipient,
+        fetched.cluster,
+        known,
+        expected=args.recipient_fingerprint,
+        trust=args.trust_recipient,
+        now=datetime.datetime.now(datetime.UTC),
+        store_path=store_path,
+    )
+    if decision.store is not None:
+        pins.save(store_path, decision.store)
+    print(decision.report, file=sys.stderr)
+    return recipient, args.namespace or fetched.namespace
+
+
+def _seal(args: argparse.Namespace, fetch: FetchRecipient) -> int:
+    recipient, namespace = _recipient(args, fetch)
     if not args.namespace:
         # The namespace is bound into the ciphertext: say which one was chosen.
         print(f"sealing for namespace {namespace!r} (use -n to choose)", file=sys.stderr)
-    if args.recipient_file is not None:
-        recipient = Recipient.from_json(args.recipient_file.read_text())
-    else:
-        recipient = seal_cmd.recipient_from_cluster(args.kubeconfig, args.controller_namespace)
     extra: dict[str, object] = {}
     rotation = {k: v for k, v in (("interval", args.interval), ("schedule", args.schedule)) if v}
     if rotation:
@@ -118,9 +194,9 @@ def _seal(args: argparse.Namespace) -> int:
         plaintext=plaintext,
         extra_spec=extra,
     )
+    yaml.safe_load(text)  # the manifest we print must parse
     if args.output is not None:
         args.output.write_text(text)
     else:
         sys.stdout.write(text)
-    yaml.safe_load(text)  # the manifest we print must parse
     return 0

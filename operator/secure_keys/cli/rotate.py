@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from pathlib import Path
 
-from secure_keys.kube.names import GROUP, ROTATE_ANNOTATION, VERSION
+from secure_keys.cli.kubeapi import Target, request_rotation
 
 
 def request_value(now: datetime.datetime) -> str:
@@ -19,17 +18,8 @@ def request_value(now: datetime.datetime) -> str:
     return f"{now.astimezone(datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}-{secrets.token_hex(3)}"
 
 
-def rotate(name: str, namespace: str, kubeconfig: Path | None) -> str:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
+def rotate(name: str, namespace: str, target: Target) -> str:
+    """Ask for one rotation of ApiKey ``namespace/name``; return the value requested."""
     value = request_value(datetime.datetime.now(datetime.UTC))
-    client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        namespace,
-        "apikeys",
-        name,
-        {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}},
-    )
+    request_rotation(target, namespace, name, value)
     return value

@@ -18,7 +18,6 @@ import yaml
 from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import Recipient, seal_to_recipient
-from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 
 class SealError(Exception):
@@ -85,24 +84,6 @@ def read_plaintext(source: IO[bytes] | None, path: Path | None, *, keep_newline:
         zero(buffer)
         raise SealError(f"the plaintext is larger than {MAX_PLAINTEXT_SIZE} bytes")
     return buffer
-
-
-def recipient_from_cluster(kubeconfig: Path | None, controller_namespace: str) -> Recipient:
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-
-    api = config.new_client_from_config(config_file=str(kubeconfig) if kubeconfig else None)
-    try:
-        configmap = client.CoreV1Api(api).read_namespaced_config_map(
-            RECIPIENT_CONFIGMAP, controller_namespace
-        )
-    except ApiException as exc:
-        raise SealError(
-            f"cannot read ConfigMap {controller_namespace}/{RECIPIENT_CONFIGMAP} "
-            f"({exc.status} {exc.reason}); is the controller running? "
-            "Or pass --recipient-file"
-        ) from None
-    return Recipient.from_json((configmap.data or {}).get(RECIPIENT_CONFIGMAP_KEY, ""))
 
 
 def manifest(

@@ -1,0 +1,282 @@
+"""The CLI against an HTTP API server: kubeconfig, namespace, errors without tracebacks.
+
+A small threaded HTTP server plays the API server, so these tests go through the real
+client (aiohttp) and the real kubeconfig parsing, with no cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from secure_keys.cli import main as cli
+from secure_keys.core.sealing import RecipientPrivateKey, open_sealed
+from secure_keys.kube.names import ROTATE_ANNOTATION
+from tests.conftest import CANARY
+
+TOKEN = "test-bearer-token-7f1e"
+RECIPIENT_PATH = "/api/v1/namespaces/secure-keys-system/configmaps/secure-keys-recipient"
+
+
+@dataclass
+class FakeApiServer:
+    """Answers each path with a fixed (status, JSON body); records what it was sent."""
+
+    routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    fake = FakeApiServer()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            fake.requests.append((self.command, self.path, dict(self.headers), body))
+            status, document = fake.routes.get(
+                (self.command, self.path),
+                (404, {"kind": "Status", "reason": "NotFound", "message": "no route"}),
+            )
+            payload = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = _answer  # noqa: N815 - http.server's naming
+        do_PATCH = _answer  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield fake
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def _kubeconfig(path: Path, server: str, namespace: str | None = "from-context") -> Path:
+    context: dict[str, str] = {"cluster": "c", "user": "u"}
+    if namespace is not None:
+        context["namespace"] = namespace
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "ctx", "context": context}],
+                "current-context": "ctx",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    return tmp_path / "config"
+
+
+def _publish(server: FakeApiServer, key: RecipientPrivateKey) -> None:
+    server.routes[("GET", RECIPIENT_PATH)] = (
+        200,
+        {"kind": "ConfigMap", "data": {"recipient.json": key.public().to_json()}},
+    )
+
+
+def test_seal_fetches_with_the_kubeconfig_and_uses_its_namespace(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = RecipientPrivateKey.generate()
+    _publish(server, key)
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    plaintext = tmp_path / "plaintext"
+    plaintext.write_text(CANARY)
+    code = cli.main(["--kubeconfig", str(kubeconfig), "seal", "api", "--from-file", str(plaintext)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    manifest = yaml.safe_load(out)
+    assert manifest["metadata"] == {"name": "api", "namespace": "from-context"}
+    sealed = manifest["spec"]["source"]["sealed"]["ciphertext"]
+    assert open_sealed(key, sealed, namespace="from-context", name="api") == CANARY.encode()
+    assert "sealing for namespace 'from-context'" in err
+    assert "on first use" in err
+    assert server.url in err
+    [(method, path, headers, _)] = server.requests
+    assert (method, path) == ("GET", RECIPIENT_PATH)
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "message"),
+    [
+        (403, "Forbidden", 'configmaps "secure-keys-recipient" is forbidden'),
+        (404, "NotFound", 'configmaps "secure-keys-recipient" not found'),
+    ],
+)
+def test_an_api_error_is_reported_with_exit_1(
+    server: FakeApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    status: int,
+    reason: str,
+    message: str,
+) -> None:
+    server.routes[("GET", RECIPIENT_PATH)] = (
+        status,
+        {"kind": "Status", "reason": reason, "message": message},
+    )
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    code = cli.main(["--kubeconfig", str(kubeconfig), "seal", "api", "-n", "team"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert f"secure-keys: error: the API server said {status} {reason}: {message}" in err
+    assert "--recipient-file" in err
+    assert "Traceback" not in err
+
+
+def test_a_configmap_without_the_document_is_reported(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server.routes[("GET", RECIPIENT_PATH)] = (200, {"kind": "ConfigMap", "data": {}})
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    code = cli.main(["--kubeconfig", str(kubeconfig), "seal", "api", "-n", "team"])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "has no data.recipient.json" in err
+
+
+def test_rotate_patches_the_annotation_in_the_context_namespace(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = "/apis/securekeys.io/v1alpha1/namespaces/from-context/apikeys/api"
+    server.routes[("PATCH", path)] = (200, {"kind": "ApiKey"})
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 0
+    out, _ = capsys.readouterr()
+    [(method, sent_path, headers, body)] = server.requests
+    assert (method, sent_path) == ("PATCH", path)
+    assert headers["Content-Type"] == "application/merge-patch+json"
+    value = json.loads(body)["metadata"]["annotations"][ROTATE_ANNOTATION]
+    assert out == f"rotation of from-context/api requested ({value})\n"
+
+
+def test_rotate_of_a_missing_key_exits_1(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url, namespace=None)
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 1
+    _, err = capsys.readouterr()
+    assert "the API server said 404 NotFound: no route" in err
+    assert server.requests[0][1].startswith("/apis/securekeys.io/v1alpha1/namespaces/default/")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_an_unreachable_server_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", url)
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 1
+    _, err = capsys.readouterr()
+    assert f"cannot reach the API server at {url}" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, "does not exist"),
+        # PyYAML's own message would quote this line, token and all.
+        (f"users:\n- name: u\n  user:\n    token: {TOKEN}: x\n", "not valid YAML at line 4"),
+        ("- a list", "not a kubeconfig document"),
+        (
+            yaml.safe_dump({"contexts": [], "current-context": "missing"}),
+            "context 'missing' is not defined",
+        ),
+        (
+            yaml.safe_dump(
+                {
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            ),
+            "'clusters' is not defined",
+        ),
+    ],
+    ids=["missing", "bad-yaml", "not-a-mapping", "no-context", "no-clusters"],
+)
+def test_kubeconfig_problems_exit_2_without_quoting_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str | None, expected: str
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    if text is not None:
+        kubeconfig.write_text(text)
+    for argv in (["rotate", "api"], ["seal", "api", "-n", "team"]):
+        assert cli.main(["--kubeconfig", str(kubeconfig), *argv]) == 2
+        _, err = capsys.readouterr()
+        assert expected in err
+        assert TOKEN not in err
+        assert "Traceback" not in err
+
+
+def test_a_failing_credential_plugin_exits_2(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    document = yaml.safe_load(kubeconfig.read_text())
+    document["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "false",
+            "interactiveMode": "Never",
+        }
+    }
+    kubeconfig.write_text(yaml.safe_dump(document))
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 2
+    _, err = capsys.readouterr()
+    assert "credential plugin" in err
+    assert "Traceback" not in err
+    assert server.requests == []
+
+
+def test_recipient_file_needs_no_kubeconfig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config
+    key = RecipientPrivateKey.generate()
+    recipient = tmp_path / "recipient.json"
+    recipient.write_text(key.public().to_json())
+    plaintext = tmp_path / "plaintext"
+    plaintext.write_text(CANARY)
+    code = cli.main(
+        ["seal", "api", "--recipient-file", str(recipient), "--from-file", str(plaintext)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert yaml.safe_load(out)["metadata"]["namespace"] == "default"
