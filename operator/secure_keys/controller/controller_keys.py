@@ -5,7 +5,9 @@ one Secret in the controller's namespace; every replica opens them at startup.
 
 * The X25519 **recipient key** opens ``spec.source.sealed`` values made by
   ``secure-keys seal``. Its public half is published in a ConfigMap that any
-  authenticated user may read, so the CLI can seal without other access.
+  authenticated user may read, so the CLI can seal without other access. The leader
+  watches that ConfigMap and publishes it again when it is deleted or its data replaced
+  (``publish_recipient``, called from ``operator.py``), with a Warning Event saying so.
 * The **fingerprint key** (32 random bytes) keys the HMAC fingerprints written to status
   and Events. It is independent of any KMS provider, so fingerprints stay comparable
   across providers and KMS key rotations.
@@ -14,20 +16,24 @@ one Secret in the controller's namespace; every replica opens them at startup.
 from __future__ import annotations
 
 import base64
+import datetime
 from dataclasses import dataclass
+from typing import Any, Literal
 
+from secure_keys.controller.events import build_event
 from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
-from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, KubeApi
+from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, JsonObject, KubeApi
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
 _RECIPIENT_SLOT = "recipient"
 _FINGERPRINT_SLOT = "fingerprint"
 FINGERPRINT_KEY_SIZE = 32
+RecipientChange = Literal["unchanged", "created", "replaced"]
 _LABELS = {
     "app.kubernetes.io/managed-by": "secure-keys",
     "app.kubernetes.io/part-of": "secure-keys",
@@ -102,7 +108,7 @@ def open_keys(namespace: str, data: dict[str, str], kms: KmsProvider) -> Control
     return ControllerKeys(recipient, fingerprint_key)
 
 
-def recipient_configmap(namespace: str, recipient: Recipient) -> dict[str, object]:
+def recipient_configmap(namespace: str, recipient: Recipient) -> JsonObject:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -129,14 +135,54 @@ async def load_or_create(api: KubeApi, namespace: str, kms: KmsProvider) -> Cont
     return keys
 
 
-async def publish_recipient(api: KubeApi, namespace: str, recipient: Recipient) -> None:
+async def publish_recipient(
+    api: KubeApi, namespace: str, recipient: Recipient
+) -> tuple[RecipientChange, JsonObject]:
+    """Make the recipient ConfigMap hold exactly our recipient; say what that took.
+
+    Returns what was done and the ConfigMap as stored. A replacement removes any other
+    key, so the data ends up equal to ours, and names the resourceVersion it read.
+    """
     body = recipient_configmap(namespace, recipient)
+    wanted: dict[str, Any] = dict(body["data"])
     try:
         current = await api.get(CONFIGMAPS, namespace, RECIPIENT_CONFIGMAP)
     except ApiError as exc:
         if not exc.not_found:
             raise
-        await api.create(CONFIGMAPS, namespace, body)
-        return
-    if current.get("data") != body["data"]:
-        await api.patch(CONFIGMAPS, namespace, RECIPIENT_CONFIGMAP, {"data": body["data"]})
+        return "created", await api.create(CONFIGMAPS, namespace, body)
+    data = current.get("data") or {}
+    if data == wanted:
+        return "unchanged", current
+    patch = {
+        "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+        "data": {**dict.fromkeys(data), **wanted},  # other keys: null, i.e. removed
+    }
+    return "replaced", await api.patch(CONFIGMAPS, namespace, RECIPIENT_CONFIGMAP, patch)
+
+
+def recipient_restored_event(
+    configmap: JsonObject,
+    change: RecipientChange,
+    recipient: Recipient,
+    *,
+    instance: str,
+    now: datetime.datetime,
+) -> JsonObject:
+    """The Warning Event on a recipient ConfigMap the controller had to put back (pure).
+
+    It names the recipient's key id (public), so whoever replaced it can compare.
+    """
+    what = "was deleted" if change == "created" else "held other data"
+    event = build_event(
+        configmap,
+        "ConfigMap",
+        "Warning",
+        "RecipientRestored",
+        f"ConfigMap {RECIPIENT_CONFIGMAP} {what}; restored the controller's recipient "
+        f"{recipient.key_id}. Values sealed for another recipient do not open here.",
+        instance=instance,
+        now=now,
+    )
+    event["involvedObject"]["apiVersion"] = "v1"  # a core object, not one of ours
+    return event

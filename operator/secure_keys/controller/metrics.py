@@ -51,6 +51,14 @@ FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+OBJECTS_RECEIVED = Counter(
+    "securekeys_watch_objects_received_total",
+    "Objects received from our own watches and lists (not kopf's), by resource and kind: "
+    "secrets blob|other, configmaps recipient. Selectors are applied by the API server, "
+    "so Secrets that are not ours never arrive and never count.",
+    ["resource", "kind"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "securekeys_queue_depth",
     "Keys waiting in the work queue (not counting delayed ones).",

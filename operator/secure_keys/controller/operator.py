@@ -1,10 +1,19 @@
-"""Kopf wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
+"""Watch wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
 
-kopf provides the watches and login (leader election is ours: ``leader.py``). Its event
-handlers only enqueue the ApiKey's key; workers pull keys and run the ``Reconciler``,
-which is level-triggered: it reads the current state and moves it one step toward the
-spec, so a missed or duplicated event costs nothing. Delays (the next rotation, a grace
-period ending) and failures (backoff) are scheduled on the same queue.
+kopf provides the ApiKey and KeyRole watches and login (leader election is ours:
+``leader.py``). Two more watches are our own informers (``secure_keys.kube.informer``),
+because they need selectors applied by the API server:
+
+* blob Secrets, with the label selector ``app.kubernetes.io/managed-by=secure-keys``, so
+  no other Secret of the cluster ever reaches this process (kopf's ``labels=`` filter
+  would receive every Secret and drop non-matching ones here, after parsing them);
+* the recipient ConfigMap (``fieldSelector=metadata.name=...`` in the controller
+  namespace), restored by the leader when it is deleted or its data replaced.
+
+Event handlers only enqueue the ApiKey's key; workers pull keys and run the
+``Reconciler``, which is level-triggered: it reads the current state and moves it one
+step toward the spec, so a missed or duplicated event costs nothing. Delays (the next
+rotation, a grace period ending) and failures (backoff) are scheduled on the same queue.
 
 Nothing here writes kopf's own annotations or status: every ApiKey change is a write the
 service makes deliberately.
@@ -14,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
+import fnmatch
 import logging
 import os
 import socket
@@ -29,12 +40,17 @@ import structlog
 
 from secure_keys.controller import metrics
 from secure_keys.controller.config import KmsDirectory, KmsSettings
-from secure_keys.controller.controller_keys import ControllerKeys, load_or_create
+from secure_keys.controller.controller_keys import (
+    ControllerKeys,
+    load_or_create,
+    publish_recipient,
+    recipient_configmap,
+    recipient_restored_event,
+)
 from secure_keys.controller.keyroles import KeyRoleReconciler
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
-    LABEL_APIKEY,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     Reconciler,
@@ -42,7 +58,10 @@ from secure_keys.controller.service import (
 )
 from secure_keys.controller.workqueue import WorkQueue
 from secure_keys.core.errors import KmsError
-from secure_keys.kube.client import Credentials, KubeApi
+from secure_keys.kube.client import CONFIGMAPS, EVENTS, SECRETS, ApiError, Credentials, KubeApi
+from secure_keys.kube.exec_auth import ExecAuthenticator
+from secure_keys.kube.informer import InformerEvent, informer
+from secure_keys.kube.names import RECIPIENT_CONFIGMAP
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -51,6 +70,60 @@ LOST_LEASE_EXIT_STATUS = 3
 Kind = Literal["apikey", "keyrole"]
 Key = tuple[Kind, str, str]
 """(kind, namespace, name): one queue serves both resources."""
+
+BLOB_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+"""The Secrets this process receives: ours only, selected by the API server."""
+RECIPIENT_SELECTOR = f"metadata.name={RECIPIENT_CONFIGMAP}"
+
+
+def blob_owner(metadata: Mapping[str, Any]) -> str | None:
+    """The ApiKey a blob Secret belongs to: its controller owner reference's name (pure).
+
+    Labels cannot say (names may be 253 characters, label values 63; the label holds the
+    uid), so a Secret with no controller reference to an ApiKey maps to nothing.
+    """
+    for ref in metadata.get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == "ApiKey"
+            and ref.get("apiVersion") == f"{GROUP}/{VERSION}"
+            and ref.get("name")
+        ):
+            return str(ref["name"])
+    return None
+
+
+def namespace_selected(namespace: str, pattern: str | None) -> bool:
+    """Whether ``--namespaces`` covers ``namespace``, as kopf reads the pattern (pure).
+
+    Comma-separated globs; ``!glob`` excludes; the first inclusive glob decides the
+    initial match (a leading exclusion implies ``*``); a later inclusive glob only brings
+    back a namespace that the initial match had included and an exclusion then removed.
+    """
+    if pattern is None:
+        return True
+    globs = [part.strip() for part in pattern.split(",") if part.strip()]
+    if not globs:
+        return True
+    if globs[0].startswith("!"):
+        initial, rest = True, globs
+    else:
+        initial, rest = fnmatch.fnmatchcase(namespace, globs[0]), globs[1:]
+    selected = initial
+    for glob in rest:
+        if glob.startswith("!"):
+            if fnmatch.fnmatchcase(namespace, glob[1:]):
+                selected = False
+        elif fnmatch.fnmatchcase(namespace, glob):
+            selected = initial
+    return selected
+
+
+def single_namespace(pattern: str | None) -> str | None:
+    """The one namespace a pattern names, if it is a plain name (no globs, no list)."""
+    if pattern is None or any(c in pattern for c in "*?[],!"):
+        return None
+    return pattern.strip() or None
 
 
 @dataclass
@@ -68,6 +141,8 @@ class ControllerOptions:
             os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
         )
     )
+    namespaces: str | None = None
+    """``--namespaces`` (kopf globs); None: every namespace."""
 
 
 class Runtime:
@@ -78,6 +153,7 @@ class Runtime:
         self.queue: WorkQueue[Key] = WorkQueue()
         self._tasks: list[asyncio.Task[None]] = []
         self._api: KubeApi | None = None
+        self._credentials: Credentials | None = None
         self.keys: ControllerKeys | None = None
         self.reconciler: Reconciler | None = None
         self.keyroles: KeyRoleReconciler | None = None
@@ -86,7 +162,7 @@ class Runtime:
     async def start(self) -> None:
         options = self.options
         kms = KmsDirectory(KmsSettings.load(options.kms_config))
-        self._api = KubeApi(Credentials.discover(options.kubeconfig))
+        self._api = KubeApi(self.credentials())
         api = await self._api.__aenter__()
         if options.lease:
             elector = LeaderElector(
@@ -111,12 +187,99 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.queue.run_timers()))
         for _ in range(options.workers):
             self._tasks.append(asyncio.create_task(self._worker()))
+        self._tasks.append(asyncio.create_task(self._watch_blobs(api)))
+        self._tasks.append(asyncio.create_task(self._guard_recipient(api)))
         _log.info(
             "controller.started",
             namespace=options.namespace,
             recipient=self.keys.public.key_id,
             workers=options.workers,
         )
+
+    def credentials(self) -> Credentials:
+        """The API credentials, read once (kopf's login and our client share them)."""
+        if self._credentials is None:
+            self._credentials = Credentials.discover(self.options.kubeconfig)
+        return self._credentials
+
+    # -- blob Secrets ------------------------------------------------------------------
+    async def _watch_blobs(self, api: KubeApi) -> None:
+        scope = single_namespace(self.options.namespaces)
+        async for event in informer(api, SECRETS, scope, label_selector=BLOB_SELECTOR):
+            self.blob_event(event)
+
+    def blob_event(self, event: InformerEvent) -> None:
+        """Queue the ApiKey a blob Secret event concerns, unless it is our own write."""
+        if event.type == "LISTED":
+            return
+        metadata = event.metadata
+        owner = blob_owner(metadata)
+        if not (event.synthetic and event.type == "DELETED"):  # else nothing was received
+            metrics.OBJECTS_RECEIVED.labels("secrets", "blob" if owner else "other").inc()
+        namespace = str(metadata.get("namespace") or "")
+        if owner is None or not namespace_selected(namespace, self.options.namespaces):
+            return
+        own = self.reconciler is not None and self.reconciler.wrote(
+            "blobs", namespace, owner, str(metadata.get("resourceVersion"))
+        )
+        if event.type == "DELETED" or not own:
+            self.queue.add(("apikey", namespace, owner))
+
+    # -- the recipient ConfigMap -------------------------------------------------------
+    async def _guard_recipient(self, api: KubeApi) -> None:
+        """Put the recipient ConfigMap back whenever it is deleted or its data replaced."""
+        if self.keys is None:
+            raise RuntimeError("the recipient guard starts after the keys are loaded")
+        namespace = self.options.namespace
+        expected = recipient_configmap(namespace, self.keys.public)["data"]
+        intact: bool | None = None
+        async for event in informer(api, CONFIGMAPS, namespace, field_selector=RECIPIENT_SELECTOR):
+            if event.type != "LISTED":
+                metrics.OBJECTS_RECEIVED.labels("configmaps", "recipient").inc()
+            if event.type in ("ADDED", "MODIFIED"):
+                intact = event.object.get("data") == expected
+            elif event.type == "DELETED":
+                intact = False
+            if intact is not True:
+                # LISTED with nothing listed (intact None) also lands here: it is missing.
+                await self._restore_recipient(api)
+                intact = None if event.type == "LISTED" else intact
+
+    async def _restore_recipient(self, api: KubeApi) -> None:
+        if self.keys is None:
+            return
+        namespace = self.options.namespace
+        delay = 0.5
+        while True:
+            try:
+                change, body = await publish_recipient(api, namespace, self.keys.public)
+                break
+            except ApiError as exc:
+                _log.warning(
+                    "recipient.restore.failed", status=exc.status, error=str(exc), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+        if change == "unchanged":
+            return
+        _log.warning(
+            "recipient.restored",
+            namespace=namespace,
+            configmap=RECIPIENT_CONFIGMAP,
+            was="deleted" if change == "created" else "replaced",
+            recipient=self.keys.public.key_id,
+        )
+        event = recipient_restored_event(
+            body,
+            change,
+            self.keys.public,
+            instance=self.options.instance,
+            now=datetime.datetime.now(datetime.UTC),
+        )
+        try:
+            await api.create(EVENTS, namespace, event)
+        except ApiError as exc:
+            _log.warning("event.failed", reason=event["reason"], status=exc.status)
 
     def _lost_lease(self) -> None:
         # Another replica may lead now: stop at once, as controller-runtime's managers do,
@@ -194,9 +357,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         if runtime.options.kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ:
             return kopf.login_with_service_account(**kwargs)
+        credentials = runtime.credentials()
+        if credentials.exec is not None:
+            # kopf's kubeconfig login ignores exec plugins: run the plugin ourselves.
+            return await exec_login(credentials)
         return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
@@ -231,24 +398,26 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         if namespace:
             runtime.keyrole_changed(namespace, name, deleted=type == "DELETED")
 
-    @kopf.on.event("", "v1", "secrets", labels={LABEL_MANAGED_BY: MANAGED_BY}, registry=registry)
-    def blobs_changed(
-        type: str,  # noqa: A002 - kopf's argument name
-        namespace: str | None,
-        labels: Mapping[str, str],
-        meta: Mapping[str, Any],
-        **_: Any,
-    ) -> None:
-        owner = labels.get(LABEL_APIKEY)
-        if not owner or not namespace:
-            return
-        own = runtime.reconciler is not None and runtime.reconciler.wrote(
-            "blobs", namespace, owner, str(meta.get("resourceVersion"))
-        )
-        if type == "DELETED" or not own:
-            runtime.queue.add(("apikey", namespace, owner))
-
+    # Blob Secrets are not watched through kopf: see Runtime._watch_blobs.
     return registry
+
+
+async def exec_login(credentials: Credentials) -> kopf.ConnectionInfo:
+    """kopf's connection from a kubeconfig exec plugin; kopf logs in again at expiry/401."""
+    if credentials.exec is None:
+        raise ValueError("no exec plugin in these credentials")
+    authenticator = ExecAuthenticator(
+        credentials.exec, server=credentials.server, ca_pem=credentials.ca_pem
+    )
+    credential = await authenticator.credential()
+    return kopf.ConnectionInfo(
+        server=credentials.server,
+        ca_data=credentials.ca_pem,
+        token=credential.token or credentials.token,
+        certificate_data=credential.cert_pem or credentials.cert_pem,
+        private_key_data=credential.key_pem or credentials.key_pem,
+        expiration=credential.expires_at,
+    )
 
 
 def run(options: ControllerOptions, *, namespaces: str | None = None) -> None:
@@ -259,6 +428,8 @@ def run(options: ControllerOptions, *, namespaces: str | None = None) -> None:
     """
     if options.kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(options.kubeconfig)
+    if namespaces is not None:
+        options = dataclasses.replace(options, namespaces=namespaces)
     runtime = Runtime(options)
     kopf.run(
         registry=build_registry(runtime),

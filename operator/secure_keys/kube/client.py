@@ -1,10 +1,22 @@
-"""A small asynchronous Kubernetes REST client over aiohttp: the controller's only API I/O.
+"""A small asynchronous Kubernetes REST client over aiohttp: our processes' API I/O.
 
-The controller needs a handful of verbs on a handful of resources (ApiKeys and their
-status, Secrets, Events, a ConfigMap), with resourceVersion preconditions. A thin JSON
-client keeps that explicit and fast, instead of the generated (synchronous, untyped)
-client. Credentials come from a kubeconfig (client certificate or token) or from the
-in-cluster ServiceAccount, whose token file is re-read as the kubelet rotates it.
+The controller (beside kopf's watches), the gateway and the CLI need a handful of verbs on
+a handful of resources (ApiKeys and their status, Secrets, Events, ConfigMaps, Leases),
+with resourceVersion preconditions. A thin JSON client keeps that explicit and small
+(``docs/kube-client.md`` gives the measured reason for keeping it). Credentials come from
+a kubeconfig (client certificate, token, token file, or an ``exec`` credential plugin:
+``exec_auth.py``) or from the in-cluster ServiceAccount, whose token file is re-read as
+the kubelet rotates it.
+
+What it does for every caller:
+
+* 429, and 503 where that is safe, are retried a bounded number of times, honouring
+  ``Retry-After`` (capped, with jitter): ``RetryPolicy``. Idempotent verbs are retried on
+  both; POST and PATCH only on 429 or a 503 carrying ``Retry-After``, which the API
+  server's filters send when they refused the request before processing it.
+* A 401 with an exec plugin runs the plugin again, once, and repeats the request.
+* A watch whose resourceVersion is too old (410 Gone, as the HTTP status or as an ERROR
+  event in the stream) raises ``WatchExpired``; ``informer.py`` lists again on it.
 
 Errors are ``ApiError`` with the HTTP status and the API server's own message. Request
 bodies never appear in an error or a log: they may hold sealed blobs.
@@ -12,19 +24,25 @@ bodies never appear in an error or a log: they may hold sealed blobs.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import datetime
+import email.utils
 import json
 import os
+import random
 import ssl
 import tempfile
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import yaml
+
+from secure_keys.kube.exec_auth import ExecAuthenticator, ExecConfig, ExecCredential
 
 JsonObject = dict[str, Any]
 PatchType = Literal["merge", "json", "strategic"]
@@ -35,16 +53,23 @@ _CONTENT_TYPES: dict[PatchType, str] = {
     "strategic": "application/strategic-merge-patch+json",
 }
 _IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_MAX_WATCH_LINE = 8 * 1024 * 1024
+"""One watch event per line; a Secret may be 1 MiB and grows when JSON-encoded."""
 
 
 class ApiError(Exception):
     """The API server answered with an error status."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), if it said."""
 
     @property
     def not_found(self) -> bool:
@@ -53,6 +78,62 @@ class ApiError(Exception):
     @property
     def conflict(self) -> bool:
         return self.status == 409
+
+
+class WatchExpired(ApiError):
+    """410 Gone: the watch's resourceVersion is older than the API server keeps; relist."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How 429 and 503 answers are retried. ``retries`` counts attempts after the first."""
+
+    retries: int = 3
+    max_delay: float = 10.0
+    """A longer Retry-After is cut to this; a controller should not sleep for minutes."""
+    base_delay: float = 0.5
+    """Without Retry-After: base_delay, doubling per attempt, up to max_delay."""
+    jitter: float = 0.2
+    """Up to this fraction is added to each delay, so clients told the same do not align."""
+
+    def delay(self, attempt: int, retry_after: float | None, unit_random: float) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based); pure."""
+        wanted = retry_after if retry_after is not None else self.base_delay * 2**attempt
+        return min(max(wanted, 0.0), self.max_delay) * (1 + self.jitter * unit_random)
+
+
+NO_RETRIES = RetryPolicy(retries=0)
+
+
+def retryable(method: str, status: int, retry_after: float | None) -> bool:
+    """Whether an answer may be retried without risking a second effect (pure).
+
+    429 means the request was refused before it ran (max-in-flight, API priority and
+    fairness): always safe. 503 is safe for idempotent verbs; for POST and PATCH only when
+    the server adds Retry-After, as its filters do when they refuse a request unprocessed.
+    """
+    if status == 429:
+        return True
+    if status == 503:
+        return method.upper() in _IDEMPOTENT or retry_after is not None
+    return False
+
+
+def parse_retry_after(value: str | None, now: datetime.datetime | None = None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds from ``now``; pure."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
+    return max((when - now).total_seconds(), 0.0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +146,8 @@ class Credentials:
     key_pem: bytes | None = None
     token: str | None = None
     token_file: Path | None = None
+    exec: ExecConfig | None = field(default=None)
+    """A kubeconfig ``exec`` credential plugin; its token or certificate wins when given."""
 
     def __repr__(self) -> str:
         return f"Credentials(server={self.server!r})"
@@ -88,6 +171,7 @@ class Credentials:
             return None
 
         token_file = user.get("tokenFile")
+        exec_section = user.get("exec")
         return cls(
             server=cluster["server"].rstrip("/"),
             ca_pem=data(cluster, "certificate-authority"),
@@ -95,6 +179,7 @@ class Credentials:
             key_pem=data(user, "client-key"),
             token=user.get("token"),
             token_file=Path(token_file) if token_file else None,
+            exec=ExecConfig.from_kubeconfig(exec_section, path.parent) if exec_section else None,
         )
 
     @classmethod
@@ -120,18 +205,23 @@ class Credentials:
             return cls.in_cluster()
         return cls.from_kubeconfig(Path.home() / ".kube" / "config")
 
-    def ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(
+        self, cert_pem: bytes | None = None, key_pem: bytes | None = None
+    ) -> ssl.SSLContext:
+        """A TLS context trusting the cluster CA, presenting the given (else our) client cert."""
         context = ssl.create_default_context()
         if self.ca_pem is not None:
             context.load_verify_locations(cadata=self.ca_pem.decode())
-        if self.cert_pem is not None and self.key_pem is not None:
+        if cert_pem is None or key_pem is None:
+            cert_pem, key_pem = self.cert_pem, self.key_pem
+        if cert_pem is not None and key_pem is not None:
             # ssl loads client keys only from files: write them to a private temporary
             # directory for the duration of the call.
             with tempfile.TemporaryDirectory(prefix="securekeys-tls-") as tmp:
                 cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
-                cert.write_bytes(self.cert_pem)
+                cert.write_bytes(cert_pem)
                 key.touch(mode=0o600)
-                key.write_bytes(self.key_pem)
+                key.write_bytes(key_pem)
                 context.load_cert_chain(cert, key)
         return context
 
@@ -173,14 +263,40 @@ APIKEYS = Resource("securekeys.io", "v1alpha1", "apikeys")
 KEYROLES = Resource("securekeys.io", "v1alpha1", "keyroles")
 
 
+@dataclass(frozen=True)
+class _Auth:
+    """What one request authenticates with."""
+
+    headers: Mapping[str, str] = field(repr=False)
+    ssl: ssl.SSLContext | None = None
+    """Set only for a client certificate from an exec plugin (else the connector's)."""
+    credential: ExecCredential | None = None
+
+
 class KubeApi:
     """JSON verbs against one API server. Use as an async context manager."""
 
-    def __init__(self, credentials: Credentials, *, limit: int = 64, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        limit: int = 64,
+        timeout: float = 30,
+        retry: RetryPolicy | None = None,
+        user_agent: str = "secure-keys-controller",
+    ) -> None:
         self.credentials = credentials
+        self.retry = retry or RetryPolicy()
         self._limit = limit
         self._timeout = timeout
+        self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        self.exec_auth: ExecAuthenticator | None = None
+        if credentials.exec is not None:
+            self.exec_auth = ExecAuthenticator(
+                credentials.exec, server=credentials.server, ca_pem=credentials.ca_pem
+            )
+        self._exec_ssl: tuple[ExecCredential, ssl.SSLContext] | None = None
 
     async def __aenter__(self) -> Self:
         connector = aiohttp.TCPConnector(
@@ -189,7 +305,7 @@ class KubeApi:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
-            headers={"User-Agent": "secure-keys-controller"},
+            headers={"User-Agent": self._user_agent},
         )
         return self
 
@@ -197,6 +313,28 @@ class KubeApi:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("KubeApi used outside its async context")
+        return self._session
+
+    async def _auth(self, rejected: ExecCredential | None = None) -> _Auth:
+        headers = {"Accept": "application/json"}
+        token = self.credentials.bearer()
+        context: ssl.SSLContext | None = None
+        credential: ExecCredential | None = None
+        if self.exec_auth is not None:
+            credential = await self.exec_auth.credential(rejected=rejected)
+            token = credential.token or token
+            if credential.cert_pem is not None and credential.key_pem is not None:
+                if self._exec_ssl is None or self._exec_ssl[0] is not credential:
+                    built = self.credentials.ssl_context(credential.cert_pem, credential.key_pem)
+                    self._exec_ssl = (credential, built)
+                context = self._exec_ssl[1]
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        return _Auth(headers, context, credential)
 
     async def request(
         self,
@@ -207,25 +345,40 @@ class KubeApi:
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
     ) -> JsonObject:
-        if self._session is None:
-            raise RuntimeError("KubeApi used outside its async context")
-        headers = {"Accept": "application/json"}
-        token = self.credentials.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        session = self._require_session()
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"))
-            headers["Content-Type"] = content_type
         url = self.credentials.server + path
         if query:
             url += "?" + urlencode(query)
-        async with self._session.request(method, url, data=data, headers=headers) as response:
-            payload = await response.read()
-            if response.status >= 400:
-                raise _error(response.status, payload)
-            result: JsonObject = json.loads(payload) if payload else {}
-            return result
+        attempt = 0
+        rejected: ExecCredential | None = None
+        while True:
+            auth = await self._auth(rejected)
+            headers = dict(auth.headers)
+            if data is not None:
+                headers["Content-Type"] = content_type
+            extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
+            async with session.request(
+                method, url, data=data, headers=headers, **extra
+            ) as response:
+                payload = await response.read()
+                status = response.status
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if status < 400:
+                result: JsonObject = json.loads(payload) if payload else {}
+                return result
+            if status == 401 and auth.credential is not None and rejected is None:
+                rejected = auth.credential  # the plugin's credential expired early: once more
+                continue
+            error = _error(status, payload, retry_after)
+            if attempt < self.retry.retries and retryable(method, status, error.retry_after):
+                jitter = random.random()  # noqa: S311 - spreading retries, not a secret
+                await asyncio.sleep(self.retry.delay(attempt, error.retry_after, jitter))
+                attempt += 1
+                continue
+            raise error
 
     # -- verbs ------------------------------------------------------------------------
     async def get(self, resource: Resource, namespace: str | None, name: str) -> JsonObject:
@@ -237,12 +390,15 @@ class KubeApi:
         namespace: str | None,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         limit: int | None = None,
         continue_: str | None = None,
     ) -> JsonObject:
         query: dict[str, str] = {}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         if limit:
             query["limit"] = str(limit)
         if continue_:
@@ -255,30 +411,50 @@ class KubeApi:
         namespace: str | None,
         *,
         resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncIterator[JsonObject]:
-        """Watch events (``{"type": ..., "object": ...}``) after ``resource_version``."""
-        if self._session is None:
-            raise RuntimeError("KubeApi used outside its async context")
+        """Watch events (``{"type": ..., "object": ...}``) after ``resource_version``.
+
+        BOOKMARK events are yielded too (their object carries only a resourceVersion).
+        An ERROR event raises: ``WatchExpired`` for 410, else ``ApiError``. The selectors
+        are applied by the API server, so non-matching objects never reach this process.
+        """
+        session = self._require_session()
         query = {
             "watch": "1",
             "resourceVersion": resource_version,
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(timeout_seconds),
         }
-        headers = {"Accept": "application/json"}
-        token = self.credentials.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         url = f"{self.credentials.server}{resource.path(namespace)}?{urlencode(query)}"
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
-        async with self._session.get(url, headers=headers, timeout=timeout) as response:
-            if response.status >= 400:
-                raise _error(response.status, await response.read())
-            async for line in response.content:
-                if line.strip():
+        rejected: ExecCredential | None = None
+        while True:
+            auth = await self._auth(rejected)
+            extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
+            async with session.get(
+                url, headers=dict(auth.headers), timeout=timeout, **extra
+            ) as response:
+                if response.status == 401 and auth.credential is not None and rejected is None:
+                    rejected = auth.credential
+                    continue
+                if response.status >= 400:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    raise _error(response.status, await response.read(), retry_after)
+                while line := await response.content.readline(max_line_length=_MAX_WATCH_LINE):
+                    if not line.strip():
+                        continue
                     event: JsonObject = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise _status_error(event.get("object") or {})
                     yield event
+                return
 
     async def create(
         self, resource: Resource, namespace: str | None, body: JsonObject
@@ -321,9 +497,30 @@ class KubeApi:
         return await self.request("DELETE", resource.path(namespace, name), body=body)
 
 
-def _error(status: int, payload: bytes) -> ApiError:
+def _status_error(document: Mapping[str, Any], status: int | None = None) -> ApiError:
+    """An ApiError from a ``Status`` object (an error body or a watch ERROR event)."""
+    code = status if status is not None else int(document.get("code") or 500)
+    reason = str(document.get("reason", ""))
+    message = str(document.get("message", ""))
+    details = document.get("details")
+    retry_after = None
+    if isinstance(details, Mapping) and details.get("retryAfterSeconds"):
+        retry_after = float(details["retryAfterSeconds"])
+    if code == 410:
+        return WatchExpired(code, reason, message, retry_after=retry_after)
+    return ApiError(code, reason, message, retry_after=retry_after)
+
+
+def _error(status: int, payload: bytes, retry_after: float | None = None) -> ApiError:
     try:
         document = json.loads(payload)
-        return ApiError(status, str(document.get("reason", "")), str(document.get("message", "")))
-    except (ValueError, AttributeError):
-        return ApiError(status, "", payload[:200].decode("utf-8", "replace"))
+        if not isinstance(document, dict):
+            raise ValueError(document)
+    except ValueError:
+        return ApiError(
+            status, "", payload[:200].decode("utf-8", "replace"), retry_after=retry_after
+        )
+    error = _status_error(document, status)
+    if retry_after is not None:
+        error.retry_after = retry_after
+    return error

@@ -1,0 +1,224 @@
+"""List-then-watch ("informer") over ``KubeApi``: a stream of changes that survives 410s.
+
+``informer()`` lists the objects matching a label and field selector, then watches from
+the list's resourceVersion, with both selectors applied by the API server (so objects
+outside them never reach this process). It yields ``InformerEvent``s:
+
+* ``ADDED`` / ``MODIFIED`` / ``DELETED`` as the watch reports them;
+* after a relist, synthetic events for what changed while no watch was open: ``ADDED``
+  for new objects, ``MODIFIED`` for a new resourceVersion, ``DELETED`` for objects gone
+  (a synthetic ``DELETED`` carries only the metadata the informer kept: name, namespace,
+  uid, resourceVersion, labels, ownerReferences);
+* ``LISTED`` (with an empty object) after every complete list, so a consumer can check
+  for an object that should exist but was not listed.
+
+It relists when the watch expires (``WatchExpired``: 410 as a status or an ERROR event),
+resumes from the newest resourceVersion it saw (bookmarks included) when a watch ends or
+fails otherwise, and backs off exponentially, with jitter, while the API server fails.
+It keeps only the metadata above for each object, never the objects themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from secure_keys.kube.client import ApiError, JsonObject, KubeApi, Resource, WatchExpired
+
+_log = structlog.get_logger("secure_keys.kube.informer")
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "LISTED"]
+ObjectKey = tuple[str, str]
+"""(namespace or "", name)."""
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences")
+
+
+@dataclass(frozen=True)
+class InformerEvent:
+    type: EventType
+    object: JsonObject = field(repr=False)
+    synthetic: bool = False
+    """Made up by a relist (the watch did not report it)."""
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        metadata: Mapping[str, Any] = self.object.get("metadata") or {}
+        return metadata
+
+
+LISTED = InformerEvent("LISTED", {})
+
+
+class _ShortWatch(Exception):
+    """A watch closed within a second without a single event."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delays between failed list/watch attempts: initial, doubling, capped, jittered."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    jitter: float = 0.2
+
+    def delay(self, failures: int, retry_after: float | None, unit_random: float) -> float:
+        wanted = self.initial * float(2 ** min(failures, 30))
+        if retry_after is not None:
+            wanted = max(wanted, retry_after)
+        return min(wanted, self.maximum) * (1 + self.jitter * unit_random)
+
+
+def object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj.get("metadata") or {}
+    return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
+
+
+def stub(obj: Mapping[str, Any]) -> JsonObject:
+    """The little the informer remembers of an object (pure)."""
+    metadata = obj.get("metadata") or {}
+    return {"metadata": {k: metadata[k] for k in _KEPT_METADATA if k in metadata}}
+
+
+def relist_events(
+    known: Mapping[ObjectKey, JsonObject], items: list[JsonObject]
+) -> tuple[list[InformerEvent], dict[ObjectKey, JsonObject]]:
+    """What changed between what was known and a fresh list, and the new known set (pure).
+
+    An object re-created under the same name (another uid) is reported as DELETED then
+    ADDED, as a watch would have reported it.
+    """
+    events: list[InformerEvent] = []
+    now: dict[ObjectKey, JsonObject] = {}
+    for item in items:
+        key = object_key(item)
+        now[key] = stub(item)
+        before = known.get(key)
+        if before is None:
+            events.append(InformerEvent("ADDED", item, synthetic=True))
+            continue
+        old, new = before["metadata"], now[key]["metadata"]
+        if old.get("uid") != new.get("uid"):
+            events.append(InformerEvent("DELETED", before, synthetic=True))
+            events.append(InformerEvent("ADDED", item, synthetic=True))
+        elif old.get("resourceVersion") != new.get("resourceVersion"):
+            events.append(InformerEvent("MODIFIED", item, synthetic=True))
+    for key, before in known.items():
+        if key not in now:
+            events.append(InformerEvent("DELETED", before, synthetic=True))
+    return events, now
+
+
+async def list_all(
+    api: KubeApi,
+    resource: Resource,
+    namespace: str | None,
+    *,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+    page_size: int = 500,
+) -> tuple[list[JsonObject], str]:
+    """Every matching object, page by page, and the list's resourceVersion."""
+    items: list[JsonObject] = []
+    token: str | None = None
+    while True:
+        page = await api.list(
+            resource,
+            namespace,
+            label_selector=label_selector,
+            field_selector=field_selector,
+            limit=page_size,
+            continue_=token,
+        )
+        items.extend(page.get("items") or [])
+        metadata = page.get("metadata") or {}
+        token = metadata.get("continue") or None
+        if token is None:
+            return items, str(metadata.get("resourceVersion") or "")
+
+
+async def informer(
+    api: KubeApi,
+    resource: Resource,
+    namespace: str | None = None,
+    *,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+    page_size: int = 500,
+    watch_timeout: int = 300,
+    backoff: Backoff | None = None,
+) -> AsyncGenerator[InformerEvent, None]:
+    """Changes to the matching objects, forever (cancel the consuming task to stop)."""
+    backoff = backoff or Backoff()
+    what = {
+        "resource": resource.plural,
+        "namespace": namespace,
+        "label_selector": label_selector,
+        "field_selector": field_selector,
+    }
+    known: dict[ObjectKey, JsonObject] = {}
+    resource_version: str | None = None
+    failures = 0
+    while True:
+        try:
+            if resource_version is None:
+                items, resource_version = await list_all(
+                    api,
+                    resource,
+                    namespace,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                    page_size=page_size,
+                )
+                events, known = relist_events(known, items)
+                del items
+                failures = 0
+                for event in events:
+                    yield event
+                yield LISTED
+            started, seen = time.monotonic(), 0
+            async for raw in api.watch(
+                resource,
+                namespace,
+                resource_version=resource_version,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                timeout_seconds=watch_timeout,
+            ):
+                failures, seen = 0, seen + 1
+                kind = raw.get("type")
+                obj: JsonObject = raw.get("object") or {}
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                if version:
+                    resource_version = str(version)
+                if kind == "DELETED":
+                    known.pop(object_key(obj), None)
+                    yield InformerEvent("DELETED", obj)
+                elif kind in ("ADDED", "MODIFIED"):
+                    known[object_key(obj)] = stub(obj)
+                    yield InformerEvent("ADDED" if kind == "ADDED" else "MODIFIED", obj)
+                # BOOKMARK: only its resourceVersion matters, recorded above.
+            if not seen and time.monotonic() - started < 1:
+                # As client-go's reflector: a watch that ends at once, empty, is a failure
+                # (a proxy cutting it, say); back off instead of spinning.
+                raise _ShortWatch
+        except WatchExpired:
+            _log.info("informer.relist", reason="watch expired (410)", **what)
+            resource_version = None
+        except Exception as exc:  # an informer outlives any one failure
+            retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+            delay = backoff.delay(failures, retry_after, random.random())  # noqa: S311
+            failures += 1
+            # Only an API error's own text is logged: other exceptions may quote data.
+            _log.warning(
+                "informer.failed",
+                error=str(exc) if isinstance(exc, ApiError) else type(exc).__name__,
+                retry_in=round(delay, 2),
+                **what,
+            )
+            await asyncio.sleep(delay)
