@@ -9,13 +9,14 @@ with no further action.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
 from secure_keys.core.hierarchy import MIN_ITERATIONS
-from secure_keys_dev.localkms import add_local_key
+from secure_keys_dev.localkms import add_local_key, write_kms_config
 from secure_keys_dev.stack import (
     ControllerProcess,
     condition,
@@ -72,3 +73,54 @@ def test_unavailable_kms_key_backs_off_and_recovers(
         obj = get_apikey(admin_api, ns, "on-flaky")
         assert obj["status"]["versions"][0]["kmsKeyId"] == "flaky"
     assert password.read_text() not in controller.log()  # ...never its contents
+
+
+def test_an_unavailable_default_key_is_reported_on_the_apikeys_it_blocks(
+    admin_api: client.ApiClient,
+    private_namespace: str,
+    controller_setup: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """Hardening item 8: the controller's own keys (under the default KMS key) cannot be
+    opened at start-up. Before, that showed only in the log; now each ApiKey whose next
+    step needs them says so, and all recover once the key is usable."""
+    kubeconfig, default_config = controller_setup
+    base = json.loads(default_config.read_text())
+    [default] = [k for k in base["keys"] if k["keyId"] == base["default"]["keyId"]]
+    real_password = Path(default["options"]["passwordFile"])
+    missing = tmp_path / "default.password"  # not mounted yet
+    _, other = add_local_key(default_config, tmp_path / "other", "other", iterations=MIN_ITERATIONS)
+    config = write_kms_config(
+        tmp_path / "kms.json",
+        [
+            (default["keyId"], Path(default["options"]["keyringPath"]), missing),
+            (other.key_id, other.keyring, other.password_file),
+        ],
+        default=default["keyId"],
+    )
+    ns = private_namespace
+    with ControllerProcess(kubeconfig, config, tmp_path / "log", namespaces=ns) as controller:
+        create_apikey(
+            admin_api,
+            ns,
+            "on-other",
+            {"source": {"generate": {}}, "kms": {"provider": "local", "keyId": "other"}},
+        )
+
+        def reported() -> dict[str, Any] | None:
+            obj = get_apikey(admin_api, ns, "on-other")
+            ready = condition(obj, "Ready")
+            return obj if ready and ready["reason"] == "ControllerKeysUnavailable" else None
+
+        eventually(reported, 30, "ControllerKeysUnavailable on on-other")
+        events = client.CoreV1Api(admin_api).list_namespaced_event(
+            ns, field_selector="involvedObject.name=on-other"
+        )
+        assert [e for e in events.items if e.reason == "ControllerKeysUnavailable"]
+
+        missing.write_bytes(real_password.read_bytes())  # the Secret is mounted at last
+        missing.chmod(0o600)
+        eventually(
+            lambda: is_ready(get_apikey(admin_api, ns, "on-other")), 60, "on-other to recover"
+        )
+    assert real_password.read_text() not in controller.log()

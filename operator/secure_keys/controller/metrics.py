@@ -59,6 +59,12 @@ OBJECTS_RECEIVED = Counter(
     ["resource", "kind"],
     registry=REGISTRY,
 )
+CONTROLLER_KEYS_OPEN = Gauge(
+    "securekeys_controller_keys_open",
+    "1 once the controller's own keys (recipient, fingerprint) are open under the default "
+    "KMS key; 0 while that key is unavailable.",
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "securekeys_queue_depth",
     "Keys waiting in the work queue (not counting delayed ones).",

@@ -57,8 +57,16 @@ from secure_keys.controller.service import (
     Retry,
 )
 from secure_keys.controller.workqueue import WorkQueue
-from secure_keys.core.errors import KmsError
-from secure_keys.kube.client import CONFIGMAPS, EVENTS, SECRETS, ApiError, Credentials, KubeApi
+from secure_keys.core.errors import InvalidEnvelope, KmsError
+from secure_keys.kube.client import (
+    APIKEYS,
+    CONFIGMAPS,
+    EVENTS,
+    SECRETS,
+    ApiError,
+    Credentials,
+    KubeApi,
+)
 from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import InformerEvent, informer
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
@@ -170,31 +178,64 @@ class Runtime:
             )
             await elector.acquire()  # followers wait here, before any watch or worker
             self._tasks.append(asyncio.create_task(elector.hold(self._lost_lease)))
-        delay = 0.5
-        while True:
-            try:
-                self.keys = await load_or_create(api, options.namespace, kms.default())
-                break
-            except KmsError as exc:
-                # Without the default KMS nothing can be sealed or opened: wait for it.
-                _log.warning("controller.keys.unavailable", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
         if options.metrics_port is not None:
             metrics.serve(options.metrics_port)
-        self.reconciler = Reconciler(api, kms, self.keys, instance=options.instance)
+        # Workers start at once, even before the controller's own keys are open: an
+        # ApiKey whose next step needs them reports ControllerKeysUnavailable (a
+        # condition and an Event) instead of waiting silently behind a log line.
+        self.reconciler = Reconciler(api, kms, None, instance=options.instance)
         self.keyroles = KeyRoleReconciler(api, instance=options.instance)
         self._tasks.append(asyncio.create_task(self.queue.run_timers()))
         for _ in range(options.workers):
             self._tasks.append(asyncio.create_task(self._worker()))
         self._tasks.append(asyncio.create_task(self._watch_blobs(api)))
+        self._tasks.append(asyncio.create_task(self._open_keys(api, kms)))
+        _log.info("controller.started", namespace=options.namespace, workers=options.workers)
+
+    async def _open_keys(self, api: KubeApi, kms: KmsDirectory) -> None:
+        """Open (or create) the controller's keys under the default KMS key, retrying with
+        backoff; then serve the recipient and requeue every ApiKey that waited for them."""
+        options = self.options
+        delay = 0.5
+        while True:
+            try:
+                provider = await asyncio.to_thread(kms.default)
+                self.keys = await load_or_create(api, options.namespace, provider)
+                break
+            except (KmsError, ApiError, InvalidEnvelope, ValueError) as exc:
+                metrics.CONTROLLER_KEYS_OPEN.set(0)
+                _log.warning(
+                    "controller.keys.unavailable",
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+        metrics.CONTROLLER_KEYS_OPEN.set(1)
+        if self.reconciler is not None:
+            self.reconciler.keys = self.keys
+        _log.info("controller.keys.opened", recipient=self.keys.public.key_id)
         self._tasks.append(asyncio.create_task(self._guard_recipient(api)))
-        _log.info(
-            "controller.started",
-            namespace=options.namespace,
-            recipient=self.keys.public.key_id,
-            workers=options.workers,
-        )
+        await self._requeue_apikeys(api)
+
+    async def _requeue_apikeys(self, api: KubeApi) -> None:
+        scope = single_namespace(self.options.namespaces)
+        token: str | None = None
+        while True:
+            try:
+                page = await api.list(APIKEYS, scope, limit=500, continue_=token)
+            except ApiError as exc:
+                _log.warning("apikeys.requeue.failed", status=exc.status)
+                return
+            for item in page.get("items") or []:
+                metadata = item.get("metadata") or {}
+                namespace = str(metadata.get("namespace") or "")
+                if namespace_selected(namespace, self.options.namespaces):
+                    self.queue.add(("apikey", namespace, str(metadata.get("name"))))
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return
 
     def credentials(self) -> Credentials:
         """The API credentials, read once (kopf's login and our client share them)."""
@@ -296,6 +337,8 @@ class Runtime:
         self._tasks.clear()
         if self._api is not None:
             await self._api.__aexit__(None, None, None)
+        if self.reconciler is not None:
+            self.reconciler.close()
         if self.keys is not None:
             self.keys.close()
 
