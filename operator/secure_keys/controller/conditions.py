@@ -39,6 +39,8 @@ def set_condition(
         if condition.get("type") != type_:
             out.append(dict(condition))
             continue
+        if found:
+            continue  # conditions are a map keyed by type: drop a duplicate
         found = True
         updated = dict(fresh)
         if condition.get("status") == status and "lastTransitionTime" in condition:

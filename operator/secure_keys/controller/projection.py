@@ -149,7 +149,8 @@ def failure(
     metadata = body.get("metadata") or {}
     status = body.get("status")
     conditions = status.get("conditions") if isinstance(status, dict) else None
-    usable = [c for c in conditions or [] if isinstance(c, dict) and isinstance(c.get("type"), str)]
+    listed = conditions if isinstance(conditions, list) else []
+    usable = [c for c in listed if isinstance(c, dict) and isinstance(c.get("type"), str)]
     ready = next((c for c in usable if c.get("type") == "Ready"), None)
     if (
         ready is not None

@@ -102,7 +102,10 @@ class VersionRecord:
 
 def format_stamp(value: datetime.datetime) -> str:
     """The one timestamp form of status fields, conditions and Events (RFC 3339, UTC)."""
-    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # Not strftime("%Y"): it does not pad years below 1000, and the API server wants four
+    # digits.
+    v = value.astimezone(datetime.UTC)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
 
 
 def parse_stamp(text: str) -> datetime.datetime:
