@@ -23,11 +23,9 @@ from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsRegistry
 from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS
 from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_service import (  # noqa: F401 - fixtures
+from tests.unit.controller.test_service import (
     NS,
     add_apikey,
-    api,
-    kms_config,
     blobs,
     ready_reason,
     reconcile,
@@ -41,12 +39,11 @@ CANARY = b"sk_live_CANARY_hardening_0123456789"
 
 
 def events(api: FakeApi, reason: str | None = None) -> list[dict[str, Any]]:
-    found = [
+    return [
         obj
         for (plural, _, _), obj in api.objects.items()
         if plural == EVENTS.plural and (reason is None or obj.get("reason") == reason)
     ]
-    return found
 
 
 def fingerprints(api: FakeApi, name: str) -> dict[int, str]:
@@ -87,7 +84,9 @@ def test_clearing_status_of_a_consumed_secret_ref_key_keeps_its_only_copy(
     rec = reconciler(api, kms_config)
     put_secret(api, "stripe", {"key": CANARY})
     add_apikey(
-        api, "k", {"source": {"secretRef": {"name": "stripe", "key": "key", "deleteAfterSeal": True}}}
+        api,
+        "k",
+        {"source": {"secretRef": {"name": "stripe", "key": "key", "deleteAfterSeal": True}}},
     )
     reconcile(rec, "k")
     assert states(api, "k") == {1: "Active"}
@@ -242,9 +241,7 @@ def test_a_secret_ref_to_a_blob_secret_is_refused(api: FakeApi, kms_config: Path
     assert len(events(api, "SourceForbidden")) == 1
 
 
-def test_a_secret_ref_to_a_secret_with_our_label_is_refused(
-    api: FakeApi, kms_config: Path
-) -> None:
+def test_a_secret_ref_to_a_secret_with_our_label_is_refused(api: FakeApi, kms_config: Path) -> None:
     rec = reconciler(api, kms_config)
     put_secret(
         api,

@@ -22,27 +22,15 @@ from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION
 from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
-from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS, KubeApi, Resource
-from secure_keys_dev.localkms import write_local_kms
 from tests.unit.controller.fakeapi import FakeApi
 
 NS = "team"
 NOW = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
-
-
-@pytest.fixture(scope="module")
-def kms_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_local_kms(tmp_path_factory.mktemp("kms"), iterations=MIN_ITERATIONS)
-
-
-@pytest.fixture
-def api() -> FakeApi:
-    return FakeApi()
 
 
 def reconciler(api: FakeApi, kms_config: Path, registry: KmsRegistry | None = None) -> Reconciler:
