@@ -15,8 +15,9 @@ help:
 	@echo "make test   - set up, build the control plane, run ruff, mypy --strict, import-linter, pytest"
 	@echo "make demo   - set up, start a local Kubernetes, run the controller, seal and rotate keys"
 	@echo "make bench  - run the benchmarks in bench/"
-	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl"
-	@echo "make cluster-up / cluster-down - start / stop a local control plane"
+	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl/kubelet/kube-scheduler"
+	@echo "make node   - install the node's Debian packages (as root) and build its images"
+	@echo "make cluster-up / cluster-down - start / stop a local cluster (with a node when possible)"
 	@echo "make e2e KUBECONFIG=... - run the e2e suite against an existing cluster"
 	@echo "make kind-e2e - create a kind cluster, load the image, run e2e (needs Docker)"
 
@@ -40,7 +41,7 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	PYTHONPATH=$(CURDIR)/devtools $(BIN)/lint-imports
 
-unit: $(STAMP) control-plane
+unit: $(STAMP) control-plane node
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
@@ -50,10 +51,21 @@ test: lint typecheck imports unit
 control-plane:
 	@scripts/build-control-plane.sh
 
+# The local node's Debian packages (containerd, runc, CNI plugins, image tools) and its
+# images; kubelet and kube-scheduler come with control-plane. Where packages cannot be
+# installed (not root, not Debian) it says so and goes on: pod tests then skip.
+# Everything goes to stderr (see cluster-up).
+.PHONY: node
+node: $(STAMP)
+	@status=0; scripts/install-node-packages.sh || status=$$?; \
+	if [ $$status -eq 2 ]; then echo "make: no local node on this machine (above: why)" >&2; \
+	elif [ $$status -ne 0 ]; then exit $$status; \
+	else scripts/build-image.sh >&2; fi
+
 # A long-lived local cluster. `make -s cluster-up` prints one line, the path of its admin
 # kubeconfig, once the API server answers /readyz: export KUBECONFIG=$(make -s cluster-up)
 CLUSTER_STATE ?= $(CURDIR)/build/cluster
-cluster-up: $(STAMP) control-plane
+cluster-up: $(STAMP) control-plane node
 	@$(DEV) -m secure_keys_dev up --state-dir="$(CLUSTER_STATE)"
 
 cluster-down: $(STAMP)
@@ -70,6 +82,16 @@ IMAGE ?= secure-keys:dev
 image:
 	docker build -t $(IMAGE) .
 
+# The same image without Docker (plus the pause and busybox images of the local node),
+# as OCI archives in build/image/, rebuilt only when an input changes. Needs root.
+.PHONY: image-local image-lock
+image-local: $(STAMP)
+	@scripts/build-image.sh
+
+# Regenerate requirements/image.lock (the image's pinned dependencies) from pyproject.toml.
+image-lock: $(STAMP)
+	$(DEV) -m secure_keys_dev.image lock
+
 kind-e2e: $(STAMP) image
 	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
@@ -80,7 +102,7 @@ bench: $(STAMP) control-plane
 	$(BIN)/python bench/envelope.py
 	$(DEV) bench/controller.py
 
-demo: $(STAMP) control-plane
+demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo
 
 clean:
