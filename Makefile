@@ -15,6 +15,7 @@ help:
 	@echo "make test   - set up, build the control plane, run ruff, mypy --strict, import-linter, pytest"
 	@echo "make demo   - set up, start a local Kubernetes, run the controller, seal and rotate keys"
 	@echo "make bench  - run the benchmarks in bench/"
+	@echo "make kms-servers - build/install the KMS test servers (local-kms, Cloud KMS emulator, SoftHSM2)"
 	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl/kubelet/kube-scheduler"
 	@echo "make node   - install the node's Debian packages (as root) and build its images"
 	@echo "make cluster-up / cluster-down - start / stop a local cluster (with a node when possible)"
@@ -27,7 +28,7 @@ $(BIN)/python:
 # pip's output goes to stderr, so that `make -s cluster-up` prints only the kubeconfig path.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip >&2
-	$(BIN)/python -m pip install --quiet -e ".[server,test]" >&2
+	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11]" >&2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -41,7 +42,7 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	PYTHONPATH=$(CURDIR)/devtools $(BIN)/lint-imports
 
-unit: $(STAMP) control-plane node
+unit: $(STAMP) control-plane node kms-servers
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
@@ -51,16 +52,23 @@ test: lint typecheck imports unit
 control-plane:
 	@scripts/build-control-plane.sh
 
+# The KMS servers the provider tests run against (local-kms for AWS, the Cloud KMS
+# emulator, SoftHSM2), built from tools/ into build/bin or installed; all chatter to stderr.
+.PHONY: kms-servers
+kms-servers:
+	@scripts/build-kms-servers.sh
+
 # The local node's Debian packages (containerd, runc, CNI plugins, image tools) and its
 # images; kubelet and kube-scheduler come with control-plane. Where packages cannot be
 # installed (not root, not Debian) it says so and goes on: pod tests then skip.
 # Everything goes to stderr (see cluster-up).
 .PHONY: node
 node: $(STAMP)
-	@status=0; scripts/install-node-packages.sh || status=$$?; \
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make: not root, so no local node: pod tests skip" >&2; \
+	else status=0; scripts/install-node-packages.sh || status=$$?; \
 	if [ $$status -eq 2 ]; then echo "make: no local node on this machine (above: why)" >&2; \
 	elif [ $$status -ne 0 ]; then exit $$status; \
-	else scripts/build-image.sh >&2; fi
+	else scripts/build-image.sh >&2; fi; fi
 
 # A long-lived local cluster. `make -s cluster-up` prints one line, the path of its admin
 # kubeconfig, once the API server answers /readyz: export KUBECONFIG=$(make -s cluster-up)
@@ -98,9 +106,10 @@ kind-e2e: $(STAMP) image
 	mkdir -p build && kind get kubeconfig --name $(KIND_CLUSTER) > build/kind.kubeconfig
 	$(MAKE) e2e KUBECONFIG=$(CURDIR)/build/kind.kubeconfig
 
-bench: $(STAMP) control-plane
+bench: $(STAMP) control-plane kms-servers
 	$(BIN)/python bench/envelope.py
 	$(DEV) bench/controller.py
+	$(DEV) bench/kms.py
 
 demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo

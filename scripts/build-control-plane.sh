@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl from the
-# pinned wrapper modules in tools/ into build/bin (ignored by git).
+# Builds etcd, kube-apiserver, kube-controller-manager and kubectl, and the node's
+# kubelet and kube-scheduler, from the pinned wrapper modules in tools/ into
+# build/bin (ignored by git).
 #
 # A binary is rebuilt only when it is missing or when its pin changed: each
 # one has a stamp file holding the checksum of the go.mod/go.sum it came from.
@@ -53,9 +54,9 @@ k8s_ldflags() {
 if needs_build etcd etcd; then
   build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 fi
-for cmd in kube-apiserver kube-controller-manager kubectl; do
+for cmd in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet; do
   if needs_build "$cmd" k8s; then
     build "$cmd" k8s "k8s.io/kubernetes/cmd/$cmd" "$(k8s_ldflags)"
   fi
 done
-echo "control-plane binaries are in $bin" >&2
+echo "control-plane and node binaries are in $bin" >&2

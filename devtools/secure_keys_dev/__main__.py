@@ -9,6 +9,11 @@ kubeconfig. A supervisor killed outright (SIGKILL) cannot remove its files:
 `up` recognises them as stale (no live supervisor behind the pid file) and
 removes them before starting a new cluster, so it never hands out the
 kubeconfig of a dead cluster. `down` signals the supervisor and waits for it.
+
+The cluster has a node (kubelet, containerd, kube-scheduler, with the project's
+images imported) whenever this machine can run one, so `kubectl apply` of a pod
+works (with `hostNetwork: true`); `--no-node` leaves it out. Without root or the
+node's packages the cluster starts without a node and the log says why.
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
 from secure_keys.kube.client import Credentials
 from secure_keys_dev.cluster import (
+    Binaries,
     ControlPlaneError,
     LocalCluster,
     repository_root,
 )
+from secure_keys_dev.image import ImageBuildError
+from secure_keys_dev.node import NodeUnavailable, node_arguments
 
 DEFAULT_STATE_DIR = repository_root() / "build" / "cluster"
 _SUPERVISOR_MARK = b"secure_keys_dev\0serve\0"
@@ -84,13 +93,22 @@ def _remove_stale(state: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def serve(state: Path, port: int | None) -> int:
+def _node_settings(state: Path) -> dict[str, Any]:
+    try:
+        return node_arguments(Binaries.find().etcd.parent, state / "images")
+    except NodeUnavailable as exc:
+        print(f"starting without a node: {exc}", file=sys.stderr, flush=True)
+        return {}
+
+
+def serve(state: Path, port: int | None, node: bool = True) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ready = state / "kubeconfig"
     try:
-        with LocalCluster(api_port=port) as cluster:
+        settings = _node_settings(state) if node else {}
+        with LocalCluster(api_port=port, **settings) as cluster:
             staged = state / ".kubeconfig.tmp"
             shutil.copy(cluster.kubeconfig, staged)
             staged.chmod(0o600)
@@ -100,9 +118,16 @@ def serve(state: Path, port: int | None) -> int:
                 f"workdir {cluster.workdir}",
                 flush=True,
             )
+            if cluster.node is not None:
+                print(
+                    f"node 127.0.0.1 ready in {cluster.node.ready_in:.1f} s; pods need "
+                    "hostNetwork: true and imagePullPolicy: Never (images: "
+                    f"{', '.join(str(p.name) for p in cluster.node.images)})",
+                    flush=True,
+                )
             stop.wait()
             ready.unlink(missing_ok=True)
-    except ControlPlaneError as exc:
+    except (ControlPlaneError, ImageBuildError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
@@ -127,7 +152,7 @@ def _wait_ready(state: Path, alive: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def up(state: Path, port: int | None, timeout: float) -> int:
+def up(state: Path, port: int | None, timeout: float, node: bool = True) -> int:
     kubeconfig = state / "kubeconfig"
     running = supervisor_pid(state)
     if running is not None:
@@ -146,6 +171,8 @@ def up(state: Path, port: int | None, timeout: float) -> int:
     argv = [sys.executable, "-m", "secure_keys_dev", "serve", f"--state-dir={state}"]
     if port is not None:
         argv.append(f"--port={port}")
+    if not node:
+        argv.append("--no-node")
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             argv,
@@ -190,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     parser.add_argument("--port", type=int, default=None, help="API server port (default: any)")
     parser.add_argument("--timeout", type=float, default=90.0)
+    parser.add_argument("--no-node", action="store_true", help="no kubelet, containerd, scheduler")
     args = parser.parse_args(argv)
     state: Path = args.state_dir.resolve()
     if args.command == "serve":
-        return serve(state, args.port)
+        return serve(state, args.port, node=not args.no_node)
     if args.command == "up":
-        return up(state, args.port, args.timeout)
+        return up(state, args.port, args.timeout, node=not args.no_node)
     if args.command == "down":
         return down(state, args.timeout)
     running = supervisor_pid(state) is not None and api_ready(state / "kubeconfig")

@@ -7,6 +7,12 @@ loopback ports in a fresh temporary directory, waits until the API server's
 exists), and writes an admin kubeconfig. `stop()` (or leaving the `with`
 block) stops every process and removes the directory.
 
+With `node=True` it also runs a node (`secure_keys_dev.node`): containerd, a
+kubelet registered as `127.0.0.1` and kube-scheduler. The API server then
+authorizes with `Node,RBAC`, admits with NodeRestriction and calls the kubelet
+with its own client certificate; the controller-manager also runs the
+node-lifecycle and job controllers. With `node=False` nothing of this changes.
+
 Leftovers are prevented three ways: `stop()` runs from `finally`/`__exit__`;
 each child gets PR_SET_PDEATHSIG so the kernel kills it if this process dies
 without cleaning up (SIGKILL, a crash); and `start()` sweeps the directories of
@@ -37,6 +43,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from secure_keys_dev import kubeconfig, pki
+from secure_keys_dev import node as node_mod
 
 BUILD_COMMAND = "scripts/build-control-plane.sh (or: make control-plane)"
 WORKDIR_PREFIX = "securekeys-cluster-"
@@ -52,6 +59,13 @@ CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
     "certificatesigningrequest-signing-controller",
+)
+# With a node: remove the not-ready taint from new nodes (or nothing schedules), run
+# Jobs, and delete pods bound to a node that is gone.
+NODE_CONTROLLERS = (
+    "node-lifecycle-controller",
+    "job-controller",
+    "pod-garbage-collector-controller",
 )
 _PR_SET_PDEATHSIG = 1
 
@@ -151,8 +165,14 @@ def claim_workdir(prefix: str, base: Path | None = None) -> Path:
 
 
 def sweep_stale_workdirs(base: Path | None = None, prefix: str = WORKDIR_PREFIX) -> list[Path]:
-    """Remove working directories named ``prefix*`` whose owning process has exited."""
+    """Remove working directories named ``prefix*`` whose owning process has exited.
+
+    First the host state of nodes whose owner died: their shims, containers and
+    cgroups (`node.reap_stale_nodes`); their mounts were only ever in a mount
+    namespace that vanishes with those processes.
+    """
     base = base or Path(tempfile.gettempdir())
+    node_mod.reap_stale_nodes()
     removed = []
     for candidate in base.glob(prefix + "*"):
         owner = candidate / "owner.pid"
@@ -213,8 +233,20 @@ class LocalCluster:
         api_port: int | None = None,
         workdir: Path | None = None,
         startup_timeout: float = 60.0,
+        node: bool = False,
+        node_images: Sequence[Path] = (),
+        sandbox_image: str | None = None,
     ) -> None:
+        """``node=True`` adds a node; ``node_images`` are OCI archives imported into it,
+        ``sandbox_image`` (the pause image's name) must be one of them. A missing node
+        prerequisite raises `node.NodeUnavailable` here, before anything starts."""
         self.binaries = binaries or Binaries.find()
+        self.node_tools = node_mod.NodeTools.find(self.binaries.etcd.parent) if node else None
+        if node and sandbox_image is None:
+            raise ControlPlaneError("a node needs sandbox_image (the pause image's name)")
+        self._node_images = tuple(node_images)
+        self._sandbox_image = sandbox_image or ""
+        self.node: node_mod.LocalNode | None = None
         self._requested_port = api_port
         self._own_workdir = workdir is None
         self._workdir = workdir
@@ -305,15 +337,25 @@ class LocalCluster:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop components in reverse order (SIGTERM, then SIGKILL) and remove the workdir."""
+        """Stop components in reverse order (SIGTERM, then SIGKILL) and remove the workdir.
+
+        The node goes first, with its containers, shims and cgroups (`LocalNode.stop`).
+        """
+        node, self.node = self.node, None
+        try:
+            if node is not None:
+                node.stop(timeout)
+        finally:
+            self._stop_components(timeout)
+
+    def _stop_components(self, timeout: float) -> None:
+        # One at a time, in reverse order: an API server whose etcd is already gone
+        # hangs in its graceful shutdown until it is killed (10 s, not 1 s).
         for component in reversed(self._components):
             if component.process.poll() is None:
                 component.process.terminate()
-        deadline = time.monotonic() + timeout
-        for component in reversed(self._components):
-            remaining = max(0.1, deadline - time.monotonic())
             try:
-                component.process.wait(remaining)
+                component.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 component.process.kill()
                 component.process.wait()
@@ -339,6 +381,26 @@ class LocalCluster:
         (workdir / "logs").mkdir(exist_ok=True)
         self._ports = Ports.pick(api_port)
         self._write_pki(workdir)
+        if self.node_tools is not None:
+            self.node = node_mod.LocalNode(
+                self.node_tools,
+                node_mod.NodeLayout.new(workdir),
+                self._write_node_pki(workdir),
+                node_mod.NodePorts(*self._node_ports()),
+                sandbox_image=self._sandbox_image,
+                images=self._node_images,
+            )
+
+    def _node_ports(self) -> tuple[int, int]:
+        """Two free ports (kubelet, scheduler), distinct from each other and the cluster's."""
+        taken = set(vars(self.ports).values())
+        picks: list[int] = []
+        while len(picks) < 2:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                picks.append(port)
+        return picks[0], picks[1]
 
     def _write_pki(self, workdir: Path) -> None:
         pki_dir = workdir / "pki"
@@ -391,6 +453,65 @@ class LocalCluster:
             ),
         )
 
+    def _write_node_pki(self, workdir: Path) -> node_mod.NodeCredentials:
+        """The kubelet's identity and serving cert, the API server's kubelet client cert,
+        and the scheduler's kubeconfig (user system:kube-scheduler)."""
+        ca = self._require_ca()
+        pki_dir = workdir / "pki"
+        certs = pki.issue_node_certificates(ca, node_mod.NODE_NAME, node_mod.NODE_NAME)
+        files = {
+            "kubelet.crt": certs.kubelet_serving.cert_pem,
+            "kubelet.key": certs.kubelet_serving.key_pem,
+            "apiserver-kubelet-client.crt": certs.apiserver_kubelet_client.cert_pem,
+            "apiserver-kubelet-client.key": certs.apiserver_kubelet_client.key_pem,
+        }
+        for name, data in files.items():
+            path = pki_dir / name
+            path.write_bytes(data)
+            path.chmod(0o600)
+        kubelet_user = f"system:node:{node_mod.NODE_NAME}"
+        kubelet_kubeconfig = kubeconfig.write(
+            workdir / "kubelet.kubeconfig",
+            kubeconfig.build(
+                server=self.server,
+                ca_pem=ca.cert_pem,
+                user=kubelet_user,
+                cert_pem=certs.kubelet_client.cert_pem,
+                key_pem=certs.kubelet_client.key_pem,
+            ),
+        )
+        scheduler = ca.issue_client("system:kube-scheduler")
+        scheduler_kubeconfig = kubeconfig.write(
+            workdir / "scheduler.kubeconfig",
+            kubeconfig.build(
+                server=self.server,
+                ca_pem=ca.cert_pem,
+                user="system:kube-scheduler",
+                cert_pem=scheduler.cert_pem,
+                key_pem=scheduler.key_pem,
+            ),
+        )
+        return node_mod.NodeCredentials(
+            ca_cert=pki_dir / "ca.crt",
+            kubelet_kubeconfig=kubelet_kubeconfig,
+            kubelet_cert=pki_dir / "kubelet.crt",
+            kubelet_key=pki_dir / "kubelet.key",
+            scheduler_kubeconfig=scheduler_kubeconfig,
+        )
+
+    def _apiserver_node_flags(self) -> list[str]:
+        pki_dir = self.workdir / "pki"
+        if self.node is None:
+            return ["--authorization-mode=RBAC"]
+        return [
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki_dir / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _spawn(self, name: str, argv: Sequence[str]) -> _Component:
         log_path = self.workdir / "logs" / f"{name}.log"
         log = log_path.open("ab")
@@ -440,7 +561,7 @@ class LocalCluster:
                 f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
                 f"--client-ca-file={pki_dir / 'ca.crt'}",
-                "--authorization-mode=RBAC",
+                *self._apiserver_node_flags(),
                 f"--service-account-issuer=https://127.0.0.1:{ports.apiserver}",
                 f"--service-account-key-file={pki_dir / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
@@ -463,7 +584,7 @@ class LocalCluster:
                 f"--cert-dir={self.workdir / 'controller-manager-certs'}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=true",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self._controllers())}",
                 f"--service-account-private-key-file={pki_dir / 'sa.key'}",
                 f"--root-ca-file={pki_dir / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki_dir / 'ca.crt'}",
@@ -478,6 +599,14 @@ class LocalCluster:
             deadline,
             lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
         )
+        if self.node is not None:
+            try:
+                self.node.start(self._spawn, self._wait, self._api_get, deadline)
+            except node_mod.NodeError as exc:
+                raise StartupFailed(f"the node did not start: {exc}") from exc
+
+    def _controllers(self) -> tuple[str, ...]:
+        return CONTROLLERS + (NODE_CONTROLLERS if self.node is not None else ())
 
     def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
         delay = 0.02

@@ -191,3 +191,30 @@ def certificate_signing_request(user: str, groups: Sequence[str] = ()) -> tuple[
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM), private_key_pem(key)
+
+
+@dataclass(frozen=True)
+class NodeCertificates:
+    """The certificates that let a kubelet and the API server authenticate each other."""
+
+    kubelet_client: KeyPair
+    """The kubelet's identity: CN ``system:node:<node>``, O ``system:nodes`` (the Node
+    authorizer and NodeRestriction key on exactly these)."""
+    kubelet_serving: KeyPair
+    """The kubelet's HTTPS endpoint, valid for the node's address."""
+    apiserver_kubelet_client: KeyPair
+    """The API server's identity towards kubelets (logs, exec): group system:masters,
+    which the kubelet's webhook authorization accepts."""
+
+
+APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+
+
+def issue_node_certificates(
+    ca: CertificateAuthority, node_name: str, address: str
+) -> NodeCertificates:
+    return NodeCertificates(
+        kubelet_client=ca.issue_client(f"system:node:{node_name}", ["system:nodes"]),
+        kubelet_serving=ca.issue_server(node_name, ips=(address,), dns_names=("localhost",)),
+        apiserver_kubelet_client=ca.issue_client(APISERVER_KUBELET_CLIENT, ["system:masters"]),
+    )

@@ -1,7 +1,8 @@
 """Running the secure-keys stack on a cluster: CRDs, RBAC, and the controller process.
 
 Used by the e2e tests, ``make demo`` and the benchmarks. ``install_crds`` applies
-``crds/``; ``bind_controller_identity`` grants a user exactly the shipped controller
+``crds/`` and the admission policy that guards them (``deploy/secretref-policy.yaml``);
+``bind_controller_identity`` grants a user exactly the shipped controller
 RBAC (``deploy/controller-rbac.yaml``); ``ControllerProcess`` runs the real controller
 (``python -m secure_keys.controller``) as a subprocess with its log captured to a file,
 so callers can crash it, restart it and search its output.
@@ -43,7 +44,8 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, what: str =
 
 
 def install_crds(api: client.ApiClient) -> None:
-    """Create or update every CRD in crds/ and wait until each is Established."""
+    """Create or update every CRD in crds/, wait until each is Established, then install
+    the secretRef admission policy (an ApiKey cluster without it has a confused deputy)."""
     extensions = client.ApiextensionsV1Api(api)
     names = []
     for path in sorted((REPO / "crds").glob("*.yaml")):
@@ -69,6 +71,41 @@ def install_crds(api: client.ApiClient) -> None:
 
     for name in names:
         eventually(lambda n=name: established(n), what=f"CRD {name} Established")  # type: ignore[misc]
+    install_secretref_policy(api)
+
+
+SECRETREF_POLICY = REPO / "deploy" / "secretref-policy.yaml"
+
+
+def install_secretref_policy(api: client.ApiClient) -> None:
+    """Create or replace the ValidatingAdmissionPolicy (and its binding) that makes a
+    secretRef require the requester's own access to the Secret. The API server enforces it
+    within a second or so of this returning (its admission plugin learns of it by watch)."""
+    admission = client.AdmissionregistrationV1Api(api)
+    kinds: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
+        "ValidatingAdmissionPolicy": (
+            admission.create_validating_admission_policy,
+            admission.read_validating_admission_policy,
+            admission.replace_validating_admission_policy,
+        ),
+        "ValidatingAdmissionPolicyBinding": (
+            admission.create_validating_admission_policy_binding,
+            admission.read_validating_admission_policy_binding,
+            admission.replace_validating_admission_policy_binding,
+        ),
+    }
+    for document in yaml.safe_load_all(SECRETREF_POLICY.read_text()):
+        if not document:
+            continue
+        create, read, replace = kinds[document["kind"]]
+        name = document["metadata"]["name"]
+        try:
+            create(document)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            document["metadata"]["resourceVersion"] = read(name).metadata.resource_version
+            replace(name, document)
 
 
 def apply_yaml(api: client.ApiClient, path: Path) -> None:
@@ -293,3 +330,167 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def is_ready(obj: dict[str, Any]) -> bool:
     ready = condition(obj, "Ready")
     return ready is not None and ready.get("status") == "True"
+
+
+# -- the gateway (mutating webhook) ----------------------------------------------------
+
+GATEWAY_RBAC = REPO / "deploy" / "gateway-rbac.yaml"
+GATEWAY_WEBHOOK = REPO / "deploy" / "gateway-webhook.yaml"
+
+
+def bind_gateway_identity(api: client.ApiClient, user: str) -> None:
+    """Grant ``user`` exactly the gateway's ClusterRole from deploy/gateway-rbac.yaml."""
+    apply_yaml(api, GATEWAY_RBAC)
+    try:
+        client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+            {
+                "metadata": {"name": f"e2e-{user}"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "secure-keys-gateway",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                ],
+            }
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def write_gateway_tls(directory: Path, host: str) -> bytes:
+    """A CA and a serving pair for the gateway at ``host`` (tls.crt, tls.key in
+    ``directory``); returns the CA's PEM, the webhook's caBundle."""
+    from secure_keys_dev import pki  # only the gateway needs it here
+
+    ca = pki.CertificateAuthority.generate("secure-keys-gateway-ca")
+    pair = ca.issue_server("secure-keys-gateway", ips=(host,), dns_names=("localhost",))
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "tls.crt").write_bytes(pair.cert_pem)
+    key = directory / "tls.key"
+    key.touch(mode=0o600)
+    key.write_bytes(pair.key_pem)
+    return ca.cert_pem
+
+
+def register_gateway_webhook(
+    api: client.ApiClient, url: str, ca_pem: bytes, *, name: str = "secure-keys-gateway"
+) -> str:
+    """Create (or replace) deploy/gateway-webhook.yaml, calling ``url`` instead of the
+    in-cluster Service (the local cluster has no Service network), with ``ca_pem`` as the
+    caBundle. Everything else (selectors, failurePolicy, timeout) is the shipped file's."""
+    import base64
+
+    document = yaml.safe_load(GATEWAY_WEBHOOK.read_text())
+    document["metadata"]["name"] = name
+    for webhook in document["webhooks"]:
+        webhook["clientConfig"] = {
+            "url": url.rstrip("/") + "/mutate",
+            "caBundle": base64.b64encode(ca_pem).decode(),
+        }
+    admission = client.AdmissionregistrationV1Api(api)
+    try:
+        admission.create_mutating_webhook_configuration(document)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = admission.read_mutating_webhook_configuration(name)
+        document["metadata"]["resourceVersion"] = current.metadata.resource_version
+        admission.replace_mutating_webhook_configuration(name, document)
+    return name
+
+
+class GatewayProcess:
+    """``python -m secure_keys.gateway`` in a subprocess, logging JSON to a file."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        tls_dir: Path,
+        log_path: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        metrics_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.tls_dir = tls_dir
+        self.log_path = log_path
+        self.port = port
+        self.host = host
+        self.metrics_port = metrics_port
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def argv(self) -> list[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "secure_keys.gateway",
+            f"--kubeconfig={self.kubeconfig}",
+            f"--tls-cert={self.tls_dir / 'tls.crt'}",
+            f"--tls-key={self.tls_dir / 'tls.key'}",
+            f"--address={self.host}",
+            f"--port={self.port}",
+            f"--namespace={CONTROLLER_NAMESPACE}",
+            "--log-format=json",
+            *self.extra_args,
+        ]
+        if self.metrics_port is not None:
+            argv.append(f"--metrics-port={self.metrics_port}")
+        return argv
+
+    def start(
+        self,
+        timeout: float = 60,
+        *,
+        wait: tuple[str, ...] = ('"gateway.started"', '"gateway.synced"'),
+    ) -> GatewayProcess:
+        """Start it and wait until this run (not an earlier one in the same log) says
+        it listens and its caches are synced."""
+        offset = len(self.log())
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603 - our interpreter and module
+                self.argv, stdout=log, stderr=subprocess.STDOUT
+            )
+        eventually(
+            lambda: self.exited() is not None or all(w in self.log()[offset:] for w in wait),
+            timeout,
+            f"{wait} in the gateway's log",
+        )
+        if self.exited() is not None:
+            raise AssertionError(f"gateway exited at startup:\n{self.log()[-4000:]}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

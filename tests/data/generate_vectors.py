@@ -268,12 +268,16 @@ def hierarchy_cases() -> list[dict[str, Any]]:
 
 def fingerprint_cases() -> list[dict[str, Any]]:
     cases = []
-    bindings = (("payments", "stripe-live"), ("default", "x"), ("ns-" + "a" * 60, "k" * 253))
+    bindings = (
+        ("payments", "stripe-live", "0b7c2d1e-5f4a-4c3b-9a8d-7e6f5a4b3c2d"),
+        ("default", "x", "u"),
+        ("ns-" + "a" * 60, "k" * 253, "ffffffff-ffff-ffff-ffff-ffffffffffff"),
+    )
     for i, plaintext in enumerate((b"ghp_example", b"x", bytes(range(256)))):
         key = bytes.fromhex(seeded(f"integrity{i}", 32))
-        namespace, name = bindings[i]
+        namespace, name, uid = bindings[i]
         message = b"securekeys.io/v2/fingerprint\x00"
-        for part in (namespace.encode(), name.encode()):
+        for part in (namespace.encode(), name.encode(), uid.encode()):
             message += len(part).to_bytes(2, "big") + part
         mac = hmac.new(key, message + plaintext, hashlib.sha256)
         cases.append(
@@ -281,6 +285,7 @@ def fingerprint_cases() -> list[dict[str, Any]]:
                 "integrityKey": key.hex(),
                 "namespace": namespace,
                 "name": name,
+                "uid": uid,
                 "plaintext": plaintext.hex(),
                 "fingerprint": "hs256:" + mac.digest()[:16].hex(),
             }

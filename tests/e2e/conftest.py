@@ -5,6 +5,13 @@ started for the session. With one, nothing is started and the same tests run
 against that cluster (kind, for example); tests that need the API server to
 call back into this machine skip unless $SECUREKEYS_E2E_CALLBACK_HOST names an
 address of this machine that the API server can reach.
+
+The local cluster gets a node (a kubelet, containerd, kube-scheduler) whenever this
+machine has what it needs (root, the Debian packages, the built binaries and
+images); set SECUREKEYS_E2E_NODE=0 to leave it out. Without a node, tests that run
+pods skip and say what is missing. Pods here use `hostNetwork: true` (the local
+node has no pod network); the `pods` fixture holds that and the test image's name,
+so the tests themselves run unchanged on kind (images loaded with `kind load`).
 """
 
 from __future__ import annotations
@@ -12,15 +19,17 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
 
-from secure_keys_dev import access
-from secure_keys_dev.cluster import LocalCluster, free_port
+from secure_keys_dev import access, image
+from secure_keys_dev.cluster import Binaries, ControlPlaneError, LocalCluster, free_port
 from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.node import NodeUnavailable, node_arguments
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
@@ -38,6 +47,11 @@ class Target:
     cluster: LocalCluster | None
     scratch: Path
     callback_host: str | None
+    no_pods_because: str | None = None
+    """Why pods cannot run on this cluster (None: they can)."""
+    node_settings: dict[str, Any] = field(default_factory=dict)
+    """The local cluster's node arguments (images, pause image), for tests that start
+    clusters of their own."""
 
     @property
     def is_local(self) -> bool:
@@ -63,9 +77,50 @@ def kube(
     if given:
         yield Target(Path(given), None, scratch, os.environ.get("SECUREKEYS_E2E_CALLBACK_HOST"))
         return
-    with LocalCluster() as cluster:
+    settings, no_pods_because = _local_node_settings(scratch)
+    with LocalCluster(**settings) as cluster:
         print(f"\nlocal control plane ready in {cluster.started_in:.1f} s at {cluster.server}")
-        yield Target(cluster.kubeconfig, cluster, scratch, "127.0.0.1")
+        if cluster.node is not None:
+            node = cluster.node
+            print(
+                f"local node ready in {node.ready_in:.1f} s (image import "
+                f"{node.imported_in:.1f} s, kubelet to Ready {node.kubelet_ready_in:.1f} s)"
+            )
+        yield Target(cluster.kubeconfig, cluster, scratch, "127.0.0.1", no_pods_because, settings)
+
+
+def _local_node_settings(scratch: Path) -> tuple[dict[str, Any], str | None]:
+    """LocalCluster's node arguments, or none and the reason pods cannot run.
+
+    Only missing prerequisites turn the node off; a failing image build fails the
+    session. Under CI (``$CI`` set) a missing prerequisite fails it too: CI must run
+    the pod tests.
+    """
+    if os.environ.get("SECUREKEYS_E2E_NODE", "1") == "0":
+        return {}, "the local node is off (SECUREKEYS_E2E_NODE=0)"
+    try:
+        return node_arguments(Binaries.find().etcd.parent, scratch / "images"), None
+    except (NodeUnavailable, ControlPlaneError) as exc:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must run the pod tests, but: {exc}") from exc
+        return {}, f"no local node: {exc}"
+
+
+@dataclass(frozen=True)
+class PodEnvironment:
+    """What pods need on the cluster under test: the test image, and the network mode."""
+
+    busybox_image: str
+    host_network: bool
+    """True on the local node: it has no pod network, kube-proxy or DNS."""
+
+
+@pytest.fixture(scope="session")
+def pods(kube: Target) -> PodEnvironment:
+    """Skips the test when this cluster cannot run pods, saying why and how to fix it."""
+    if kube.no_pods_because is not None:
+        pytest.skip(kube.no_pods_because)
+    return PodEnvironment(busybox_image=image.BUSYBOX_REFERENCE, host_network=kube.is_local)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from secure_keys.controller.service import blob_secret_name
+from secure_keys.kube.names import FINALIZER
 from secure_keys_dev.stack import (
     ControllerProcess,
     condition,
@@ -86,30 +88,110 @@ def test_rotation_on_request_archives_the_previous_version(
     assert set(_blobs(admin_api, namespace, "rot")) == {"v1", "v2"}
 
 
+def _orphan_delete(api: client.ApiClient, namespace: str, name: str) -> None:
+    """Delete an ApiKey leaving its dependents alone: the garbage collector then removes
+    their owner reference instead of deleting them, so only our finalizer can shred."""
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        "securekeys.io", "v1alpha1", namespace, "apikeys", name, propagation_policy="Orphan"
+    )
+
+
+def _apikey_gone(api: client.ApiClient, namespace: str, name: str) -> bool:
+    try:
+        get_apikey(api, namespace, name)
+    except ApiException as exc:
+        return bool(exc.status == 404)
+    return False
+
+
+def _blob_history(
+    api: client.ApiClient, namespace: str, name: str, since: str, timeout: int = 30
+) -> list[tuple[str, list[str]]]:
+    """(event type, names of the entries it holds) of every change to the blob Secret
+    after ``since``, until it is deleted or ``timeout`` seconds pass. Names only, so a
+    failure message shows no ciphertext."""
+    history: list[tuple[str, list[str]]] = []
+    stream = watch.Watch()
+    for event in stream.stream(
+        client.CoreV1Api(api).list_namespaced_secret,
+        namespace,
+        field_selector=f"metadata.name={blob_secret_name(name)}",
+        resource_version=since,
+        timeout_seconds=timeout,
+    ):
+        history.append((event["type"], sorted(event["object"].data or {})))
+        if event["type"] == "DELETED":
+            stream.stop()
+    return history
+
+
 def test_deletion_shreds_the_blobs(admin_api: client.ApiClient, namespace: str) -> None:
     create_apikey(admin_api, namespace, "bye", {"source": {"generate": {}}})
     _ready(admin_api, namespace, "bye")
-    client.CustomObjectsApi(admin_api).delete_namespaced_custom_object(
-        "securekeys.io", "v1alpha1", namespace, "apikeys", "bye"
+    core = client.CoreV1Api(admin_api)
+    blob = core.read_namespaced_secret(blob_secret_name("bye"), namespace)
+    assert set(blob.data) == {"v1"}
+
+    _orphan_delete(admin_api, namespace, "bye")
+
+    history = _blob_history(admin_api, namespace, "bye", blob.metadata.resource_version)
+    assert [kind for kind, _ in history][-1:] == ["DELETED"], history
+    # Erased first (a write that leaves no data), then deleted: the last stored state of
+    # the Secret holds no ciphertext even before etcd forgets it.
+    erased = any(kind == "MODIFIED" and not entries for kind, entries in history)
+    assert erased, f"no write emptied the blob Secret before it was deleted: {history}"
+    assert history[-1][1] == []
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_secret(blob_secret_name("bye"), namespace)
+    assert missing.value.status == 404
+    eventually(
+        lambda: _apikey_gone(admin_api, namespace, "bye"),
+        what="the finalizer to let the ApiKey go",
     )
 
-    def gone() -> bool:
-        try:
-            client.CoreV1Api(admin_api).read_namespaced_secret(blob_secret_name("bye"), namespace)
-        except ApiException as exc:
-            return bool(exc.status == 404)
-        return False
 
-    eventually(gone, what="the blob Secret to be deleted")
+def test_without_the_finalizer_an_orphaning_delete_leaves_the_blobs(
+    admin_api: client.ApiClient,
+    private_namespace: str,
+    controller_setup: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """What gives the test above its power: with the finalizer taken off (and the
+    controller stopped, so it cannot put it back), the same deletion keeps the blobs; the
+    garbage collector only drops the owner reference. With the default (background)
+    propagation the collector would delete the Secret itself, finalizer or not."""
+    kubeconfig, kms_config = controller_setup
+    log = tmp_path / "controller.log"
+    with ControllerProcess(kubeconfig, kms_config, log, namespaces=private_namespace):
+        create_apikey(admin_api, private_namespace, "kept", {"source": {"generate": {}}})
+        obj = _ready(admin_api, private_namespace, "kept")
+    assert obj["metadata"]["finalizers"] == [FINALIZER]
+    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+        "securekeys.io",
+        "v1alpha1",
+        private_namespace,
+        "apikeys",
+        "kept",
+        [
+            {"op": "test", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            {"op": "remove", "path": "/metadata/finalizers"},
+        ],
+        _content_type="application/json-patch+json",
+    )
+    core = client.CoreV1Api(admin_api)
+    before = core.read_namespaced_secret(blob_secret_name("kept"), private_namespace)
 
-    def apikey_gone() -> bool:
-        try:
-            get_apikey(admin_api, namespace, "bye")
-        except ApiException as exc:
-            return bool(exc.status == 404)
-        return False
+    _orphan_delete(admin_api, private_namespace, "kept")
 
-    eventually(apikey_gone, what="the finalizer to let the ApiKey go")
+    eventually(
+        lambda: _apikey_gone(admin_api, private_namespace, "kept"),
+        what="the ApiKey to go (nothing holds it)",
+    )
+    after = core.read_namespaced_secret(blob_secret_name("kept"), private_namespace)
+    assert after.metadata.uid == before.metadata.uid
+    kept = after.data == before.data  # the sealed versions are all still there
+    assert kept, f"the blobs changed: {sorted(before.data)} -> {sorted(after.data or {})}"
+    assert not after.metadata.owner_references  # orphaned, not collected
 
 
 def test_controller_log_is_json(controller: ControllerProcess) -> None:

@@ -94,6 +94,9 @@ def _live_plaintext_matches(
     keys_secret = core.read_namespaced_secret(KEYS_SECRET, CONTROLLER_NAMESPACE)
     keys = open_keys(CONTROLLER_NAMESPACE, dict(keys_secret.data), kms.default())
     blobs = core.read_namespaced_secret(blob_secret_name(NAME), namespace).data or {}
+    uid = client.CustomObjectsApi(admin_api).get_namespaced_custom_object(
+        "securekeys.io", "v1alpha1", namespace, "apikeys", NAME
+    )["metadata"]["uid"]
     try:
         for record in status["versions"]:
             if record["state"] == "Destroyed":
@@ -107,7 +110,9 @@ def _live_plaintext_matches(
             binding = KeyBinding(namespace, NAME, record["version"])
             plaintext = envelope.open(blob, binding, provider)
             try:
-                mark = fingerprint(keys.fingerprint_key, plaintext, namespace=namespace, name=NAME)
+                mark = fingerprint(
+                    keys.fingerprint_key, plaintext, namespace=namespace, name=NAME, uid=uid
+                )
                 assert mark == record["fingerprint"]
             finally:
                 zero(plaintext)

@@ -77,14 +77,18 @@ def test_a_plain_secret_never_reaches_the_controller(
 ) -> None:
     assert controller.process is not None
     canary = f"sk-watch-canary-{secrets.token_hex(16)}"
-    # The first list has run once the controller's own keys Secret (ours by label, owned
-    # by no ApiKey) is counted.
-    other_before = eventually(
-        lambda: _received(controller, "secrets", "other"), 30, "the Secret watch's first list"
+    labelled = f"sk-watch-labelled-{secrets.token_hex(16)}"
+    core = client.CoreV1Api(admin_api)
+    # An ApiKey first: once its blob Secret is counted, the Secret watch is running.
+    probe = f"probe-{secrets.token_hex(6)}"
+    create_apikey(admin_api, namespace, probe, {"source": {"generate": {}}})
+    _version(admin_api, namespace, probe, 1)
+    eventually(
+        lambda: _received(controller, "secrets", "blob") >= 1, 30, "the Secret watch running"
     )
     blob_before = _received(controller, "secrets", "blob")
+    other_before = _received(controller, "secrets", "other")
 
-    core = client.CoreV1Api(admin_api)
     core.create_namespaced_secret(
         namespace,
         client.V1Secret(
@@ -92,22 +96,29 @@ def test_a_plain_secret_never_reaches_the_controller(
             data={"token": base64.b64encode(canary.encode()).decode()},
         ),
     )
-    # An ApiKey made and rotated after the plain Secret: its blob Secret's events come
-    # later in the watch, so once they are counted the plain Secret would have been too.
-    probe = f"probe-{secrets.token_hex(6)}"
-    create_apikey(admin_api, namespace, probe, {"source": {"generate": {}}})
-    _version(admin_api, namespace, probe, 1)
+    # Anyone may put our label on their own Secret; the type selector keeps it out too.
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name="labelled", labels={"app.kubernetes.io/managed-by": "secure-keys"}
+            ),
+            data={"token": base64.b64encode(labelled.encode()).decode()},
+        ),
+    )
+    # A rotation after the plain Secrets: its blob Secret's events come later in the
+    # watch, so once they are counted the plain Secrets would have been too.
     request_rotation(admin_api, namespace, probe)
     _version(admin_api, namespace, probe, 2)
     eventually(
-        lambda: _received(controller, "secrets", "blob") >= blob_before + 2,
+        lambda: _received(controller, "secrets", "blob") >= blob_before + 1,
         30,
         "the controller's Secret watch counting the probe's blob Secret",
     )
 
     assert _received(controller, "secrets", "other") == other_before
     # Positive control: the search sees what the process does hold (the probe's name).
-    forms = canary_forms(canary)
+    forms = [*canary_forms(canary), *canary_forms(labelled)]
     found = memory_holds(controller.process.pid, [probe.encode(), *forms])
     assert probe.encode() in found, "the memory search found nothing: it is broken"
     assert [f for f in found if f != probe.encode()] == [], "the canary reached the process"

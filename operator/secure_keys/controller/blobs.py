@@ -33,6 +33,10 @@ CONTROLLER_KEYS_TYPE = "securekeys.io/controller-keys"
 LABEL_APIKEY = "securekeys.io/apikey-uid"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "secure-keys"
+TAGS_ANNOTATION = "securekeys.io/blob-tags"
+"""JSON map ``{"v<N>": tag}``: the controller's integrity tag of each entry
+(``core.integrity.blob_tag``), written in the same write as the entry. An entry without a
+valid tag for this ApiKey's uid is never adopted or served."""
 INTENT_ANNOTATION = "securekeys.io/pending-intent"
 """Written with a new version's blob, in the same write: what status should record for
 it (source digest, rotation request, consumed source). If the controller dies before the
@@ -77,6 +81,28 @@ def blob_bytes(secret: dict[str, Any] | None, version: int) -> bytes:
     return base64.b64decode(data[blob_key(version)], validate=True)
 
 
+def blob_tags(secret: dict[str, Any] | None) -> dict[str, str]:
+    """The entry tags recorded on the blob Secret (empty if absent or garbled)."""
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        tags = json.loads(annotations.get(TAGS_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(tags, dict):
+        return {}
+    return {k: v for k, v in tags.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _tags_annotation(secret: dict[str, Any] | None, changes: dict[int, str | None]) -> str:
+    tags = blob_tags(secret)
+    for version, tag in changes.items():
+        if tag is None:
+            tags.pop(blob_key(version), None)
+        else:
+            tags[blob_key(version)] = tag
+    return json.dumps(dict(sorted(tags.items())), separators=(",", ":"))
+
+
 def owner_reference(key: ApiKey) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -100,7 +126,10 @@ def foreign_reason(secret: dict[str, Any], uid: str) -> str | None:
         for ref in metadata.get("ownerReferences") or []
         if ref.get("controller") and ref.get("kind") == "ApiKey"
     ]
-    if not any(ref.get("uid") == uid for ref in owners):
+    labelled = (metadata.get("labels") or {}).get(LABEL_APIKEY) == uid
+    # The owner reference, or (after an orphaning delete, when the garbage collector
+    # has removed it) the uid label we wrote beside it.
+    if not any(ref.get("uid") == uid for ref in owners) and not (labelled and not owners):
         return "no controller owner reference to this ApiKey's uid"
     if secret.get("type") != BLOB_SECRET_TYPE:
         return f"its type is not {BLOB_SECRET_TYPE}"
@@ -170,11 +199,20 @@ class BlobStore:
         return secret
 
     async def write_version(
-        self, key: ApiKey, secret: dict[str, Any] | None, version: int, blob: bytes, intent: Intent
+        self,
+        key: ApiKey,
+        secret: dict[str, Any] | None,
+        version: int,
+        blob: bytes,
+        tag: str,
+        intent: Intent,
     ) -> dict[str, Any]:
-        """Add ``v<version>`` (never replacing an entry) together with its intent."""
+        """Add ``v<version>`` (never replacing an entry) with its tag and intent."""
         encoded = base64.b64encode(blob).decode()
-        annotations = {INTENT_ANNOTATION: intent.to_annotation()}
+        annotations = {
+            INTENT_ANNOTATION: intent.to_annotation(),
+            TAGS_ANNOTATION: _tags_annotation(secret, {version: tag}),
+        }
         if secret is None:
             body = {
                 "apiVersion": "v1",
@@ -198,18 +236,24 @@ class BlobStore:
         )
 
     async def replace_versions(
-        self, key: ApiKey, secret: dict[str, Any], blobs: dict[int, bytes]
+        self, key: ApiKey, secret: dict[str, Any], blobs: dict[int, tuple[bytes, str]]
     ) -> dict[str, Any]:
-        """Replace existing entries (a rewrap changes the wrapped DEK, not the ciphertext)."""
+        """Replace existing entries and their tags (a rewrap changes the wrapped DEK, not
+        the ciphertext)."""
         data: dict[str, str | None] = {
-            blob_key(v): base64.b64encode(b).decode() for v, b in blobs.items()
+            blob_key(v): base64.b64encode(b).decode() for v, (b, _) in blobs.items()
         }
-        return await self._patch(key, secret, data)
+        tags: dict[int, str | None] = {v: t for v, (_, t) in blobs.items()}
+        annotations = {TAGS_ANNOTATION: _tags_annotation(secret, tags)}
+        return await self._patch(key, secret, data, {"annotations": annotations})
 
     async def delete_versions(
         self, key: ApiKey, secret: dict[str, Any], versions: tuple[int, ...]
     ) -> dict[str, Any]:
-        return await self._patch(key, secret, {blob_key(v): None for v in versions})
+        annotations = {TAGS_ANNOTATION: _tags_annotation(secret, dict.fromkeys(versions))}
+        return await self._patch(
+            key, secret, {blob_key(v): None for v in versions}, {"annotations": annotations}
+        )
 
     async def shred(self, namespace: str, apikey: str, uid: str) -> list[int] | None:
         """Erase every blob, then delete the Secret (crypto-shredding on ApiKey deletion).

@@ -65,6 +65,13 @@ CONTROLLER_KEYS_OPEN = Gauge(
     "KMS key; 0 while that key is unavailable.",
     registry=REGISTRY,
 )
+DEK_CACHE_LOOKUPS = Counter(
+    "securekeys_dek_cache_lookups_total",
+    "Unwraps of a data key asked of the per-provider DEK cache, by KMS provider and "
+    "result (hit: no KMS call; miss: the KMS was asked).",
+    ["provider", "result"],
+    registry=REGISTRY,
+)
 QUEUE_DEPTH = Gauge(
     "securekeys_queue_depth",
     "Keys waiting in the work queue (not counting delayed ones).",

@@ -51,6 +51,7 @@ from secure_keys.controller.keyroles import KeyRoleReconciler
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
+    BLOB_SECRET_TYPE,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     Reconciler,
@@ -80,6 +81,9 @@ Key = tuple[Kind, str, str]
 """(kind, namespace, name): one queue serves both resources."""
 
 BLOB_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+BLOB_TYPE_SELECTOR = f"type={BLOB_SECRET_TYPE}"
+"""Also select on the Secret type: anyone may put our label on their own Secrets, but
+only blob Secrets have this type, so no other Secret is listed into the process."""
 """The Secrets this process receives: ours only, selected by the API server."""
 RECIPIENT_SELECTOR = f"metadata.name={RECIPIENT_CONFIGMAP}"
 
@@ -246,7 +250,9 @@ class Runtime:
     # -- blob Secrets ------------------------------------------------------------------
     async def _watch_blobs(self, api: KubeApi) -> None:
         scope = single_namespace(self.options.namespaces)
-        async for event in informer(api, SECRETS, scope, label_selector=BLOB_SELECTOR):
+        async for event in informer(
+            api, SECRETS, scope, label_selector=BLOB_SELECTOR, field_selector=BLOB_TYPE_SELECTOR
+        ):
             self.blob_event(event)
 
     def blob_event(self, event: InformerEvent) -> None:

@@ -9,6 +9,7 @@ status of a failed reconcile. Nothing here does I/O or reads the clock: time com
 from __future__ import annotations
 
 import datetime
+from dataclasses import replace
 from typing import Any
 
 from secure_keys.controller import rotation
@@ -17,6 +18,8 @@ from secure_keys.controller.conditions import set_condition
 from secure_keys.controller.models import ApiKey, source_digest
 from secure_keys.controller.rotation import KeyState, VersionRecord
 from secure_keys.controller.schedule import RotationPolicy
+from secure_keys.core.binding import MAX_VERSION
+from secure_keys.core.integrity import destroyed_tag, tag_valid
 
 KmsNow = tuple[str, str, str]
 """(provider, key id, key version) the ApiKey's KMS key wraps with now."""
@@ -31,9 +34,30 @@ def records_of(key: ApiKey) -> tuple[VersionRecord, ...]:
     numbers = [r.version for r in records]
     if len(set(numbers)) != len(numbers):
         raise ValueError("status.versions lists a version twice")
-    if any(n < 1 for n in numbers):
-        raise ValueError("status.versions holds a version below 1")
+    if any(not 1 <= n <= MAX_VERSION for n in numbers):
+        raise ValueError(f"status.versions holds a version outside 1 to {MAX_VERSION}")
     return records
+
+
+def tag_destroyed(
+    records: tuple[VersionRecord, ...], uid: str, tag_key: bytes | bytearray
+) -> tuple[VersionRecord, ...]:
+    """Records with every untagged Destroyed record tagged as the controller's decision."""
+    out = []
+    for record in records:
+        if record.state == "Destroyed" and record.destroy_tag is None:
+            stamp = rotation.format_stamp(record.destroyed_at or record.created_at)
+            record = replace(record, destroy_tag=destroyed_tag(tag_key, uid, record.version, stamp))
+        out.append(record)
+    return tuple(out)
+
+
+def destroy_verified(record: VersionRecord, uid: str, tag_key: bytes | bytearray | None) -> bool:
+    """Whether a Destroyed record carries the controller's tag (its blob may go)."""
+    if tag_key is None or record.destroy_tag is None:
+        return False
+    stamp = rotation.format_stamp(record.destroyed_at or record.created_at)
+    return tag_valid(destroyed_tag(tag_key, uid, record.version, stamp), record.destroy_tag)
 
 
 def key_state(
@@ -41,8 +65,21 @@ def key_state(
     secret: dict[str, Any] | None,
     policy: RotationPolicy,
     current_kms: KmsNow | None,
+    tag_key: bytes | bytearray | None = None,
 ) -> KeyState:
-    records = records_of(key)
+    """The planner's view. A Destroyed record whose blob is still there but which does not
+    carry the controller's tag (a status edit, not a decision of ours) is left out, so the
+    planner adopts that blob instead of deleting it."""
+    blobs = blob_versions(secret)
+    records = tuple(
+        r
+        for r in records_of(key)
+        if not (
+            r.state == "Destroyed"
+            and r.version in blobs
+            and not destroy_verified(r, key.metadata.uid, tag_key)
+        )
+    )
     active = [r for r in records if r.state == "Active"]
     next_rotation = None
     if active and active[0].activated_at is not None:
@@ -51,7 +88,7 @@ def key_state(
     honoured = key.status.get("lastRotationRequest")
     return KeyState(
         records=records,
-        blobs=blob_versions(secret),
+        blobs=blobs,
         policy=policy,
         source_digest=source_digest(key.spec),
         recorded_source_digest=recorded_digest if isinstance(recorded_digest, str) else None,

@@ -59,6 +59,9 @@ class VersionRecord:
     destroyed_at: datetime.datetime | None = None
     lost_at: datetime.datetime | None = None
     """Set when the record's blob was found missing (removed outside the controller)."""
+    destroy_tag: str | None = None
+    """The controller's integrity tag on a Destroyed record (``core.integrity``): only a
+    tagged record lets its blob be deleted."""
 
     def to_status(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -78,6 +81,8 @@ class VersionRecord:
         ):
             if value is not None:
                 out[key] = format_stamp(value)
+        if self.destroy_tag is not None:
+            out["destroyTag"] = self.destroy_tag
         return out
 
     @classmethod
@@ -97,6 +102,7 @@ class VersionRecord:
             archived_at=_opt_stamp(item.get("archivedAt")),
             destroyed_at=_opt_stamp(item.get("destroyedAt")),
             lost_at=_opt_stamp(item.get("lostAt")),
+            destroy_tag=str(item["destroyTag"]) if item.get("destroyTag") else None,
         )
 
 
@@ -268,8 +274,12 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
         return NewVersion(next_version, "initial", from_source=True)
     if state.recorded_source_digest != state.source_digest:
         return NewVersion(next_version, "source-changed", from_source=True)
+    deferred = None
     if state.rotation_request and state.rotation_request != state.honoured_request:
-        return NewVersion(next_version, "requested", from_source=state.source_mints)
+        earliest = request_allowed_at(active)
+        if earliest is None or now >= earliest:
+            return NewVersion(next_version, "requested", from_source=state.source_mints)
+        deferred = earliest  # rotate-now is throttled per key: at most one per spacing
     if state.next_rotation is not None and now >= state.next_rotation:
         return NewVersion(next_version, "scheduled", from_source=state.source_mints)
 
@@ -279,7 +289,23 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
     stale = stale_wraps(state)
     if stale and state.current_kms is not None:
         return Rewrap(stale, state.current_kms[2])
-    return Idle(wake_time(state, now))
+    wake = wake_time(state, now)
+    if deferred is not None:
+        wake = deferred if wake is None else min(wake, deferred)
+    return Idle(wake)
+
+
+REQUEST_SPACING = datetime.timedelta(seconds=10)
+"""The shortest time between a version's activation and an on-demand rotation of it: a
+loop writing the rotate-now annotation makes at most one version per 10 s, not one KMS
+call, blob and Event per write."""
+
+
+def request_allowed_at(active: VersionRecord) -> datetime.datetime | None:
+    """When an on-demand rotation of ``active`` may run (None: at once)."""
+    if active.activated_at is None:
+        return None
+    return active.activated_at + REQUEST_SPACING
 
 
 def stale_wraps(state: KeyState) -> tuple[int, ...]:

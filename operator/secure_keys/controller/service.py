@@ -202,7 +202,8 @@ class Reconciler:
         log = _log.bind(namespace=key.metadata.namespace, apikey=key.metadata.name)
         for _ in range(MAX_STEPS):
             try:
-                state = projection.key_state(key, secret, policy, current_kms)
+                tag_key = self.keys.fingerprint_key if self.keys is not None else None
+                state = projection.key_state(key, secret, policy, current_kms, tag_key)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 # A hand-edited or foreign status: stop rather than guess what is served.
                 raise _Failed(
@@ -253,6 +254,7 @@ class Reconciler:
                 secret = await self._read_blobs(key)
                 if step.version not in blob_versions(secret):
                     return body, secret
+                steps.check_blob(key, secret, step.version)  # never serve a swapped blob
                 return await steps.promote(key, body, state, step), secret
             case rotation.Destroy():
                 return await steps.destroy(key, body, state, step), secret

@@ -8,6 +8,10 @@ Every KMS call and every envelope operation (which wraps or unwraps a data key t
 the KMS) runs in a small bounded thread pool, never on the event loop: a network KMS
 that takes seconds must not stall the Lease renewals and watches sharing the loop.
 
+Unwraps go through one DEK cache per KMS provider and key (``core.kms.cache``): a
+version read again within the cache's lifetime costs no KMS call, and a KMS outage does
+not fail it. Evicted and expired entries are zeroed; hits and misses are counted.
+
 Plaintext lives in ``bytearray`` buffers zeroed as soon as the envelope is sealed or the
 fingerprint computed; no step puts it in a status field, an Event, a log or an exception.
 """
@@ -24,12 +28,19 @@ from typing import Any, TypeVar
 import structlog
 
 from secure_keys.controller import metrics, rotation
-from secure_keys.controller.blobs import BlobStore, Intent, blob_bytes, owned_by_controller
+from secure_keys.controller.blobs import (
+    BlobStore,
+    Intent,
+    blob_bytes,
+    blob_key,
+    blob_tags,
+    owned_by_controller,
+)
 from secure_keys.controller.config import KmsDirectory
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.failpoints import failpoint
 from secure_keys.controller.models import ApiKey, KmsRef
-from secure_keys.controller.projection import summary
+from secure_keys.controller.projection import summary, tag_destroyed
 from secure_keys.controller.rotation import KeyState, VersionRecord
 from secure_keys.controller.sources import (
     SourceForbidden,
@@ -43,7 +54,9 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import InvalidEnvelope, KmsCorrupt, KmsUnavailable
 from secure_keys.core.fingerprint import fingerprint
+from secure_keys.core.integrity import blob_tag, tag_valid
 from secure_keys.core.kms.base import KmsProvider
+from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import open_sealed
 from secure_keys.kube.client import SECRETS, ApiError
@@ -52,6 +65,9 @@ _log = structlog.get_logger("secure_keys.controller")
 T = TypeVar("T")
 KMS_THREADS = 4
 """KMS calls in flight at once, per controller; further ones queue for a thread."""
+DEK_CACHE_ENTRIES = 1024
+DEK_CACHE_SECONDS = 300.0
+"""Each provider's DEK cache: how many data keys, and for how long (then zeroed)."""
 
 Body = dict[str, Any]
 Secret = dict[str, Any] | None
@@ -85,9 +101,29 @@ class StepExecutor:
         self._keys = keys
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=KMS_THREADS, thread_name_prefix="kms")
+        self._cached: dict[tuple[str, str], CachedUnwraps] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for cached in self._cached.values():
+            cached.cache.clear()  # zeroes every cached data key
+
+    def _with_cache(self, kms: KmsProvider) -> KmsProvider:
+        """``kms`` behind its own DEK cache (one per provider and key, made once)."""
+        key = (kms.name, kms.key_id)
+        cached = self._cached.get(key)
+        if cached is None or cached.inner is not kms:
+            if cached is not None:
+                cached.cache.clear()  # the provider was rebuilt: drop what the old one held
+            hits = metrics.DEK_CACHE_LOOKUPS.labels(kms.name, "hit")
+            misses = metrics.DEK_CACHE_LOOKUPS.labels(kms.name, "miss")
+            cached = CachedUnwraps(
+                kms,
+                DekCache(DEK_CACHE_ENTRIES, DEK_CACHE_SECONDS),
+                lambda hit: (hits if hit else misses).inc(),
+            )
+            self._cached[key] = cached
+        return cached
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking KMS or envelope call in the bounded pool."""
@@ -103,10 +139,10 @@ class StepExecutor:
 
     async def provider(self, ref: KmsRef) -> KmsProvider:
         built = self.kms.built(ref)
-        if built is not None:
-            return built  # the common case: no thread hop on every reconcile
-        # Building a provider can be slow (PBKDF2 for the local keyring): off the loop.
-        return await self.off_loop(self.kms.provider, ref)
+        if built is None:
+            # Building a provider can be slow (PBKDF2 for the local keyring): off the loop.
+            built = await self.off_loop(self.kms.provider, ref)
+        return self._with_cache(built)  # the common case: no thread hop per reconcile
 
     async def current_kms(self, ref: KmsRef) -> tuple[str, str, str]:
         kms = await self.provider(ref)
@@ -118,7 +154,26 @@ class StepExecutor:
             plaintext,
             namespace=key.metadata.namespace,
             name=key.metadata.name,
+            uid=key.metadata.uid,
         )
+
+    def _tag(self, key: ApiKey, version: int, sealed: bytes) -> str:
+        return blob_tag(self.keys().fingerprint_key, key.metadata.uid, version, sealed)
+
+    def blob_authentic(self, key: ApiKey, secret: Secret, version: int) -> bool:
+        """Whether entry ``v<version>`` carries our tag for this ApiKey (uid) and version:
+        written by this controller for this very key, not replayed or swapped in."""
+        try:
+            sealed = blob_bytes(secret, version)
+        except (KeyError, ValueError, binascii.Error):
+            return False
+        return tag_valid(self._tag(key, version, sealed), blob_tags(secret).get(blob_key(version)))
+
+    def check_blob(self, key: ApiKey, secret: Secret, version: int) -> None:
+        if not self.blob_authentic(key, secret, version):
+            raise InvalidEnvelope(
+                key.metadata.namespace, key.metadata.name, version, "authentication-failed"
+            )
 
     # -- plaintext ------------------------------------------------------------------------
     async def plaintext_from_source(self, key: ApiKey) -> tuple[bytearray, dict[str, str] | None]:
@@ -167,6 +222,7 @@ class StepExecutor:
         return plaintext, consumed
 
     async def plaintext_of(self, key: ApiKey, record: VersionRecord, secret: Secret) -> bytearray:
+        self.check_blob(key, secret, record.version)
         try:
             blob = blob_bytes(secret, record.version)
         except (KeyError, ValueError, binascii.Error):
@@ -206,8 +262,14 @@ class StepExecutor:
             extra["consumedSource"] = consumed
         failpoint("before-blob-write")
         try:
+            sealed_bytes = sealed.to_bytes()
             secret = await self.blobs.write_version(
-                key, secret, step.version, sealed.to_bytes(), Intent(step.version, extra)
+                key,
+                secret,
+                step.version,
+                sealed_bytes,
+                self._tag(key, step.version, sealed_bytes),
+                Intent(step.version, extra),
             )
         except ApiError as exc:
             raise write_error(exc) from None  # 409: written meanwhile; re-read and re-plan
@@ -236,6 +298,7 @@ class StepExecutor:
         unreadable: list[int] = []
         for version in step.versions:
             try:
+                self.check_blob(key, secret, version)  # ours, for this uid: not a replay
                 sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
                 plaintext = await self.plaintext_of(
                     key,
@@ -273,12 +336,18 @@ class StepExecutor:
         if unreadable:
             raise OrphanBlobs(
                 f"the blob Secret holds version(s) {unreadable} that status does not record "
-                "and that do not open for this ApiKey; they are kept. Restore the status, "
-                "or remove those entries by hand"
+                "and that were not written by the controller for this ApiKey (no valid "
+                "integrity tag for its uid) or do not open; they are kept. Restore the "
+                "status, or remove those entries by hand"
             )
         extra: dict[str, Any] = {}
         intent = Intent.of(secret)
-        if intent is not None and step.pending is not None and intent.version == step.pending:
+        if (
+            state.records
+            and intent is not None
+            and step.pending is not None
+            and intent.version == step.pending
+        ):
             extra = dict(intent.extra)  # a crash after the blob write: finish that rotation
         elif not state.records:
             # Status was cleared or lost: keep serving what the blobs hold; do not re-read
@@ -359,10 +428,11 @@ class StepExecutor:
     ) -> tuple[Secret, Body]:
         """KEK rotation: rewrap each DEK; the nonce and ciphertext stay byte for byte."""
         kms = await self.provider(key.spec.kms)
-        changed: dict[int, bytes] = {}
+        changed: dict[int, tuple[bytes, str]] = {}
         reached: dict[int, str] = {}
         for version in step.versions:
             binding = KeyBinding(key.metadata.namespace, key.metadata.name, version)
+            self.check_blob(key, secret, version)
             try:
                 sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
             except (envelope.EnvelopeFormatError, ValueError, KeyError):
@@ -378,7 +448,8 @@ class StepExecutor:
                     f"{moved.wrapped.key_version}, not {step.key_version}",
                 )
             if moved is not sealed:
-                changed[version] = moved.to_bytes()
+                moved_bytes = moved.to_bytes()
+                changed[version] = (moved_bytes, self._tag(key, version, moved_bytes))
             reached[version] = moved.wrapped.key_version
         if changed and secret is not None:
             try:
@@ -461,6 +532,9 @@ class StepExecutor:
         state: KeyState,
         extra: dict[str, Any],
     ) -> Body:
+        keys = self._keys()
+        if keys is not None:
+            records = tag_destroyed(records, key.metadata.uid, keys.fingerprint_key)
         status = summary(key, records, state.blobs, state.policy, self.clock())
         status.update(extra)
         body = await self.writer.patch_status(body, status)

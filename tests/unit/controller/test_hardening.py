@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import threading
 import time
 from pathlib import Path
@@ -363,3 +364,109 @@ def test_slow_kms_calls_leave_the_event_loop_free(api: FakeApi, kms_config: Path
     assert built[0].threads
     assert all(name.startswith("kms") for name in built[0].threads)
     assert longest_stall < 0.2, f"the event loop stalled for {longest_stall:.2f} s"
+
+
+# -- the second hostile review: forged status, replayed blobs ------------------------------
+
+
+def test_a_status_edit_marking_the_only_copy_destroyed_does_not_delete_it(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    put_secret(api, "stripe", {"key": CANARY})
+    ref = {"name": "stripe", "key": "key", "deleteAfterSeal": True}
+    add_apikey(api, "k", {"source": {"secretRef": ref}})
+    reconcile(rec, "k")
+    sealed = api.stored(SECRETS, NS, blob_secret_name("k"))["data"]["v1"]
+    mark = fingerprints(api, "k")[1]
+
+    # Whoever may patch apikeys/status forges the controller's decision to destroy v1.
+    stored = api.stored(APIKEYS, NS, "k")
+    [record] = stored["status"]["versions"]
+    record.update(state="Destroyed", destroyedAt="2026-11-28T12:00:00Z")
+    api._bump(stored)
+    reconcile(rec, "k")
+
+    assert api.stored(SECRETS, NS, blob_secret_name("k"))["data"]["v1"] == sealed
+    assert states(api, "k") == {1: "Active"}  # adopted back from its blob
+    assert fingerprints(api, "k") == {1: mark}
+
+
+def test_a_destroyed_record_the_controller_wrote_is_tagged_and_its_blob_deleted(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(
+        api, "k", {"source": {"generate": {}}, "rotation": {"gracePeriod": "0s", "retain": 1}}
+    )
+    reconcile(rec, "k")
+    request_rotation(api, "k")
+    reconcile(rec, "k")
+    versions = {v["version"]: v for v in status(api, "k")["versions"]}
+    assert versions[1]["state"] == "Destroyed"
+    assert versions[1]["destroyTag"].startswith("hm1:")
+    assert blobs(api, "k") == {"v2"}
+
+
+def test_blobs_saved_from_a_deleted_apikey_are_not_adopted_by_its_successor(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "pay", {"source": {"generate": {}}})
+    reconcile(rec, "pay")
+    request_rotation(api, "pay")
+    reconcile(rec, "pay")
+    saved = copy.deepcopy(api.stored(SECRETS, NS, blob_secret_name("pay")))
+    old_marks = fingerprints(api, "pay")
+
+    # The ApiKey is deleted (shredded) and created again under the same name: a new uid.
+    asyncio.run(api.delete(APIKEYS, NS, "pay"))
+    reconcile(rec, "pay")
+    assert (SECRETS.plural, NS, blob_secret_name("pay")) not in api.objects
+    add_apikey(api, "pay", {"source": {"generate": {}}})
+    reconcile(rec, "pay")
+    assert states(api, "pay") == {1: "Active"}
+
+    # Someone who kept the old blob Secret writes its entries (and tags) back.
+    fresh = api.stored(SECRETS, NS, blob_secret_name("pay"))
+    fresh["data"]["v2"] = saved["data"]["v2"]
+    fresh["metadata"]["annotations"] = {
+        **fresh["metadata"].get("annotations", {}),
+        "securekeys.io/blob-tags": saved["metadata"]["annotations"]["securekeys.io/blob-tags"],
+    }
+    api._bump(fresh)
+    reconcile(rec, "pay")
+
+    assert ready_reason(api, "pay") == "OrphanBlobs"
+    assert states(api, "pay") == {1: "Active"}  # the old v2 is not served
+    assert old_marks[2] not in fingerprints(api, "pay").values()
+
+
+def test_a_blob_swapped_in_from_a_deleted_apikey_is_never_resealed(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    put_secret(api, "src", {"key": b"old-value-" + CANARY})
+    add_apikey(api, "k", {"source": {"secretRef": {"name": "src", "key": "key"}}})
+    reconcile(rec, "k")
+    saved = copy.deepcopy(api.stored(SECRETS, NS, blob_secret_name("k")))
+    asyncio.run(api.delete(APIKEYS, NS, "k"))
+    reconcile(rec, "k")
+    put_secret(api, "src", {"key": b"new-value-" + CANARY})
+    add_apikey(api, "k", {"source": {"secretRef": {"name": "src", "key": "key"}}})
+    reconcile(rec, "k")
+    new_mark = fingerprints(api, "k")[1]
+
+    # The old incarnation's v1 (it opens: same namespace, name and version) swapped in.
+    secret = api.stored(SECRETS, NS, blob_secret_name("k"))
+    secret["data"]["v1"] = saved["data"]["v1"]
+    secret["metadata"]["annotations"]["securekeys.io/blob-tags"] = saved["metadata"]["annotations"][
+        "securekeys.io/blob-tags"
+    ]
+    api._bump(secret)
+    request_rotation(api, "k")  # a secretRef rotation re-seals the Active version's value
+    reconcile(rec, "k")
+
+    assert ready_reason(api, "k") == "BlobInvalid"
+    assert states(api, "k") == {1: "Active"}  # no v2 made from the swapped-in value
+    assert fingerprints(api, "k") == {1: new_mark}

@@ -403,6 +403,17 @@ def test_plan(case: Case) -> None:
     assert plan(case.state, case.now) == case.expected
 
 
+def test_rotate_now_requests_are_spaced_per_key() -> None:
+    # A loop writing the rotate-now annotation gets one version per spacing, not one per
+    # write (hostile review F9).
+    active = rec(1, "Active", activated=T0)
+    state = key_state(active, request="r2")
+    soon = T0 + datetime.timedelta(seconds=3)
+    assert plan(state, soon) == Idle(T0 + rotation.REQUEST_SPACING)
+    due = plan(state, T0 + rotation.REQUEST_SPACING)
+    assert due == NewVersion(2, "requested", from_source=False)
+
+
 def test_plan_cases_cover_every_step_kind_and_reason() -> None:
     kinds = {type(case.expected) for case in PLAN_CASES}
     assert kinds == {DeleteBlobs, Adopt, MarkLost, Promote, Destroy, NewVersion, Rewrap, Idle}

@@ -249,7 +249,16 @@ class CrashModel(RuleBasedStateMachine):
                         self.longest_run = max(self.longest_run, steps)
                     self._check_idle(state, step)
                     if request_pending and crash_after is None:
-                        assert self._active_version() != active_before
+                        active = state.active
+                        deferred = (
+                            active is not None
+                            and active.version == active_before
+                            and (allowed := rotation.request_allowed_at(active)) is not None
+                            and self.now < allowed
+                            and step.wake_at is not None
+                            and step.wake_at <= allowed
+                        )
+                        assert self._active_version() != active_before or deferred
                     return
                 for write in self._writes(state, step):
                     if crash_after is not None and writes == crash_after:
@@ -307,8 +316,14 @@ class CrashModel(RuleBasedStateMachine):
         assert not [r for r in records if r.state == "Pending"]
         assert set(self.stores.blobs) == rotation.live_versions(records)
         assert self.stores.status.get("sourceDigest") == self._digest()
-        if self.request:
-            assert self.stores.status.get("lastRotationRequest") == self.request
+        deferred = self.request and self.stores.status.get("lastRotationRequest") != self.request
+        if deferred:
+            # On-demand rotations are spaced: the request waits for request_allowed_at.
+            allowed = rotation.request_allowed_at(active[0])
+            assert allowed is not None
+            assert self.now < allowed
+            assert step.wake_at is not None
+            assert step.wake_at <= allowed
         if state.next_rotation is not None:
             assert self.now < state.next_rotation
         assert rotation.expired(records, self.policy, self.now) == ()
@@ -333,7 +348,7 @@ class CrashModel(RuleBasedStateMachine):
             due = rotation.plan(state, step.wake_at)
             assert isinstance(due, NewVersion | Destroy), due
             if isinstance(due, NewVersion):
-                assert due.reason == "scheduled"
+                assert due.reason == ("requested" if deferred else "scheduled")
                 assert due.from_source == self.mints
 
     @invariant()

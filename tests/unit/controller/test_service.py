@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import pytest
 
+from secure_keys.controller import rotation
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION
@@ -69,8 +70,18 @@ def blobs(api: FakeApi, name: str) -> set[str]:
 
 
 def request_rotation(api: FakeApi, name: str, value: str = "r1") -> None:
+    """Ask for a rotation now, as `secure-keys rotate` does.
+
+    The test clock stands still, and on-demand rotations are spaced
+    (``rotation.REQUEST_SPACING``), so the Active version is staged as activated a
+    minute ago: the request is due at once.
+    """
     stored = api.stored(APIKEYS, NS, name)
     stored["metadata"].setdefault("annotations", {})[ROTATE_ANNOTATION] = value
+    earlier = rotation.format_stamp(NOW - datetime.timedelta(minutes=1))
+    for record in (stored.get("status") or {}).get("versions") or []:
+        if record.get("state") == "Active":
+            record["activatedAt"] = earlier
     api._bump(stored)
 
 

@@ -105,7 +105,7 @@ def test_canaries_never_escape(
         seen += [
             repr(hierarchy),
             repr(hierarchy.params),
-            fingerprint(hierarchy.integrity_key, plaintext, namespace="n", name="k"),
+            fingerprint(hierarchy.integrity_key, plaintext, namespace="n", name="k", uid="u"),
         ]
 
         cache = DekCache()

@@ -13,8 +13,10 @@ from secure_keys.core.fingerprint import fingerprint, fingerprints_match
 KEY = os.urandom(32)
 
 
-def fp(plaintext: bytes, namespace: str = "payments", name: str = "stripe") -> str:
-    return fingerprint(KEY, plaintext, namespace=namespace, name=name)
+def fp(
+    plaintext: bytes, namespace: str = "payments", name: str = "stripe", uid: str = "u-1"
+) -> str:
+    return fingerprint(KEY, plaintext, namespace=namespace, name=name, uid=uid)
 
 
 def test_fingerprint_depends_on_the_key_and_the_plaintext() -> None:
@@ -23,7 +25,9 @@ def test_fingerprint_depends_on_the_key_and_the_plaintext() -> None:
     assert len(value) == len("hs256:") + 32
     assert fp(b"sk_live_abc") == value
     assert fp(b"sk_live_abd") != value
-    other = fingerprint(os.urandom(32), b"sk_live_abc", namespace="payments", name="stripe")
+    other = fingerprint(
+        os.urandom(32), b"sk_live_abc", namespace="payments", name="stripe", uid="u-1"
+    )
     assert other != value
 
 
@@ -32,6 +36,8 @@ def test_equal_values_of_different_apikeys_do_not_match() -> None:
     value = fp(b"sk_live_abc")
     assert fp(b"sk_live_abc", name="stripe-copy") != value
     assert fp(b"sk_live_abc", namespace="attacker") != value
+    # A deleted and re-created ApiKey of the same name is another key (a new uid).
+    assert fp(b"sk_live_abc", uid="u-2") != value
     # Length prefixes: moving characters between namespace and name changes the input.
     assert fp(b"x", namespace="ab", name="c") != fp(b"x", namespace="a", name="bc")
 
@@ -45,7 +51,7 @@ def test_fingerprint_is_not_an_unkeyed_hash() -> None:
 
 def test_short_integrity_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
-        fingerprint(bytes(16), b"x", namespace="n", name="k")
+        fingerprint(bytes(16), b"x", namespace="n", name="k", uid="u")
 
 
 def test_fingerprints_match_uses_a_constant_time_compare(monkeypatch: pytest.MonkeyPatch) -> None:

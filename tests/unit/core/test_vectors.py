@@ -107,7 +107,7 @@ def test_fingerprint_vector(case: dict[str, Any]) -> None:
     key = bytes.fromhex(case["integrityKey"])
     plaintext = bytes.fromhex(case["plaintext"])
     assert (
-        fingerprint(key, plaintext, namespace=case["namespace"], name=case["name"])
+        fingerprint(key, plaintext, namespace=case["namespace"], name=case["name"], uid=case["uid"])
         == case["fingerprint"]
     )
 

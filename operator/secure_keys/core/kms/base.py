@@ -18,7 +18,14 @@ from typing import NamedTuple, Protocol, Self, runtime_checkable
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.memory import zero
 
-__all__ = ["PROVIDER_NAME", "HealthStatus", "KmsProvider", "WrappedKey", "rewrap"]
+__all__ = [
+    "PROVIDER_NAME",
+    "HealthStatus",
+    "KmsProvider",
+    "ReencryptingProvider",
+    "WrappedKey",
+    "rewrap",
+]
 
 PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}\Z")
 """Provider names: short lowercase identifiers such as ``local``, ``aws``, ``gcp``."""
@@ -111,11 +118,22 @@ class KmsProvider(Protocol):
         ...
 
 
+@runtime_checkable
+class ReencryptingProvider(Protocol):
+    """A provider whose KMS can move a wrapped key to its newest version by itself
+    (AWS KMS ``ReEncrypt``), so the data key never leaves the KMS."""
+
+    def reencrypt(self, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
+        """``wrapped`` rewrapped under the newest key version, for the same ``context``."""
+        ...
+
+
 def rewrap(provider: KmsProvider, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
     """Move a wrapped data key to the provider's newest key version.
 
-    Returns ``wrapped`` itself when it already uses that version. The data key is held
-    only for the moment between unwrap and wrap, and zeroed straight after.
+    Returns ``wrapped`` itself when it already uses that version. A provider that can
+    re-encrypt inside its KMS (``ReencryptingProvider``) does; otherwise the data key is
+    held only for the moment between unwrap and wrap, and zeroed straight after.
     """
     if (
         wrapped.provider == provider.name
@@ -123,6 +141,8 @@ def rewrap(provider: KmsProvider, wrapped: WrappedKey, context: WrapContext) -> 
         and wrapped.key_version == provider.key_version()
     ):
         return wrapped
+    if isinstance(provider, ReencryptingProvider):
+        return provider.reencrypt(wrapped, context)
     dek = provider.unwrap(wrapped, context)
     try:
         return provider.wrap(dek, context)

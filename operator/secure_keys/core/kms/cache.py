@@ -10,6 +10,13 @@ DEK presented under another binding misses. The cache does not know which provid
 instance filled it: give each provider its own cache, and ``clear`` it when that provider
 loses access to a key version (a KEK version locked or retired, a key disabled at the
 KMS), because a hit never asks the KMS again.
+
+``CachedUnwraps`` puts a cache in front of one provider: it *is* a provider (same name,
+key id, wraps and versions) whose unwraps are answered from the cache when they can be,
+so a KMS outage does not fail a read of a version wrapped or unwrapped recently (a wrap
+caches its data key too: the version just sealed is the one read next). A refusal from the
+KMS (``KmsDenied``) clears the cache, so a key disabled at the KMS stops being served
+from here as soon as the provider learns of it (and at the latest after ``ttl``).
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from secure_keys.core.binding import WrapContext, length_prefixed
-from secure_keys.core.kms.base import WrappedKey
+from secure_keys.core.errors import KmsDenied
+from secure_keys.core.kms.base import HealthStatus, KmsProvider, ReencryptingProvider, WrappedKey
 from secure_keys.core.memory import zero
 
-__all__ = ["CacheStats", "DekCache"]
+__all__ = ["CacheStats", "CachedUnwraps", "DekCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,3 +134,78 @@ class DekCache:
         _, dek = self._entries.pop(key)
         zero(dek)
         self._evictions += 1
+
+
+class CachedUnwraps:
+    """``inner`` with its unwraps served from ``cache`` when possible.
+
+    ``observe(hit)`` is called on every unwrap (for hit and miss metrics). Rewraps go to
+    the KMS: re-encrypted there when ``inner`` can, else unwrapped (through the cache) and
+    wrapped again.
+    """
+
+    __slots__ = ("cache", "inner", "observe")
+
+    def __init__(
+        self,
+        inner: KmsProvider,
+        cache: DekCache,
+        observe: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.observe = observe
+
+    def __repr__(self) -> str:
+        return f"CachedUnwraps({self.inner!r}, {self.cache!r})"
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def key_version(self) -> str:
+        return self.inner.key_version()
+
+    def health(self) -> HealthStatus:
+        return self.inner.health()
+
+    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+        try:
+            wrapped = self.inner.wrap(dek, context)
+        except KmsDenied:
+            self.cache.clear()
+            raise
+        self.cache.put(wrapped, context, dek)
+        return wrapped
+
+    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+        dek = self.cache.get(wrapped, context)
+        if self.observe is not None:
+            self.observe(dek is not None)
+        if dek is not None:
+            return dek
+        try:
+            dek = self.inner.unwrap(wrapped, context)
+        except KmsDenied:
+            self.cache.clear()
+            raise
+        self.cache.put(wrapped, context, dek)
+        return dek
+
+    def reencrypt(self, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
+        inner = self.inner
+        try:
+            if isinstance(inner, ReencryptingProvider):
+                return inner.reencrypt(wrapped, context)
+            dek = self.unwrap(wrapped, context)
+            try:
+                return inner.wrap(dek, context)
+            finally:
+                zero(dek)
+        except KmsDenied:
+            self.cache.clear()
+            raise

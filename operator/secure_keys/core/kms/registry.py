@@ -2,11 +2,17 @@
 
 The name is the one-of field an ApiKey sets under ``spec.kms`` (``local``, ``aws``,
 ``gcp``, ``pkcs11``). Registering a name twice is refused, so a provider can never be
-silently replaced. Cloud providers register themselves only when their extra is installed.
+silently replaced.
+
+``default_registry`` registers every provider this project ships, but the cloud ones
+lazily: the factory of ``aws``, ``gcp`` or ``pkcs11`` imports its module (and so its SDK)
+only when a configuration names it. Without the extra installed, building that provider
+raises ``UnknownProviderError`` naming the extra to install.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,6 +22,7 @@ from secure_keys.core.kms import local
 from secure_keys.core.kms.base import PROVIDER_NAME, KmsProvider
 
 __all__ = [
+    "LAZY_PROVIDERS",
     "DuplicateProviderError",
     "KmsConfig",
     "KmsRegistry",
@@ -88,8 +95,35 @@ def _local_factory(config: KmsConfig) -> KmsProvider:
     return local.from_config(config.key_id, config.options)
 
 
+LAZY_PROVIDERS: Mapping[str, str] = MappingProxyType(
+    {"aws": "aws", "gcp": "gcp", "pkcs11": "pkcs11"}
+)
+"""Provider name -> the extra (``pip install 'secure-keys[<extra>]'``) its SDK comes with."""
+
+
+def _lazy_factory(name: str) -> ProviderFactory:
+    """A factory that imports ``secure_keys.core.kms.<name>`` on first use, not before."""
+    module_name = f"secure_keys.core.kms.{name}"
+
+    def factory(config: KmsConfig) -> KmsProvider:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnknownProviderError(
+                f"KMS provider {name!r} cannot be loaded ({type(exc).__name__}: {exc}); "
+                f"install the {LAZY_PROVIDERS[name]!r} extra: "
+                f"pip install 'secure-keys[{LAZY_PROVIDERS[name]}]'"
+            ) from None
+        provider: KmsProvider = module.from_config(config.key_id, config.options)
+        return provider
+
+    return factory
+
+
 def default_registry() -> KmsRegistry:
-    """A registry holding the providers this installation can use (``local`` always)."""
+    """A registry of every provider: ``local`` built in, the cloud ones loaded lazily."""
     registry = KmsRegistry()
     registry.register(local.PROVIDER, _local_factory)
+    for name in LAZY_PROVIDERS:
+        registry.register(name, _lazy_factory(name))
     return registry

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import builtins
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ def test_default_registry_builds_the_local_provider(
     (tmp_path / "ring.json").write_text(keyring.to_json())
     (tmp_path / "pw").write_text(keyring_password)
     registry = default_registry()
-    assert registry.names() == ("local",)
+    assert registry.names() == ("aws", "gcp", "local", "pkcs11")
     provider = registry.create(
         KmsConfig(
             "local",
@@ -44,7 +47,9 @@ def test_duplicates_are_refused(kms: LocalKms) -> None:
 
 
 def test_unknown_provider_lists_the_known_ones() -> None:
-    with pytest.raises(UnknownProviderError, match=r"'vault' \(registered: local\)"):
+    with pytest.raises(
+        UnknownProviderError, match=r"'vault' \(registered: aws, gcp, local, pkcs11\)"
+    ):
         default_registry().create(KmsConfig("vault", "k"))
 
 
@@ -79,3 +84,35 @@ def test_factories_receive_the_config(kms: LocalKms) -> None:
     config = KmsConfig("local", "default", {"x": "y"})
     registry.create(config)
     assert seen == [config]
+
+
+def test_cloud_providers_load_their_sdk_only_when_configured() -> None:
+    # Run in a fresh interpreter: another test may already have imported an SDK here.
+    script = (
+        "import sys\n"
+        "from secure_keys.core.kms.registry import default_registry\n"
+        "default_registry()\n"
+        "loaded = [m for m in ('boto3', 'botocore', 'google.cloud.kms', 'pkcs11') "
+        "if m in sys.modules]\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run(  # noqa: S603 - our own interpreter, a fixed script
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+def test_a_provider_whose_module_cannot_load_names_its_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_import = builtins.__import__
+
+    def no_boto3(name: str, *args: object, **kwargs: object) -> object:
+        if name.split(".")[0] in {"boto3", "botocore"}:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "secure_keys.core.kms.aws", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_boto3)
+    with pytest.raises(UnknownProviderError, match=r"secure-keys\[aws\]"):
+        default_registry().create(KmsConfig("aws", "alias/k"))

@@ -1,0 +1,1 @@
+"""One module per KMS provider that starts its real test server (see ``../harness.py``)."""
