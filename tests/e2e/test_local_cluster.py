@@ -122,7 +122,11 @@ def test_a_killed_owner_takes_its_cluster_with_it(local: LocalCluster, tmp_path:
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "SECUREKEYS_BIN_DIR": str(local.binaries.etcd.parent)},
+        env={
+            **os.environ,
+            "SECUREKEYS_BIN_DIR": str(local.binaries.etcd.parent),
+            "PYTHONPATH": str(REPO / "devtools"),  # development-only code is not installed
+        },
     )
     assert owner.stdout is not None
     started = json.loads(owner.stdout.readline())
