@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -34,6 +35,7 @@ from secure_keys_dev import access
 from secure_keys_dev.cluster import (
     LocalCluster,
     claim_workdir,
+    free_port,
     repository_root,
     sweep_stale_workdirs,
 )
@@ -41,11 +43,15 @@ from secure_keys_dev.localkms import write_local_kms
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
+    GatewayProcess,
     bind_controller_identity,
+    bind_gateway_identity,
     ensure_namespace,
     get_apikey,
     install_crds,
     is_ready,
+    register_gateway_webhook,
+    write_gateway_tls,
 )
 
 DEMO_NAMESPACE = "demo"
@@ -179,6 +185,7 @@ def run_demo(*, keep: bool = False) -> int:
                     DEMO_NAMESPACE,
                     "--field-selector=involvedObject.name=internal-billing",
                 )
+                _gateway_demo(cluster, api, workdir, stack)
                 if keep:
                     _say(f"running; export KUBECONFIG={cluster.kubeconfig}  (Ctrl-C stops it)")
                     try:
@@ -188,6 +195,77 @@ def run_demo(*, keep: bool = False) -> int:
                         pass
         _say("done: controller and control plane stopped, nothing left running")
     return 0
+
+
+def _gateway_demo(
+    cluster: LocalCluster, api: client.ApiClient, workdir: Path, stack: contextlib.ExitStack
+) -> None:
+    """Step 7: the gateway's webhook injects a bound pod and denies an unbound one. The
+    gateway stays up (in ``stack``) so that ``--keep`` leaves injection to try by hand."""
+    _say("7. the gateway: its webhook injects opted-in pods and denies unbound ones")
+    ca_pem = write_gateway_tls(workdir / "gateway-tls", "127.0.0.1")
+    bind_gateway_identity(api, "secure-keys-gateway")
+    gateway = GatewayProcess(
+        cluster.user_kubeconfig("secure-keys-gateway"),
+        workdir / "gateway-tls",
+        workdir / "gateway.log",
+        port=free_port(),
+    )
+    stack.enter_context(gateway)
+    register_gateway_webhook(api, gateway.url, ca_pem)
+    print(f"gateway running as an unprivileged user; log {workdir / 'gateway.log'}")
+    core = client.CoreV1Api(api)
+    core.create_namespaced_service_account(
+        DEMO_NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="payments-api"))
+    )
+
+    def pod(name: str, account: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "labels": {"securekeys.io/inject": "true"},
+                "annotations": {"securekeys.io/keys": "stripe-live"},
+            },
+            "spec": {
+                "serviceAccountName": account,
+                "containers": [{"name": "app", "image": "example.invalid/app"}],
+            },
+        }
+
+    def create(name: str, account: str) -> str | None:
+        """None if created, else the API server's message."""
+        try:
+            core.create_namespaced_pod(DEMO_NAMESPACE, pod(name, account))
+        except client.ApiException as exc:
+            return str(json.loads(exc.body).get("message", exc.body))
+        return None
+
+    probes = iter(range(1000))
+
+    def webhook_active() -> bool:
+        name = f"probe-{next(probes)}"
+        if create(name, "default") is not None:
+            return True  # denied: the webhook answered
+        core.delete_namespaced_pod(name, DEMO_NAMESPACE)  # admitted before it was in place
+        return False
+
+    # The webhook reaches the API server's admission chain within a second or so.
+    _wait("the webhook in the admission chain", webhook_active)
+    _wait("payments-api admitted", lambda: create("payments-api", "payments-api") is None)
+    print("a pod of ServiceAccount payments-api (bound by examples/keyrole.yaml) is injected:")
+    _kubectl(
+        cluster,
+        "get",
+        "pod",
+        "payments-api",
+        "-n",
+        DEMO_NAMESPACE,
+        "-o",
+        "custom-columns=INIT:.spec.initContainers[*].name,CONTAINERS:.spec.containers[*].name,"
+        "INJECTED:.metadata.annotations.securekeys\\.io/injected",
+    )
+    print("a pod of ServiceAccount default asking for the same key is refused at CREATE:")
+    print(f"  {create('unbound', 'default')}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """KeyRoles: which ApiKeys a role grants, checked against what exists.
 
-``resolve`` is pure: given the role's ``spec.keys`` (names and/or a label selector) and
-the ApiKeys in its namespace, it returns the keys granted and the names that do not
+``resolve`` is pure (shared with the gateway: ``secure_keys.kube.keyroles``): given the
+role's ``spec.keys`` (names and/or a label selector) and the ApiKeys in its namespace,
+it returns the keys granted and the names that do not
 exist. ``KeyRoleReconciler`` writes that to the KeyRole's status (``resolvedKeys``,
 ``missingKeys``, a Ready condition) and emits an Event when keys go missing. Who may
 read what is enforced where keys are delivered (the gateway); this only keeps the
@@ -11,17 +12,17 @@ role's status honest.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.events import post_event
 from secure_keys.controller.status import Retry
 from secure_keys.kube.client import APIKEYS, KEYROLES, ApiError, KubeApi
+from secure_keys.kube.keyroles import KeySelection, Resolution, resolve
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -30,58 +31,8 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
 
-class Requirement(_Model):
-    key: str
-    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[str, ...] = ()
-
-
-class Selector(_Model):
-    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
-    match_expressions: tuple[Requirement, ...] = Field((), alias="matchExpressions")
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        if any(labels.get(k) != v for k, v in self.match_labels.items()):
-            return False
-        for requirement in self.match_expressions:
-            present = requirement.key in labels
-            value = labels.get(requirement.key)
-            if requirement.operator == "Exists" and not present:
-                return False
-            if requirement.operator == "DoesNotExist" and present:
-                return False
-            if requirement.operator == "In" and value not in requirement.values:
-                return False
-            if requirement.operator == "NotIn" and present and value in requirement.values:
-                return False
-        return True
-
-
-class KeySelection(_Model):
-    names: tuple[str, ...] = ()
-    selector: Selector | None = None
-
-
 class KeyRoleSpec(_Model):
     keys: KeySelection
-
-
-@dataclass(frozen=True)
-class Resolution:
-    granted: tuple[str, ...]
-    missing: tuple[str, ...]
-
-
-def resolve(
-    selection: KeySelection, apikeys: Sequence[tuple[str, Mapping[str, str]]]
-) -> Resolution:
-    """The ApiKeys a role grants (by name or selector) and the named ones that are absent."""
-    existing = {name for name, _ in apikeys}
-    granted = {name for name in selection.names if name in existing}
-    if selection.selector is not None:
-        granted |= {name for name, labels in apikeys if selection.selector.matches(labels)}
-    missing = sorted(set(selection.names) - existing)
-    return Resolution(tuple(sorted(granted)), tuple(missing))
 
 
 def status_for(

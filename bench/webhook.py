@@ -1,0 +1,442 @@
+"""The gateway's webhook: AdmissionReview latency, pod create latency, memory.
+
+Runs on the local control plane with the gateway as a subprocess under its shipped RBAC,
+its caches holding 1,000 ApiKeys and 1,000 KeyRoles (plus the cluster's
+ServiceAccounts).
+
+1. AdmissionReview latency for a representative pod (two containers, two keys, the
+   native sidecar injected: the patch is built and logged every time) at concurrency 1,
+   16 and 64, p50 and p99. The baseline, measured in the same run over the same TLS
+   certificate and keep-alive connections, is a bare aiohttp endpoint (its own process)
+   that parses the review and answers ``allowed: true``. The two servers are measured in
+   interleaved rounds; each figure is the median of the rounds. The load generator is
+   this process (aiohttp), on the same 2 cores as the servers, for both.
+2. Pod create latency through the API server (sequential creates of an opted-in pod,
+   which stays Pending: the cluster has no node) with the webhook registered and without
+   it, in alternating blocks; the difference of the p99s is what the webhook adds.
+3. Peak RSS of the gateway (VmHWM), after everything above.
+
+Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16,
+"added_create_p99_ms": ..., "rss_mib": ..., "concurrency": {...}, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from secure_keys.kube.client import APIKEYS, KEYROLES, Credentials, KubeApi, Resource
+from secure_keys_dev import access
+from secure_keys_dev.cluster import LocalCluster, free_port
+from secure_keys_dev.stack import (
+    CONTROLLER_NAMESPACE,
+    GatewayProcess,
+    bind_gateway_identity,
+    ensure_namespace,
+    eventually,
+    install_crds,
+    register_gateway_webhook,
+    write_gateway_tls,
+)
+
+NAMESPACE = "bench"
+PODS = Resource("", "v1", "pods")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
+WEBHOOK = "secure-keys-gateway-bench"
+
+BARE_SERVER = """
+import ssl, sys
+from aiohttp import web
+
+async def mutate(request):
+    review = await request.json()
+    return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": review["request"]["uid"], "allowed": True}})
+
+app = web.Application(client_max_size=4 * 1024 * 1024)
+app.router.add_post("/mutate", mutate)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[3], sys.argv[4])
+web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), ssl_context=context,
+            access_log=None, print=None)
+"""
+
+
+def representative_review(uid: str) -> dict[str, Any]:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-7d4b9c-",
+            "namespace": NAMESPACE,
+            "labels": {"app": "web", "pod-template-hash": "7d4b9c", "securekeys.io/inject": "true"},
+            "annotations": {"securekeys.io/keys": "key-1,key-2"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "web-7d4b9c",
+                    "uid": "4f1c0a52-0000-4000-8000-000000000001",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [
+                {
+                    "name": "web",
+                    "image": "registry.example/web:1.2.3",
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": "LOG_LEVEL", "value": "info"}],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                    "volumeMounts": [
+                        {
+                            "name": "kube-api-access-abcde",
+                            "readOnly": True,
+                            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                        }
+                    ],
+                },
+                {"name": "metrics", "image": "registry.example/exporter:0.9"},
+            ],
+            "volumes": [
+                {
+                    "name": "kube-api-access-abcde",
+                    "projected": {
+                        "sources": [
+                            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}
+                        ]
+                    },
+                }
+            ],
+            "restartPolicy": "Always",
+            "dnsPolicy": "ClusterFirst",
+        },
+    }
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": NAMESPACE,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def load(url: str, ca_pem: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+    """Closed-loop load: ``concurrency`` workers, each sending one review after another."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    body = json.dumps(representative_review("00000000-0000-4000-8000-000000000000")).encode()
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(ssl=context, limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(deadline: float) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    answer = await response.read()
+                if response.status != 200 or json.loads(answer)["response"]["allowed"] is not True:
+                    errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        # Warm the connections (TLS handshakes) before measuring.
+        await asyncio.gather(*(worker(time.perf_counter() + 0.3) for _ in range(concurrency)))
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{errors} failed requests against {url}")
+    return {
+        "p50_ms": percentile(latencies, 0.50) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+async def admission_latency(
+    gateway_url: str, bare_url: str, ca_pem: bytes, rounds: int, seconds: float
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for concurrency in (1, 16, 64):
+        runs: dict[str, list[dict[str, float]]] = {"gateway": [], "bare": []}
+        for _ in range(rounds):
+            for name, url in (("gateway", gateway_url), ("bare", bare_url)):
+                runs[name].append(await load(url, ca_pem, concurrency, seconds))
+        summary: dict[str, Any] = {
+            name: {
+                key: round(statistics.median(r[key] for r in values), 3)
+                for key in ("p50_ms", "p99_ms", "rps")
+            }
+            for name, values in runs.items()
+        }
+        summary["p99_ratio"] = round(summary["gateway"]["p99_ms"] / summary["bare"]["p99_ms"], 2)
+        summary["rps_ratio"] = round(summary["gateway"]["rps"] / summary["bare"]["rps"], 2)
+        result[str(concurrency)] = summary
+        print(f"concurrency {concurrency}: {json.dumps(summary)}", flush=True)
+    return result
+
+
+async def populate(api: KubeApi, count: int) -> None:
+    await api.create(
+        SERVICEACCOUNTS,
+        NAMESPACE,
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}},
+    )
+    gate = asyncio.Semaphore(16)
+
+    async def create(resource: Resource, body: dict[str, Any]) -> None:
+        async with gate:
+            await api.create(resource, NAMESPACE, body)
+
+    jobs = []
+    for i in range(count):
+        jobs.append(
+            create(
+                APIKEYS,
+                {
+                    "apiVersion": "securekeys.io/v1alpha1",
+                    "kind": "ApiKey",
+                    "metadata": {"name": f"key-{i}", "labels": {"team": f"t{i % 10}"}},
+                    "spec": {
+                        "source": {"generate": {"length": 32}},
+                        "delivery": {"fileName": f"key-{i}.txt"},
+                    },
+                },
+            )
+        )
+        jobs.append(
+            create(
+                KEYROLES,
+                {
+                    "apiVersion": "securekeys.io/v1alpha1",
+                    "kind": "KeyRole",
+                    "metadata": {"name": f"role-{i}"},
+                    "spec": {
+                        "subjects": [
+                            {"kind": "ServiceAccount", "name": "app" if i < 2 else f"sa-{i}"}
+                        ],
+                        "keys": {"names": [f"key-{i}", f"key-{(i + 1) % count}"]},
+                        "permissions": ["read"],
+                    },
+                },
+            )
+        )
+    await asyncio.gather(*jobs)
+
+
+def _pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"securekeys.io/inject": "true"},
+            "annotations": {"securekeys.io/keys": "key-1,key-2"},
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [{"name": "web", "image": "registry.example/web:1"}],
+        },
+    }
+
+
+async def create_latencies(api: KubeApi, prefix: str, count: int) -> list[float]:
+    latencies = []
+    for i in range(count):
+        started = time.perf_counter()
+        created = await api.create(PODS, NAMESPACE, _pod(f"{prefix}-{i}"))
+        latencies.append(time.perf_counter() - started)
+        injected = "securekeys.io/injected" in (created["metadata"].get("annotations") or {})
+        if injected != prefix.startswith("with-"):
+            raise RuntimeError(f"pod {prefix}-{i}: injected={injected}")
+    return latencies
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def current_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=1000, help="ApiKeys and KeyRoles each")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per round and server")
+    parser.add_argument("--pods", type=int, default=100, help="pod creates per block")
+    parser.add_argument("--blocks", type=int, default=2, help="with/without blocks each")
+    args = parser.parse_args()
+    host = "127.0.0.1"
+    with tempfile.TemporaryDirectory(prefix="securekeys-bench-") as tmp, LocalCluster() as cluster:
+        work = Path(tmp)
+        with access.api_client(cluster.kubeconfig) as admin:
+            install_crds(admin)
+            ensure_namespace(admin, CONTROLLER_NAMESPACE)
+            ensure_namespace(admin, NAMESPACE)
+            bind_gateway_identity(admin, "secure-keys-gateway")
+        credentials = Credentials.from_kubeconfig(cluster.kubeconfig)
+
+        async def setup() -> None:
+            async with KubeApi(credentials) as api:
+                await populate(api, args.count)
+
+        started = time.perf_counter()
+        asyncio.run(setup())
+        print(
+            f"{args.count} ApiKeys and {args.count} KeyRoles in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
+        ca_pem = write_gateway_tls(work / "tls", host)
+        gateway = GatewayProcess(
+            cluster.user_kubeconfig("secure-keys-gateway"),
+            work / "tls",
+            work / "gateway.log",
+            port=free_port(),
+            host=host,
+        )
+        bare_port = free_port()
+        bare = subprocess.Popen(  # noqa: S603 - our interpreter, our script
+            [
+                sys.executable,
+                "-c",
+                BARE_SERVER,
+                host,
+                str(bare_port),
+                str(work / "tls" / "tls.crt"),
+                str(work / "tls" / "tls.key"),
+            ]
+        )
+        try:
+            with gateway:
+                if gateway.process is None:
+                    raise RuntimeError("the gateway is not running")
+                pid = gateway.process.pid
+                synced_rss = current_rss_mib(pid)
+                eventually(lambda: _accepts(host, bare_port), what="the bare server")
+                latency = asyncio.run(
+                    admission_latency(
+                        f"{gateway.url}/mutate",
+                        f"https://{host}:{bare_port}/mutate",
+                        ca_pem,
+                        args.rounds,
+                        args.seconds,
+                    )
+                )
+                with access.api_client(cluster.kubeconfig) as admin:
+                    create = asyncio.run(pod_creates(admin, gateway, ca_pem, credentials, args))
+                rss = peak_rss_mib(pid)
+        finally:
+            bare.terminate()
+            bare.wait(10)
+    result = {
+        "bench": "webhook",
+        "p99_ratio": latency["16"]["p99_ratio"],
+        "added_create_p99_ms": create["added_p99_ms"],
+        "rss_mib": round(rss, 1),
+        "rss_synced_mib": round(synced_rss, 1),
+        "cached": {"apikeys": args.count, "keyroles": args.count},
+        "concurrency": latency,
+        "create": create,
+    }
+    print(
+        f"p99 ratio at concurrency 16: {result['p99_ratio']} (goal <= 1.5); pod create p99 "
+        f"added: {result['added_create_p99_ms']} ms (goal <= 5); gateway peak RSS "
+        f"{result['rss_mib']} MiB ({result['rss_synced_mib']} MiB once synced)"
+    )
+    print(json.dumps(result))
+
+
+def _accepts(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+async def _injected(api: KubeApi, name: str) -> bool:
+    """Create an opted-in pod: was it injected (is the webhook in the chain)?"""
+    created = await api.create(PODS, NAMESPACE, _pod(name))
+    return "securekeys.io/injected" in (created["metadata"].get("annotations") or {})
+
+
+async def pod_creates(
+    admin: Any,
+    gateway: GatewayProcess,
+    ca_pem: bytes,
+    credentials: Credentials,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    from kubernetes import client
+
+    with_, without = [], []
+    async with KubeApi(credentials) as api:
+        for block in range(args.blocks):
+            register_gateway_webhook(admin, gateway.url, ca_pem, name=WEBHOOK)
+            # Until the API server's admission chain has the webhook: a pod gets injected.
+            probes = iter(range(10_000))
+            while not await _injected(api, f"probe-{block}-{next(probes)}"):
+                await asyncio.sleep(0.1)
+            with_ += await create_latencies(api, f"with-{block}", args.pods)
+            client.AdmissionregistrationV1Api(admin).delete_mutating_webhook_configuration(WEBHOOK)
+            while await _injected(api, f"probe-{block}-{next(probes)}"):
+                await asyncio.sleep(0.1)
+            without += await create_latencies(api, f"without-{block}", args.pods)
+    summary = {
+        "with_p50_ms": round(percentile(with_, 0.5) * 1000, 2),
+        "with_p99_ms": round(percentile(with_, 0.99) * 1000, 2),
+        "without_p50_ms": round(percentile(without, 0.5) * 1000, 2),
+        "without_p99_ms": round(percentile(without, 0.99) * 1000, 2),
+        "pods_each": len(with_),
+    }
+    summary["added_p99_ms"] = round(summary["with_p99_ms"] - summary["without_p99_ms"], 2)
+    summary["added_p50_ms"] = round(summary["with_p50_ms"] - summary["without_p50_ms"], 2)
+    print(f"pod create: {json.dumps(summary)}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""``python -m secure_keys.gateway`` (``secure-keys-gateway``): run the admission webhook."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+# As the controller: the gateway never uses the `kubernetes` package (our own client is
+# secure_keys.kube.client), so keep it out even when it is installed.
+sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+
+from secure_keys.core.logs import configure  # noqa: E402
+from secure_keys.gateway.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
+from secure_keys.gateway.server import GatewayOptions, serve  # noqa: E402
+
+
+def _command(text: str) -> tuple[str, ...]:
+    value = json.loads(text)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise argparse.ArgumentTypeError("a JSON list of strings, e.g. '[\"secure-keys-sidecar\"]'")
+    return tuple(value)
+
+
+def parse_options(argv: list[str] | None = None) -> GatewayOptions:
+    parser = argparse.ArgumentParser(prog="secure-keys-gateway")
+    parser.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--address", default="0.0.0.0")  # noqa: S104 - a server
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("POD_NAMESPACE", "secure-keys-system"),
+        help="the gateway's own namespace (its pods are never injected)",
+    )
+    parser.add_argument("--sidecar-image", default="secure-keys:dev")
+    parser.add_argument(
+        "--sidecar-command",
+        type=_command,
+        default=("secure-keys-sidecar",),
+        help="the key container's command, as a JSON list",
+    )
+    parser.add_argument(
+        "--image-pull-policy", default="IfNotPresent", choices=["IfNotPresent", "Always", "Never"]
+    )
+    parser.add_argument(
+        "--default-mode",
+        choices=MODES,
+        default="native",
+        help="mode for pods without securekeys.io/mode ('classic' for clusters before 1.29)",
+    )
+    parser.add_argument(
+        "--skip-namespaces",
+        default=",".join(sorted(SYSTEM_NAMESPACES)),
+        help="comma-separated namespaces whose pods are never injected (besides --namespace)",
+    )
+    parser.add_argument(
+        "--broker-url", default="", help="the key broker's URL, given to the key container"
+    )
+    parser.add_argument("--cert-reload-interval", type=float, default=5.0)
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    args = parser.parse_args(argv)
+    configure(json=None if args.log_format == "auto" else args.log_format == "json")
+    settings = GatewaySettings(
+        sidecar_image=args.sidecar_image,
+        sidecar_command=args.sidecar_command,
+        image_pull_policy=args.image_pull_policy,
+        default_mode=args.default_mode,
+        own_namespace=args.namespace,
+        skip_namespaces=frozenset(n.strip() for n in args.skip_namespaces.split(",") if n.strip()),
+        broker_url=args.broker_url,
+    )
+    return GatewayOptions(
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        port=args.port,
+        address=args.address,
+        metrics_port=args.metrics_port,
+        kubeconfig=args.kubeconfig,
+        settings=settings,
+        cert_reload_interval=args.cert_reload_interval,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(parse_options(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The pod label and annotations the gateway reads and writes: each spelled once, here.
+
+Every key is documented in ``docs/gateway.md``. A ``securekeys.io/`` annotation on an
+opted-in pod that is not listed in ``POD_ANNOTATIONS`` is refused (a typo such as
+``securekeys.io/key`` must not silently do nothing).
+"""
+
+from __future__ import annotations
+
+PREFIX = "securekeys.io/"
+
+INJECT_LABEL = "securekeys.io/inject"
+"""Label, value ``"true"``: the pod opts in. The webhook's objectSelector matches it, so
+no other pod is ever sent to the gateway."""
+
+KEYS = "securekeys.io/keys"
+"""Required. Comma-separated ApiKey names in the pod's namespace, e.g. ``a,b``."""
+
+MODE = "securekeys.io/mode"
+"""``native`` (default: an init container with restartPolicy Always and a startupProbe),
+``classic`` (an init container that fetches once plus a regular sidecar container) or
+``init-only`` (fetch once, no refresh)."""
+
+CONTAINERS = "securekeys.io/containers"
+"""Comma-separated names of the containers that get the keys mounted (default: every
+regular container). Init containers may be named when the keys start first."""
+
+MOUNT_PATH = "securekeys.io/mount-path"
+"""Where the keys appear in the app containers (default ``/var/run/secrets/securekeys``)."""
+
+VOLUME_SIZE = "securekeys.io/volume-size"
+"""Size limit of the memory-backed keys volume (default ``1Mi``, at most ``64Mi``)."""
+
+INIT_FIRST = "securekeys.io/init-first"
+"""``true`` (default): the key container goes before the pod's own init containers, so
+they can read the keys. ``false``: after them (say, behind a mesh's own init container)."""
+
+SIDECAR_CPU_REQUEST = "securekeys.io/sidecar-cpu-request"
+SIDECAR_CPU_LIMIT = "securekeys.io/sidecar-cpu-limit"
+SIDECAR_MEMORY_REQUEST = "securekeys.io/sidecar-memory-request"
+SIDECAR_MEMORY_LIMIT = "securekeys.io/sidecar-memory-limit"
+"""Override the key container's resources (Kubernetes quantities)."""
+
+INJECTED = "securekeys.io/injected"
+"""Written by the gateway (value: the mode): the pod was injected. A pod carrying it is
+authorized again but never patched twice."""
+
+POD_ANNOTATIONS = frozenset(
+    {
+        KEYS,
+        MODE,
+        CONTAINERS,
+        MOUNT_PATH,
+        VOLUME_SIZE,
+        INIT_FIRST,
+        SIDECAR_CPU_REQUEST,
+        SIDECAR_CPU_LIMIT,
+        SIDECAR_MEMORY_REQUEST,
+        SIDECAR_MEMORY_LIMIT,
+        INJECTED,
+    }
+)
+"""Every ``securekeys.io/`` annotation a pod may carry."""

@@ -1,0 +1,333 @@
+"""Should this pod be injected, and how: annotations parsed once into a frozen config. Pure.
+
+``should_inject`` decides from the label and the namespace alone. ``parse`` turns the
+pod's ``securekeys.io/`` annotations into an ``InjectionConfig`` or raises
+``InvalidAnnotations`` listing every problem at once; ``validate`` then checks the
+config against the pod itself (containers that exist, paths and names that are free).
+The gateway-wide defaults are ``GatewaySettings``, set by the process's flags.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Literal
+
+from secure_keys.gateway import annotations as ann
+from secure_keys.gateway.pod import ContainerView, PodView
+
+Mode = Literal["native", "classic", "init-only"]
+MODES: tuple[Mode, ...] = ("native", "classic", "init-only")
+
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+DEFAULT_MOUNT_PATH = "/var/run/secrets/securekeys"
+"""Where app containers see the keys unless the pod says otherwise."""
+SIDECAR_KEYS_PATH = "/var/run/secrets/securekeys"
+"""Where the key container writes them (fixed: the pod's choice does not move it)."""
+TOKEN_MOUNT_PATH = "/var/run/secrets/securekeys.io/serviceaccount"  # noqa: S105 - a path
+TOKEN_AUDIENCE = "securekeys.io"  # noqa: S105 - an audience
+TOKEN_EXPIRATION_SECONDS = 600
+"""The kubelet's minimum; it refreshes the token at 80 % of its life."""
+
+KEYS_VOLUME = "securekeys-keys"
+TOKEN_VOLUME = "securekeys-token"  # noqa: S105 - a name
+SIDECAR_CONTAINER = "securekeys-sidecar"
+INIT_CONTAINER = "securekeys-init"
+RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME})
+RESERVED_CONTAINERS = frozenset({SIDECAR_CONTAINER, INIT_CONTAINER})
+
+MAX_KEYS = 64
+MAX_VOLUME_SIZE = Decimal(64 * 1024 * 1024)
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|Ki|Mi|Gi)?$")
+_FACTORS = {
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    "k": Decimal(1000),
+    "M": Decimal(1000**2),
+    "G": Decimal(1000**3),
+    "Ki": Decimal(1024),
+    "Mi": Decimal(1024**2),
+    "Gi": Decimal(1024**3),
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str = "10m"
+    memory_request: str = "32Mi"
+    cpu_limit: str = "250m"
+    memory_limit: str = "64Mi"
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Gateway-wide choices, from the process's flags; pods cannot change these."""
+
+    sidecar_image: str = "secure-keys:dev"
+    sidecar_command: tuple[str, ...] = ("secure-keys-sidecar",)
+    image_pull_policy: str = "IfNotPresent"
+    default_mode: Mode = "native"
+    own_namespace: str = "secure-keys-system"
+    skip_namespaces: frozenset[str] = SYSTEM_NAMESPACES
+    broker_url: str = ""
+    resources: Resources = field(default_factory=Resources)
+    default_uid: int = 65532
+    """The sidecar's UID when the pod sets no non-root runAsUser of its own."""
+
+
+@dataclass(frozen=True)
+class InjectionConfig:
+    """What one pod asked for, after parsing; every field has its final value."""
+
+    keys: tuple[str, ...]
+    mode: Mode
+    containers: tuple[str, ...] | None
+    """None: every regular container."""
+    mount_path: str
+    volume_size: str
+    init_first: bool
+    resources: Resources
+
+
+class InvalidAnnotations(ValueError):
+    """The pod's annotations cannot be honoured; ``problems`` says each reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = tuple(problems)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """The pod is returned unchanged; ``warning`` (if any) is shown to the client."""
+
+    reason: str
+    warning: str = ""
+
+
+def should_inject(pod: PodView, settings: GatewaySettings) -> Skip | None:
+    """None if the pod opts in and may be injected, else why it is left alone."""
+    if pod.labels.get(ann.INJECT_LABEL) != "true":
+        return Skip("not-opted-in")
+    if pod.namespace in settings.skip_namespaces or pod.namespace == settings.own_namespace:
+        return Skip(
+            "excluded-namespace",
+            f"{ann.INJECT_LABEL}: pods in namespace {pod.namespace} are never injected",
+        )
+    return None
+
+
+def quantity(text: str) -> Decimal | None:
+    """A Kubernetes quantity (the forms a sidecar needs) as a number, or None."""
+    match = _QUANTITY.match(text)
+    if match is None:
+        return None
+    try:
+        return Decimal(match.group(1)) * _FACTORS[match.group(2)]
+    except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
+        return None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_keys(text: str | None, problems: list[str]) -> tuple[str, ...]:
+    if text is None or not _names(text):
+        problems.append(f"annotation {ann.KEYS} must name at least one ApiKey (a,b,...)")
+        return ()
+    keys = _names(text)
+    for key in keys:
+        if len(key) > 253 or not _NAME.match(key):
+            problems.append(f"annotation {ann.KEYS}: {key!r} is not a valid ApiKey name")
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        problems.append(f"annotation {ann.KEYS} names {', '.join(duplicates)} more than once")
+    if len(keys) > MAX_KEYS:
+        problems.append(f"annotation {ann.KEYS} names {len(keys)} keys; at most {MAX_KEYS}")
+    return tuple(keys)
+
+
+def _parse_mount_path(text: str | None, problems: list[str]) -> str:
+    if text is None:
+        return DEFAULT_MOUNT_PATH
+    normal = posixpath.normpath(text) if text.startswith("/") else ""
+    if normal != text or text == "/" or ":" in text or len(text) > 256 or normal.startswith("//"):
+        problems.append(
+            f"annotation {ann.MOUNT_PATH}: {text!r} must be a normalised absolute path "
+            "other than / (no '..', no trailing '/', no ':'), at most 256 characters"
+        )
+        return DEFAULT_MOUNT_PATH
+    return text
+
+
+def _parse_resources(
+    annotations: Mapping[str, str], default: Resources, problems: list[str]
+) -> Resources:
+    if not any(key in annotations for key in _RESOURCE_ANNOTATIONS):
+        return default  # the defaults are valid: test_pipeline checks them
+    values: dict[str, str] = {}
+    for key, attribute, unit in (
+        (ann.SIDECAR_CPU_REQUEST, "cpu_request", "cpu"),
+        (ann.SIDECAR_CPU_LIMIT, "cpu_limit", "cpu"),
+        (ann.SIDECAR_MEMORY_REQUEST, "memory_request", "memory"),
+        (ann.SIDECAR_MEMORY_LIMIT, "memory_limit", "memory"),
+    ):
+        text = annotations.get(key)
+        if text is None:
+            values[attribute] = getattr(default, attribute)
+            continue
+        amount = quantity(text)
+        if amount is None or amount <= 0 or (unit == "memory" and amount != int(amount)):
+            example = "100m or 0.5" if unit == "cpu" else "64Mi"
+            problems.append(f"annotation {key}: {text!r} is not a {unit} quantity like {example}")
+            values[attribute] = getattr(default, attribute)
+        else:
+            values[attribute] = text
+    resources = Resources(**values)
+    for unit in ("cpu", "memory"):
+        request = quantity(getattr(resources, f"{unit}_request"))
+        limit = quantity(getattr(resources, f"{unit}_limit"))
+        if request is not None and limit is not None and request > limit:
+            problems.append(
+                f"the sidecar's {unit} request {getattr(resources, f'{unit}_request')} exceeds "
+                f"its limit {getattr(resources, f'{unit}_limit')}: raise "
+                f"securekeys.io/sidecar-{unit}-limit too"
+            )
+    return resources
+
+
+_RESOURCE_ANNOTATIONS = (
+    ann.SIDECAR_CPU_REQUEST,
+    ann.SIDECAR_CPU_LIMIT,
+    ann.SIDECAR_MEMORY_REQUEST,
+    ann.SIDECAR_MEMORY_LIMIT,
+)
+
+
+def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> InjectionConfig:
+    """The pod's injection config, or ``InvalidAnnotations`` naming every problem."""
+    problems: list[str] = []
+    unknown = sorted(
+        key for key in annotations if key.startswith(ann.PREFIX) and key not in ann.POD_ANNOTATIONS
+    )
+    for key in unknown:
+        problems.append(f"unknown annotation {key} (see docs/gateway.md for the known ones)")
+    keys = _parse_keys(annotations.get(ann.KEYS), problems)
+
+    mode_text = annotations.get(ann.MODE)
+    mode: Mode = settings.default_mode
+    if mode_text is not None:
+        if mode_text in MODES:
+            mode = mode_text
+        else:
+            problems.append(
+                f"annotation {ann.MODE}: {mode_text!r} is not one of {', '.join(MODES)}"
+            )
+
+    containers: tuple[str, ...] | None = None
+    containers_text = annotations.get(ann.CONTAINERS)
+    if containers_text is not None:
+        containers = tuple(_names(containers_text))
+        if not containers:
+            problems.append(f"annotation {ann.CONTAINERS} must name at least one container")
+        for name in containers:
+            if len(name) > 63 or not _LABEL.match(name):
+                problems.append(f"annotation {ann.CONTAINERS}: {name!r} is not a container name")
+
+    mount_path = _parse_mount_path(annotations.get(ann.MOUNT_PATH), problems)
+
+    volume_size = annotations.get(ann.VOLUME_SIZE, "1Mi")
+    size = quantity(volume_size)
+    if size is None or size <= 0 or size != int(size) or size > MAX_VOLUME_SIZE:
+        problems.append(
+            f"annotation {ann.VOLUME_SIZE}: {volume_size!r} must be a size such as 1Mi, "
+            "more than 0 and at most 64Mi (the volume is memory)"
+        )
+        volume_size = "1Mi"
+
+    init_first = True
+    init_first_text = annotations.get(ann.INIT_FIRST)
+    if init_first_text is not None:
+        if init_first_text not in ("true", "false"):
+            problems.append(
+                f"annotation {ann.INIT_FIRST}: {init_first_text!r} is not true or false"
+            )
+        init_first = init_first_text != "false"
+
+    resources = _parse_resources(annotations, settings.resources, problems)
+    if problems:
+        raise InvalidAnnotations(problems)
+    return InjectionConfig(
+        keys=keys,
+        mode=mode,
+        containers=containers,
+        mount_path=mount_path,
+        volume_size=volume_size,
+        init_first=init_first,
+        resources=resources,
+    )
+
+
+def validate(config: InjectionConfig, pod: PodView) -> list[str]:
+    """What in the pod itself keeps the config from being applied (empty: nothing)."""
+    problems: list[str] = []
+    if not pod.containers:
+        problems.append("the pod has no containers")
+    regular = {c.name: c for c in pod.containers}
+    init = {c.name: c for c in pod.init_containers}
+    taken = RESERVED_CONTAINERS & (set(regular) | set(init))
+    if taken:
+        problems.append(
+            f"container name(s) {', '.join(sorted(taken))} are reserved for secure-keys"
+        )
+    volumes = RESERVED_VOLUMES & pod.volume_names
+    if volumes:
+        problems.append(f"volume name(s) {', '.join(sorted(volumes))} are reserved for secure-keys")
+    for name in config.containers or ():
+        if name in init:
+            if not config.init_first:
+                problems.append(
+                    f"annotation {ann.CONTAINERS} names init container {name}, which runs "
+                    f"before the keys exist when {ann.INIT_FIRST} is false"
+                )
+        elif name not in regular:
+            problems.append(f"annotation {ann.CONTAINERS}: the pod has no container {name}")
+    for target in targets(config, pod):
+        if config.mount_path in target.mount_paths:
+            problems.append(
+                f"container {target.name} already mounts something at {config.mount_path}: "
+                f"set {ann.MOUNT_PATH} to another path"
+            )
+    return problems
+
+
+@dataclass(frozen=True)
+class PodContainer:
+    field: Literal["containers", "initContainers"]
+    index: int
+    name: str
+    view: ContainerView
+
+    @property
+    def mount_paths(self) -> tuple[str, ...]:
+        return self.view.mount_paths
+
+
+def targets(config: InjectionConfig, pod: PodView) -> list[PodContainer]:
+    """The containers that get the keys mounted, with where they are in the pod."""
+    chosen: list[PodContainer] = []
+    wanted = None if config.containers is None else set(config.containers)
+    for index, container in enumerate(pod.containers):
+        if wanted is None or container.name in wanted:
+            chosen.append(PodContainer("containers", index, container.name, container))
+    if wanted is not None:
+        for index, container in enumerate(pod.init_containers):
+            if container.name in wanted:
+                chosen.append(PodContainer("initContainers", index, container.name, container))
+    return chosen

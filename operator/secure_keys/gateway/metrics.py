@@ -1,0 +1,47 @@
+"""Prometheus metrics of the gateway, in their own registry, served on their own port.
+
+Labels carry outcomes, reasons, modes and resource kinds: never pod names, ApiKey names
+or namespaces (unbounded cardinality), never anything secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+ADMISSIONS = Counter(
+    "securekeys_gateway_admissions_total",
+    "AdmissionReview requests answered, by outcome (injected, unchanged, skipped, ignored, "
+    "denied, bad-request, error) and reason.",
+    ["outcome", "reason"],
+    registry=REGISTRY,
+)
+ADMISSION_SECONDS = Histogram(
+    "securekeys_gateway_admission_seconds",
+    "Time from a complete request body to the response, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)
+CACHE_OBJECTS = Gauge(
+    "securekeys_gateway_cache_objects",
+    "Objects held in the gateway's watch-fed caches, by resource.",
+    ["resource"],
+    registry=REGISTRY,
+)
+CACHES_SYNCED = Gauge(
+    "securekeys_gateway_caches_synced",
+    "1 once every cache has completed its first list (the gateway is ready), else 0.",
+    registry=REGISTRY,
+)
+TLS_RELOADS = Counter(
+    "securekeys_gateway_tls_reloads_total",
+    "Serving certificate reloads after the files changed, by result (ok, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port
+    start_http_server(port, addr=address, registry=REGISTRY)

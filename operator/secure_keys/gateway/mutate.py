@@ -1,0 +1,97 @@
+"""The admission pipeline, composed: decode -> should-inject -> parse -> validate ->
+authorize -> patch. Pure: the caches come in as a ``Snapshot``.
+
+``admit`` answers one decoded request with an ``Outcome``: the AdmissionResponse and the
+fields of the request's canonical log line (outcome, reason, mode, keys). Outcomes:
+
+* ``ignored``: not a pod CREATE (the webhook is registered for nothing else);
+* ``skipped``: the pod does not opt in, or lives in an excluded namespace;
+* ``injected``: allowed with the patch;
+* ``unchanged``: already injected (the annotation is present) and still authorized;
+* ``denied``: an invalid annotation, an unknown key, an unbound ServiceAccount, a pod
+  that cannot be read, or caches not synced yet (the gateway fails closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from secure_keys.gateway import annotations as ann
+from secure_keys.gateway.authorize import Snapshot, authorize
+from secure_keys.gateway.injection import (
+    GatewaySettings,
+    InvalidAnnotations,
+    parse,
+    should_inject,
+    validate,
+)
+from secure_keys.gateway.patch import build_patch
+from secure_keys.gateway.pod import MalformedPod, pod_view
+from secure_keys.gateway.review import AdmissionRequest, AdmissionResponse
+
+DENIED_PREFIX = "secure-keys: "
+
+
+@dataclass(frozen=True)
+class Outcome:
+    response: AdmissionResponse
+    outcome: str
+    reason: str = ""
+    mode: str = ""
+    keys: tuple[str, ...] = ()
+    pod: str = ""
+
+
+def _deny(
+    request: AdmissionRequest,
+    code: int,
+    reason: str,
+    problems: tuple[str, ...] | list[str],
+    pod: str,
+    keys: tuple[str, ...] = (),
+) -> Outcome:
+    message = DENIED_PREFIX + "; ".join(problems)
+    response = AdmissionResponse(
+        request.uid, allowed=False, code=code, reason=reason, message=message
+    )
+    return Outcome(response, "denied", reason, keys=keys, pod=pod)
+
+
+def admit(
+    request: AdmissionRequest, snapshot: Snapshot, settings: GatewaySettings, *, synced: bool
+) -> Outcome:
+    """The answer to one AdmissionReview request."""
+    if not request.is_pod_create:
+        return Outcome(AdmissionResponse(request.uid, allowed=True), "ignored", "not-pod-create")
+    try:
+        pod = pod_view(request.object, request.namespace)
+    except MalformedPod as exc:
+        return _deny(request, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
+    skip = should_inject(pod, settings)
+    if skip is not None:
+        warnings = (skip.warning,) if skip.warning else ()
+        response = AdmissionResponse(request.uid, allowed=True, warnings=warnings)
+        return Outcome(response, "skipped", skip.reason, pod=pod.name)
+    try:
+        config = parse(pod.annotations, settings)
+    except InvalidAnnotations as exc:
+        return _deny(request, 400, "InvalidAnnotation", exc.problems, pod.name)
+    injected = ann.INJECTED in pod.annotations
+    if not injected:
+        problems = validate(config, pod)
+        if problems:
+            return _deny(request, 400, "InvalidAnnotation", problems, pod.name, config.keys)
+    if not synced:
+        problems = ["the gateway's caches are not synced yet; try again in a few seconds"]
+        return _deny(request, 503, "NotReady", problems, pod.name, config.keys)
+    verdict = authorize(pod.namespace, pod.service_account, config.keys, snapshot)
+    if not verdict.allowed:
+        return _deny(request, 403, verdict.reason, verdict.problems, pod.name, config.keys)
+    if injected:
+        response = AdmissionResponse(request.uid, allowed=True)
+        return Outcome(
+            response, "unchanged", "already-injected", config.mode, config.keys, pod.name
+        )
+    patch = build_patch(config, pod, settings, verdict.files)
+    response = AdmissionResponse(request.uid, allowed=True, patch=tuple(patch))
+    return Outcome(response, "injected", "", config.mode, config.keys, pod.name)

@@ -1,0 +1,195 @@
+"""The JSON patch that injects the key container into a pod. Pure.
+
+``build_patch`` turns an ``InjectionConfig`` (what the pod asked for), the pod's view and
+the gateway's settings into RFC 6902 ``add`` operations:
+
+* a memory-backed ``emptyDir`` for the keys, with a size limit;
+* a projected ServiceAccount token (audience ``securekeys.io``, 10 minutes) mounted in
+  the key container only;
+* the key container: a native sidecar (an init container with ``restartPolicy: Always``
+  and a startupProbe that passes once every requested file exists), or an init container
+  plus a regular sidecar (``classic``), or an init container alone (``init-only``);
+  locked down (non-root, read-only root filesystem, no privilege escalation, no
+  capabilities, RuntimeDefault seccomp) and small (resources in ``Resources``);
+* a read-only mount of the keys into each target container;
+* the ``securekeys.io/injected`` annotation, so injection happens once.
+
+The operations only ever add: nothing the pod author wrote is replaced or removed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from secure_keys.gateway import annotations as ann
+from secure_keys.gateway.injection import (
+    INIT_CONTAINER,
+    KEYS_VOLUME,
+    SIDECAR_CONTAINER,
+    SIDECAR_KEYS_PATH,
+    TOKEN_AUDIENCE,
+    TOKEN_EXPIRATION_SECONDS,
+    TOKEN_MOUNT_PATH,
+    TOKEN_VOLUME,
+    GatewaySettings,
+    InjectionConfig,
+    targets,
+)
+from secure_keys.gateway.pod import PodView
+
+
+class PatchOp(TypedDict):
+    op: Literal["add"]
+    path: str
+    value: Any
+
+
+# The probe runs in the key container every second until it passes; the file paths are
+# positional arguments of a fixed script, never spliced into it.
+PROBE_SCRIPT = 'for f in "$@"; do [ -e "$f" ] || exit 1; done'
+PROBE_PERIOD_SECONDS = 1
+PROBE_FAILURE_THRESHOLD = 120
+"""Two minutes for the first delivery before the kubelet restarts the key container."""
+
+
+def _escape(segment: str) -> str:
+    """A JSON pointer segment (RFC 6901)."""
+    return segment.replace("~", "~0").replace("/", "~1")
+
+
+def _security_context(pod: PodView, settings: GatewaySettings) -> dict[str, Any]:
+    uid = pod.run_as_user if pod.run_as_user else settings.default_uid
+    gid = pod.run_as_group if pod.run_as_group else uid
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": gid,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container(
+    name: str,
+    config: InjectionConfig,
+    pod: PodView,
+    settings: GatewaySettings,
+    files: tuple[str, ...],
+    *,
+    once: bool,
+    native: bool,
+) -> dict[str, Any]:
+    env = [
+        {"name": "SECUREKEYS_KEYS", "value": ",".join(config.keys)},
+        {"name": "SECUREKEYS_FILES", "value": ",".join(files)},
+        {"name": "SECUREKEYS_DIR", "value": SIDECAR_KEYS_PATH},
+        {"name": "SECUREKEYS_TOKEN_FILE", "value": f"{TOKEN_MOUNT_PATH}/token"},
+        {"name": "SECUREKEYS_MODE", "value": config.mode},
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    ]
+    if settings.broker_url:
+        env.append({"name": "SECUREKEYS_GATEWAY_URL", "value": settings.broker_url})
+    resources = config.resources
+    container: dict[str, Any] = {
+        "name": name,
+        "image": settings.sidecar_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": list(settings.sidecar_command),
+        "args": ["--once"] if once else [],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": resources.cpu_request, "memory": resources.memory_request},
+            "limits": {"cpu": resources.cpu_limit, "memory": resources.memory_limit},
+        },
+        "securityContext": _security_context(pod, settings),
+        "volumeMounts": [
+            {"name": KEYS_VOLUME, "mountPath": SIDECAR_KEYS_PATH},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if native:
+        container["restartPolicy"] = "Always"
+        paths = [f"{SIDECAR_KEYS_PATH}/{f}" for f in files]
+        container["startupProbe"] = {
+            "exec": {"command": ["sh", "-c", PROBE_SCRIPT, "probe", *paths]},
+            "periodSeconds": PROBE_PERIOD_SECONDS,
+            "failureThreshold": PROBE_FAILURE_THRESHOLD,
+            "timeoutSeconds": 1,
+        }
+    return container
+
+
+def _volumes(size: str) -> list[dict[str, Any]]:
+    return [
+        {"name": KEYS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}},
+        {
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "defaultMode": 0o444,  # mounted in the key container only
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": TOKEN_AUDIENCE,
+                            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+                            "path": "token",
+                        }
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def _add(path: str, value: Any) -> PatchOp:
+    return {"op": "add", "path": path, "value": value}
+
+
+def build_patch(
+    config: InjectionConfig, pod: PodView, settings: GatewaySettings, files: tuple[str, ...]
+) -> list[PatchOp]:
+    """The operations that inject ``config`` into ``pod``; ``files`` are the key files."""
+    ops: list[PatchOp] = []
+    volumes = _volumes(config.volume_size)
+    if pod.has_volumes:
+        ops.extend(_add("/spec/volumes/-", v) for v in volumes)
+    else:
+        ops.append(_add("/spec/volumes", volumes))
+
+    if config.mode == "native":
+        init = _container(SIDECAR_CONTAINER, config, pod, settings, files, once=False, native=True)
+    else:
+        init = _container(INIT_CONTAINER, config, pod, settings, files, once=True, native=False)
+    if not pod.has_init_containers:
+        ops.append(_add("/spec/initContainers", [init]))
+    elif config.init_first:
+        ops.append(_add("/spec/initContainers/0", init))
+    else:
+        ops.append(_add("/spec/initContainers/-", init))
+    shift = 1 if pod.has_init_containers and config.init_first else 0
+
+    mount = {"name": KEYS_VOLUME, "mountPath": config.mount_path, "readOnly": True}
+    for target in targets(config, pod):
+        index = target.index + (shift if target.field == "initContainers" else 0)
+        base = f"/spec/{target.field}/{index}/volumeMounts"
+        if target.view.has_mounts:
+            ops.append(_add(f"{base}/-", mount))
+        else:
+            ops.append(_add(base, [mount]))
+
+    if config.mode == "classic":
+        sidecar = _container(
+            SIDECAR_CONTAINER, config, pod, settings, files, once=False, native=False
+        )
+        ops.append(_add("/spec/containers/-", sidecar))
+
+    if pod.has_annotations:
+        ops.append(_add(f"/metadata/annotations/{_escape(ann.INJECTED)}", config.mode))
+    else:
+        ops.append(_add("/metadata/annotations", {ann.INJECTED: config.mode}))
+    return ops

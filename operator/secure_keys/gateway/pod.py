@@ -1,0 +1,137 @@
+"""A read-only view of the parts of a pod the webhook looks at, parsed defensively. Pure.
+
+The API server sends well-formed pods, but the handler must not trust that: ``pod_view``
+raises ``MalformedPod`` (one message, no pod content) for anything it cannot read, and
+never anything else. The view keeps names and mount paths, never env values or images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class MalformedPod(ValueError):
+    """The object under review cannot be read as a pod."""
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    name: str
+    mount_paths: tuple[str, ...]
+    has_mounts: bool
+    """Whether ``volumeMounts`` is present (decides between add-list and append)."""
+    native_sidecar: bool = False
+    """An init container with ``restartPolicy: Always``."""
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    """``metadata.name``, else ``generateName`` (pods of a ReplicaSet have only that)."""
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    has_annotations: bool
+    service_account: str
+    containers: tuple[ContainerView, ...]
+    init_containers: tuple[ContainerView, ...]
+    has_init_containers: bool
+    volume_names: frozenset[str]
+    has_volumes: bool
+    run_as_user: int | None
+    run_as_group: int | None
+
+
+def _mapping(value: object, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MalformedPod(f"{what} is not an object")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedPod(f"{what} is not a list")
+    return value
+
+
+def _strings(value: object, what: str) -> dict[str, str]:
+    mapping = _mapping(value, what)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise MalformedPod(f"{what} must map strings to strings")
+    return dict(mapping)
+
+
+def _uid(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedPod(f"{what} is not an integer")
+    return value
+
+
+def _containers(value: object, what: str) -> tuple[ContainerView, ...]:
+    views = []
+    for index, item in enumerate(_list(value, what)):
+        where = f"{what}[{index}]"
+        container = _mapping(item, where)
+        name = container.get("name")
+        if not isinstance(name, str):
+            raise MalformedPod(f"{where}.name is not a string")
+        mounts = container.get("volumeMounts")
+        paths = []
+        for position, mount in enumerate(_list(mounts, f"{where}.volumeMounts")):
+            path = _mapping(mount, f"{where}.volumeMounts[{position}]").get("mountPath")
+            if isinstance(path, str):
+                paths.append(path)
+        views.append(
+            ContainerView(
+                name=name,
+                mount_paths=tuple(paths),
+                has_mounts=mounts is not None,
+                native_sidecar=container.get("restartPolicy") == "Always",
+            )
+        )
+    return tuple(views)
+
+
+def pod_view(obj: Mapping[str, Any] | None, namespace: str) -> PodView:
+    """The view of ``obj`` (the request's object) in ``namespace`` (the request's)."""
+    if obj is None:
+        raise MalformedPod("the request carries no pod")
+    metadata = _mapping(obj.get("metadata"), "metadata")
+    spec = _mapping(obj.get("spec"), "spec")
+    annotations = metadata.get("annotations")
+    name = metadata.get("name") or metadata.get("generateName") or ""
+    if not isinstance(name, str):
+        raise MalformedPod("metadata.name is not a string")
+    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    if not isinstance(account, str):
+        raise MalformedPod("spec.serviceAccountName is not a string")
+    volumes = _list(spec.get("volumes"), "spec.volumes")
+    volume_names = set()
+    for index, volume in enumerate(volumes):
+        volume_name = _mapping(volume, f"spec.volumes[{index}]").get("name")
+        if isinstance(volume_name, str):
+            volume_names.add(volume_name)
+    security = _mapping(spec.get("securityContext"), "spec.securityContext")
+    return PodView(
+        namespace=namespace,
+        name=name,
+        labels=_strings(metadata.get("labels"), "metadata.labels"),
+        annotations=_strings(annotations, "metadata.annotations"),
+        has_annotations=annotations is not None,
+        service_account=account,
+        containers=_containers(spec.get("containers"), "spec.containers"),
+        init_containers=_containers(spec.get("initContainers"), "spec.initContainers"),
+        has_init_containers=spec.get("initContainers") is not None,
+        volume_names=frozenset(volume_names),
+        has_volumes=spec.get("volumes") is not None,
+        run_as_user=_uid(security.get("runAsUser"), "spec.securityContext.runAsUser"),
+        run_as_group=_uid(security.get("runAsGroup"), "spec.securityContext.runAsGroup"),
+    )

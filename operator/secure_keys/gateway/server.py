@@ -1,0 +1,293 @@
+"""The gateway's edge: an aiohttp application over TLS, and the process around it.
+
+* ``POST /mutate``: one AdmissionReview in, one out (``mutate.admit`` decides). A body
+  that is not an AdmissionReview gets HTTP 400; everything else gets 200 with a
+  well-formed AdmissionReview echoing the request's uid, even if the pipeline fails
+  unexpectedly (then it is denied, code 500: an opted-in pod never starts unchecked).
+  One canonical log line per request (``admission``), with the outcome and timing.
+* ``GET /healthz``: the process is serving. ``GET /readyz``: 200 only once the ApiKey,
+  KeyRole and ServiceAccount caches have listed once; until then admission fails closed.
+* TLS: certificate and key are read from files and re-read when either changes
+  (``CertificateReloader``), so certificates rotate without a restart. A pair that fails
+  to load (say, the key written before the certificate) is ignored until the next
+  change; the previous pair keeps serving.
+* Prometheus metrics on a separate plain-HTTP port (``metrics.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from secure_keys.gateway import metrics
+from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.injection import GatewaySettings
+from secure_keys.gateway.mutate import Outcome, admit
+from secure_keys.gateway.review import (
+    AdmissionRequest,
+    AdmissionResponse,
+    NotAdmissionReview,
+    decode,
+    encode,
+)
+from secure_keys.kube.client import Credentials, KubeApi
+
+_log = structlog.get_logger("secure_keys.gateway")
+
+MAX_BODY = 4 * 1024 * 1024
+"""The API server sends at most about 3 MiB (its own request limit) plus the envelope."""
+MUTATE_PATH = "/mutate"
+_JSON = "application/json"
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    # stat follows symlinks: a Secret volume's atomic ..data swap gives a new inode.
+    info = path.stat()
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+class CertificateReloader:
+    """A TLS server context whose certificate follows two files.
+
+    The context given to the listener stays the same object; each handshake is moved to
+    the newest successfully loaded context by the SNI callback (which OpenSSL calls with
+    or without SNI: the API server sends none when it dials an IP address).
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.context = server_context(cert, key)
+        self._current = self.context
+        self._seen = (_signature(cert), _signature(key))
+        self.context.sni_callback = self._pick
+
+    def _pick(self, connection: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self._current is not self.context:
+            connection.context = self._current
+
+    def check(self) -> bool:
+        """Reload if the files changed; True if a new pair is now served."""
+        try:
+            seen = (_signature(self.cert), _signature(self.key))
+        except OSError:
+            return False  # mid-swap: look again next time
+        if seen == self._seen:
+            return False
+        try:
+            fresh = server_context(self.cert, self.key)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Only the error's class: OpenSSL's text can quote the file it read.
+            metrics.TLS_RELOADS.labels("failed").inc()
+            _log.warning("tls.reload_failed", error=type(exc).__name__)
+            return False
+        self._seen = seen
+        self._current = fresh
+        metrics.TLS_RELOADS.labels("ok").inc()
+        _log.info("tls.reloaded", cert=str(self.cert))
+        return True
+
+    async def watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.check()
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What the handler answered, and what the log line and the metrics need."""
+
+    status: int
+    body: bytes
+    request: AdmissionRequest | None = None
+    outcome: Outcome | None = None
+    error: str = ""
+    """The class of an unexpected exception (then the pod was denied with code 500)."""
+
+
+def handle_body(body: bytes, caches: GatewayCaches, settings: GatewaySettings) -> Handled:
+    """The whole request, without HTTP.
+
+    Raises only what ``admit`` might raise unexpectedly; ``answer`` catches that. The
+    fuzz test drives this directly, so a crash in the pipeline is seen, not masked.
+    """
+    try:
+        request = decode(body)
+    except NotAdmissionReview as exc:
+        return Handled(400, str(exc).encode())
+    outcome = admit(request, CacheSnapshot(caches), settings, synced=caches.synced)
+    return Handled(200, encode(outcome.response, request.api_version), request, outcome)
+
+
+def answer(body: bytes, caches: GatewayCaches, settings: GatewaySettings) -> Handled:
+    """``handle_body``, never raising: an unexpected failure denies the pod (code 500)."""
+    try:
+        return handle_body(body, caches, settings)
+    except Exception as exc:  # the gateway must answer every review
+        try:
+            request = decode(body)
+        except Exception:
+            return Handled(400, b"unreadable AdmissionReview", error=type(exc).__name__)
+        response = AdmissionResponse(
+            request.uid,
+            allowed=False,
+            code=500,
+            reason="InternalError",
+            message="secure-keys: the gateway failed to process this pod; see its log",
+        )
+        return Handled(
+            200, encode(response, request.api_version), request, None, type(exc).__name__
+        )
+
+
+def build_app(
+    caches: GatewayCaches,
+    settings: GatewaySettings,
+    clock: Callable[[], float] = time.perf_counter,
+) -> web.Application:
+    async def mutate(request: web.Request) -> web.Response:
+        started = clock()
+        raw = await request.read()
+        handled = answer(raw, caches, settings)
+        elapsed = clock() - started
+        duration_ms = round(elapsed * 1000, 3)
+        review, outcome = handled.request, handled.outcome
+        if review is None:
+            metrics.ADMISSIONS.labels("bad-request", handled.error).inc()
+            _log.info(
+                "admission",
+                outcome="bad-request",
+                error=handled.body.decode(),
+                duration_ms=duration_ms,
+            )
+            return web.Response(status=handled.status, body=handled.body, content_type="text/plain")
+        name = outcome.outcome if outcome is not None else "error"
+        reason = outcome.reason if outcome is not None else handled.error
+        metrics.ADMISSIONS.labels(name, reason).inc()
+        metrics.ADMISSION_SECONDS.labels(name).observe(elapsed)
+        fields: dict[str, object] = {}
+        if outcome is not None:
+            fields = {
+                "pod": outcome.pod,
+                "mode": outcome.mode,
+                "keys": list(outcome.keys),
+                "patch_ops": len(outcome.response.patch),
+                "message": outcome.response.message,
+            }
+        _log.info(
+            "admission",
+            uid=review.uid,
+            namespace=review.namespace,
+            operation=review.operation,
+            kind=review.kind,
+            outcome=name,
+            reason=reason,
+            dry_run=review.dry_run,
+            duration_ms=duration_ms,
+            **fields,
+        )
+        return web.Response(body=handled.body, content_type=_JSON)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(_request: web.Request) -> web.Response:
+        if caches.synced:
+            return web.Response(text="ok")
+        return web.Response(status=503, text="caches not synced")
+
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post(MUTATE_PATH, mutate)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    tls_cert: Path
+    tls_key: Path
+    port: int = 8443
+    address: str = "0.0.0.0"  # noqa: S104 - a server
+    metrics_port: int | None = None
+    kubeconfig: Path | None = None
+    settings: GatewaySettings = field(default_factory=GatewaySettings)
+    cert_reload_interval: float = 5.0
+
+
+async def _track_caches(caches: GatewayCaches) -> None:
+    await caches.wait_synced()
+    metrics.CACHES_SYNCED.set(1)
+    # The caches are long-lived: move them out of the collector's view, so that the
+    # full collections that request garbage triggers do not walk them every time.
+    gc.collect()
+    gc.freeze()
+    _log.info(
+        "gateway.synced",
+        apikeys=len(caches.apikeys),
+        keyroles=len(caches.keyroles),
+        service_accounts=len(caches.service_accounts),
+    )
+
+
+async def serve(options: GatewayOptions) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    caches = GatewayCaches()
+    for cache in caches.all:
+        metrics.CACHE_OBJECTS.labels(cache.resource.plural).set_function(
+            lambda cache=cache: len(cache)  # type: ignore[misc]
+        )
+    metrics.CACHES_SYNCED.set(0)
+    reloader = CertificateReloader(options.tls_cert, options.tls_key)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    credentials = Credentials.discover(options.kubeconfig)
+    async with KubeApi(credentials, user_agent="secure-keys-gateway") as api:
+        tasks = [
+            asyncio.create_task(caches.run(api), name="caches"),
+            asyncio.create_task(_track_caches(caches), name="synced"),
+            asyncio.create_task(reloader.watch(options.cert_reload_interval), name="tls"),
+        ]
+        runner = web.AppRunner(build_app(caches, options.settings), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, options.address, options.port, ssl_context=reloader.context)
+        await site.start()
+        if options.metrics_port is not None:
+            metrics.serve(options.metrics_port)
+        _log.info(
+            "gateway.started",
+            port=options.port,
+            metrics_port=options.metrics_port,
+            pid=os.getpid(),
+            sidecar_image=options.settings.sidecar_image,
+            default_mode=options.settings.default_mode,
+        )
+        try:
+            await stop.wait()
+        finally:
+            _log.info("gateway.stopping")
+            await runner.cleanup()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -1,0 +1,151 @@
+"""Watch-fed caches: one resource's objects, each kept as a small frozen projection.
+
+A ``WatchCache`` consumes ``informer()`` events for one resource and keeps, per object,
+only what its ``project`` function extracts (a frozen value), indexed by namespace, so a
+reader (the gateway's admission handler) answers from memory and makes no API call. The
+raw objects are dropped as soon as they are projected: an ApiKey's ``spec.source`` (a
+sealed blob, a Secret reference) is never kept. ``synced`` turns true after the first
+complete list; a relist after a 410 replaces what changed meanwhile (the informer's
+synthetic events), so the cache converges on what the API server stores.
+
+An optional ``index`` (as client-go's indexers) files each object, within its
+namespace, under the keys it returns, so a reader can ask for "the objects of this
+namespace under this key" without scanning them all (the gateway asks for the KeyRoles
+that name one ServiceAccount among 1,000 in a namespace).
+
+``apply`` is the whole state change and is synchronous, so tests drive it with events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Generic, TypeVar
+
+import structlog
+
+from secure_keys.kube.client import JsonObject, KubeApi, Resource
+from secure_keys.kube.informer import Backoff, InformerEvent, informer, object_key
+
+_log = structlog.get_logger("secure_keys.kube.cache")
+
+T = TypeVar("T")
+_EMPTY: Mapping[str, object] = MappingProxyType({})
+
+
+class WatchCache(Generic[T]):
+    """The projected objects of one resource, current as of the last watch event."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        project: Callable[[JsonObject], T | None],
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        index: Callable[[T], Iterable[Hashable]] | None = None,
+    ) -> None:
+        self.resource = resource
+        self.project = project
+        """Object -> projection; None drops the object (say, one that cannot be parsed)."""
+        self.label_selector = label_selector
+        self.field_selector = field_selector
+        self._by_namespace: dict[str, dict[str, T]] = {}
+        self._index_of = index
+        self._index: dict[tuple[str, Hashable], dict[str, T]] = {}
+        self._count = 0
+        self._synced = asyncio.Event()
+        self.rejected = 0
+        """Objects the projection refused since start (they are left out of the cache)."""
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    def __len__(self) -> int:
+        return self._count
+
+    def get(self, namespace: str, name: str) -> T | None:
+        return self._by_namespace.get(namespace, {}).get(name)
+
+    def in_namespace(self, namespace: str) -> Mapping[str, T]:
+        """The namespace's objects by name (a live view: do not keep it across awaits)."""
+        found = self._by_namespace.get(namespace)
+        if found is None:
+            return _EMPTY  # type: ignore[return-value]
+        return found
+
+    def indexed(self, namespace: str, key: Hashable) -> Mapping[str, T]:
+        """The namespace's objects filed under ``key`` by the index (a live view)."""
+        found = self._index.get((namespace, key))
+        if found is None:
+            return _EMPTY  # type: ignore[return-value]
+        return found
+
+    def _file(self, namespace: str, name: str, value: T, *, add: bool) -> None:
+        if self._index_of is None:
+            return
+        for key in set(self._index_of(value)):
+            slot = (namespace, key)
+            if add:
+                self._index.setdefault(slot, {})[name] = value
+                continue
+            bucket = self._index.get(slot)
+            if bucket is not None:
+                bucket.pop(name, None)
+                if not bucket:
+                    del self._index[slot]
+
+    def apply(self, event: InformerEvent) -> None:
+        """Update the cache with one informer event (pure state change, no I/O)."""
+        if event.type == "LISTED":
+            self._synced.set()
+            return
+        namespace, name = object_key(event.object)
+        if event.type == "DELETED":
+            self._remove(namespace, name)
+            return
+        projected = self.project(event.object)
+        if projected is None:
+            self.rejected += 1
+            _log.warning(
+                "cache.object_rejected",
+                resource=self.resource.plural,
+                namespace=namespace,
+                name=name,
+            )
+            self._remove(namespace, name)
+            return
+        bucket = self._by_namespace.setdefault(namespace, {})
+        previous = bucket.get(name)
+        if previous is None:
+            self._count += 1
+        else:
+            self._file(namespace, name, previous, add=False)
+        bucket[name] = projected
+        self._file(namespace, name, projected, add=True)
+
+    def _remove(self, namespace: str, name: str) -> None:
+        bucket = self._by_namespace.get(namespace)
+        if bucket is None or name not in bucket:
+            return
+        self._file(namespace, name, bucket.pop(name), add=False)
+        self._count -= 1
+        if not bucket:
+            del self._by_namespace[namespace]
+
+    async def run(self, api: KubeApi, *, backoff: Backoff | None = None) -> None:
+        """Feed the cache from an informer until cancelled."""
+        async for event in informer(
+            api,
+            self.resource,
+            None,
+            label_selector=self.label_selector,
+            field_selector=self.field_selector,
+            backoff=backoff,
+        ):
+            self.apply(event)
