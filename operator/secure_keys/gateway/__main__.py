@@ -15,7 +15,7 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 from secure_keys.core.logs import configure  # noqa: E402
 from secure_keys.gateway.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
-from secure_keys.gateway.server import GatewayOptions, serve  # noqa: E402
+from secure_keys.gateway.server import BrokerOptions, GatewayOptions, serve  # noqa: E402
 
 
 def _command(text: str) -> tuple[str, ...]:
@@ -63,6 +63,21 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         "--broker-url", default="", help="the key broker's URL, given to the key container"
     )
     parser.add_argument("--cert-reload-interval", type=float, default=5.0)
+    parser.add_argument(
+        "--kms-config",
+        type=Path,
+        default=None,
+        help="the controller's KMS config (JSON); serves the key broker (POST /v1/stream)",
+    )
+    parser.add_argument(
+        "--controller-namespace",
+        default="secure-keys-system",
+        help="where the controller keeps its keys Secret",
+    )
+    parser.add_argument("--heartbeat-seconds", type=int, default=10)
+    parser.add_argument(
+        "--dek-cache-ttl", type=float, default=24 * 3600.0, help="seconds a data key stays cached"
+    )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     args = parser.parse_args(argv)
     configure(json=None if args.log_format == "auto" else args.log_format == "json")
@@ -84,6 +99,14 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         kubeconfig=args.kubeconfig,
         settings=settings,
         cert_reload_interval=args.cert_reload_interval,
+        broker=None
+        if args.kms_config is None
+        else BrokerOptions(
+            kms_config=args.kms_config,
+            controller_namespace=args.controller_namespace,
+            heartbeat_seconds=args.heartbeat_seconds,
+            dek_cache_ttl=args.dek_cache_ttl,
+        ),
     )
 
 

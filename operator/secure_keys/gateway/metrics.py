@@ -45,3 +45,52 @@ TLS_RELOADS = Counter(
 
 def serve(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a metrics port
     start_http_server(port, addr=address, registry=REGISTRY)
+
+
+# -- the key broker -----------------------------------------------------------------------
+BROKER_DELIVERIES = Counter(
+    "securekeys_gateway_deliveries_total",
+    "Key versions sealed and sent to a sidecar.",
+    registry=REGISTRY,
+)
+BROKER_REFUSALS = Counter(
+    "securekeys_gateway_refusals_total",
+    "Stream requests and keys refused or revoked, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+BROKER_STREAMS = Gauge(
+    "securekeys_gateway_connected_sidecars",
+    "Open sidecar streams on this replica.",
+    registry=REGISTRY,
+)
+PUSH_SECONDS = Histogram(
+    "securekeys_gateway_push_seconds",
+    "From a watched change reaching this replica to the state line written to a stream.",
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+TOKEN_REVIEWS = Counter(
+    "securekeys_gateway_token_reviews_total",
+    "Token lookups, by result: hit (answered from the cache), review (a TokenReview "
+    "call), error (the call failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+DEK_CACHE = Counter(
+    "securekeys_gateway_dek_cache_total",
+    "Data-key unwraps, by result: hit (from the DEK cache) or miss (a KMS call).",
+    ["result"],
+    registry=REGISTRY,
+)
+KMS_CALLS = Counter(
+    "securekeys_gateway_kms_calls_total",
+    "Unwrap calls that reached the KMS (DEK cache misses).",
+    registry=REGISTRY,
+)
+
+
+def observe_dek(hit: bool) -> None:
+    DEK_CACHE.labels("hit" if hit else "miss").inc()
+    if not hit:
+        KMS_CALLS.inc()

@@ -30,7 +30,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from secure_keys.core.delivery import STREAM_PATH
 from secure_keys.gateway import metrics
+from secure_keys.gateway.broker import Broker
 from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.injection import GatewaySettings
 from secure_keys.gateway.mutate import Outcome, admit
@@ -161,6 +163,7 @@ def build_app(
     caches: GatewayCaches,
     settings: GatewaySettings,
     clock: Callable[[], float] = time.perf_counter,
+    broker: Broker | None = None,
 ) -> web.Application:
     async def mutate(request: web.Request) -> web.Response:
         started = clock()
@@ -217,6 +220,8 @@ def build_app(
     app.router.add_post(MUTATE_PATH, mutate)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if broker is not None:
+        app.router.add_post(STREAM_PATH, broker.handle)
     return app
 
 
@@ -230,6 +235,8 @@ class GatewayOptions:
     kubeconfig: Path | None = None
     settings: GatewaySettings = field(default_factory=GatewaySettings)
     cert_reload_interval: float = 5.0
+    broker: BrokerOptions | None = None
+    """Serve ``POST /v1/stream`` (the key broker) when set."""
 
 
 async def _track_caches(caches: GatewayCaches) -> None:
@@ -245,6 +252,70 @@ async def _track_caches(caches: GatewayCaches) -> None:
         keyroles=len(caches.keyroles),
         service_accounts=len(caches.service_accounts),
     )
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    kms_config: Path
+    controller_namespace: str = "secure-keys-system"
+    heartbeat_seconds: int = 10
+    dek_cache_ttl: float = 24 * 3600.0
+
+
+def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
+    # Imported here: a webhook-only gateway needs none of the KMS machinery.
+    from secure_keys.core.auditchain import AuditChain, derive_audit_key
+    from secure_keys.gateway.audit import AuditLog, PodEvents
+    from secure_keys.gateway.broker import BrokerSettings
+    from secure_keys.gateway.material import (
+        CachedProviders,
+        KmsKeys,
+        KubeSecrets,
+        MaterialSource,
+    )
+    from secure_keys.gateway.tokenreview import KubeTokenReviews, TokenReviewer
+    from secure_keys.kube.client import EVENTS
+
+    class _Events:
+        async def create_event(self, namespace: str, body: dict[str, object]) -> None:
+            await api.create(EVENTS, namespace, body)
+
+    providers = CachedProviders(
+        KmsKeys.load(options.kms_config),
+        dek_ttl=options.dek_cache_ttl,
+        observe=metrics.observe_dek,
+    )
+    material = MaterialSource(KubeSecrets(api), providers, options.controller_namespace)
+    reviewer = TokenReviewer(
+        KubeTokenReviews(api), observe=lambda r: metrics.TOKEN_REVIEWS.labels(r).inc()
+    )
+    broker = Broker(
+        reviewer,
+        material,
+        AuditLog(AuditChain(bytes(32))),  # replaced once the fingerprint key opens
+        PodEvents(_Events()),
+        settings=BrokerSettings(heartbeat_seconds=options.heartbeat_seconds),
+    )
+    broker.ready = False
+
+    async def open_keys() -> None:
+        delay = 0.5
+        while True:
+            try:
+                key = await material.fingerprint_key()
+            except Exception as exc:  # retried: the KMS or the keys Secret may come later
+                _log.warning("broker.keys_unavailable", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            audit_key = derive_audit_key(key)
+            broker.audit = AuditLog(AuditChain(audit_key))
+            broker.ready = True
+            _log.info("broker.ready")
+            return
+
+    broker.start_task = asyncio.create_task(open_keys(), name="broker-keys")
+    return broker
 
 
 async def serve(options: GatewayOptions) -> None:
@@ -267,7 +338,12 @@ async def serve(options: GatewayOptions) -> None:
             asyncio.create_task(_track_caches(caches), name="synced"),
             asyncio.create_task(reloader.watch(options.cert_reload_interval), name="tls"),
         ]
-        runner = web.AppRunner(build_app(caches, options.settings), access_log=None)
+        broker = None
+        if options.broker is not None:
+            broker = _build_broker(options.broker, api)
+            tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
+        app = build_app(caches, options.settings, broker=broker)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.address, options.port, ssl_context=reloader.context)
         await site.start()

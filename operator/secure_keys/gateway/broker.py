@@ -1,0 +1,624 @@
+"""Owns the key broker: ``POST /v1/stream``, the long-lived push stream to sidecars.
+
+A request is, in order (every refusal names its reason, is audited, and a pod-level one
+also becomes an aggregated Warning Event on the pod):
+
+1. the bearer token: a TokenReview with audience ``securekeys.io`` (``tokenreview``,
+   cached by the token's hash): 401, or 503 if the API server could not be asked;
+2. rate limits, per pod and per ServiceAccount: 429 with ``Retry-After``;
+3. the body (``core.delivery.parse_stream_request``): 400;
+4. the pod named by the token (from the broker's pod cache): exists with that uid, not
+   terminating, injected, asked for every requested key: 403;
+5. each key (``broker_policy.grant``): KeyRole ``read`` for the ServiceAccount, its
+   ``access`` conditions: 403; material that cannot be served now (KMS down, blob
+   missing or failing its integrity checks): 503.
+
+Then a 200 NDJSON stream: a full ``state`` line, and later a ``state`` line with only the
+keys that changed, within a second of any change to the namespace's ApiKeys, KeyRoles or
+the pod (the watch-fed caches poke every session of the namespace), and at the moments
+the answer changes by itself (a grace period ending, a time window opening or closing, a
+lease at half-life). A ``heartbeat`` line follows every ``heartbeat_seconds`` of silence.
+A pod that is deleted or loses its injection ends the stream with an ``error`` line.
+
+Material is opened by ``material.MaterialSource`` (checked blobs, cached DEKs, KMS off
+the event loop) and sealed to the sidecar's per-connection key (``core.delivery``);
+versions the sidecar said it holds (``have``, per slot) are sent without material.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiohttp import web
+
+from secure_keys.core import delivery
+from secure_keys.core.delivery import (
+    DEFAULT_HEARTBEAT_SECONDS,
+    ErrorMessage,
+    HeartbeatMessage,
+    HeldVersions,
+    KeyState,
+    Message,
+    ProtocolError,
+    StateMessage,
+    StreamRequest,
+    VersionState,
+)
+from secure_keys.core.memory import zero
+from secure_keys.core.sealing import Recipient
+from secure_keys.gateway import metrics
+from secure_keys.gateway.audit import AuditLog, PodEvents
+from secure_keys.gateway.broker_policy import (
+    BrokerRole,
+    DeliveryKeyView,
+    PodView,
+    Refusal,
+    check_pod,
+    grant,
+    next_wake,
+    project_delivery_key,
+    project_pod,
+    project_role,
+)
+from secure_keys.gateway.material import MaterialSource, MaterialUnavailable
+from secure_keys.gateway.tokenreview import TokenIdentity, TokenRejected, TokenReviewer
+from secure_keys.kube.cache import WatchCache
+from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
+from secure_keys.kube.informer import InformerEvent, object_key
+from secure_keys.kube.keyroles import service_account_identities, subject_identities
+
+_log = structlog.get_logger("secure_keys.gateway.broker")
+
+PODS = Resource("", "v1", "pods")
+INJECT_SELECTOR = "securekeys.io/inject=true"
+MATERIAL_RETRY = 5.0
+POD_WAIT = 2.0
+"""How long a stream waits for the pod cache to see a pod just created."""
+
+T = TypeVar("T")
+
+
+class NotifyingCache(WatchCache[T], Generic[T]):
+    """A ``WatchCache`` that calls ``on_change(namespace)`` after every object event."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        project: Callable[[JsonObject], T | None],
+        on_change: Callable[[str], None],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(resource, project, **kwargs)
+        self.on_change = on_change
+
+    def apply(self, event: InformerEvent) -> None:
+        super().apply(event)
+        if event.type != "LISTED":
+            self.on_change(object_key(event.object)[0])
+
+
+def _role_identities(role: BrokerRole) -> list[Hashable]:
+    return [i for s in role.rules.subjects for i in subject_identities(s, role.namespace)]
+
+
+class BrokerCaches:
+    """ApiKeys (with status and delivery), KeyRoles (with access), injected pods."""
+
+    def __init__(self, on_change: Callable[[str], None]) -> None:
+        self.apikeys: NotifyingCache[DeliveryKeyView] = NotifyingCache(
+            APIKEYS, project_delivery_key, on_change
+        )
+        self.roles: NotifyingCache[BrokerRole] = NotifyingCache(
+            KEYROLES, project_role, on_change, index=_role_identities
+        )
+        self.pods: NotifyingCache[PodView] = NotifyingCache(
+            PODS, project_pod, on_change, label_selector=INJECT_SELECTOR
+        )
+
+    @property
+    def all(self) -> tuple[WatchCache[Any], ...]:
+        return (self.apikeys, self.roles, self.pods)
+
+    @property
+    def synced(self) -> bool:
+        return all(c.synced for c in self.all)
+
+    async def run(self, api: KubeApi) -> None:
+        await asyncio.gather(*(c.run(api) for c in self.all))
+
+    def roles_for(self, pod: PodView) -> list[BrokerRole]:
+        found: dict[str, BrokerRole] = {}
+        for identity in service_account_identities(pod.namespace, pod.service_account):
+            found.update(self.roles.indexed(pod.namespace, identity))
+        return list(found.values())
+
+
+class TokenBucket:
+    """``capacity`` requests at once, refilled at ``rate`` per second."""
+
+    def __init__(self, capacity: float, rate: float, clock: Callable[[], float]) -> None:
+        self.capacity, self.rate, self._clock = capacity, rate, clock
+        self.tokens, self.at = capacity, clock()
+
+    def take(self) -> float:
+        """0 if allowed (a token is spent), else the seconds until one is available."""
+        now = self._clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+@dataclass
+class RateLimits:
+    pod_capacity: float = 10
+    pod_rate: float = 0.2
+    sa_capacity: float = 100
+    sa_rate: float = 5
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[tuple[str, ...], TokenBucket] = field(default_factory=dict)
+
+    def check(self, identity: TokenIdentity) -> tuple[str, float] | None:
+        """``None`` if allowed, else (which limit, seconds to wait)."""
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()  # bounded memory; a reset only forgives
+        for scope, key, capacity, rate in (
+            ("pod", ("pod", identity.pod_uid), self.pod_capacity, self.pod_rate),
+            (
+                "serviceaccount",
+                ("sa", identity.namespace, identity.service_account),
+                self.sa_capacity,
+                self.sa_rate,
+            ),
+        ):
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(capacity, rate, self.clock)
+            wait = bucket.take()
+            if wait > 0:
+                return scope, wait
+        return None
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS
+    max_body: int = delivery.MAX_REQUEST_SIZE
+
+
+_REVOKED = ("revoked",)
+
+
+class Session:
+    """One sidecar's stream: what it holds, what it was sent, when to look again."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        identity: TokenIdentity,
+        pod: PodView,
+        request: StreamRequest,
+        ip: str,
+        user_agent: str,
+    ) -> None:
+        self.broker = broker
+        self.identity = identity
+        self.pod = pod
+        self.keys = request.keys
+        self.recipient: Recipient = request.recipient
+        self.held: dict[str, HeldVersions] = {
+            k: request.have.get(k, HeldVersions()) for k in request.keys
+        }
+        self.sent: dict[str, tuple[Any, ...] | None] = dict.fromkeys(request.keys)
+        self.renew_at: dict[str, datetime] = {}
+        self.seq = 0
+        self.wake_at: datetime | None = None
+        self.poked = asyncio.Event()
+        self.poked_at: float | None = None
+        self.ip, self.user_agent = ip, user_agent
+
+    @property
+    def pod_ref(self) -> dict[str, str]:
+        return {"namespace": self.pod.namespace, "name": self.pod.name, "uid": self.pod.uid}
+
+    def poke(self) -> None:
+        if self.poked_at is None:
+            self.poked_at = time.monotonic()
+        self.poked.set()
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def compute(self, now: datetime, *, initial: bool) -> StateMessage | Refusal | None:
+        """The next state line (``None``: nothing changed); at connect, a refusal if any
+        key is refused."""
+        caches = self.broker.caches
+        apikeys = caches.apikeys.in_namespace(self.pod.namespace)
+        roles = caches.roles_for(self.pod)
+        states: dict[str, KeyState] = {}
+        revoked: list[str] = []
+        wakes: list[datetime | None] = []
+        for key in self.keys:
+            decision = grant(self.pod, key, apikeys, roles, now)
+            if isinstance(decision, Refusal):
+                wakes.append(decision.wake_at)
+                if initial:
+                    return decision
+                if self.sent[key] != _REVOKED:
+                    revoked.append(key)
+                    self.sent[key] = _REVOKED
+                    self.held[key] = HeldVersions()
+                    self.broker.refused(self, decision, key=key, event_type="key.revoked")
+                continue
+            view = apikeys[key]
+            current = view.current()
+            previous = view.previous(now)
+            signature = (
+                None if current is None else (current.version, current.fingerprint),
+                None if previous is None else (previous[0].version, previous[1]),
+                view.file_name,
+                view.format,
+                view.env_name,
+                view.mode,
+            )
+            wakes += [decision.wake_at, None if previous is None else previous[1]]
+            renew = self.renew_at.get(key)
+            if not initial and self.sent[key] == signature and renew is not None and now < renew:
+                wakes.append(renew)
+                continue
+            try:
+                state = await self._key_state(view, decision.lease_expires_at, current, previous)
+            except MaterialUnavailable as exc:
+                refusal = Refusal(exc.reason, str(exc))
+                if initial:
+                    return refusal
+                self.broker.refused(self, refusal, key=key, event_type="key.refused")
+                wakes.append(now + timedelta(seconds=MATERIAL_RETRY))
+                continue
+            states[key] = state
+            self.sent[key] = signature
+            self.renew_at[key] = now + (decision.lease_expires_at - now) / 2
+            wakes.append(self.renew_at[key])
+        self.wake_at = next_wake(*wakes)
+        if not states and not revoked:
+            return None
+        return StateMessage(
+            seq=self._next_seq(),
+            keys=states,
+            revoked=tuple(revoked),
+            heartbeat_seconds=self.broker.settings.heartbeat_seconds if initial else None,
+        )
+
+    async def _version(
+        self, view: DeliveryKeyView, record: Any, held: int | None, expires: datetime | None
+    ) -> VersionState:
+        sealed = None
+        if held != record.version:
+            plaintext = await self.broker.material.plaintext(
+                view, record.version, record.fingerprint
+            )
+            sealed = await self.broker.material.run_off_loop(
+                _seal_and_zero, self.recipient, plaintext, view.namespace, view.name, record.version
+            )
+            self.broker.delivered(self, view, record.version)
+        return VersionState(record.version, record.fingerprint, expires, sealed)
+
+    async def _key_state(
+        self,
+        view: DeliveryKeyView,
+        lease: datetime,
+        current: Any,
+        previous: tuple[Any, datetime] | None,
+    ) -> KeyState:
+        held = self.held[view.name]
+        cur = None if current is None else await self._version(view, current, held.current, None)
+        prev = None
+        if previous is not None:
+            prev = await self._version(view, previous[0], held.previous, previous[1])
+        self.held[view.name] = HeldVersions(
+            None if cur is None else cur.version, None if prev is None else prev.version
+        )
+        return KeyState(
+            file_name=view.file_name,
+            format=view.format,
+            env_name=view.env_name,
+            mode=view.mode,
+            current=cur,
+            previous=prev,
+            lease_expires_at=lease,
+        )
+
+    async def run(self, response: web.StreamResponse) -> None:
+        heartbeat = self.broker.settings.heartbeat_seconds
+        last_line = time.monotonic()
+        while True:
+            now_mono = time.monotonic()
+            timeout = max(0.0, heartbeat - (now_mono - last_line))
+            if self.wake_at is not None:
+                until_wake = (self.wake_at - self.broker.now()).total_seconds()
+                timeout = min(timeout, max(0.0, until_wake))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.poked.wait(), timeout)
+            self.poked.clear()
+            poked_at, self.poked_at = self.poked_at, None
+            pod = self.broker.caches.pods.get(self.pod.namespace, self.pod.name)
+            refusal = check_pod(pod, name=self.pod.name, uid=self.pod.uid, keys=self.keys)
+            if refusal is not None or pod is None:
+                refusal = refusal or Refusal("PodNotFound", "the pod is gone")
+                self.broker.refused(self, refusal, key="", event_type="key.revoked")
+                await response.write(
+                    delivery.encode_message(ErrorMessage(refusal.reason, refusal.message))
+                )
+                return
+            self.pod = pod
+            message: Message | None = None
+            state = await self.compute(self.broker.now(), initial=False)
+            if isinstance(state, StateMessage):
+                message = state
+                if poked_at is not None:
+                    metrics.PUSH_SECONDS.observe(time.monotonic() - poked_at)
+            elif time.monotonic() - last_line >= heartbeat:
+                message = HeartbeatMessage(self._next_seq(), self.broker.now())
+            if message is not None:
+                await response.write(delivery.encode_message(message))
+                last_line = time.monotonic()
+
+
+def _seal_and_zero(
+    recipient: Recipient, plaintext: bytearray, namespace: str, apikey: str, version: int
+) -> str:
+    try:
+        return delivery.seal_for_sidecar(
+            recipient, plaintext, namespace=namespace, apikey=apikey, version=version
+        )
+    finally:
+        zero(plaintext)
+
+
+_STATUS = {
+    "TokenMissing": 401,
+    "TokenInvalid": 401,
+    "TokenAudience": 401,
+    "TokenNotServiceAccount": 401,
+    "TokenNotPodBound": 401,
+    "TokenReviewFailed": 503,
+    "RateLimited": 429,
+    "BadRequest": 400,
+    "BrokerNotReady": 503,
+    "KmsUnavailable": 503,
+    "SecretReadFailed": 503,
+    "ControllerKeysUnavailable": 503,
+    "BlobMissing": 503,
+}
+
+
+class Broker:
+    """The stream endpoint's state: caches, sessions by namespace, and the edges."""
+
+    def __init__(
+        self,
+        reviewer: TokenReviewer,
+        material: MaterialSource,
+        audit: AuditLog,
+        events: PodEvents,
+        *,
+        settings: BrokerSettings | None = None,
+        limits: RateLimits | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.reviewer = reviewer
+        self.material = material
+        self.audit = audit
+        self.events = events
+        self.settings = settings or BrokerSettings()
+        self.limits = limits or RateLimits()
+        self.now = now
+        self.sessions: dict[str, set[Session]] = {}
+        self.caches = BrokerCaches(self.changed)
+        self.ready = True
+        """False until the audit key is available (``server`` opens it at start)."""
+        self.start_task: asyncio.Task[None] | None = None
+
+    def changed(self, namespace: str) -> None:
+        for session in self.sessions.get(namespace, ()):
+            session.poke()
+
+    # -- audit helpers ---------------------------------------------------------------
+    def refused(self, session: Session, refusal: Refusal, *, key: str, event_type: str) -> None:
+        self.audit_refusal(
+            refusal,
+            identity=session.identity,
+            key=key,
+            ip=session.ip,
+            user_agent=session.user_agent,
+            event_type=event_type,
+        )
+        self.events.denied(session.pod_ref, refusal.reason, refusal.message)
+
+    def audit_refusal(
+        self,
+        refusal: Refusal,
+        *,
+        identity: TokenIdentity | None,
+        key: str,
+        ip: str,
+        user_agent: str,
+        event_type: str = "key.refused",
+        keys: Iterable[str] = (),
+    ) -> None:
+        metrics.BROKER_REFUSALS.labels(refusal.reason).inc()
+        namespace = identity.namespace if identity is not None else ""
+        if not self.ready:
+            # No audit key yet: the refusal (BrokerNotReady) is in the log, unchained.
+            _log.info("broker.refused_unaudited", reason=refusal.reason)
+            return
+        self.audit.record(
+            event_type=event_type,
+            user_id=identity.user if identity is not None else "",
+            key_id=f"{namespace}/{key}" if key else ",".join(f"{namespace}/{k}" for k in keys),
+            result="denied",
+            ip_address=ip,
+            user_agent=user_agent,
+            session_id=identity.pod_uid if identity is not None else "",
+            context={
+                "reason": refusal.reason,
+                "message": refusal.message,
+                "pod": identity.pod_name if identity is not None else "",
+            },
+        )
+
+    def delivered(self, session: Session, view: DeliveryKeyView, version: int) -> None:
+        metrics.BROKER_DELIVERIES.inc()
+        self.audit.record(
+            event_type="key.delivered",
+            user_id=session.identity.user,
+            key_id=f"{view.namespace}/{view.name}@{version}",
+            result="success",
+            ip_address=session.ip,
+            user_agent=session.user_agent,
+            session_id=session.identity.pod_uid,
+            context={"pod": session.pod.name},
+        )
+        self.events.delivered(session.pod_ref, view.name, version)
+
+    # -- the endpoint --------------------------------------------------------------------
+    def _refuse(
+        self,
+        refusal: Refusal,
+        *,
+        identity: TokenIdentity | None,
+        request: web.Request,
+        keys: Iterable[str] = (),
+        retry_after: float | None = None,
+        pod: PodView | None = None,
+    ) -> web.Response:
+        self.audit_refusal(
+            refusal,
+            identity=identity,
+            key="",
+            keys=keys,
+            ip=request.remote or "",
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        if pod is not None:
+            self.events.denied(
+                {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid},
+                refusal.reason,
+                refusal.message,
+            )
+        _log.info(
+            "broker.refused",
+            reason=refusal.reason,
+            namespace=identity.namespace if identity else None,
+            pod=identity.pod_name if identity else None,
+        )
+        headers = {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        body = delivery.Refusal(refusal.reason, refusal.message).to_json()
+        return web.Response(
+            status=_STATUS.get(refusal.reason, 403),
+            body=body,
+            content_type="application/json",
+            headers=headers,
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.caches.synced or not self.ready:
+            return self._refuse(
+                Refusal("BrokerNotReady", "the broker's caches are not synced yet"),
+                identity=None,
+                request=request,
+                retry_after=1,
+            )
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        result = await self.reviewer.review(token)
+        del token, header
+        if isinstance(result, TokenRejected):
+            return self._refuse(
+                Refusal(result.reason, result.message), identity=None, request=request
+            )
+        identity = result
+        limited = self.limits.check(identity)
+        if limited is not None:
+            scope, wait = limited
+            return self._refuse(
+                Refusal("RateLimited", f"too many stream requests for this {scope}"),
+                identity=identity,
+                request=request,
+                retry_after=wait,
+            )
+        if request.content_length is not None and request.content_length > self.settings.max_body:
+            return self._refuse(
+                Refusal("BadRequest", "the body is too large"), identity=identity, request=request
+            )
+        try:
+            parsed = delivery.parse_stream_request(
+                await request.content.read(self.settings.max_body + 1)
+            )
+        except ProtocolError as exc:
+            return self._refuse(Refusal("BadRequest", str(exc)), identity=identity, request=request)
+        pod = await self._pod(identity)
+        refusal = check_pod(pod, name=identity.pod_name, uid=identity.pod_uid, keys=parsed.keys)
+        if refusal is not None or pod is None:
+            refusal = refusal or Refusal("PodNotFound", "the pod is gone")
+            return self._refuse(
+                refusal,
+                identity=identity,
+                request=request,
+                keys=parsed.keys,
+                pod=pod if pod is not None and pod.uid == identity.pod_uid else None,
+            )
+        session = Session(
+            self, identity, pod, parsed, request.remote or "", request.headers.get("User-Agent", "")
+        )
+        bucket = self.sessions.setdefault(pod.namespace, set())
+        bucket.add(session)
+        metrics.BROKER_STREAMS.inc()
+        try:
+            first = await session.compute(self.now(), initial=True)
+            if isinstance(first, Refusal):
+                return self._refuse(
+                    first,
+                    identity=identity,
+                    request=request,
+                    keys=parsed.keys,
+                    pod=pod,
+                    retry_after=MATERIAL_RETRY if _STATUS.get(first.reason) == 503 else None,
+                )
+            response = web.StreamResponse(headers={"Content-Type": delivery.CONTENT_TYPE})
+            await response.prepare(request)
+            if first is None:  # unreachable: a first state always has every key
+                first = StateMessage(seq=1, keys={})
+            await response.write(delivery.encode_message(first))
+            _log.info(
+                "broker.stream", namespace=pod.namespace, pod=pod.name, keys=list(parsed.keys)
+            )
+            with contextlib.suppress(ConnectionResetError):
+                await session.run(response)
+            return response
+        finally:
+            bucket.discard(session)
+            if not bucket:
+                self.sessions.pop(pod.namespace, None)
+            metrics.BROKER_STREAMS.dec()
+
+    async def _pod(self, identity: TokenIdentity) -> PodView | None:
+        deadline = time.monotonic() + POD_WAIT
+        while True:
+            pod = self.caches.pods.get(identity.namespace, identity.pod_name)
+            if (pod is not None and pod.uid == identity.pod_uid) or time.monotonic() >= deadline:
+                return pod
+            await asyncio.sleep(0.1)

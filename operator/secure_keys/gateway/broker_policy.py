@@ -1,0 +1,410 @@
+"""The broker's decisions, pure: who may receive which key, which versions, until when.
+
+Inputs are small frozen projections of the watched objects (``PodView``,
+``DeliveryKeyView``, ``BrokerRole``) and the time; outputs are a ``Refusal`` (a CamelCase
+reason and a message) or, per key, a ``Planned`` delivery: the versions to serve, the
+lease, and the next moment the answer can change by itself (a grace period or a lease
+half-life passing, a time window opening or closing). No I/O and no clock: the caller
+passes ``now``.
+
+What a KeyRole's ``access`` means for a pod (docs/gateway.md, "The broker"):
+
+* ``requireMFA: true`` never grants to a ServiceAccount: such a role is ignored for pods
+  (a pod cannot complete MFA). If only such roles cover a key, the refusal is
+  ``MfaRequired``.
+* ``timeWindows``: a role grants only while one of its windows is open. A key whose
+  every granting role is closed is refused at connect (``OutsideTimeWindow``) and
+  revoked on an open stream when the window closes; it is pushed again when one opens.
+* ``ttl``: the lease, i.e. how long the sidecar may keep serving the material without
+  hearing from the broker; past it, the sidecar removes the files (fail closed). Without
+  a ``ttl`` the lease is ``DEFAULT_LEASE``. A lease never runs past the close of the
+  window that grants it. On an open stream the broker renews a lease at half its life.
+  With several granting roles, the longest lease wins (each role is a grant on its own).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import ValidationError
+
+from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
+
+INJECTED_ANNOTATION = "securekeys.io/injected"
+KEYS_ANNOTATION = "securekeys.io/keys"
+DEFAULT_LEASE = timedelta(hours=1)
+DEFAULT_GRACE = timedelta(hours=1)
+"""The controller's default grace period (``controller/schedule.py``), when none is set."""
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DURATION_TERM = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: object) -> timedelta | None:
+    """A CRD duration (``1h30m``, ``45s``, ``1.5h``); ``None`` if absent or malformed."""
+    if not isinstance(text, str) or not text or len(text) > 32:
+        return None
+    total, at = 0.0, 0
+    while at < len(text):
+        term = _DURATION_TERM.match(text, at)
+        if term is None:
+            return None
+        total += float(term.group(1)) * _UNITS[term.group(2)]
+        at = term.end()
+    return timedelta(seconds=total)
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# --- projections ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PodView:
+    namespace: str
+    name: str
+    uid: str
+    service_account: str
+    keys: tuple[str, ...]
+    """The ``securekeys.io/keys`` annotation: what the pod asked for at admission."""
+    injected: bool
+    terminating: bool
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = obj.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def project_pod(obj: Mapping[str, Any]) -> PodView | None:
+    metadata = _metadata(obj)
+    name, namespace, uid = metadata.get("name"), metadata.get("namespace"), metadata.get("uid")
+    if not (isinstance(name, str) and isinstance(namespace, str) and isinstance(uid, str)):
+        return None
+    annotations = metadata.get("annotations") or {}
+    spec = obj.get("spec") or {}
+    raw_keys = annotations.get(KEYS_ANNOTATION) if isinstance(annotations, dict) else None
+    keys = tuple(k.strip() for k in raw_keys.split(",") if k.strip()) if raw_keys else ()
+    phase = (obj.get("status") or {}).get("phase")
+    return PodView(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        service_account=str(spec.get("serviceAccountName") or "default"),
+        keys=keys,
+        injected=isinstance(annotations, dict) and bool(annotations.get(INJECTED_ANNOTATION)),
+        terminating=bool(metadata.get("deletionTimestamp")) or phase in ("Succeeded", "Failed"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VersionView:
+    version: int
+    state: str
+    fingerprint: str
+    archived_at: datetime | None
+    kms_provider: str | None
+    kms_key_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryKeyView:
+    """An ApiKey as the broker needs it: identity, delivery settings, versions (no spec
+    source, no material)."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str]
+    deleting: bool
+    file_name: str
+    format: Literal["raw", "env", "json"]
+    env_name: str | None
+    mode: Literal["0400", "0440"]
+    current_version: int
+    versions: tuple[VersionView, ...]
+    grace: timedelta
+
+    def current(self) -> VersionView | None:
+        """The Active record that ``status.currentVersion`` names."""
+        for record in self.versions:
+            if record.version == self.current_version and record.state == "Active":
+                return record
+        return None
+
+    def previous(self, now: datetime) -> tuple[VersionView, datetime] | None:
+        """The newest Archived version still in its grace period, and when it ends (the
+        controller's ``rotation.grace_versions``)."""
+        current = self.current()
+        if current is None:
+            return None
+        best: tuple[VersionView, datetime] | None = None
+        for record in self.versions:
+            if record.state != "Archived" or record.archived_at is None:
+                continue
+            if record.version >= current.version:
+                continue
+            ends = record.archived_at + self.grace
+            if now < ends and (best is None or record.version > best[0].version):
+                best = (record, ends)
+        return best
+
+
+def _default_env_name(name: str) -> str:
+    return re.sub(r"[-.]", "_", name.upper())
+
+
+def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
+    metadata = _metadata(obj)
+    name, namespace, uid = metadata.get("name"), metadata.get("namespace"), metadata.get("uid")
+    if not (isinstance(name, str) and isinstance(namespace, str) and isinstance(uid, str)):
+        return None
+    spec = _dict(obj.get("spec"))
+    delivery, rotation, kms = (_dict(spec.get(m)) for m in ("delivery", "rotation", "kms"))
+    status = _dict(obj.get("status"))
+    fmt = delivery.get("format", "raw")
+    mode = delivery.get("mode", "0400")
+    if fmt not in ("raw", "env", "json") or mode not in ("0400", "0440"):
+        return None
+    grace = parse_duration(rotation.get("gracePeriod"))
+    if grace is None:
+        interval = parse_duration(rotation.get("interval"))
+        grace = DEFAULT_GRACE if interval is None else min(DEFAULT_GRACE, interval / 2)
+    versions: list[VersionView] = []
+    for record in status.get("versions") or []:
+        if not isinstance(record, dict) or type(record.get("version")) is not int:
+            continue
+        versions.append(
+            VersionView(
+                version=record["version"],
+                state=str(record.get("state", "")),
+                fingerprint=str(record.get("fingerprint", "")),
+                archived_at=_time(record.get("archivedAt")),
+                kms_provider=record.get("kmsProvider") or kms.get("provider"),
+                kms_key_id=record.get("kmsKeyId") or kms.get("keyId"),
+            )
+        )
+    labels = metadata.get("labels") or {}
+    env_name = delivery.get("envName")
+    current = status.get("currentVersion")
+    return DeliveryKeyView(
+        namespace=namespace,
+        name=name,
+        uid=uid,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        deleting=bool(metadata.get("deletionTimestamp")),
+        file_name=str(delivery.get("fileName") or name),
+        format=fmt,
+        env_name=(env_name or _default_env_name(name)) if fmt == "env" else None,
+        mode=mode,
+        current_version=current if type(current) is int else 0,
+        versions=tuple(versions),
+        grace=grace,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    days: frozenset[int]
+    """0 = Monday."""
+    start: time
+    end: time
+    zone: ZoneInfo
+
+    def _bounds(self, now: datetime) -> Iterable[tuple[datetime, datetime]]:
+        """The occurrences of this window that could contain or follow ``now``."""
+        local = now.astimezone(self.zone).date()
+        for offset in range(-1, 8):
+            day = local + timedelta(days=offset)
+            if day.weekday() not in self.days:
+                continue
+            opens = datetime.combine(day, self.start, self.zone)
+            closes_day = day if self.end > self.start else day + timedelta(days=1)
+            yield opens, datetime.combine(closes_day, self.end, self.zone)
+
+    def open_until(self, now: datetime) -> datetime | None:
+        """When the occurrence open at ``now`` closes, or ``None`` if closed now."""
+        for opens, closes in self._bounds(now):
+            if opens <= now < closes:
+                return closes.astimezone(UTC)
+        return None
+
+    def next_boundary(self, now: datetime) -> datetime | None:
+        found = [b for pair in self._bounds(now) for b in pair if b > now]
+        return min(found).astimezone(UTC) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRole:
+    """A KeyRole as the broker needs it: the rules and the ``access`` conditions."""
+
+    name: str
+    namespace: str
+    rules: KeyRoleRules
+    deleting: bool
+    ttl: timedelta | None
+    windows: tuple[TimeWindow, ...]
+    require_mfa: bool
+
+
+def _windows(raw: object) -> tuple[TimeWindow, ...] | None:
+    if not isinstance(raw, list):
+        return ()
+    windows = []
+    for item in raw:
+        if not isinstance(item, dict):
+            return None
+        try:
+            days = frozenset(_DAYS.index(d) for d in item.get("days") or [])
+            start = time.fromisoformat(str(item.get("start")))
+            end = time.fromisoformat(str(item.get("end")))
+            zone = ZoneInfo(str(item.get("timeZone") or "UTC"))
+        except (ValueError, ZoneInfoNotFoundError):
+            return None  # unparseable: treated as a role that grants nothing
+        windows.append(TimeWindow(days, start, end, zone))
+    return tuple(windows)
+
+
+def project_role(obj: Mapping[str, Any]) -> BrokerRole | None:
+    metadata = _metadata(obj)
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    spec = obj.get("spec")
+    if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(spec, dict):
+        return None
+    try:
+        rules = KeyRoleRules.model_validate(spec)
+    except ValidationError:
+        return None
+    access = _dict(spec.get("access"))
+    windows = _windows(access.get("timeWindows"))
+    if windows is None:
+        return None
+    return BrokerRole(
+        name=name,
+        namespace=namespace,
+        rules=rules,
+        deleting=bool(metadata.get("deletionTimestamp")),
+        ttl=parse_duration(access.get("ttl")),
+        windows=windows,
+        require_mfa=bool(access.get("requireMFA")),
+    )
+
+
+# --- decisions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    reason: str
+    message: str
+    wake_at: datetime | None = None
+    """When the answer may change by itself (a time window opening)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A key granted now: until when (the lease), and when to look again by itself."""
+
+    lease_expires_at: datetime
+    wake_at: datetime | None
+
+
+def check_pod(pod: PodView | None, *, name: str, uid: str, keys: Iterable[str]) -> Refusal | None:
+    """The token's pod must exist with that uid, be running, injected, and have asked for
+    every requested key at admission."""
+    if pod is None:
+        return Refusal("PodNotFound", f'pod "{name}" does not exist')
+    if pod.uid != uid:
+        return Refusal("PodUidMismatch", f'pod "{name}" is not the pod the token was issued to')
+    if pod.terminating:
+        return Refusal("PodTerminating", f'pod "{name}" is terminating')
+    if not pod.injected:
+        return Refusal("PodNotInjected", f'pod "{name}" was not injected by the gateway')
+    extra = [k for k in keys if k not in pod.keys]
+    if extra:
+        return Refusal(
+            "KeyNotRequested",
+            f'pod "{name}" did not ask for ApiKey {", ".join(extra)} in its '
+            f"{KEYS_ANNOTATION} annotation",
+        )
+    return None
+
+
+def grant(
+    pod: PodView,
+    key: str,
+    apikeys: Mapping[str, DeliveryKeyView],
+    roles: Iterable[BrokerRole],
+    now: datetime,
+) -> Grant | Refusal:
+    """May ``pod``'s ServiceAccount receive ``key`` now, and on what terms."""
+    view = apikeys.get(key)
+    if view is None or view.deleting:
+        return Refusal("KeyNotFound", f'no ApiKey "{key}" in namespace "{pod.namespace}"')
+    covering = [
+        role
+        for role in roles
+        if not role.deleting
+        and role.namespace == pod.namespace
+        and "read" in role.rules.permissions
+        and role.rules.keys.covers(key, view.labels)
+        and any(
+            binds_service_account(s, role.namespace, pod.namespace, pod.service_account)
+            for s in role.rules.subjects
+        )
+    ]
+    usable = [role for role in covering if not role.require_mfa]
+    if not usable:
+        if covering:
+            return Refusal(
+                "MfaRequired",
+                f'every KeyRole granting "{key}" requires MFA, which a ServiceAccount '
+                "cannot complete",
+            )
+        return Refusal(
+            "KeyNotGranted",
+            f'ServiceAccount "{pod.service_account}" is not bound to ApiKey "{key}" with '
+            f'read by any KeyRole in namespace "{pod.namespace}"',
+        )
+    best: datetime | None = None
+    wakes: list[datetime] = []
+    for role in usable:
+        lease = now + (role.ttl or DEFAULT_LEASE)
+        if role.windows:
+            closes = [c for w in role.windows if (c := w.open_until(now)) is not None]
+            wakes.extend(b for w in role.windows if (b := w.next_boundary(now)) is not None)
+            if not closes:
+                continue
+            lease = min(lease, max(closes))
+        best = lease if best is None else max(best, lease)
+    if best is None:
+        return Refusal(
+            "OutsideTimeWindow",
+            f'no time window granting "{key}" is open now',
+            min(wakes) if wakes else None,
+        )
+    wakes.append(now + (best - now) / 2)  # renew at half-life
+    return Grant(best, min(wakes))
+
+
+def next_wake(*candidates: datetime | None) -> datetime | None:
+    found = [c for c in candidates if c is not None]
+    return min(found) if found else None

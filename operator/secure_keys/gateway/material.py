@@ -1,0 +1,360 @@
+"""Owns the broker's access to key material: blob Secrets in, plaintext out, checked.
+
+The broker reads what the controller wrote and trusts none of it blindly:
+
+* the blob Secret ``<name>.sealed`` must be the controller's for this ApiKey (controller
+  owner reference to the ApiKey's uid, our type, our managed-by label), as the
+  controller's ``blobs.foreign_reason`` checks;
+* the entry ``v<N>`` must carry a valid integrity tag (``core.integrity.blob_tag`` under
+  the controller's fingerprint key, annotation ``securekeys.io/blob-tags``), so a blob
+  copied in by someone who may write Secrets is never served;
+* it must open as exactly that namespace, ApiKey and version (the envelope's binding);
+* its keyed fingerprint must equal the one status records for the version.
+
+The fingerprint key comes from the controller keys Secret, opened under the default KMS
+key (as ``controller_keys.open_keys`` does), once. Data keys are unwrapped through
+``core.kms.cache.CachedUnwraps``: one KMS call per version per replica, then none while
+the cache holds it (its TTL is the broker's ``--dek-cache-ttl``). Every KMS call and
+every envelope open runs in a thread pool, never on the event loop.
+
+The names and formats here mirror ``secure_keys.controller.blobs`` and
+``controller_keys`` (the gateway may not import the controller: same layer);
+``tests/unit/gateway/test_broker_material.py`` checks they agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from secure_keys.core import envelope
+from secure_keys.core.binding import KeyBinding
+from secure_keys.core.envelope import Envelope, EnvelopeFormatError
+from secure_keys.core.errors import InvalidEnvelope, KmsError
+from secure_keys.core.fingerprint import fingerprint, fingerprints_match
+from secure_keys.core.integrity import blob_tag, tag_valid
+from secure_keys.core.kms.base import KmsProvider
+from secure_keys.core.kms.cache import CachedUnwraps, DekCache
+from secure_keys.core.kms.registry import KmsConfig, KmsRegistry, default_registry
+from secure_keys.core.memory import zero
+from secure_keys.gateway.broker_policy import DeliveryKeyView
+from secure_keys.kube.client import SECRETS, ApiError, JsonObject
+
+BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
+LABEL_APIKEY = "securekeys.io/apikey-uid"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "secure-keys"
+TAGS_ANNOTATION = "securekeys.io/blob-tags"
+KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
+FINGERPRINT_SLOT = "fingerprint"
+FINGERPRINT_KEY_SIZE = 32
+
+
+class MaterialUnavailable(Exception):
+    """A version cannot be served now; ``reason`` is CamelCase, the message names no
+    material. ``retry`` says whether trying later may help (KMS down, keys not open)."""
+
+    def __init__(self, reason: str, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry = retry
+
+
+def blob_secret_name(apikey: str) -> str:
+    """As ``controller.blobs.blob_secret_name``."""
+    name = f"{apikey}.sealed"
+    if len(name) <= 253:
+        return name
+    digest = hashlib.sha256(apikey.encode()).hexdigest()[:16]
+    return f"{apikey[:200]}.{digest}.sealed"
+
+
+def foreign_reason(secret: Mapping[str, Any], uid: str) -> str | None:
+    """Why ``secret`` is not the controller's blob Secret of the ApiKey ``uid``."""
+    metadata = secret.get("metadata") or {}
+    owners = [
+        ref
+        for ref in metadata.get("ownerReferences") or []
+        if ref.get("controller") and ref.get("kind") == "ApiKey"
+    ]
+    labels = metadata.get("labels") or {}
+    if not any(ref.get("uid") == uid for ref in owners) and not (
+        labels.get(LABEL_APIKEY) == uid and not owners
+    ):
+        return "no controller owner reference to the ApiKey's uid"
+    if secret.get("type") != BLOB_SECRET_TYPE:
+        return "wrong type"
+    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return "no managed-by label"
+    return None
+
+
+def entry_tag(secret: Mapping[str, Any], version: int) -> str | None:
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    try:
+        tags = json.loads(annotations.get(TAGS_ANNOTATION) or "{}")
+    except ValueError:
+        return None
+    tag = tags.get(f"v{version}") if isinstance(tags, dict) else None
+    return tag if isinstance(tag, str) else None
+
+
+# --- the KMS keys the broker may unwrap with -----------------------------------------
+
+
+@dataclass(frozen=True)
+class KmsKeys:
+    """The ``--kms-config`` file (the controller's format): keys and the default."""
+
+    default: tuple[str, str]
+    keys: Mapping[tuple[str, str], KmsConfig] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> KmsKeys:
+        document = json.loads(text)
+        if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
+            raise ValueError("KMS config must be an object with a keys list")
+        keys: dict[tuple[str, str], KmsConfig] = {}
+        for index, entry in enumerate(document.get("keys", [])):
+            if not isinstance(entry, dict) or not all(
+                isinstance(entry.get(f), str) for f in ("provider", "keyId")
+            ):
+                raise ValueError(f"KMS config: keys[{index}] needs provider and keyId strings")
+            options = entry.get("options") or {}
+            if not isinstance(options, dict):
+                raise ValueError(f"KMS config: keys[{index}].options must be an object")
+            config = KmsConfig(
+                entry["provider"], entry["keyId"], {str(k): str(v) for k, v in options.items()}
+            )
+            keys[(config.provider, config.key_id)] = config
+        default = document.get("default") or {}
+        chosen = (str(default.get("provider", "")), str(default.get("keyId", "")))
+        if chosen not in keys:
+            raise ValueError("KMS config: the default key is not among the keys")
+        return cls(chosen, keys)
+
+    @classmethod
+    def load(cls, path: Path) -> KmsKeys:
+        return cls.from_json(path.read_text())
+
+
+class CachedProviders:
+    """Each configured KMS key built once, behind its own DEK cache."""
+
+    def __init__(
+        self,
+        keys: KmsKeys,
+        *,
+        dek_ttl: float = 24 * 3600.0,
+        registry: KmsRegistry | None = None,
+        observe: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.keys = keys
+        self._registry = registry or default_registry()
+        self._dek_ttl = dek_ttl
+        self._observe = observe
+        self._built: dict[tuple[str, str], CachedUnwraps] = {}
+        self._lock = threading.Lock()
+
+    def provider(self, provider: str, key_id: str) -> KmsProvider:
+        """Build (once) and return the provider; blocking (PBKDF2, SDK clients)."""
+        wanted = (provider, key_id)
+        with self._lock:
+            built = self._built.get(wanted)
+            if built is not None:
+                return built
+            config = self.keys.keys.get(wanted)
+            if config is None:
+                raise MaterialUnavailable(
+                    "KmsNotConfigured",
+                    f"KMS key {provider}/{key_id} is not configured",
+                    retry=False,
+                )
+            try:
+                inner = self._registry.create(config)
+            except (KmsError, OSError, ValueError, LookupError) as exc:
+                raise MaterialUnavailable(
+                    "KmsUnavailable",
+                    f"KMS key {provider}/{key_id}: {type(exc).__name__}",
+                    retry=True,
+                ) from None
+            built = CachedUnwraps(inner, DekCache(ttl=self._dek_ttl), self._observe)
+            self._built[wanted] = built
+            return built
+
+    def default(self) -> KmsProvider:
+        return self.provider(*self.keys.default)
+
+
+# --- reading and opening blobs ---------------------------------------------------------
+
+
+class SecretReader(Protocol):
+    async def get_secret(self, namespace: str, name: str) -> JsonObject | None: ...
+
+
+class KubeSecrets:
+    def __init__(self, api: Any) -> None:
+        self._api = api
+
+    async def get_secret(self, namespace: str, name: str) -> JsonObject | None:
+        try:
+            secret: JsonObject = await self._api.get(SECRETS, namespace, name)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise MaterialUnavailable(
+                "SecretReadFailed", f"reading Secret failed (HTTP {exc.status})", retry=True
+            ) from None
+        return secret
+
+
+class MaterialSource:
+    """Checked plaintext of ApiKey versions (the caller zeroes what it gets)."""
+
+    def __init__(
+        self,
+        secrets: SecretReader,
+        providers: CachedProviders,
+        controller_namespace: str,
+        *,
+        pool: ThreadPoolExecutor | None = None,
+        max_blobs: int = 4096,
+    ) -> None:
+        self._secrets = secrets
+        self._providers = providers
+        self._namespace = controller_namespace
+        self._pool = pool or ThreadPoolExecutor(4, thread_name_prefix="broker-kms")
+        self._fingerprint_key: bytearray | None = None
+        self._key_lock = asyncio.Lock()
+        self._blobs: OrderedDict[tuple[str, str, str, int], bytes] = OrderedDict()
+        self._max_blobs = max_blobs
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def fingerprint_key(self) -> bytearray:
+        """The controller's fingerprint key, opened once under the default KMS key."""
+        async with self._key_lock:
+            if self._fingerprint_key is not None:
+                return self._fingerprint_key
+            secret = await self._secrets.get_secret(self._namespace, KEYS_SECRET)
+            data = (secret or {}).get("data") or {}
+            if FINGERPRINT_SLOT not in data:
+                raise MaterialUnavailable(
+                    "ControllerKeysUnavailable",
+                    f"Secret {self._namespace}/{KEYS_SECRET} is missing or incomplete",
+                    retry=True,
+                )
+            self._fingerprint_key = await self._off_loop(self._open_fingerprint_key, data)
+            return self._fingerprint_key
+
+    def _open_fingerprint_key(self, data: Mapping[str, str]) -> bytearray:
+        binding = KeyBinding(self._namespace, f"controller-{FINGERPRINT_SLOT}", 1)
+        try:
+            key = envelope.open(
+                base64.b64decode(data[FINGERPRINT_SLOT]), binding, self._providers.default()
+            )
+        except (InvalidEnvelope, KmsError, binascii.Error) as exc:
+            raise MaterialUnavailable(
+                "ControllerKeysUnavailable",
+                f"the controller's fingerprint key did not open ({type(exc).__name__})",
+                retry=True,
+            ) from None
+        if len(key) != FINGERPRINT_KEY_SIZE:
+            zero(key)
+            raise MaterialUnavailable(
+                "ControllerKeysUnavailable", "the fingerprint key has the wrong size", retry=False
+            )
+        return key
+
+    async def _blob(self, view: DeliveryKeyView, version: int, tag_key: bytearray) -> bytes:
+        slot = (view.namespace, view.name, view.uid, version)
+        cached = self._blobs.get(slot)
+        if cached is not None:
+            self._blobs.move_to_end(slot)
+            return cached
+        secret = await self._secrets.get_secret(view.namespace, blob_secret_name(view.name))
+        where = f"ApiKey {view.namespace}/{view.name} v{version}"
+        if secret is None:
+            raise MaterialUnavailable("BlobMissing", f"{where}: no blob Secret", retry=True)
+        why = foreign_reason(secret, view.uid)
+        if why is not None:
+            raise MaterialUnavailable(
+                "BlobForeign", f"{where}: blob Secret is not ours ({why})", retry=False
+            )
+        encoded = (secret.get("data") or {}).get(f"v{version}")
+        if not isinstance(encoded, str):
+            raise MaterialUnavailable("BlobMissing", f"{where}: no blob entry", retry=True)
+        try:
+            blob = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise MaterialUnavailable(
+                "BlobInvalid", f"{where}: garbled entry", retry=False
+            ) from None
+        if not tag_valid(blob_tag(tag_key, view.uid, version, blob), entry_tag(secret, version)):
+            raise MaterialUnavailable(
+                "BlobTagInvalid",
+                f"{where}: the blob's integrity tag is missing or wrong",
+                retry=False,
+            )
+        self._blobs[slot] = blob
+        while len(self._blobs) > self._max_blobs:
+            self._blobs.popitem(last=False)
+        return blob
+
+    def _open(
+        self, view: DeliveryKeyView, version: int, expected: str, blob: bytes, tag_key: bytearray
+    ) -> bytearray:
+        where = f"ApiKey {view.namespace}/{view.name} v{version}"
+        try:
+            wrapped = Envelope.from_bytes(blob).wrapped
+        except EnvelopeFormatError:
+            raise MaterialUnavailable(
+                "BlobInvalid", f"{where}: malformed envelope", retry=False
+            ) from None
+        kms = self._providers.provider(wrapped.provider, wrapped.key_id)
+        try:
+            plaintext = envelope.open(blob, KeyBinding(view.namespace, view.name, version), kms)
+        except InvalidEnvelope as exc:
+            raise MaterialUnavailable("BlobInvalid", str(exc), retry=False) from None
+        except KmsError as exc:
+            raise MaterialUnavailable(
+                "KmsUnavailable", f"{where}: {type(exc).__name__}", retry=True
+            ) from None
+        actual = fingerprint(
+            tag_key, plaintext, namespace=view.namespace, name=view.name, uid=view.uid
+        )
+        if not fingerprints_match(actual, expected):
+            zero(plaintext)
+            raise MaterialUnavailable(
+                "FingerprintMismatch",
+                f"{where}: the blob does not match status's fingerprint",
+                retry=False,
+            )
+        return plaintext
+
+    async def plaintext(
+        self, view: DeliveryKeyView, version: int, expected_fingerprint: str
+    ) -> bytearray:
+        """The checked plaintext of one version (a fresh buffer the caller zeroes)."""
+        tag_key = await self.fingerprint_key()
+        blob = await self._blob(view, version, tag_key)
+        result: bytearray = await self._off_loop(
+            self._open, view, version, expected_fingerprint, blob, tag_key
+        )
+        return result
+
+    async def run_off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the broker's pool (sealing to sidecars: CPU, not the loop)."""
+        return await self._off_loop(fn, *args)

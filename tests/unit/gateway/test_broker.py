@@ -1,0 +1,468 @@
+"""The key broker over a real socket: ``POST /v1/stream`` with the real pipeline (policy,
+TokenReview cache, blob checks, envelope opening under a real local KMS, sealing to the
+sidecar's key, push on cache changes, audit), fed by the caches' own ``apply``. Only the
+API server is replaced: TokenReview answers and Secret reads come from tables."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from structlog.testing import capture_logs
+
+from secure_keys.core import delivery, envelope
+from secure_keys.core.auditchain import AuditChain, verify
+from secure_keys.core.binding import KeyBinding
+from secure_keys.core.delivery import HeldVersions, StateMessage, StreamRequest
+from secure_keys.core.fingerprint import fingerprint
+from secure_keys.core.hierarchy import MIN_ITERATIONS
+from secure_keys.core.integrity import blob_tag
+from secure_keys.core.kms.base import KmsProvider
+from secure_keys.core.kms.local import LocalKeyring, LocalKms
+from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
+from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.gateway.audit import AuditLog, PodEvents
+from secure_keys.gateway.broker import Broker, RateLimits
+from secure_keys.gateway.caches import GatewayCaches
+from secure_keys.gateway.injection import GatewaySettings
+from secure_keys.gateway.material import CachedProviders, KmsKeys, MaterialSource
+from secure_keys.gateway.server import build_app
+from secure_keys.gateway.tokenreview import TokenReviewer
+from secure_keys.kube.client import JsonObject
+from secure_keys.kube.informer import LISTED, InformerEvent
+
+NS = "payments"
+CTRL_NS = "secure-keys-system"
+KEY_UID = "uid-stripe"
+POD_UID = "uid-pod-a"
+CANARY = b"sk_live_CANARY_7f3a9c"
+CANARY2 = b"sk_live_CANARY_second_2b8e"
+PASSWORD = "broker-test-password"
+NOW = datetime.now(UTC)
+
+_keyring = LocalKeyring.create("default", PASSWORD, iterations=MIN_ITERATIONS)
+_FK = bytearray(range(32))
+
+
+class CountingKms:
+    def __init__(self, inner: KmsProvider) -> None:
+        self.inner = inner
+        self.unwraps = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def key_id(self) -> str:
+        return self.inner.key_id
+
+    def unwrap(self, wrapped: Any, context: Any) -> bytearray:
+        self.unwraps += 1
+        return self.inner.unwrap(wrapped, context)
+
+
+KMS = CountingKms(LocalKms.unlock(_keyring, [PASSWORD]))
+
+
+def _seal(plaintext: bytes, namespace: str, name: str, version: int) -> bytes:
+    return envelope.seal(plaintext, KeyBinding(namespace, name, version), KMS).to_bytes()
+
+
+def apikey(versions: list[tuple[int, str, bytes, datetime | None]], current: int) -> JsonObject:
+    return {
+        "metadata": {"name": "stripe-live", "namespace": NS, "uid": KEY_UID},
+        "spec": {"source": {}, "delivery": {"format": "raw"}, "rotation": {"gracePeriod": "1h"}},
+        "status": {
+            "currentVersion": current,
+            "versions": [
+                {
+                    "version": v,
+                    "state": state,
+                    "fingerprint": fingerprint(
+                        _FK, pt, namespace=NS, name="stripe-live", uid=KEY_UID
+                    ),
+                    **({"archivedAt": at.isoformat()} if at else {}),
+                }
+                for v, state, pt, at in versions
+            ],
+        },
+    }
+
+
+def blob_secret(entries: dict[int, bytes]) -> JsonObject:
+    sealed = {v: _seal(pt, NS, "stripe-live", v) for v, pt in entries.items()}
+    return {
+        "type": "securekeys.io/sealed-versions",
+        "metadata": {
+            "name": "stripe-live.sealed",
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "secure-keys"},
+            "ownerReferences": [{"kind": "ApiKey", "uid": KEY_UID, "controller": True}],
+            "annotations": {
+                "securekeys.io/blob-tags": json.dumps(
+                    {f"v{v}": blob_tag(_FK, KEY_UID, v, b) for v, b in sealed.items()}
+                )
+            },
+        },
+        "data": {f"v{v}": base64.b64encode(b).decode() for v, b in sealed.items()},
+    }
+
+
+def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": uid,
+            "annotations": {"securekeys.io/keys": keys, "securekeys.io/injected": "native"},
+        },
+        "spec": {"serviceAccountName": "app"},
+    }
+
+
+def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> JsonObject:
+    spec: dict[str, Any] = {
+        "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+        "keys": {"names": ["stripe-live"]},
+        "permissions": ["read"],
+    }
+    if access is not None:
+        spec["access"] = access
+    return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def review(
+    pod_name: str, pod_uid: str, audiences: tuple[str, ...] = ("securekeys.io",)
+) -> JsonObject:
+    return {
+        "status": {
+            "authenticated": True,
+            "audiences": list(audiences),
+            "user": {
+                "username": f"system:serviceaccount:{NS}:app",
+                "extra": {
+                    "authentication.kubernetes.io/pod-name": [pod_name],
+                    "authentication.kubernetes.io/pod-uid": [pod_uid],
+                },
+            },
+        }
+    }
+
+
+class Reviews:
+    def __init__(self) -> None:
+        self.by_token: dict[str, JsonObject] = {
+            "token-a": review("web-a", POD_UID),
+            "token-b": review("web-b", "uid-pod-b"),
+            "token-wrong-aud": review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
+        }
+        self.calls = 0
+
+    async def review(self, token: str, audience: str) -> JsonObject:
+        self.calls += 1
+        assert audience == "securekeys.io"
+        return self.by_token.get(token, {"status": {"authenticated": False}})
+
+
+class Secrets:
+    def __init__(self) -> None:
+        fk_blob = envelope.seal(
+            _FK, KeyBinding(CTRL_NS, "controller-fingerprint", 1), KMS
+        ).to_bytes()
+        self.table: dict[tuple[str, str], JsonObject] = {
+            (CTRL_NS, "secure-keys-controller-keys"): {
+                "data": {"fingerprint": base64.b64encode(fk_blob).decode()}
+            },
+            (NS, "stripe-live.sealed"): blob_secret({1: CANARY}),
+        }
+
+    async def get_secret(self, namespace: str, name: str) -> JsonObject | None:
+        return self.table.get((namespace, name))
+
+
+class World:
+    def __init__(self, heartbeat: int = 1) -> None:
+        registry = KmsRegistry()
+        registry.register("local", lambda config: KMS)
+        keys = KmsKeys(("local", "default"), {("local", "default"): KmsConfig("local", "default")})
+        self.secrets = Secrets()
+        self.reviews = Reviews()
+        self.records: list[dict[str, Any]] = []
+        self.material = MaterialSource(
+            self.secrets, CachedProviders(keys, registry=registry), CTRL_NS
+        )
+        self.broker = Broker(
+            TokenReviewer(self.reviews),
+            self.material,
+            AuditLog(AuditChain(b"k" * 32, "test"), emit=self.records.append),
+            PodEvents(None),
+            limits=RateLimits(pod_capacity=100, sa_capacity=100),
+        )
+        self.broker.settings = type(self.broker.settings)(heartbeat_seconds=heartbeat)
+        for cache in self.broker.caches.all:
+            cache.apply(LISTED)
+        self.apply("apikeys", apikey([(1, "Active", CANARY, None)], 1))
+        self.apply("roles", keyrole())
+        self.apply("pods", pod())
+        self.apply("pods", pod("web-b", "uid-pod-b", keys="other"))
+
+    def apply(self, cache: str, obj: JsonObject, kind: str = "ADDED") -> None:
+        getattr(self.broker.caches, cache).apply(InformerEvent(kind, obj))  # type: ignore[arg-type]
+
+
+def _run(test: Callable[[World, str], Awaitable[None]], heartbeat: int = 1) -> World:
+    world = World(heartbeat)
+
+    async def main() -> None:
+        caches = GatewayCaches()
+        app = build_app(caches, GatewaySettings(), broker=world.broker)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            await asyncio.wait_for(test(world, f"http://127.0.0.1:{port}"), 30)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    return world
+
+
+def _body(
+    private: RecipientPrivateKey,
+    keys: tuple[str, ...] = ("stripe-live",),
+    have: dict[str, HeldVersions] | None = None,
+) -> bytes:
+    return StreamRequest(keys, private.public(), have or {}).to_json()
+
+
+async def _lines(response: aiohttp.ClientResponse) -> AsyncIterator[delivery.Message]:
+    while line := await response.content.readline():
+        yield delivery.parse_message(line)
+
+
+def _open(private: RecipientPrivateKey, state: delivery.KeyState, which: str = "current") -> bytes:
+    version = getattr(state, which)
+    assert version is not None
+    assert version.sealed is not None
+    return bytes(
+        delivery.open_delivered(
+            private, version.sealed, namespace=NS, apikey="stripe-live", version=version.version
+        )
+    )
+
+
+def test_a_bound_pod_gets_its_key_and_its_fingerprint() -> None:
+    async def test(world: World, url: str) -> None:
+        private = RecipientPrivateKey.generate()
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                url + "/v1/stream", data=_body(private), headers={"Authorization": "Bearer token-a"}
+            ) as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("application/x-ndjson")
+                first = await anext(_lines(resp))
+                assert isinstance(first, StateMessage)
+                assert first.heartbeat_seconds == 1
+                state = first.keys["stripe-live"]
+                assert _open(private, state) == CANARY
+                assert state.current is not None
+                assert state.current.fingerprint == fingerprint(
+                    _FK, CANARY, namespace=NS, name="stripe-live", uid=KEY_UID
+                )
+                assert state.previous is None
+                assert state.lease_expires_at > datetime.now(UTC)
+                # The next line is a heartbeat (nothing changed).
+                beat = await anext(_lines(resp))
+                assert isinstance(beat, delivery.HeartbeatMessage)
+            kms_before = KMS.unwraps
+            # A reconnect that holds v1 gets no material and makes no KMS call.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(private, have={"stripe-live": HeldVersions(1)}),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp:
+                again = await anext(_lines(resp))
+                assert isinstance(again, StateMessage)
+                current = again.keys["stripe-live"].current
+                assert current is not None
+                assert current.sealed is None
+            # A fresh connection (new key) gets material, still from the DEK cache.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp:
+                third = await anext(_lines(resp))
+                assert isinstance(third, StateMessage)
+            assert KMS.unwraps == kms_before
+            assert world.reviews.calls == 1  # the token's review was cached
+
+    with capture_logs() as logs:
+        world = _run(test)
+    delivered = [r for r in world.records if r["event_type"] == "key.delivered"]
+    assert [r["key_id"] for r in delivered] == [f"{NS}/stripe-live@1"] * 2
+    assert delivered[0]["session_id"] == POD_UID
+    assert delivered[0]["user_id"] == f"system:serviceaccount:{NS}:app"
+    assert verify(world.records, b"k" * 32) is None
+    assert CANARY.decode() not in repr(logs) + repr(world.records)
+
+
+def test_rotation_and_revocation_are_pushed() -> None:
+    async def test(world: World, url: str) -> None:
+        private = RecipientPrivateKey.generate()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                url + "/v1/stream", data=_body(private), headers={"Authorization": "Bearer token-a"}
+            ) as resp,
+        ):
+            lines = _lines(resp)
+            await anext(lines)
+            world.secrets.table[(NS, "stripe-live.sealed")] = blob_secret({1: CANARY, 2: CANARY2})
+            world.apply(
+                "apikeys",
+                apikey(
+                    [(1, "Archived", CANARY, datetime.now(UTC)), (2, "Active", CANARY2, None)],
+                    2,
+                ),
+                "MODIFIED",
+            )
+            started = asyncio.get_running_loop().time()
+            rotated = await anext(lines)
+            assert asyncio.get_running_loop().time() - started < 1
+            assert isinstance(rotated, StateMessage)
+            state = rotated.keys["stripe-live"]
+            assert _open(private, state) == CANARY2
+            assert state.previous is not None
+            assert state.previous.version == 1
+            assert state.previous.expires_at is not None
+            assert state.previous.expires_at > datetime.now(UTC) + timedelta(minutes=59)
+            assert state.previous.sealed is None or _open(private, state, "previous") == CANARY
+            # The KeyRole goes: the key is revoked on the open stream.
+            world.apply("roles", keyrole(), "DELETED")
+            revoked = await anext(lines)
+            assert isinstance(revoked, StateMessage)
+            assert revoked.revoked == ("stripe-live",)
+            assert revoked.keys == {}
+            # The pod is deleted: the stream ends with an error line.
+            world.apply("pods", pod(), "DELETED")
+            last = await anext(lines)
+            assert isinstance(last, delivery.ErrorMessage)
+            assert last.reason == "PodNotFound"
+
+    # Heartbeats 10 s apart: each push below must come from the watch, not a timer.
+    world = _run(test, heartbeat=10)
+    revoked = [r for r in world.records if r["event_type"] == "key.revoked"]
+    assert revoked[0]["additional_context"]["reason"] == "KeyNotGranted"
+    assert verify(world.records, b"k" * 32) is None
+
+
+@pytest.mark.parametrize(
+    ("token", "keys", "status", "reason"),
+    [
+        ("token-b", ("stripe-live",), 403, "KeyNotRequested"),  # pod B's token, pod A's key
+        ("token-wrong-aud", ("stripe-live",), 401, "TokenAudience"),
+        ("forged", ("stripe-live",), 401, "TokenInvalid"),
+        ("", ("stripe-live",), 401, "TokenMissing"),
+    ],
+)
+def test_refusals_name_their_reason_and_are_audited(
+    token: str, keys: tuple[str, ...], status: int, reason: str
+) -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate(), keys),
+                headers=headers,
+            ) as resp:
+                assert resp.status == status
+                assert delivery.parse_refusal(await resp.read()).reason == reason
+
+    with capture_logs() as logs:
+        world = _run(test)
+    assert [r["additional_context"]["reason"] for r in world.records] == [reason]
+    assert world.records[0]["result"] == "denied"
+    if token:
+        assert token not in repr(logs) + repr(world.records)
+
+
+def test_a_deleted_pod_a_replaced_pod_and_an_unbound_key_are_refused() -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+
+            async def status_of() -> tuple[int, str]:
+                async with http.post(
+                    url + "/v1/stream",
+                    data=_body(RecipientPrivateKey.generate()),
+                    headers={"Authorization": "Bearer token-a"},
+                ) as resp:
+                    return resp.status, delivery.parse_refusal(await resp.read()).reason
+
+            world.apply("roles", keyrole(), "DELETED")
+            assert await status_of() == (403, "KeyNotGranted")
+            world.apply("roles", keyrole(access={"requireMFA": True}))
+            assert await status_of() == (403, "MfaRequired")
+            world.apply("pods", pod(uid="another-uid"), "MODIFIED")
+            assert await status_of() == (403, "PodUidMismatch")
+            world.apply("pods", pod(), "DELETED")
+            assert await status_of() == (403, "PodNotFound")
+
+    world = _run(test)
+    assert len(world.records) == 4
+    assert verify(world.records, b"k" * 32) is None
+
+
+def test_rate_limit_answers_429_with_retry_after() -> None:
+    async def test(world: World, url: str) -> None:
+        world.broker.limits = RateLimits(pod_capacity=1, pod_rate=0.1)
+        async with aiohttp.ClientSession() as http:
+            body = _body(RecipientPrivateKey.generate(), ("nope",))
+            async with http.post(
+                url + "/v1/stream", data=body, headers={"Authorization": "Bearer token-a"}
+            ) as resp:
+                assert resp.status == 403
+            async with http.post(
+                url + "/v1/stream", data=body, headers={"Authorization": "Bearer token-a"}
+            ) as resp:
+                assert resp.status == 429
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert delivery.parse_refusal(await resp.read()).reason == "RateLimited"
+
+    _run(test)
+
+
+def test_a_blob_without_a_valid_tag_is_not_served() -> None:
+    async def test(world: World, url: str) -> None:
+        forged = blob_secret({1: CANARY})
+        forged["metadata"]["annotations"]["securekeys.io/blob-tags"] = json.dumps(
+            {"v1": "hm1:" + "0" * 32}
+        )
+        world.secrets.table[(NS, "stripe-live.sealed")] = forged
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp,
+        ):
+            assert resp.status == 403
+            assert delivery.parse_refusal(await resp.read()).reason == "BlobTagInvalid"
+
+    _run(test)
