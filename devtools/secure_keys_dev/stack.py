@@ -335,20 +335,30 @@ def is_ready(obj: dict[str, Any]) -> bool:
 # -- the gateway (mutating webhook) ----------------------------------------------------
 
 GATEWAY_RBAC = REPO / "deploy" / "gateway-rbac.yaml"
+GATEWAY_BROKER_RBAC = REPO / "deploy" / "gateway-broker-rbac.yaml"
 GATEWAY_WEBHOOK = REPO / "deploy" / "gateway-webhook.yaml"
 
 
-def bind_gateway_identity(api: client.ApiClient, user: str) -> None:
-    """Grant ``user`` exactly the gateway's ClusterRole from deploy/gateway-rbac.yaml."""
-    apply_yaml(api, GATEWAY_RBAC)
+def bind_gateway_identity(api: client.ApiClient, user: str, *, broker: bool = False) -> None:
+    """Grant ``user`` exactly the gateway's ClusterRole from deploy/gateway-rbac.yaml and,
+    with ``broker``, the key broker's from deploy/gateway-broker-rbac.yaml as well."""
+    roles = [(GATEWAY_RBAC, "secure-keys-gateway", f"e2e-{user}")]
+    if broker:
+        roles.append((GATEWAY_BROKER_RBAC, "secure-keys-gateway-broker", f"e2e-{user}-broker"))
+    for path, role, binding in roles:
+        apply_yaml(api, path)
+        _bind_cluster_role(api, user, role, binding)
+
+
+def _bind_cluster_role(api: client.ApiClient, user: str, role: str, binding: str) -> None:
     try:
         client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
             {
-                "metadata": {"name": f"e2e-{user}"},
+                "metadata": {"name": binding},
                 "roleRef": {
                     "apiGroup": "rbac.authorization.k8s.io",
                     "kind": "ClusterRole",
-                    "name": "secure-keys-gateway",
+                    "name": role,
                 },
                 "subjects": [
                     {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
@@ -361,14 +371,16 @@ def bind_gateway_identity(api: client.ApiClient, user: str) -> None:
 
 
 def write_gateway_tls(directory: Path, host: str) -> bytes:
-    """A CA and a serving pair for the gateway at ``host`` (tls.crt, tls.key in
-    ``directory``); returns the CA's PEM, the webhook's caBundle."""
+    """A CA and a serving pair for the gateway at ``host`` (tls.crt, tls.key and the CA's
+    ca.crt in ``directory``; the certificate also names ``localhost``); returns the CA's
+    PEM, the webhook's caBundle and the broker's ``--broker-ca-file``."""
     from secure_keys_dev import pki  # only the gateway needs it here
 
     ca = pki.CertificateAuthority.generate("secure-keys-gateway-ca")
     pair = ca.issue_server("secure-keys-gateway", ips=(host,), dns_names=("localhost",))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tls.crt").write_bytes(pair.cert_pem)
+    (directory / "ca.crt").write_bytes(ca.cert_pem)
     key = directory / "tls.key"
     key.touch(mode=0o600)
     key.write_bytes(pair.key_pem)
@@ -403,7 +415,14 @@ def register_gateway_webhook(
 
 
 class GatewayProcess:
-    """``python -m secure_keys.gateway`` in a subprocess, logging JSON to a file."""
+    """``python -m secure_keys.gateway`` in a subprocess, logging JSON to a file.
+
+    With ``kms_config`` it also runs the key broker: ``--kms-config``,
+    ``--controller-namespace``, ``--broker-url`` (its own URL: on the local node pods use
+    the host's network, so ``https://127.0.0.1:<port>`` reaches it) and
+    ``--broker-ca-file`` (``ca.crt`` from ``write_gateway_tls``); ``start`` then also waits
+    for ``broker.ready``. Its identity needs ``bind_gateway_identity(..., broker=True)``.
+    """
 
     def __init__(
         self,
@@ -415,6 +434,8 @@ class GatewayProcess:
         host: str = "127.0.0.1",
         metrics_port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        kms_config: Path | None = None,
+        controller_namespace: str = CONTROLLER_NAMESPACE,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.tls_dir = tls_dir
@@ -423,6 +444,8 @@ class GatewayProcess:
         self.host = host
         self.metrics_port = metrics_port
         self.extra_args = extra_args
+        self.kms_config = kms_config
+        self.controller_namespace = controller_namespace
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -442,8 +465,15 @@ class GatewayProcess:
             f"--port={self.port}",
             f"--namespace={CONTROLLER_NAMESPACE}",
             "--log-format=json",
-            *self.extra_args,
         ]
+        if self.kms_config is not None:
+            argv += [
+                f"--kms-config={self.kms_config}",
+                f"--controller-namespace={self.controller_namespace}",
+                f"--broker-url={self.url}",
+                f"--broker-ca-file={self.tls_dir / 'ca.crt'}",
+            ]
+        argv += self.extra_args
         if self.metrics_port is not None:
             argv.append(f"--metrics-port={self.metrics_port}")
         return argv
@@ -452,10 +482,14 @@ class GatewayProcess:
         self,
         timeout: float = 60,
         *,
-        wait: tuple[str, ...] = ('"gateway.started"', '"gateway.synced"'),
+        wait: tuple[str, ...] | None = None,
     ) -> GatewayProcess:
         """Start it and wait until this run (not an earlier one in the same log) says
-        it listens and its caches are synced."""
+        it listens and its caches are synced (and, with the broker, that it is ready)."""
+        if wait is None:
+            wait = ('"gateway.started"', '"gateway.synced"')
+            if self.kms_config is not None:
+                wait += ('"broker.ready"',)
         offset = len(self.log())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our interpreter and module

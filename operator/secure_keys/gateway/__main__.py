@@ -60,7 +60,17 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         help="comma-separated namespaces whose pods are never injected (besides --namespace)",
     )
     parser.add_argument(
-        "--broker-url", default="", help="the key broker's URL, given to the key container"
+        "--broker-url",
+        default="",
+        help="the key broker's https:// URL as pods reach it, given to the key container "
+        "(required with --kms-config)",
+    )
+    parser.add_argument(
+        "--broker-ca-file",
+        type=Path,
+        default=None,
+        help="PEM of the CA that signed --tls-cert; injected pods trust it for the broker "
+        "(default: the key container uses the system trust store)",
     )
     parser.add_argument("--cert-reload-interval", type=float, default=5.0)
     parser.add_argument(
@@ -80,6 +90,16 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
     )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     args = parser.parse_args(argv)
+    if args.kms_config is not None and not args.broker_url.startswith("https://"):
+        parser.error("--kms-config serves the key broker: --broker-url https://... is required")
+    ca_pem = ""
+    if args.broker_ca_file is not None:
+        try:
+            ca_pem = args.broker_ca_file.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--broker-ca-file: cannot read it ({type(exc).__name__})")
+        if "-----BEGIN CERTIFICATE-----" not in ca_pem:
+            parser.error("--broker-ca-file: no PEM certificate in it")
     configure(json=None if args.log_format == "auto" else args.log_format == "json")
     settings = GatewaySettings(
         sidecar_image=args.sidecar_image,
@@ -89,6 +109,7 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         own_namespace=args.namespace,
         skip_namespaces=frozenset(n.strip() for n in args.skip_namespaces.split(",") if n.strip()),
         broker_url=args.broker_url,
+        broker_ca_pem=ca_pem,
     )
     return GatewayOptions(
         tls_cert=args.tls_cert,

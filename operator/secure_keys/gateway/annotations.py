@@ -41,6 +41,18 @@ SIDECAR_MEMORY_REQUEST = "securekeys.io/sidecar-memory-request"
 SIDECAR_MEMORY_LIMIT = "securekeys.io/sidecar-memory-limit"
 """Override the key container's resources (Kubernetes quantities)."""
 
+RELOAD_URL = "securekeys.io/reload-url"
+"""Optional. An ``http://`` URL on ``127.0.0.1``, ``localhost`` or ``[::1]`` that the
+sidecar POSTs after each rotation or revocation (given to it as
+``SECUREKEYS_RELOAD_URL``). The pod's containers share its network namespace, so the
+app listens there; anything off the loopback is refused at admission."""
+
+GATEWAY_CA = "securekeys.io/gateway-ca"
+"""Written by the gateway when it has a broker CA (``--broker-ca-file``): the PEM of the
+CA that signed its serving certificate, public. A downward API volume turns it into the
+key container's ``SECUREKEYS_CA_FILE``, so no Secret or ConfigMap is needed in the pod's
+namespace. A value the pod's author wrote is overwritten at injection."""
+
 INJECTED = "securekeys.io/injected"
 """Written by the gateway (value: the mode): the pod was injected. A pod carrying it is
 authorized again but never patched twice."""
@@ -57,6 +69,8 @@ POD_ANNOTATIONS = frozenset(
         SIDECAR_CPU_LIMIT,
         SIDECAR_MEMORY_REQUEST,
         SIDECAR_MEMORY_LIMIT,
+        RELOAD_URL,
+        GATEWAY_CA,
         INJECTED,
     }
 )

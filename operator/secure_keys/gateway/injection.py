@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Literal
+from urllib.parse import urlsplit
 
 from secure_keys.gateway import annotations as ann
 from secure_keys.gateway.pod import ContainerView, PodView
@@ -32,14 +33,22 @@ TOKEN_AUDIENCE = "securekeys.io"  # noqa: S105 - an audience
 TOKEN_EXPIRATION_SECONDS = 600
 """The kubelet's minimum; it refreshes the token at 80 % of its life."""
 
+CA_MOUNT_PATH = "/var/run/secrets/securekeys.io/ca"
+CA_FILE_NAME = "ca.crt"
+"""The gateway's serving CA in the key container (the sidecar's default CA file)."""
+
 KEYS_VOLUME = "securekeys-keys"
 TOKEN_VOLUME = "securekeys-token"  # noqa: S105 - a name
+CA_VOLUME = "securekeys-ca"
 SIDECAR_CONTAINER = "securekeys-sidecar"
 INIT_CONTAINER = "securekeys-init"
-RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME})
+RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME, CA_VOLUME})
 RESERVED_CONTAINERS = frozenset({SIDECAR_CONTAINER, INIT_CONTAINER})
 
 MAX_KEYS = 64
+MAX_RELOAD_URL = 256
+RELOAD_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+"""Where a reload URL may point: the pod's own loopback, nothing else."""
 MAX_VOLUME_SIZE = Decimal(64 * 1024 * 1024)
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -75,6 +84,10 @@ class GatewaySettings:
     own_namespace: str = "secure-keys-system"
     skip_namespaces: frozenset[str] = SYSTEM_NAMESPACES
     broker_url: str = ""
+    """The key broker's URL as the key container reaches it (``SECUREKEYS_GATEWAY_URL``)."""
+    broker_ca_pem: str = ""
+    """The PEM of the CA that signed the gateway's serving certificate (public); when set,
+    injected pods get it as the key container's CA file. Empty: the system trust store."""
     resources: Resources = field(default_factory=Resources)
     default_uid: int = 65532
     """The sidecar's UID when the pod sets no non-root runAsUser of its own."""
@@ -92,6 +105,8 @@ class InjectionConfig:
     volume_size: str
     init_first: bool
     resources: Resources
+    reload_url: str | None = None
+    """The app's loopback URL the sidecar POSTs after a rotation (None: not called)."""
 
 
 class InvalidAnnotations(ValueError):
@@ -163,6 +178,33 @@ def _parse_mount_path(text: str | None, problems: list[str]) -> str:
             "other than / (no '..', no trailing '/', no ':'), at most 256 characters"
         )
         return DEFAULT_MOUNT_PATH
+    return text
+
+
+def _parse_reload_url(text: str | None, problems: list[str]) -> str | None:
+    if text is None:
+        return None
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError on a bad or out-of-range port
+        valid = (
+            url.scheme == "http"
+            and url.hostname in RELOAD_HOSTS
+            and url.username is None
+            and url.password is None
+            and not url.fragment
+            and len(text) <= MAX_RELOAD_URL
+            and all(ch.isprintable() and not ch.isspace() for ch in text)
+        )
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append(
+            f"annotation {ann.RELOAD_URL}: {text!r} must be an http:// URL on 127.0.0.1, "
+            "localhost or [::1] (the pod's own loopback), such as "
+            f"http://127.0.0.1:8080/reload, at most {MAX_RELOAD_URL} characters"
+        )
+        return None
     return text
 
 
@@ -261,6 +303,7 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
         init_first = init_first_text != "false"
 
     resources = _parse_resources(annotations, settings.resources, problems)
+    reload_url = _parse_reload_url(annotations.get(ann.RELOAD_URL), problems)
     if problems:
         raise InvalidAnnotations(problems)
     return InjectionConfig(
@@ -271,6 +314,7 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
         volume_size=volume_size,
         init_first=init_first,
         resources=resources,
+        reload_url=reload_url,
     )
 
 

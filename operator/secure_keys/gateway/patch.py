@@ -11,6 +11,11 @@ the gateway's settings into RFC 6902 ``add`` operations:
   plus a regular sidecar (``classic``), or an init container alone (``init-only``);
   locked down (non-root, read-only root filesystem, no privilege escalation, no
   capabilities, RuntimeDefault seccomp) and small (resources in ``Resources``);
+* with a broker CA configured, the CA's PEM in the ``securekeys.io/gateway-ca``
+  annotation and a downward API volume that makes it the key container's
+  ``SECUREKEYS_CA_FILE`` (no Secret or ConfigMap needed in the pod's namespace);
+* ``SECUREKEYS_GATEWAY_URL`` (the broker) and, when the pod names one,
+  ``SECUREKEYS_RELOAD_URL`` in the key container's environment;
 * a read-only mount of the keys into each target container;
 * the ``securekeys.io/injected`` annotation, so injection happens once.
 
@@ -23,6 +28,9 @@ from typing import Any, Literal, TypedDict
 
 from secure_keys.gateway import annotations as ann
 from secure_keys.gateway.injection import (
+    CA_FILE_NAME,
+    CA_MOUNT_PATH,
+    CA_VOLUME,
     INIT_CONTAINER,
     KEYS_VOLUME,
     SIDECAR_CONTAINER,
@@ -94,6 +102,16 @@ def _container(
     ]
     if settings.broker_url:
         env.append({"name": "SECUREKEYS_GATEWAY_URL", "value": settings.broker_url})
+    if settings.broker_ca_pem:
+        env.append({"name": "SECUREKEYS_CA_FILE", "value": f"{CA_MOUNT_PATH}/{CA_FILE_NAME}"})
+    if config.reload_url is not None:
+        env.append({"name": "SECUREKEYS_RELOAD_URL", "value": config.reload_url})
+    mounts = [
+        {"name": KEYS_VOLUME, "mountPath": SIDECAR_KEYS_PATH},
+        {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True},
+    ]
+    if settings.broker_ca_pem:
+        mounts.append({"name": CA_VOLUME, "mountPath": CA_MOUNT_PATH, "readOnly": True})
     resources = config.resources
     container: dict[str, Any] = {
         "name": name,
@@ -107,10 +125,7 @@ def _container(
             "limits": {"cpu": resources.cpu_limit, "memory": resources.memory_limit},
         },
         "securityContext": _security_context(pod, settings),
-        "volumeMounts": [
-            {"name": KEYS_VOLUME, "mountPath": SIDECAR_KEYS_PATH},
-            {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True},
-        ],
+        "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if native:
@@ -125,8 +140,8 @@ def _container(
     return container
 
 
-def _volumes(size: str) -> list[dict[str, Any]]:
-    return [
+def _volumes(size: str, settings: GatewaySettings) -> list[dict[str, Any]]:
+    volumes = [
         {"name": KEYS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": size}},
         {
             "name": TOKEN_VOLUME,
@@ -144,6 +159,15 @@ def _volumes(size: str) -> list[dict[str, Any]]:
             },
         },
     ]
+    if settings.broker_ca_pem:
+        # The CA is public; the annotation carries it, so every namespace works without
+        # a Secret or ConfigMap of ours in it. The volume's definition is immutable.
+        item = {
+            "path": CA_FILE_NAME,
+            "fieldRef": {"fieldPath": f"metadata.annotations['{ann.GATEWAY_CA}']"},
+        }
+        volumes.append({"name": CA_VOLUME, "downwardAPI": {"defaultMode": 0o444, "items": [item]}})
+    return volumes
 
 
 def _add(path: str, value: Any) -> PatchOp:
@@ -155,7 +179,7 @@ def build_patch(
 ) -> list[PatchOp]:
     """The operations that inject ``config`` into ``pod``; ``files`` are the key files."""
     ops: list[PatchOp] = []
-    volumes = _volumes(config.volume_size)
+    volumes = _volumes(config.volume_size, settings)
     if pod.has_volumes:
         ops.extend(_add("/spec/volumes/-", v) for v in volumes)
     else:
@@ -188,8 +212,13 @@ def build_patch(
         )
         ops.append(_add("/spec/containers/-", sidecar))
 
+    written: dict[str, str] = {ann.INJECTED: config.mode}
+    if settings.broker_ca_pem:
+        written[ann.GATEWAY_CA] = settings.broker_ca_pem
     if pod.has_annotations:
-        ops.append(_add(f"/metadata/annotations/{_escape(ann.INJECTED)}", config.mode))
+        # "add" on a member that exists replaces it: a gateway-ca the author wrote is
+        # overwritten with the gateway's own.
+        ops.extend(_add(f"/metadata/annotations/{_escape(k)}", v) for k, v in written.items())
     else:
-        ops.append(_add("/metadata/annotations", {ann.INJECTED: config.mode}))
+        ops.append(_add("/metadata/annotations", written))
     return ops

@@ -32,6 +32,9 @@ from tests.unit.gateway.helpers import (
 
 GOLDEN = Path(__file__).parents[2] / "data" / "gateway"
 SETTINGS = GatewaySettings()
+TEST_CA = "-----BEGIN CERTIFICATE-----\nTUlJQnRlc3RDQQ==\n-----END CERTIFICATE-----\n"
+BROKER = GatewaySettings(broker_url="https://127.0.0.1:8443", broker_ca_pem=TEST_CA)
+"""A gateway that runs the key broker: its URL and serving CA go into every pod."""
 
 
 @dataclass
@@ -48,13 +51,14 @@ class Case:
     """Substrings the denial message must contain (denied cases)."""
     code: int = 0
     warning: str = ""
+    settings: GatewaySettings = SETTINGS
 
 
 def run(case: Case) -> Any:
     request = decode(
         body(review(case.pod, namespace=case.namespace, operation=case.operation, kind=case.kind))
     )
-    return admit(request, case.table, SETTINGS, synced=case.synced)
+    return admit(request, case.table, case.settings, synced=case.synced)
 
 
 INJECTED = [
@@ -118,6 +122,16 @@ INJECTED = [
             },
             security_context={"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000},
         ),
+    ),
+    Case(
+        "broker-ca-and-reload-url",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "http://127.0.0.1:8080/-/reload",
+            }
+        ),
+        settings=BROKER,
     ),
     Case(
         "granted-by-selector-and-group",
@@ -240,6 +254,75 @@ def test_sidecar_runs_as_the_pods_user() -> None:
 
 
 DENIED = [
+    Case(
+        "reload-url-off-loopback",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "http://10.0.0.5:8080/reload",
+            }
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: 'http://10.0.0.5:8080/reload' must be an http:// URL",),
+    ),
+    Case(
+        "reload-url-https",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "https://127.0.0.1:8443/reload",
+            }
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: 'https://127.0.0.1:8443/reload' must be an http:// URL",),
+    ),
+    Case(
+        "reload-url-userinfo",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "http://evil.example@127.0.0.1/reload",
+            }
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: 'http://evil.example@127.0.0.1/reload' must be an http:// URL",),
+    ),
+    Case(
+        "reload-url-lookalike-host",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "http://127.0.0.1.evil.example/reload",
+            }
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: 'http://127.0.0.1.evil.example/reload' must be an http:// URL",),
+    ),
+    Case(
+        "reload-url-bad-port",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/reload-url": "http://127.0.0.1:99999/reload",
+            }
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: 'http://127.0.0.1:99999/reload' must be an http:// URL",),
+    ),
+    Case(
+        "reload-url-relative",
+        pod(
+            annotations={"securekeys.io/keys": "stripe-live", "securekeys.io/reload-url": "/reload"}
+        ),
+        outcome="denied",
+        code=400,
+        messages=("reload-url: '/reload' must be an http:// URL",),
+    ),
     Case(
         "no-keys",
         pod(annotations={}),
@@ -573,3 +656,103 @@ def test_default_resources_are_valid_quantities_within_their_limits() -> None:
         assert request is not None
         assert limit is not None
         assert 0 < request <= limit
+
+
+def test_broker_ca_reaches_the_key_container_as_a_file() -> None:
+    case = next(c for c in INJECTED if c.name == "broker-ca-and-reload-url")
+    patched = apply_patch(case.pod, list(run(case).response.patch))
+    init, _ = _containers(patched)
+    sidecar = init["securekeys-sidecar"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert env["SECUREKEYS_GATEWAY_URL"] == "https://127.0.0.1:8443"
+    assert env["SECUREKEYS_RELOAD_URL"] == "http://127.0.0.1:8080/-/reload"
+    assert env["SECUREKEYS_CA_FILE"] == "/var/run/secrets/securekeys.io/ca/ca.crt"
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert mounts["securekeys-ca"] == {
+        "name": "securekeys-ca",
+        "mountPath": "/var/run/secrets/securekeys.io/ca",
+        "readOnly": True,
+    }
+    # The file is the annotation, through the downward API: no per-namespace object.
+    assert patched["metadata"]["annotations"]["securekeys.io/gateway-ca"] == TEST_CA
+    volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+    item = volumes["securekeys-ca"]["downwardAPI"]["items"][0]
+    assert item["path"] == "ca.crt"
+    assert item["fieldRef"]["fieldPath"] == "metadata.annotations['securekeys.io/gateway-ca']"
+    # Only the key container sees it.
+    assert all(
+        m["name"] != "securekeys-ca"
+        for c in patched["spec"]["containers"]
+        for m in c.get("volumeMounts", [])
+    )
+
+
+def test_gateway_ca_written_by_the_author_is_replaced() -> None:
+    case = Case(
+        "forged-ca",
+        pod(
+            annotations={
+                "securekeys.io/keys": "stripe-live",
+                "securekeys.io/gateway-ca": "-----BEGIN CERTIFICATE-----\nforged\n",
+            }
+        ),
+        settings=BROKER,
+    )
+    outcome = run(case)
+    assert outcome.outcome == "injected"
+    patched = apply_patch(case.pod, list(outcome.response.patch))
+    assert patched["metadata"]["annotations"]["securekeys.io/gateway-ca"] == TEST_CA
+
+
+def test_without_a_broker_ca_no_ca_is_injected() -> None:
+    patched = apply_patch(INJECTED[0].pod, list(run(INJECTED[0]).response.patch))
+    init, _ = _containers(patched)
+    names = {e["name"] for e in init["securekeys-sidecar"]["env"]}
+    assert "SECUREKEYS_CA_FILE" not in names
+    assert "SECUREKEYS_RELOAD_URL" not in names
+    assert "securekeys-ca" not in {v["name"] for v in patched["spec"]["volumes"]}
+    assert "securekeys.io/gateway-ca" not in patched["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/reload", "http://localhost/x?y=1", "http://[::1]:9000/"],
+)
+def test_loopback_reload_urls_are_accepted(url: str) -> None:
+    case = Case(
+        "ok",
+        pod(annotations={"securekeys.io/keys": "stripe-live", "securekeys.io/reload-url": url}),
+    )
+    outcome = run(case)
+    assert outcome.outcome == "injected", outcome.response.message
+    patched = apply_patch(case.pod, list(outcome.response.patch))
+    init, _ = _containers(patched)
+    env = {e["name"]: e.get("value") for e in init["securekeys-sidecar"]["env"]}
+    assert env["SECUREKEYS_RELOAD_URL"] == url
+
+
+def test_broker_flags_are_required_together(tmp_path: Path) -> None:
+    from secure_keys.gateway.__main__ import parse_options
+
+    base = ["--tls-cert", "c", "--tls-key", "k", "--kms-config", str(tmp_path / "kms.json")]
+    with pytest.raises(SystemExit):
+        parse_options(base)
+    with pytest.raises(SystemExit):
+        parse_options([*base, "--broker-url", "http://127.0.0.1:8443"])
+    (tmp_path / "ca.crt").write_text(TEST_CA)
+    options = parse_options(
+        [
+            *base,
+            "--broker-url",
+            "https://127.0.0.1:8443",
+            "--broker-ca-file",
+            str(tmp_path / "ca.crt"),
+        ]
+    )
+    assert options.settings.broker_url == "https://127.0.0.1:8443"
+    assert options.settings.broker_ca_pem == TEST_CA
+    (tmp_path / "junk").write_text("not a certificate")
+    with pytest.raises(SystemExit):
+        parse_options(
+            [*base, "--broker-url", "https://x:1", "--broker-ca-file", str(tmp_path / "junk")]
+        )

@@ -1,0 +1,369 @@
+"""Keys delivered into real pods: webhook, key broker and sidecar together, on the node.
+
+The controller (session fixture) seals the keys. The gateway runs as a subprocess with
+the webhook and the key broker (``--kms-config``) under deploy/gateway-rbac.yaml plus
+deploy/gateway-broker-rbac.yaml, bound to one unprivileged identity. The webhook injects
+the real sidecar (``secure-keys-sidecar`` from the project image ``secure-keys:dev``,
+rebuilt from these sources for the session), which reaches the broker at
+``https://127.0.0.1:<port>`` over the host's network and trusts the gateway's CA through
+the ``securekeys.io/gateway-ca`` downward API file. The app container is busybox; the
+test reads what it sees with ``kubectl exec``.
+
+One pod walks the whole path, in order: the first delivery (a sealed canary equal to
+its plaintext, fingerprints equal to the ApiKeys' status), a rotation pushed within
+seconds with ``.previous`` holding the old value, a KeyRole that loses the pod's
+ServiceAccount (files removed within seconds), and the canary searched for in every log
+and in the stored pod (absent) and in the app's file (present: the positive control).
+The unbinding also leaves a Warning Event ``KeyDenied`` on the pod.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from secure_keys_dev.cluster import free_port
+from secure_keys_dev.stack import (
+    CONTROLLER_NAMESPACE,
+    GROUP,
+    VERSION,
+    ControllerProcess,
+    GatewayProcess,
+    bind_gateway_identity,
+    ensure_namespace,
+    eventually,
+    get_apikey,
+    is_ready,
+    register_gateway_webhook,
+    request_rotation,
+    write_gateway_tls,
+)
+from tests.e2e.conftest import PodEnvironment, Target
+from tests.e2e.leaks import leaked
+from tests.e2e.test_node import kubectl
+
+WEBHOOK = "secure-keys-gateway-delivery-e2e"
+KEYS = "/var/run/secrets/securekeys"
+POD = "reader"
+IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    kube: Target,
+    admin_api: client.ApiClient,
+    pods: PodEnvironment,
+    controller: ControllerProcess,
+    controller_setup: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """The gateway with the webhook and the broker, registered with the API server."""
+    if kube.callback_host is None:
+        pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
+    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
+    user = "securekeys-e2e-broker"
+    bind_gateway_identity(admin_api, user, broker=True)
+    work = tmp_path_factory.mktemp("delivery")
+    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
+    process = GatewayProcess(
+        kube.user_kubeconfig(user),
+        work / "tls",
+        work / "gateway.log",
+        port=free_port(),
+        host=kube.callback_host,
+        kms_config=controller_setup[1],
+        extra_args=("--image-pull-policy=Never",),
+    )
+    process.start(timeout=90)
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    try:
+        register_gateway_webhook(admin_api, process.url, ca_pem, name=WEBHOOK)
+        yield process
+    finally:
+        admission.delete_mutating_webhook_configuration(WEBHOOK)
+        process.stop()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _seal(
+    kube: Target, admin_api: client.ApiClient, namespace: str, name: str, value: str, tmp: Path
+) -> dict[str, Any]:
+    """``secure-keys seal`` for the cluster's recipient (read from its ConfigMap, so no
+    pin file is written): the manifest, whose plaintext only this test knows."""
+    configmap = client.CoreV1Api(admin_api).read_namespaced_config_map(
+        "secure-keys-recipient", CONTROLLER_NAMESPACE
+    )
+    recipient = tmp / "recipient.json"
+    recipient.write_text(configmap.data["recipient.json"])
+    sealed = subprocess.run(  # noqa: S603 - our interpreter and module
+        [
+            sys.executable,
+            "-m",
+            "secure_keys.cli",
+            f"--kubeconfig={kube.kubeconfig}",
+            "seal",
+            name,
+            "-n",
+            namespace,
+            f"--recipient-file={recipient}",
+        ],
+        input=value.encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert sealed.returncode == 0, sealed.stderr.decode()
+    manifest: dict[str, Any] = yaml.safe_load(sealed.stdout)
+    return manifest
+
+
+def _create(api: client.ApiClient, namespace: str, plural: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body
+    )
+
+
+def _ready(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj = get_apikey(api, namespace, name)
+        return obj if is_ready(obj) else None
+
+    return eventually(check, 60, f"ApiKey {name} Ready")
+
+
+def _current(obj: dict[str, Any]) -> tuple[int, str]:
+    status = obj["status"]
+    version = status["currentVersion"]
+    record = next(v for v in status["versions"] if v["version"] == version)
+    return version, record["fingerprint"]
+
+
+def _pod(pods: PodEnvironment) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": POD,
+            "labels": {"securekeys.io/inject": "true"},
+            "annotations": {"securekeys.io/keys": "canary,rotating"},
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "hostNetwork": pods.host_network,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": pods.busybox_image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", IDLE],
+                }
+            ],
+        },
+    }
+
+
+def _create_injected_pod(core: client.CoreV1Api, namespace: str, body: dict[str, Any]) -> None:
+    """Create the pod once the webhook is in the admission chain and the gateway's caches
+    hold this test's objects; a pod admitted without injection is deleted and retried."""
+    seen: list[str] = []
+
+    def attempt() -> bool:
+        try:
+            created = core.create_namespaced_pod(namespace, body)
+        except ApiException as exc:
+            if (exc.status == 403 and "secure-keys:" in exc.body) or exc.status == 409:
+                seen.append(str(exc.body)[:300])
+                return False
+            raise
+        if "securekeys.io/injected" in (created.metadata.annotations or {}):
+            return True
+        seen.append("admitted without injection (webhook not called yet)")
+        core.delete_namespaced_pod(POD, namespace, grace_period_seconds=0)
+        eventually(lambda: _gone(core, namespace), 30, "the uninjected pod gone")
+        return False
+
+    eventually(attempt, 30, f"the pod injected (last: {seen[-1:]})")
+
+
+def _gone(core: client.CoreV1Api, namespace: str) -> bool:
+    try:
+        core.read_namespaced_pod(POD, namespace)
+    except ApiException as exc:
+        return bool(exc.status == 404)
+    return False
+
+
+def _sh(kube: Target, namespace: str, script: str) -> str:
+    done = kubectl(kube, "exec", "-n", namespace, POD, "-c", "app", "--", "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _meta(kube: Target, namespace: str, name: str) -> dict[str, Any]:
+    meta: dict[str, Any] = json.loads(_sh(kube, namespace, f"cat {KEYS}/{name}.meta.json"))
+    return meta
+
+
+def _logs(core: client.CoreV1Api, namespace: str, container: str) -> str:
+    text: str = core.read_namespaced_pod_log(POD, namespace, container=container)
+    return text
+
+
+# -- the path, end to end ----------------------------------------------------------------
+
+
+def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
+    kube: Target,
+    admin_api: client.ApiClient,
+    namespace: str,
+    pods: PodEnvironment,
+    gateway: GatewayProcess,
+    controller: ControllerProcess,
+    tmp_path: Path,
+) -> None:
+    core = client.CoreV1Api(admin_api)
+    canary = f"sk_canary_{secrets.token_hex(16)}"
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="app"))
+    )
+    _create(
+        admin_api,
+        namespace,
+        "apikeys",
+        _seal(kube, admin_api, namespace, "canary", canary, tmp_path),
+    )
+    _create(
+        admin_api,
+        namespace,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": "rotating"},
+            "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
+        },
+    )
+    _create(
+        admin_api,
+        namespace,
+        "keyroles",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "KeyRole",
+            "metadata": {"name": "app-keys"},
+            "spec": {
+                "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+                "keys": {"names": ["canary", "rotating"]},
+                "permissions": ["read"],
+            },
+        },
+    )
+    canary_version, canary_fingerprint = _current(_ready(admin_api, namespace, "canary"))
+    old_version, old_fingerprint = _current(_ready(admin_api, namespace, "rotating"))
+
+    # (a) The first delivery: the app starts only once the files are there.
+    started = time.monotonic()
+    _create_injected_pod(core, namespace, _pod(pods))
+
+    def app_running() -> bool:
+        pod = core.read_namespaced_pod(POD, namespace)
+        statuses = pod.status.container_statuses or []
+        return any(s.name == "app" and s.state.running for s in statuses)
+
+    try:
+        eventually(app_running, 120, "the app container running (keys on disk)")
+    except AssertionError:
+        sidecar = ""
+        try:
+            sidecar = _logs(core, namespace, "securekeys-sidecar")[-3000:]
+        except ApiException as exc:
+            sidecar = f"(no sidecar log: {exc.status})"
+        raise AssertionError(
+            f"sidecar log:\n{sidecar}\ngateway log:\n{gateway.log()[-3000:]}"
+        ) from None
+    print(f"app running {time.monotonic() - started:.1f} s after the pod was created")
+
+    assert _sh(kube, namespace, f"cat {KEYS}/canary") == canary  # the positive control
+    meta = _meta(kube, namespace, "canary")
+    assert (meta["version"], meta["fingerprint"]) == (canary_version, canary_fingerprint)
+    meta = _meta(kube, namespace, "rotating")
+    assert (meta["version"], meta["fingerprint"]) == (old_version, old_fingerprint)
+    old_value = _sh(kube, namespace, f"cat {KEYS}/rotating")
+    assert len(old_value) >= 32
+    assert "rotating.previous" not in _sh(kube, namespace, f"ls {KEYS}")
+
+    # (b) A rotation reaches the pod within seconds; .previous holds the old value.
+    request_rotation(admin_api, namespace, "rotating")
+
+    def rotated() -> dict[str, Any] | None:
+        obj = get_apikey(admin_api, namespace, "rotating")
+        return obj if (obj.get("status") or {}).get("currentVersion", 0) > old_version else None
+
+    new_version, new_fingerprint = _current(eventually(rotated, 60, "the controller to rotate"))
+    rotated_at = time.monotonic()
+    eventually(
+        lambda: _meta(kube, namespace, "rotating")["version"] == new_version,
+        20,
+        "the new version in the pod",
+    )
+    print(f"rotation in the pod's files {time.monotonic() - rotated_at:.2f} s after status")
+    meta = _meta(kube, namespace, "rotating")
+    assert meta["fingerprint"] == new_fingerprint
+    assert meta["previousVersion"] == old_version
+    new_value = _sh(kube, namespace, f"cat {KEYS}/rotating")
+    assert new_value != old_value
+    assert _sh(kube, namespace, f"cat {KEYS}/rotating.previous") == old_value
+
+    # (c) The KeyRole no longer names the ServiceAccount: the files go within seconds,
+    # and the pod gets a Warning Event naming the reason.
+    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "keyroles",
+        "app-keys",
+        {"spec": {"subjects": [{"kind": "ServiceAccount", "name": "someone-else"}]}},
+    )
+    unbound_at = time.monotonic()
+    eventually(
+        lambda: _sh(kube, namespace, f"ls -A {KEYS} | grep -v '^\\.\\.' || true").split() == [],
+        20,
+        "the key files removed",
+    )
+    print(f"files removed {time.monotonic() - unbound_at:.2f} s after the KeyRole changed")
+
+    def denied_event() -> list[str]:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={POD}"
+        ).items
+        return [e.message for e in events if e.type == "Warning" and e.reason == "KeyDenied"]
+
+    messages = eventually(denied_event, 20, "a KeyDenied Warning Event on the pod")
+    assert any("KeyNotGranted" in m for m in messages), messages
+
+    # (d) The canary: nowhere in the logs or the stored pod.
+    sidecar_log = _logs(core, namespace, "securekeys-sidecar")
+    assert '"key-state"' in sidecar_log  # the sidecar did log its deliveries
+    assert '"revoked"' in sidecar_log
+    stored = core.read_namespaced_pod(POD, namespace, _preload_content=False).data
+    for where, text in (
+        ("gateway log", gateway.log().encode()),
+        ("sidecar log", sidecar_log.encode()),
+        ("controller log", controller.log().encode()),
+        ("stored pod", stored),
+    ):
+        assert not leaked(text, canary), f"canary found in the {where}"
+    assert leaked(canary.encode(), canary)  # the search itself finds what it looks for
