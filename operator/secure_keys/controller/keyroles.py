@@ -6,7 +6,10 @@ it returns the keys granted and the names that do not
 exist. ``KeyRoleReconciler`` writes that to the KeyRole's status (``resolvedKeys``,
 ``missingKeys``, a Ready condition) and emits an Event when keys go missing. Who may
 read what is enforced where keys are delivered (the gateway); this only keeps the
-role's status honest.
+role's status honest. ``roles_to_requeue`` decides which roles an ApiKey event can
+affect (only a change of existence or labels can), so the watch does not fan every
+ApiKey write out to every role of the namespace; resolution lists ApiKeys a page at a
+time and keeps only their names and labels.
 """
 
 from __future__ import annotations
@@ -33,6 +36,48 @@ class _Model(BaseModel):
 
 class KeyRoleSpec(_Model):
     keys: KeySelection
+
+
+LIST_PAGE = 25
+"""ApiKeys asked for per list call. An ApiKey can hold hundreds of KiB of status, and
+the list comes back whole (the client cannot ask for metadata only), so a page bounds
+what one resolution holds at a time."""
+
+
+def selection_of(spec: Mapping[str, Any] | None) -> KeySelection | None:
+    """A KeyRole's ``spec.keys``, or ``None`` if the spec does not parse (such a role is
+    never resolved, so no ApiKey change can alter it)."""
+    try:
+        return KeyRoleSpec.model_validate(spec or {}).keys
+    except ValidationError:
+        return None
+
+
+def roles_to_requeue(
+    roles: Mapping[str, KeySelection | None],
+    name: str,
+    before: Mapping[str, str] | None,
+    after: Mapping[str, str] | None,
+) -> list[str]:
+    """The roles whose resolution an ApiKey's change can alter, sorted.
+
+    ``before`` and ``after`` are the ApiKey's labels, or ``None`` while it does not exist
+    (or is being deleted, which resolution treats alike). A role resolves an ApiKey from
+    its name, its existence and its labels only, so a change of spec or status alters no
+    role, and a role is requeued only if it covered the key before and not after, or the
+    other way round.
+    """
+    if before == after:
+        return []
+    changed = []
+    for role, selection in roles.items():
+        if selection is None:
+            continue
+        was = before is not None and selection.covers(name, before)
+        now = after is not None and selection.covers(name, after)
+        if was != now:
+            changed.append(role)
+    return sorted(changed)
 
 
 def status_for(
@@ -100,13 +145,7 @@ class KeyRoleReconciler:
         except ValidationError:
             _log.warning("keyrole.invalid", namespace=namespace, keyrole=name)
             return
-        listing = await self.api.list(APIKEYS, namespace)
-        apikeys = [
-            (item["metadata"]["name"], item["metadata"].get("labels") or {})
-            for item in listing.get("items") or []
-            if not item["metadata"].get("deletionTimestamp")
-        ]
-        resolution = resolve(spec.keys, apikeys)
+        resolution = resolve(spec.keys, await self._names_and_labels(namespace))
         current = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 1))
         status = status_for(current, resolution, generation, self.clock())
@@ -120,6 +159,25 @@ class KeyRoleReconciler:
         await self.api.patch(KEYROLES, namespace, name, patch, subresource="status")
         if resolution.missing and (was is None or was.get("reason") != "KeysMissing"):
             await self._event(body, ", ".join(resolution.missing))
+
+    async def _names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
+        """Every live ApiKey of the namespace as (name, labels), a page at a time.
+
+        Only names and labels decide a resolution; each page's full objects (specs and
+        statuses that can run to hundreds of KiB) are dropped before the next is asked for.
+        """
+        apikeys: list[tuple[str, dict[str, str]]] = []
+        token: str | None = None
+        while True:
+            page = await self.api.list(APIKEYS, namespace, limit=LIST_PAGE, continue_=token)
+            for item in page.get("items") or []:
+                metadata = item["metadata"]
+                if not metadata.get("deletionTimestamp"):
+                    apikeys.append((metadata["name"], dict(metadata.get("labels") or {})))
+            del page["items"]
+            token = (page.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return apikeys
 
     async def _event(self, body: dict[str, Any], missing: str) -> None:
         message = f"no ApiKey named {missing} in this namespace"

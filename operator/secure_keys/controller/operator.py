@@ -47,7 +47,7 @@ from secure_keys.controller.controller_keys import (
     recipient_configmap,
     recipient_restored_event,
 )
-from secure_keys.controller.keyroles import KeyRoleReconciler
+from secure_keys.controller.keyroles import KeyRoleReconciler, roles_to_requeue, selection_of
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
@@ -70,6 +70,7 @@ from secure_keys.kube.client import (
 )
 from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import InformerEvent, informer
+from secure_keys.kube.keyroles import KeySelection
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
 
 _log = structlog.get_logger("secure_keys.controller")
@@ -169,7 +170,10 @@ class Runtime:
         self.keys: ControllerKeys | None = None
         self.reconciler: Reconciler | None = None
         self.keyroles: KeyRoleReconciler | None = None
-        self.roles_by_namespace: dict[str, set[str]] = {}
+        # What decides which KeyRoles an ApiKey event requeues: each role's selection
+        # (None if its spec does not parse) and each live ApiKey's last seen labels.
+        self.roles_by_namespace: dict[str, dict[str, KeySelection | None]] = {}
+        self.apikey_labels: dict[tuple[str, str], dict[str, str]] = {}
 
     async def start(self) -> None:
         options = self.options
@@ -348,17 +352,39 @@ class Runtime:
         if self.keys is not None:
             self.keys.close()
 
-    def apikey_changed(self, namespace: str, name: str) -> None:
-        self.queue.add(("apikey", namespace, name))
-        for role in self.roles_by_namespace.get(namespace, ()):
+    def apikey_changed(
+        self,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str] | None,
+        *,
+        own: bool = False,
+    ) -> None:
+        """An ApiKey event: ``labels`` is ``None`` once the key is gone or being deleted.
+
+        The key itself is queued unless the event is our own write; a KeyRole only if
+        the key's existence or labels changed in a way that alters what the role covers.
+        """
+        if not own:
+            self.queue.add(("apikey", namespace, name))
+        after = None if labels is None else dict(labels)
+        before = self.apikey_labels.get((namespace, name))
+        if after is None:
+            self.apikey_labels.pop((namespace, name), None)
+        else:
+            self.apikey_labels[(namespace, name)] = after
+        roles = self.roles_by_namespace.get(namespace, {})
+        for role in roles_to_requeue(roles, name, before, after):
             self.queue.add(("keyrole", namespace, role))
 
-    def keyrole_changed(self, namespace: str, name: str, deleted: bool) -> None:
-        roles = self.roles_by_namespace.setdefault(namespace, set())
+    def keyrole_changed(
+        self, namespace: str, name: str, deleted: bool, spec: Mapping[str, Any] | None = None
+    ) -> None:
+        roles = self.roles_by_namespace.setdefault(namespace, {})
         if deleted:
-            roles.discard(name)
+            roles.pop(name, None)
         else:
-            roles.add(name)
+            roles[name] = selection_of(spec)
             self.queue.add(("keyrole", namespace, name))
 
     async def _worker(self) -> None:
@@ -439,13 +465,20 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         own = runtime.reconciler is not None and runtime.reconciler.wrote(
             "apikey", namespace, name, str(meta.get("resourceVersion"))
         )
-        if type == "DELETED" or not own:
-            runtime.apikey_changed(namespace, name)
+        gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        labels = None if gone else dict(meta.get("labels") or {})
+        runtime.apikey_changed(namespace, name, labels, own=own and type != "DELETED")
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
-    def keyrole_changed(type: str, namespace: str | None, name: str, **_: Any) -> None:  # noqa: A002
+    def keyrole_changed(
+        type: str,  # noqa: A002 - kopf's argument name
+        namespace: str | None,
+        name: str,
+        spec: Mapping[str, Any],
+        **_: Any,
+    ) -> None:
         if namespace:
-            runtime.keyrole_changed(namespace, name, deleted=type == "DELETED")
+            runtime.keyrole_changed(namespace, name, deleted=type == "DELETED", spec=spec)
 
     # Blob Secrets are not watched through kopf: see Runtime._watch_blobs.
     return registry

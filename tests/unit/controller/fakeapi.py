@@ -7,7 +7,8 @@ field. This fake keeps objects in a dict and enforces what the controller relies
 resourceVersion preconditions on merge patches and replaces (409), ``test`` operations
 in JSON patches, uid/resourceVersion delete preconditions, finalizers delaying deletion,
 and status written only through the status subresource. ``before`` hooks run before a
-matching call, so a test can interleave a change; ``calls`` records every call.
+matching call, so a test can interleave a change; ``calls`` records every call but
+lists, which ``lists`` records. ``list`` pages with ``limit`` and ``continue_``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class FakeApi:
         self.calls: list[tuple[str, str, str | None, str, Any]] = []
         self._rv = itertools.count(100)
         self.hooks: list[tuple[str, str, str, Hook]] = []
+        self.lists: list[tuple[str, str | None, int | None, str | None]] = []
+        """Every list call: plural, namespace, limit, continue token (not in ``calls``)."""
 
     # -- test helpers -------------------------------------------------------------------
     def before(self, method: str, plural: str, subresource: str, hook: Hook) -> None:
@@ -87,13 +90,30 @@ class FakeApi:
         self._hook("get", resource, namespace, name, "", None)
         return copy.deepcopy(self._get(resource, namespace, name))
 
-    async def list(self, resource: Resource, namespace: str | None, **_: Any) -> dict[str, Any]:
-        items = [
-            copy.deepcopy(v)
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        *,
+        limit: int | None = None,
+        continue_: str | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """Items in the order stored; with ``limit``, a page and a ``continue`` token (an
+        offset here, opaque to the caller) when more remain, as the API server pages."""
+        self.lists.append((resource.plural, namespace, limit, continue_))
+        matching = [
+            v
             for (plural, ns, _name), v in self.objects.items()
             if plural == resource.plural and ns == namespace
         ]
-        return {"items": items, "metadata": {"resourceVersion": str(next(self._rv))}}
+        start = int(continue_) if continue_ else 0
+        end = len(matching) if not limit else min(len(matching), start + limit)
+        items = [copy.deepcopy(v) for v in matching[start:end]]
+        metadata = {"resourceVersion": str(next(self._rv))}
+        if end < len(matching):
+            metadata["continue"] = str(end)
+        return {"items": items, "metadata": metadata}
 
     async def create(
         self, resource: Resource, namespace: str | None, body: dict[str, Any]

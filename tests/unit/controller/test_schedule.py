@@ -22,6 +22,7 @@ from secure_keys.controller.schedule import (
     CronSchedule,
     InvalidSchedule,
     RotationPolicy,
+    _cron_period,
     format_duration,
     parse_duration,
 )
@@ -795,3 +796,72 @@ def test_every_date_helper_agrees_on_sunday() -> None:
     # The reference's weekday convention (0 = Sunday) checked against a known date.
     assert date(2024, 1, 7).isoweekday() % 7 == 0
     assert CronSchedule.parse("0 0 * * SUN").next_after(at(2024, 1, 1)) == at(2024, 1, 7)
+
+
+# The period a policy checks its grace period against: computed from the fields, cheaply
+
+# Schedules whose shortest gap the old sampling found slowest (1,000 cronsim steps across
+# years), and those that make the field arithmetic walk a whole 400-year cycle.
+SLOW_SCHEDULES = [
+    "0 0 1 1 *",
+    "@yearly",
+    "0 0 29 2 *",
+    "59 23 31 12 *",
+    "0 0,23 29 2 *",
+    "0 0 31 * *",
+    "0 0 30 4,6,9,11 *",
+    "@weekly",
+    "0 12 * * 1,3",
+    "0 0 29 2 1",
+    "* * * * *",
+    "0 0 28-31 2 *",
+]
+
+
+@pytest.mark.parametrize("expression", SLOW_SCHEDULES)
+def test_policy_period_is_cheap(expression: str) -> None:
+    # A guard against a return to walking fire times on the event loop, not a benchmark:
+    # the bound is generous (the field arithmetic takes well under a millisecond; the
+    # sampling it replaced took 0.1-0.3 s for these).
+    spec = {"schedule": expression, "gracePeriod": "1m"}
+    if expression == "* * * * *":
+        spec["gracePeriod"] = "30s"
+    _cron_period.cache_clear()  # time the work, not the cache
+    started = time.perf_counter()
+    RotationPolicy.from_spec(spec)
+    assert time.perf_counter() - started < 0.020, expression
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=cron_cases() | cron_cases(sparse=True))
+def test_policy_period_agrees_with_sampled_fire_times(
+    case: tuple[str, dict[str, tuple[set[int], bool]]],
+) -> None:
+    expression, _ = case
+    try:
+        schedule = CronSchedule.parse(expression)
+    except InvalidSchedule:
+        return  # never fires: refused before any period is asked for
+    policy = RotationPolicy(schedule=schedule, grace_period=timedelta(0))
+    assert policy.period == schedule.shortest_gap(at(2000, 1, 1)), expression
+
+
+@pytest.mark.parametrize(
+    ("expression", "period"),
+    [
+        ("0 0 29 2 *", timedelta(days=4 * 365 + 1)),
+        ("0 22,23 * * *", HOUR),  # 23:00 to 22:00 the next day
+        ("0 0,23 29 2 *", timedelta(hours=23)),  # never two days in a row
+        ("0 0,23 29 2 MON", HOUR),  # Feb 29 next to a Monday
+        ("0 0 31 * *", timedelta(days=31)),
+        ("0 0 1 * *", timedelta(days=28)),
+    ],
+)
+def test_grace_period_must_be_shorter_than_the_shortest_gap(
+    expression: str, period: timedelta
+) -> None:
+    just_under = format_duration(period - timedelta(seconds=1))
+    policy = RotationPolicy.from_spec({"schedule": expression, "gracePeriod": just_under})
+    assert policy.period == period
+    with pytest.raises(InvalidSchedule, match="shortest gap"):
+        RotationPolicy.from_spec({"schedule": expression, "gracePeriod": format_duration(period)})
