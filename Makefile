@@ -110,6 +110,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(BIN)/python bench/envelope.py
 	$(DEV) bench/controller.py
 	$(DEV) bench/kms.py
+	$(DEV) bench/delivery.py
 
 demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo

@@ -28,7 +28,24 @@ import structlog
 
 from secure_keys.core.auditchain import AuditChain
 
-_log = structlog.get_logger("secure_keys.audit")
+_AUDIT_LOGGER = "secure_keys.audit"
+
+
+def _log_record(record: dict[str, Any]) -> None:
+    """Log one audit record as chained. The configured chain's ``TimeStamper`` would
+    replace the record's own ``timestamp``, which its mac covers (the logged line would
+    then never verify), so this one call runs the chain without it."""
+    processors = [
+        p
+        for p in structlog.get_config()["processors"]
+        if not isinstance(p, structlog.processors.TimeStamper)
+    ]
+    logger = structlog.wrap_logger(
+        None, processors=processors, logger_factory_args=(_AUDIT_LOGGER,)
+    )
+    logger.info("audit", **record)
+
+
 _events_log = structlog.get_logger("secure_keys.gateway.events")
 
 
@@ -45,7 +62,7 @@ class AuditLog:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._chain = chain
-        self._emit = emit or (lambda record: _log.info("audit", **record))
+        self._emit = emit or _log_record
         self._clock = clock
 
     def record(

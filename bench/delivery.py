@@ -1,0 +1,581 @@
+"""Benchmark: keys delivered into real pods by the key broker and the sidecar.
+
+Starts a local cluster with a node (real etcd, kube-apiserver, kubelet, containerd), the
+controller and the gateway (webhook and broker) as subprocesses under their shipped RBAC
+and the local KMS, then runs ``--pods`` real pods (default 20) whose injected sidecar
+(the project image) holds one key. It measures, in one run:
+
+- rotation propagation: from the rotate request (the annotation ``secure-keys rotate``
+  writes) to the new version on disk in each pod, p50/p99/max over every (pod, rotation)
+  pair, and the per-rotation time until every pod had it. "On disk" is the timestamp of
+  the sidecar's ``key-state`` log line, which it writes right after the atomic swap (same
+  host clock; microseconds). Rotations are spaced 11 s apart: the controller honours at
+  most one rotate request per key per 10 s, and a sooner request would time that wait;
+- broker deliveries per second and p99 latency (one ``POST /v1/stream`` with a token
+  bound to a pod, up to the first state line with the sealed material), against a bare
+  aiohttp endpoint (a subprocess) over the same certificate and key, same client, same
+  concurrency, interleaved rounds. The broker's rate limits (per pod burst 10, per
+  ServiceAccount burst 100) cap the requests: pods are spread over several
+  ServiceAccounts and each pod's token is used at most ``--reads-per-pod`` times;
+- KMS calls per 1,000 reads: the gateway's ``securekeys_gateway_kms_calls_total``
+  differenced around the read rounds, per successful broker request (a read; each
+  delivers the current version and, in its grace period, the previous one, which
+  ``securekeys_gateway_deliveries_total`` counts separately);
+- the sidecar's memory in each real pod: working set as Kubernetes counts it (the
+  container's memory cgroup ``memory.usage_in_bytes`` less ``total_inactive_file`` from
+  ``memory.stat``, read-only, under the node's own cgroup root) and RSS of its process
+  (``VmRSS``); the largest over the pods is reported.
+
+Last line: JSON with ``propagation_p99_s``, ``pods``, ``real_pods``,
+``kms_calls_per_1000_reads``, ``sidecar_working_set_mib``, ``sidecar_rss_mib``,
+``delivery_p99_ratio`` (broker p99 / bare p99) and the other figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from secure_keys.core.delivery import AUDIENCE, STREAM_PATH, StreamRequest
+from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys_dev import access, image
+from secure_keys_dev.cluster import Binaries, LocalCluster, free_port
+from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.node import node_arguments
+from secure_keys_dev.stack import (
+    CONTROLLER_NAMESPACE,
+    GROUP,
+    VERSION,
+    ControllerProcess,
+    GatewayProcess,
+    bind_controller_identity,
+    bind_gateway_identity,
+    ensure_namespace,
+    eventually,
+    get_apikey,
+    install_crds,
+    register_gateway_webhook,
+    request_rotation,
+    write_gateway_tls,
+)
+
+NAMESPACE = "bench-delivery"
+KEY = "rotating"
+SIDECAR = "securekeys-sidecar"
+ACCOUNTS = 4
+SPACING_S = 11.0
+IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
+
+
+# -- pure helpers ----------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def key_state_times(log: str, key: str, version: int) -> list[datetime.datetime]:
+    """When the sidecar logged ``key-state`` for ``key`` at ``version``."""
+    found = []
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if (
+            record.get("event") == "key-state"
+            and record.get("key") == key
+            and record.get("version") == version
+        ):
+            found.append(datetime.datetime.fromisoformat(record["timestamp"]))
+    return found
+
+
+def working_set(usage: int, stat: str) -> int:
+    """Kubernetes' working set: usage less inactive file pages (cgroup v1 names)."""
+    fields = dict(line.split() for line in stat.splitlines() if line.strip())
+    inactive = int(fields.get("total_inactive_file", fields.get("inactive_file", "0")))
+    return max(0, usage - inactive)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            samples[series] = float(value)
+    return samples
+
+
+def metric_sum(samples: dict[str, float], name: str) -> float:
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+
+# -- the bare endpoint (a subprocess) ----------------------------------------------------
+
+
+def bare_server(port: int, cert: str, key: str, size: int) -> None:
+    """An aiohttp endpoint answering ``POST /v1/stream`` with one NDJSON line of ``size``
+    bytes, over TLS: the floor the broker is compared to."""
+    import asyncio
+
+    from aiohttp import web
+
+    body = (b'{"type":"state","pad":"' + b"x" * max(0, size - 26) + b'"}')[:size] + b"\n"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        app = web.Application()
+        app.router.add_post(STREAM_PATH, handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- the client --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reads:
+    latencies: list[float]
+    per_second: float
+    refused: dict[int, int]
+    line_size: int
+
+
+def read_once(port: int, ca: Path, token: str) -> tuple[int, float, int]:
+    """One request as a sidecar makes it: (status, seconds, size of the first line)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    body = StreamRequest(keys=(KEY,), recipient=RecipientPrivateKey.generate().public()).to_json()
+    started = time.perf_counter()
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+    try:
+        connection.request(
+            "POST",
+            STREAM_PATH,
+            body=body,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "User-Agent": "bench-delivery",
+            },
+        )
+        response = connection.getresponse()
+        line = response.readline() if response.status == 200 else response.read()
+        return response.status, time.perf_counter() - started, len(line)
+    finally:
+        connection.close()
+
+
+def read_many(port: int, ca: Path, tokens: list[str], concurrency: int) -> Reads:
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda t: read_once(port, ca, t), tokens))
+    elapsed = time.perf_counter() - started
+    ok = [r for r in results if r[0] == 200]
+    refused: dict[int, int] = {}
+    for status, _, _ in results:
+        if status != 200:
+            refused[status] = refused.get(status, 0) + 1
+    return Reads([r[1] for r in ok], len(ok) / elapsed, refused, max((r[2] for r in ok), default=0))
+
+
+# -- the cluster side --------------------------------------------------------------------
+
+
+def create(api: client.ApiClient, plural: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, VERSION, NAMESPACE, plural, body
+    )
+
+
+def pod_body(index: int, busybox: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"reader-{index}",
+            "labels": {"securekeys.io/inject": "true", "app": "bench-reader"},
+            "annotations": {"securekeys.io/keys": KEY},
+        },
+        "spec": {
+            "serviceAccountName": f"app-{index % ACCOUNTS}",
+            "hostNetwork": True,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": busybox,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", IDLE],
+                }
+            ],
+        },
+    }
+
+
+def set_up_keys(api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    ensure_namespace(api, NAMESPACE)
+    for i in range(ACCOUNTS):
+        core.create_namespaced_service_account(
+            NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=f"app-{i}"))
+        )
+    create(
+        api,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": KEY},
+            "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "1h"}},
+        },
+    )
+    create(
+        api,
+        "keyroles",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "KeyRole",
+            "metadata": {"name": "readers"},
+            "spec": {
+                "subjects": [
+                    {"kind": "ServiceAccount", "name": f"app-{i}"} for i in range(ACCOUNTS)
+                ],
+                "keys": {"names": [KEY]},
+                "permissions": ["read"],
+            },
+        },
+    )
+    eventually(lambda: current_version(api) >= 1, 60, "the ApiKey sealed")
+
+
+def current_version(api: client.ApiClient) -> int:
+    status = get_apikey(api, NAMESPACE, KEY).get("status") or {}
+    version: int = status.get("currentVersion") or 0
+    return version
+
+
+def start_pods(api: client.ApiClient, count: int, busybox: str, timeout: float) -> list[str]:
+    """Create the pods once a dry run comes back injected; the names of those whose app
+    runs (keys on disk) within ``timeout``."""
+    core = client.CoreV1Api(api)
+
+    def injected() -> bool:
+        try:
+            made = core.create_namespaced_pod(NAMESPACE, pod_body(0, busybox), dry_run="All")
+        except ApiException:
+            return False
+        return "securekeys.io/injected" in (made.metadata.annotations or {})
+
+    eventually(injected, 60, "the webhook injecting")
+    for i in range(count):
+        core.create_namespaced_pod(NAMESPACE, pod_body(i, busybox))
+    deadline = time.monotonic() + timeout
+    running: list[str] = []
+    while time.monotonic() < deadline:
+        listed = core.list_namespaced_pod(NAMESPACE, label_selector="app=bench-reader").items
+        running = sorted(
+            p.metadata.name
+            for p in listed
+            if any(s.name == "app" and s.state.running for s in p.status.container_statuses or [])
+        )
+        if len(running) == count:
+            break
+        time.sleep(2)
+    return running
+
+
+def sidecar_log(api: client.ApiClient, pod: str) -> str:
+    raw = client.CoreV1Api(api).read_namespaced_pod_log(
+        pod, NAMESPACE, container=SIDECAR, since_seconds=600, _preload_content=False
+    )
+    text: str = raw.data.decode(errors="replace")
+    return text
+
+
+def propagate(
+    api: client.ApiClient, pods: list[str], rounds: int
+) -> tuple[list[float], list[float]]:
+    """Per (pod, rotation) delays, and per rotation the delay until every pod had it."""
+    samples: list[float] = []
+    everyone: list[float] = []
+    for _ in range(rounds):
+        before = current_version(api)
+        asked = datetime.datetime.now(datetime.UTC)
+        request_rotation(api, NAMESPACE, KEY)
+        eventually(lambda b=before: current_version(api) > b, 60, "the controller to rotate")  # type: ignore[misc]
+        status_s = (datetime.datetime.now(datetime.UTC) - asked).total_seconds()
+        version = current_version(api)
+        seen: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while len(seen) < len(pods) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            for pod in pods:
+                if pod not in seen:
+                    times = key_state_times(sidecar_log(api, pod), KEY, version)
+                    if times:
+                        seen[pod] = (min(times) - asked).total_seconds()
+        if len(seen) < len(pods):
+            raise SystemExit(f"version {version} reached only {len(seen)} of {len(pods)} pods")
+        samples += seen.values()
+        everyone.append(max(seen.values()))
+        print(
+            f"rotation to v{version}: all {len(pods)} pods in {everyone[-1]:.3f} s "
+            f"(first {min(seen.values()):.3f} s; status seen after {status_s:.2f} s)",
+            flush=True,
+        )
+        # The controller honours at most one rotate request per key per 10 s
+        # (rotation.REQUEST_SPACING); a request sooner would measure that wait instead.
+        time.sleep(SPACING_S)
+    return samples, everyone
+
+
+def pod_tokens(api: client.ApiClient, pods: list[str]) -> dict[str, str]:
+    """A TokenRequest (audience securekeys.io) bound to each pod."""
+    core = client.CoreV1Api(api)
+    tokens = {}
+    for name in pods:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        request = client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(
+                audiences=[AUDIENCE],
+                expiration_seconds=3600,
+                bound_object_ref=client.V1BoundObjectReference(
+                    api_version="v1", kind="Pod", name=name, uid=pod.metadata.uid
+                ),
+            )
+        )
+        made = core.create_namespaced_service_account_token(
+            pod.spec.service_account_name, NAMESPACE, request
+        )
+        tokens[name] = made.status.token
+    return tokens
+
+
+def sidecar_memory(
+    api: client.ApiClient, pods: list[str], cgroup_name: str
+) -> list[dict[str, float]]:
+    """Working set and RSS (MiB) of each pod's sidecar, read-only from its cgroup."""
+    core = client.CoreV1Api(api)
+    root = Path("/sys/fs/cgroup/memory") / cgroup_name
+    found = []
+    for name in pods:
+        pod = core.read_namespaced_pod(name, NAMESPACE)
+        statuses = (pod.status.init_container_statuses or []) + (
+            pod.status.container_statuses or []
+        )
+        ids = [s.container_id for s in statuses if s.name == SIDECAR and s.container_id]
+        if not ids:
+            continue
+        container = ids[0].rpartition("://")[2]
+        matches = list(root.glob(f"**/{container}"))
+        if not matches:
+            continue
+        cgroup = matches[0]
+        usage = int((cgroup / "memory.usage_in_bytes").read_text())
+        ws = working_set(usage, (cgroup / "memory.stat").read_text())
+        rss_kib = 0
+        for pid in (cgroup / "cgroup.procs").read_text().split():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kib += int(line.split()[1])
+        found.append({"working_set_mib": ws / 2**20, "rss_mib": rss_kib / 1024})
+    return found
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return parse_metrics(response.read().decode())
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    settings = node_arguments(Binaries.find().etcd.parent, work / "images")
+    with LocalCluster(**settings) as cluster:
+        if cluster.node is None:
+            raise SystemExit("the local node did not start")
+        api = access.api_client(cluster.kubeconfig)
+        install_crds(api)
+        ensure_namespace(api, CONTROLLER_NAMESPACE)
+        bind_controller_identity(api, "bench-controller")
+        kms = write_local_kms(work / "kms")
+        bind_gateway_identity(api, "bench-gateway", broker=True)
+        ca_pem = write_gateway_tls(work / "tls", "127.0.0.1")
+        metrics_port = free_port()
+        gateway = GatewayProcess(
+            cluster.user_kubeconfig("bench-gateway"),
+            work / "tls",
+            work / "gateway.log",
+            port=free_port(),
+            metrics_port=metrics_port,
+            kms_config=kms,
+            extra_args=("--image-pull-policy=Never",),
+        )
+        bare_port = free_port()
+        with ControllerProcess(
+            cluster.user_kubeconfig("bench-controller"), kms, work / "controller.log"
+        ):
+            gateway.start(timeout=120)
+            bare: subprocess.Popen[bytes] | None = None
+            try:
+                register_gateway_webhook(api, gateway.url, ca_pem, name="bench-delivery")
+                set_up_keys(api)
+                pods = start_pods(api, args.pods, image.BUSYBOX_REFERENCE, args.start_timeout)
+                print(f"{len(pods)} of {args.pods} pods running with their key", flush=True)
+                if not pods:
+                    raise SystemExit(f"no pod started; gateway log:\n{gateway.log()[-3000:]}")
+                samples, everyone = propagate(api, pods, args.rotations)
+
+                tokens = pod_tokens(api, pods)
+                per_round = max(1, args.reads_per_pod // args.read_rounds)
+                batch = [tokens[p] for _ in range(per_round) for p in pods]
+                line_size = read_once(gateway.port, work / "tls" / "ca.crt", batch[0])[2]
+                bare = subprocess.Popen(  # noqa: S603 - our interpreter and this file
+                    [
+                        sys.executable,
+                        __file__,
+                        "--bare-server",
+                        str(bare_port),
+                        str(work / "tls" / "tls.crt"),
+                        str(work / "tls" / "tls.key"),
+                        str(line_size),
+                    ],
+                    stdout=subprocess.PIPE,
+                )
+                if bare.stdout is None or bare.stdout.readline().strip() != b"ready":
+                    raise SystemExit("the bare endpoint did not start")
+                before = metrics(metrics_port)
+                broker_lat: list[float] = []
+                bare_lat: list[float] = []
+                broker_rates, bare_rates = [], []
+                refused: dict[int, int] = {}
+                for _ in range(args.read_rounds):
+                    b = read_many(bare_port, work / "tls" / "ca.crt", batch, args.concurrency)
+                    g = read_many(gateway.port, work / "tls" / "ca.crt", batch, args.concurrency)
+                    bare_lat += b.latencies
+                    broker_lat += g.latencies
+                    bare_rates.append(b.per_second)
+                    broker_rates.append(g.per_second)
+                    for status, n in g.refused.items():
+                        refused[status] = refused.get(status, 0) + n
+                after = metrics(metrics_port)
+                kms_calls = metric_sum(after, "securekeys_gateway_kms_calls_total") - metric_sum(
+                    before, "securekeys_gateway_kms_calls_total"
+                )
+                deliveries = metric_sum(after, "securekeys_gateway_deliveries_total") - metric_sum(
+                    before, "securekeys_gateway_deliveries_total"
+                )
+                kms_total = metric_sum(after, "securekeys_gateway_kms_calls_total")
+
+                time.sleep(args.idle)
+                memory = sidecar_memory(api, pods, cluster.node.layout.cgroup_name)
+            finally:
+                if bare is not None:
+                    bare.send_signal(signal.SIGTERM)
+                    bare.wait(10)
+                gateway.stop()
+
+    reads = len(broker_lat)
+    result: dict[str, Any] = {
+        "bench": "delivery",
+        "pods": len(pods),
+        "pods_asked": args.pods,
+        "real_pods": True,
+        "rotations": args.rotations,
+        "propagation_p50_s": round(percentile(samples, 50), 3),
+        "propagation_p99_s": round(percentile(samples, 99), 3),
+        "propagation_max_s": round(max(samples), 3),
+        "propagation_all_pods_max_s": round(max(everyone), 3),
+        "broker_reads": reads,
+        "broker_refused": refused,
+        "broker_deliveries_per_s": round(statistics.median(broker_rates), 1),
+        "broker_p99_ms": round(percentile(broker_lat, 99) * 1000, 2) if broker_lat else None,
+        "bare_per_s": round(statistics.median(bare_rates), 1),
+        "bare_p99_ms": round(percentile(bare_lat, 99) * 1000, 2),
+        "delivery_p99_ratio": (
+            round(percentile(broker_lat, 99) / percentile(bare_lat, 99), 2) if broker_lat else None
+        ),
+        "deliveries_counted": deliveries,
+        "kms_calls_during_reads": kms_calls,
+        "kms_calls_total": kms_total,
+        "kms_calls_per_1000_reads": round(1000 * kms_calls / reads, 3) if reads else None,
+        "sidecars_measured": len(memory),
+        "sidecar_working_set_mib": (
+            round(max(m["working_set_mib"] for m in memory), 1) if memory else None
+        ),
+        "sidecar_working_set_median_mib": (
+            round(statistics.median(m["working_set_mib"] for m in memory), 1) if memory else None
+        ),
+        "sidecar_rss_mib": round(max(m["rss_mib"] for m in memory), 1) if memory else None,
+        "sidecar_rss_median_mib": (
+            round(statistics.median(m["rss_mib"] for m in memory), 1) if memory else None
+        ),
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pods", type=int, default=20)
+    parser.add_argument("--rotations", type=int, default=5)
+    parser.add_argument("--reads-per-pod", type=int, default=8, help="under the burst of 10")
+    parser.add_argument("--read-rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--start-timeout", type=float, default=240)
+    parser.add_argument("--idle", type=float, default=10, help="seconds before memory")
+    parser.add_argument("--bare-server", nargs=4, metavar=("PORT", "CERT", "KEY", "SIZE"))
+    args = parser.parse_args(argv)
+    if args.bare_server:
+        port, cert, key, size = args.bare_server
+        bare_server(int(port), cert, key, int(size))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as work:
+        result = run(args, Path(work))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
