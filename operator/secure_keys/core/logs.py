@@ -4,6 +4,10 @@ JSON lines when stderr is not a terminal (containers, CI), readable key=value ou
 when it is. Standard-library loggers (kopf, aiohttp) go through the same renderer, so a
 process emits one format. Context such as the ApiKey being reconciled is bound with
 contextvars. Log calls pass names, versions and fingerprints, never key material.
+
+structlog's own events skip the standard library: structlog renders them with the same
+processors and writes them straight to stderr, so the lines are the same as through a
+``logging`` handler, at half the cost (the gateway writes one per admission).
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
         [structlog.processors.format_exc_info] if json else []
     )
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *exceptions, renderer],
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )

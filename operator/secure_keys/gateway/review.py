@@ -6,6 +6,15 @@
 answered with a well-formed AdmissionReview echoing the uid, whatever the request holds:
 the other request fields are read defensively and a field of the wrong type reads as
 absent.
+
+Encoding goes through orjson, an order of magnitude faster than the standard library on
+a patch (the gateway's largest cost per review). Its bytes are checked to be what
+``json.dumps(..., separators=(",", ":"))`` gives: anything orjson refuses (an integer
+past 64 bits, a lone surrogate) or writes differently (non-ASCII text and DEL, which the
+standard library escapes; the answer holds no floats, whose NaN would differ) is encoded
+by the standard library instead, so the answer is byte for byte the same either way.
+Decoding stays with the standard library: orjson would read an integer past 64 bits as a
+float, and the review would read differently.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from secure_keys.gateway.patch import PatchOp
 
@@ -92,11 +103,22 @@ class AdmissionResponse:
     warnings: tuple[str, ...] = ()
 
 
+def compact_json(value: object) -> bytes:
+    """``json.dumps(value, separators=(",", ":")).encode()``, by orjson when it agrees."""
+    try:
+        raw = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError: a big integer, a surrogate, another type
+        raw = b""
+    if raw and raw.isascii() and b"\x7f" not in raw:
+        return raw
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def encode(response: AdmissionResponse, api_version: str = "admission.k8s.io/v1") -> bytes:
     """The AdmissionReview answering a request (JSON bytes)."""
     body: dict[str, Any] = {"uid": response.uid, "allowed": response.allowed}
     if response.patch:
-        raw = json.dumps(list(response.patch), separators=(",", ":")).encode()
+        raw = compact_json(response.patch)
         body["patchType"] = "JSONPatch"
         body["patch"] = base64.b64encode(raw).decode("ascii")
     if not response.allowed:
@@ -107,4 +129,4 @@ def encode(response: AdmissionResponse, api_version: str = "admission.k8s.io/v1"
     if response.warnings:
         body["warnings"] = list(response.warnings)
     review = {"apiVersion": api_version, "kind": "AdmissionReview", "response": body}
-    return json.dumps(review, separators=(",", ":")).encode()
+    return compact_json(review)

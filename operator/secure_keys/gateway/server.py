@@ -159,12 +159,38 @@ def answer(body: bytes, caches: GatewayCaches, settings: GatewaySettings) -> Han
         )
 
 
+class _Children:
+    """The labelled children of the admission metrics, looked up once per label set.
+
+    ``labels()`` takes a lock and builds a key every call; the label sets are few
+    (outcomes and reasons), so each child is kept after its first use.
+    """
+
+    def __init__(self) -> None:
+        self.counted: dict[tuple[str, str], Callable[[], None]] = {}
+        self.timed: dict[str, Callable[[float], None]] = {}
+
+    def count(self, outcome: str, reason: str) -> None:
+        inc = self.counted.get((outcome, reason))
+        if inc is None:
+            inc = self.counted[outcome, reason] = metrics.ADMISSIONS.labels(outcome, reason).inc
+        inc()
+
+    def time(self, outcome: str, seconds: float) -> None:
+        observe = self.timed.get(outcome)
+        if observe is None:
+            observe = self.timed[outcome] = metrics.ADMISSION_SECONDS.labels(outcome).observe
+        observe(seconds)
+
+
 def build_app(
     caches: GatewayCaches,
     settings: GatewaySettings,
     clock: Callable[[], float] = time.perf_counter,
     broker: Broker | None = None,
 ) -> web.Application:
+    children = _Children()
+
     async def mutate(request: web.Request) -> web.Response:
         started = clock()
         raw = await request.read()
@@ -173,7 +199,7 @@ def build_app(
         duration_ms = round(elapsed * 1000, 3)
         review, outcome = handled.request, handled.outcome
         if review is None:
-            metrics.ADMISSIONS.labels("bad-request", handled.error).inc()
+            children.count("bad-request", handled.error)
             _log.info(
                 "admission",
                 outcome="bad-request",
@@ -183,8 +209,8 @@ def build_app(
             return web.Response(status=handled.status, body=handled.body, content_type="text/plain")
         name = outcome.outcome if outcome is not None else "error"
         reason = outcome.reason if outcome is not None else handled.error
-        metrics.ADMISSIONS.labels(name, reason).inc()
-        metrics.ADMISSION_SECONDS.labels(name).observe(elapsed)
+        children.count(name, reason)
+        children.time(name, elapsed)
         fields: dict[str, object] = {}
         if outcome is not None:
             fields = {

@@ -1,0 +1,104 @@
+"""The admission hot path's shortcuts answer exactly what the plain path answered.
+
+``review.compact_json`` writes with orjson but must give the standard library's bytes,
+including for what orjson refuses or writes differently; the server keeps the labelled
+metric children it looked up, and must still count every request under its own labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from secure_keys.gateway import metrics
+from secure_keys.gateway.caches import GatewayCaches
+from secure_keys.gateway.injection import GatewaySettings
+from secure_keys.gateway.patch import PatchOp
+from secure_keys.gateway.review import AdmissionResponse, compact_json, encode
+from secure_keys.gateway.server import build_app
+from secure_keys.kube.informer import LISTED
+from tests.unit.gateway.helpers import body, pod, review
+
+
+def _stdlib(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, True, None, "x"], "b": {"c": -3}},
+        [2**64, -(2**63) - 1],  # past 64 bits: orjson refuses them
+        ["\ud800 lone surrogate"],  # orjson refuses it
+        ["caf\u00e9", "\u2603", "\U0001f511"],  # orjson writes UTF-8, json.dumps escapes
+        {'quote"and\\slash/': "\n\t\x00\x1f\x7f"},
+        (1, ("tuple", "inside")),
+    ],
+    ids=["plain", "big-int", "surrogate", "non-ascii", "escapes", "tuples"],
+)
+def test_compact_json_gives_the_standard_librarys_bytes(value: Any) -> None:
+    assert compact_json(value) == _stdlib(value)
+
+
+def test_encoded_review_is_byte_identical_to_the_standard_encoding() -> None:
+    patch: tuple[PatchOp, ...] = (
+        {"op": "add", "path": "/metadata/annotations/x", "value": "d\u00e9j\u00e0 vu"},
+        {"op": "add", "path": "/spec/x", "value": {"runAsUser": 2**70}},
+    )
+    response = AdmissionResponse("uid-1", allowed=True, patch=patch, warnings=("w\u00e9",))
+    encoded = encode(response, "admission.k8s.io/v1beta1")
+    expected_patch = base64.b64encode(_stdlib(list(patch))).decode("ascii")
+    expected = {
+        "apiVersion": "admission.k8s.io/v1beta1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": "uid-1",
+            "allowed": True,
+            "patchType": "JSONPatch",
+            "patch": expected_patch,
+            "warnings": ["w\u00e9"],
+        },
+    }
+    assert encoded == _stdlib(expected)
+
+
+def _sample(name: str, labels: dict[str, str]) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_every_request_is_counted_under_its_own_labels() -> None:
+    caches = GatewayCaches()
+    for cache in caches.all:
+        cache.apply(LISTED)
+    app = build_app(caches, GatewaySettings())
+    skipped = {"outcome": "skipped", "reason": "not-opted-in"}
+    ignored = {"outcome": "ignored", "reason": "not-pod-create"}
+    bad = {"outcome": "bad-request", "reason": ""}
+    total = "securekeys_gateway_admissions_total"
+    timed = "securekeys_gateway_admission_seconds_count"
+    before = {
+        "skipped": _sample(total, skipped),
+        "ignored": _sample(total, ignored),
+        "bad": _sample(total, bad),
+        "skipped_timed": _sample(timed, {"outcome": "skipped"}),
+        "ignored_timed": _sample(timed, {"outcome": "ignored"}),
+    }
+
+    async def run() -> None:
+        async with TestClient(TestServer(app)) as client:
+            plain = body(review(pod(labels={}, annotations={})))
+            for data in (plain, plain, body(review(pod(), operation="DELETE")), b"{", plain):
+                response = await client.post("/mutate", data=data)
+                await response.read()
+
+    asyncio.run(run())
+    assert _sample(total, skipped) - before["skipped"] == 3
+    assert _sample(total, ignored) - before["ignored"] == 1
+    assert _sample(total, bad) - before["bad"] == 1
+    assert _sample(timed, {"outcome": "skipped"}) - before["skipped_timed"] == 3
+    assert _sample(timed, {"outcome": "ignored"}) - before["ignored_timed"] == 1
