@@ -4,9 +4,15 @@
 2. install the CRDs and the controller's RBAC;
 3. run the controller under that RBAC with the local KMS (a password-derived keyring);
 4. apply ``examples/`` and a manifest made by ``secure-keys seal``;
-5. show ``kubectl get apikeys`` with every key Ready, then rotate one and show it again.
+5. show ``kubectl get apikeys`` with every key Ready;
+6. rotate one and show it again;
+7. run the gateway (webhook, and the key broker when the local node is there);
+8. with the local node: a real pod reads its key through the injected sidecar, and a
+   rotation arrives in its files (``kubectl exec ... cat``). Without the node (its
+   prerequisites missing) the demo says why and skips that step.
 
 Everything runs from this repository's own files; nothing needs Docker or a network.
+The demo never prints key material: the pod's files are shown as metadata and digests.
 The demo's working directory (the local KMS password among other things) records its
 owner's pid: a run killed outright leaves it behind, and the next run removes it.
 """
@@ -31,8 +37,10 @@ from secure_keys.cli.seal import seal_command
 from secure_keys.core.logs import configure
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient
-from secure_keys_dev import access
+from secure_keys_dev import access, image
 from secure_keys_dev.cluster import (
+    Binaries,
+    ControlPlaneError,
     LocalCluster,
     claim_workdir,
     free_port,
@@ -40,6 +48,7 @@ from secure_keys_dev.cluster import (
     sweep_stale_workdirs,
 )
 from secure_keys_dev.localkms import write_local_kms
+from secure_keys_dev.node import NodeError, node_arguments
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
@@ -56,6 +65,10 @@ from secure_keys_dev.stack import (
 
 DEMO_NAMESPACE = "demo"
 WORKDIR_PREFIX = "securekeys-demo-"
+READER = "reader"
+READER_KEY = "internal-billing"
+KEYS_DIR = "/var/run/secrets/securekeys"
+IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
 
 
 def _say(text: str) -> None:
@@ -66,6 +79,26 @@ def _kubectl(cluster: LocalCluster, *args: str) -> None:
     subprocess.run(  # noqa: S603 - our kubectl, our arguments
         [str(cluster.binaries.kubectl), f"--kubeconfig={cluster.kubeconfig}", *args], check=True
     )
+
+
+def _kubectl_output(cluster: LocalCluster, *args: str) -> str | None:
+    """kubectl's stdout, or None if it failed (for polling)."""
+    done = subprocess.run(  # noqa: S603 - our kubectl, our arguments
+        [str(cluster.binaries.kubectl), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout if done.returncode == 0 else None
+
+
+def _node_settings(workdir: Path) -> tuple[dict[str, Any], str | None]:
+    """LocalCluster's node arguments, or none and why pods cannot run here."""
+    try:
+        return node_arguments(Binaries.find().etcd.parent, workdir / "images"), None
+    except (NodeError, ControlPlaneError, image.ImageBuildError) as exc:
+        return {}, str(exc)
 
 
 def _wait(what: str, check: Any, timeout: float = 60) -> None:
@@ -107,7 +140,12 @@ def run_demo(*, keep: bool = False) -> int:
     root = repository_root()
     with demo_workdir() as workdir:
         _say("1. starting a local control plane (etcd, kube-apiserver, kube-controller-manager)")
-        with LocalCluster() as cluster, contextlib.ExitStack() as stack:
+        node_settings, no_node_because = _node_settings(workdir)
+        if no_node_because is None:
+            print("with a local node (containerd + kubelet): the demo ends with a real pod")
+        else:
+            print(f"no local node, the pod step will be skipped: {no_node_because}")
+        with LocalCluster(**node_settings) as cluster, contextlib.ExitStack() as stack:
             print(f"ready in {cluster.started_in:.1f} s; kubeconfig {cluster.kubeconfig}")
             api = access.api_client(cluster.kubeconfig)
             stack.callback(api.close)
@@ -185,7 +223,12 @@ def run_demo(*, keep: bool = False) -> int:
                     DEMO_NAMESPACE,
                     "--field-selector=involvedObject.name=internal-billing",
                 )
-                _gateway_demo(cluster, api, workdir, stack)
+                broker = kms_config if no_node_because is None else None
+                _gateway_demo(cluster, api, workdir, stack, broker)
+                if no_node_because is None:
+                    _pod_demo(cluster, api)
+                else:
+                    _say(f"8. skipped (no local node): {no_node_because}")
                 if keep:
                     _say(f"running; export KUBECONFIG={cluster.kubeconfig}  (Ctrl-C stops it)")
                     try:
@@ -198,18 +241,25 @@ def run_demo(*, keep: bool = False) -> int:
 
 
 def _gateway_demo(
-    cluster: LocalCluster, api: client.ApiClient, workdir: Path, stack: contextlib.ExitStack
+    cluster: LocalCluster,
+    api: client.ApiClient,
+    workdir: Path,
+    stack: contextlib.ExitStack,
+    kms_config: Path | None,
 ) -> None:
     """Step 7: the gateway's webhook injects a bound pod and denies an unbound one. The
-    gateway stays up (in ``stack``) so that ``--keep`` leaves injection to try by hand."""
+    gateway stays up (in ``stack``) so that ``--keep`` leaves injection to try by hand.
+    With ``kms_config`` it also runs the key broker, for the pod of step 8."""
     _say("7. the gateway: its webhook injects opted-in pods and denies unbound ones")
     ca_pem = write_gateway_tls(workdir / "gateway-tls", "127.0.0.1")
-    bind_gateway_identity(api, "secure-keys-gateway")
+    bind_gateway_identity(api, "secure-keys-gateway", broker=kms_config is not None)
     gateway = GatewayProcess(
         cluster.user_kubeconfig("secure-keys-gateway"),
         workdir / "gateway-tls",
         workdir / "gateway.log",
         port=free_port(),
+        kms_config=kms_config,
+        extra_args=("--image-pull-policy=Never",) if kms_config is not None else (),
     )
     stack.enter_context(gateway)
     register_gateway_webhook(api, gateway.url, ca_pem)
@@ -266,6 +316,101 @@ def _gateway_demo(
     )
     print("a pod of ServiceAccount default asking for the same key is refused at CREATE:")
     print(f"  {create('unbound', 'default')}")
+    if cluster.node is not None:
+        # Its image is a placeholder: on a real node it would only fail to pull.
+        core.delete_namespaced_pod("payments-api", DEMO_NAMESPACE, grace_period_seconds=0)
+
+
+def _reader_pod() -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": READER,
+            "labels": {"securekeys.io/inject": "true"},
+            "annotations": {"securekeys.io/keys": READER_KEY},
+        },
+        "spec": {
+            "serviceAccountName": READER,
+            "hostNetwork": True,  # the local node has no pod network
+            "terminationGracePeriodSeconds": 5,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": image.BUSYBOX_REFERENCE,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/bin/sh", "-c", IDLE],
+                }
+            ],
+        },
+    }
+
+
+def _pod_demo(cluster: LocalCluster, api: client.ApiClient) -> None:
+    """Step 8: a real pod on the local node reads its key from the sidecar's files, then
+    a rotation arrives in them. Shown as the meta file and digests, never the key."""
+    _say(f"8. a real pod reads {READER_KEY} and sees a rotation arrive")
+    core = client.CoreV1Api(api)
+    core.create_namespaced_service_account(
+        DEMO_NAMESPACE, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=READER))
+    )
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "securekeys.io",
+        "v1alpha1",
+        DEMO_NAMESPACE,
+        "keyroles",
+        {
+            "apiVersion": "securekeys.io/v1alpha1",
+            "kind": "KeyRole",
+            "metadata": {"name": "reader-keys"},
+            "spec": {
+                "subjects": [{"kind": "ServiceAccount", "name": READER}],
+                "keys": {"names": [READER_KEY]},
+                "permissions": ["read"],
+            },
+        },
+    )
+
+    def created() -> bool:
+        try:
+            made = core.create_namespaced_pod(DEMO_NAMESPACE, _reader_pod())
+        except client.ApiException as exc:
+            if exc.status == 403:  # the gateway's caches have not seen the KeyRole yet
+                return False
+            raise
+        return "securekeys.io/injected" in (made.metadata.annotations or {})
+
+    _wait("the reader pod admitted and injected", created)
+
+    def app_running() -> bool:
+        pod = core.read_namespaced_pod(READER, DEMO_NAMESPACE)
+        statuses = pod.status.container_statuses or []
+        return any(s.name == "app" and s.state.running for s in statuses)
+
+    started = time.monotonic()
+    _wait("the reader's app running (its key on disk)", app_running, timeout=120)
+    print(f"the sidecar delivered the key; the app started {time.monotonic() - started:.1f} s")
+    exec_app = ("exec", "-n", DEMO_NAMESPACE, READER, "-c", "app", "--")
+    spec = get_apikey(api, DEMO_NAMESPACE, READER_KEY)["spec"]
+    file = (spec.get("delivery") or {}).get("fileName") or READER_KEY
+    show = f"cd {KEYS_DIR} && ls && cat {file}.meta.json && echo && sha256sum {file}*"
+    print(f"$ kubectl exec {READER} -c app -- sh -c '{show}'")
+    _kubectl(cluster, *exec_app, "sh", "-c", show)
+
+    before = (get_apikey(api, DEMO_NAMESPACE, READER_KEY).get("status") or {})["currentVersion"]
+    print(f"secure-keys rotate {READER_KEY}  (the pod holds version {before})")
+    rotated_at = time.monotonic()
+    # Step 6 rotated it moments ago: the controller spaces on-demand rotations 10 s
+    # apart, so this one may wait out the rest of that spacing.
+    rotate(READER_KEY, DEMO_NAMESPACE, load_target(cluster.kubeconfig))
+
+    def in_pod() -> bool:
+        text = _kubectl_output(cluster, *exec_app, "cat", f"{KEYS_DIR}/{file}.meta.json")
+        return text is not None and json.loads(text).get("version", 0) > before
+
+    _wait(f"the new version of {READER_KEY} in the pod", in_pod, timeout=90)
+    print(f"the new version reached the pod's files {time.monotonic() - rotated_at:.1f} s later")
+    print(f"$ kubectl exec {READER} -c app -- sh -c '{show}'")
+    _kubectl(cluster, *exec_app, "sh", "-c", show)
+    print(f"the pod read {READER_KEY} and saw the rotation arrive; .previous holds the old one")
 
 
 def main(argv: list[str] | None = None) -> int:
