@@ -178,7 +178,8 @@ def test_files_are_kept_while_the_gateway_is_down_then_removed_when_the_lease_en
     time.sleep(1.0)
     assert read(key) == CANARY  # served from the tmpfs while the gateway is unreachable
     wait_for(lambda: not os.path.lexists(key), timeout=6, what="lease expiry")
-    assert "lease-expired" in sidecar.events()
+    # The files go first, the log line right after: wait for it rather than race it.
+    wait_for(lambda: "lease-expired" in sidecar.events(), timeout=5, what="lease-expired")
     assert "unreachable" in sidecar.events()
 
 
@@ -190,8 +191,9 @@ def test_a_silent_stream_is_dropped_after_three_missed_heartbeats(
     sidecar = start()
     wait_for(lambda: read(sidecar.dir / "stripe-live") == CANARY, what="first delivery")
     began = time.monotonic()
-    wait_for(lambda: len(broker.requests) >= 2, timeout=8, what="reconnect after silence")
-    assert 2.0 <= time.monotonic() - began <= 6.0
+    wait_for(lambda: len(broker.requests) >= 2, timeout=12, what="reconnect after silence")
+    # Three missed 1 s heartbeats, then a backoff; generous above for a loaded machine.
+    assert 2.0 <= time.monotonic() - began <= 10.0
     assert "disconnected" in sidecar.events()
 
 

@@ -1,0 +1,206 @@
+"""The last delivery cases on real pods: a deleted ApiKey leaves the pod, and the
+classic mode (an init container plus a regular sidecar) delivers and refreshes.
+
+Same stack as ``tests/e2e/test_delivery.py`` and ``tests/e2e/test_delivery_more.py``
+(their helpers are reused): the controller (session fixture) seals the keys, the gateway
+runs the webhook and the key broker as a subprocess under its shipped RBAC, and the
+webhook injects the real sidecar from the project image into pods on the local node. The
+test reads what the app container sees with ``kubectl exec``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from secure_keys_dev.cluster import free_port
+from secure_keys_dev.stack import (
+    CONTROLLER_NAMESPACE,
+    GROUP,
+    VERSION,
+    ControllerProcess,
+    GatewayProcess,
+    bind_gateway_identity,
+    ensure_namespace,
+    eventually,
+    get_apikey,
+    register_gateway_webhook,
+    request_rotation,
+    write_gateway_tls,
+)
+from tests.e2e.conftest import PodEnvironment, Target
+from tests.e2e.test_delivery import _current, _seal
+from tests.e2e.test_delivery_more import KEYS, SIDECAR, _exec, _pod, _setup, _start
+
+WEBHOOK = "secure-keys-gateway-delivery-last-e2e"
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    kube: Target,
+    admin_api: client.ApiClient,
+    pods: PodEnvironment,
+    controller: ControllerProcess,
+    controller_setup: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[GatewayProcess]:
+    """The gateway with the webhook and the broker, registered with the API server."""
+    if kube.callback_host is None:
+        pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
+    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
+    user = "securekeys-e2e-broker-last"
+    bind_gateway_identity(admin_api, user, broker=True)
+    work = tmp_path_factory.mktemp("delivery-last")
+    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
+    process = GatewayProcess(
+        kube.user_kubeconfig(user),
+        work / "tls",
+        work / "gateway.log",
+        port=free_port(),
+        host=kube.callback_host,
+        kms_config=controller_setup[1],
+        extra_args=("--image-pull-policy=Never",),
+    )
+    process.start(timeout=90)
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    try:
+        register_gateway_webhook(admin_api, process.url, ca_pem, name=WEBHOOK)
+        yield process
+    finally:
+        admission.delete_mutating_webhook_configuration(WEBHOOK)
+        process.stop()
+
+
+def _files(kube: Target, namespace: str, pod: str) -> list[str]:
+    """The key volume's entries as the app sees them (the atomic-write ``..`` names
+    left out)."""
+    return _exec(kube, namespace, pod, "app", f"ls -A {KEYS} | grep -v '^\\.\\.' || true").split()
+
+
+def _version(kube: Target, namespace: str, pod: str, key: str) -> int:
+
+    meta = json.loads(_exec(kube, namespace, pod, "app", f"cat {KEYS}/{key}.meta.json"))
+    version: int = meta["version"]
+    return version
+
+
+def _rotate(admin_api: client.ApiClient, namespace: str, name: str, old: int) -> int:
+    request_rotation(admin_api, namespace, name)
+
+    def rotated() -> dict[str, Any] | None:
+        obj = get_apikey(admin_api, namespace, name)
+        return obj if (obj.get("status") or {}).get("currentVersion", 0) > old else None
+
+    version, _ = _current(eventually(rotated, 60, f"the controller to rotate {name}"))
+    return version
+
+
+# -- 1. the ApiKey deleted under a reading pod -------------------------------------------
+
+
+def test_deleted_apikey_leaves_the_pod_with_a_warning_event(
+    kube: Target,
+    admin_api: client.ApiClient,
+    namespace: str,
+    pods: PodEnvironment,
+    gateway: GatewayProcess,
+) -> None:
+    core = client.CoreV1Api(admin_api)
+    _setup(admin_api, namespace, {"alpha": None})
+    _start(core, namespace, _pod(pods, "holder", "alpha"))
+    old, _ = _current(get_apikey(admin_api, namespace, "alpha"))
+    new = _rotate(admin_api, namespace, "alpha", old)
+    eventually(lambda: _version(kube, namespace, "holder", "alpha") == new, 20, "the rotation")
+    # The positive control: all three files are there before the deletion.
+    assert sorted(_files(kube, namespace, "holder")) == [
+        "alpha",
+        "alpha.meta.json",
+        "alpha.previous",
+    ]
+
+    client.CustomObjectsApi(admin_api).delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "apikeys", "alpha"
+    )
+    deleted_at = time.monotonic()
+    eventually(lambda: _files(kube, namespace, "holder") == [], 20, "the key files removed")
+    print(f"files removed {time.monotonic() - deleted_at:.2f} s after the ApiKey was deleted")
+
+    def denied() -> list[str]:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=holder"
+        ).items
+        return [e.message for e in events if e.type == "Warning" and e.reason == "KeyDenied"]
+
+    messages = eventually(denied, 20, "a KeyDenied Warning Event on the pod")
+    assert any(m.startswith("KeyNotFound") and '"alpha"' in m for m in messages), messages
+    sidecar = core.read_namespaced_pod_log("holder", namespace, container=SIDECAR)
+    assert '"revoked"' in sidecar, sidecar[-2000:]
+    # The pod itself keeps running; only its keys are gone.
+    pod = core.read_namespaced_pod("holder", namespace)
+    assert any(s.name == "app" and s.state.running for s in pod.status.container_statuses)
+
+
+# -- 2. the classic mode: init container once, regular sidecar after -------------------
+
+
+def test_classic_mode_fetches_once_then_keeps_the_file_fresh(
+    kube: Target,
+    admin_api: client.ApiClient,
+    namespace: str,
+    pods: PodEnvironment,
+    gateway: GatewayProcess,
+    tmp_path: Path,
+) -> None:
+    core = client.CoreV1Api(admin_api)
+
+    canary = f"sk_classic_{secrets.token_hex(16)}"
+    manifest = _seal(kube, admin_api, namespace, "canary", canary, tmp_path)
+    _setup(admin_api, namespace, {"canary": json.dumps(manifest), "rotating": None})
+    body = _pod(pods, "classic", "canary,rotating", mode="classic")
+    started = time.monotonic()
+    _start(core, namespace, body)
+    print(f"classic app running {time.monotonic() - started:.1f} s after admission was ready")
+
+    pod = core.read_namespaced_pod("classic", namespace)
+    assert pod.metadata.annotations["securekeys.io/injected"] == "classic"
+    inits = pod.spec.init_containers or []
+    assert [c.name for c in inits] == ["securekeys-init"]
+    assert inits[0].restart_policy is None
+    assert "--once" in (inits[0].args or [])
+    assert sorted(c.name for c in pod.spec.containers) == ["app", SIDECAR]
+    (init_status,) = pod.status.init_container_statuses
+    assert init_status.state.terminated is not None
+    assert init_status.state.terminated.exit_code == 0
+
+    # The app reads its key file (the sealed canary, equal to its plaintext).
+    assert _exec(kube, namespace, "classic", "app", f"cat {KEYS}/canary") == canary
+    old, _ = _current(get_apikey(admin_api, namespace, "rotating"))
+    assert _version(kube, namespace, "classic", "rotating") == old
+    before = _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
+
+    # A rotation reaches the file: the regular sidecar keeps it fresh.
+    def sidecar_running() -> bool:
+        statuses = core.read_namespaced_pod("classic", namespace).status.container_statuses
+        return any(s.name == SIDECAR and s.state.running for s in statuses or [])
+
+    eventually(sidecar_running, 60, "the regular sidecar running")
+    new = _rotate(admin_api, namespace, "rotating", old)
+    rotated_at = time.monotonic()
+    eventually(
+        lambda: _version(kube, namespace, "classic", "rotating") == new,
+        20,
+        "the rotation in the classic pod",
+    )
+    print(f"rotation in the classic pod {time.monotonic() - rotated_at:.2f} s after status")
+    after = _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
+    assert after != before
+    assert _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating.previous") == before
+    init_log = core.read_namespaced_pod_log("classic", namespace, container="securekeys-init")
+    assert canary not in init_log
