@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client, watch
 
 from secure_keys.controller.config import KmsDirectory, KmsSettings
-from secure_keys.controller.controller_keys import KEYS_SECRET, open_keys
+from secure_keys.controller.controller_keys import open_keys
 from secure_keys.controller.failpoints import CRASH_EXIT_STATUS, CRASH_POINTS
 from secure_keys.controller.models import KmsRef
 from secure_keys.controller.service import blob_secret_name
@@ -30,6 +30,7 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.memory import zero
+from secure_keys.kube.names import KEYS_SECRET
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,

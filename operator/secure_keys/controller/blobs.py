@@ -18,31 +18,55 @@ Labels never hold the ApiKey's name (names may be 253 characters, label values 6
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from secure_keys.controller.models import ApiKey
+from secure_keys.kube.blobformat import (
+    BLOB_SECRET_TYPE,
+    CONTROLLER_KEYS_TYPE,
+    LABEL_APIKEY,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    TAGS_ANNOTATION,
+    blob_bytes,
+    blob_key,
+    blob_secret_name,
+    blob_tags,
+    blob_versions,
+    foreign_reason,
+    owned_by_controller,
+)
 from secure_keys.kube.client import SECRETS, ApiError, KubeApi
 from secure_keys.kube.names import GROUP, VERSION
 
-BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
-CONTROLLER_KEYS_TYPE = "securekeys.io/controller-keys"
-LABEL_APIKEY = "securekeys.io/apikey-uid"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "secure-keys"
-TAGS_ANNOTATION = "securekeys.io/blob-tags"
-"""JSON map ``{"v<N>": tag}``: the controller's integrity tag of each entry
-(``core.integrity.blob_tag``), written in the same write as the entry. An entry without a
-valid tag for this ApiKey's uid is never adopted or served."""
+__all__ = [
+    "BLOB_SECRET_TYPE",
+    "CONTROLLER_KEYS_TYPE",
+    "INTENT_ANNOTATION",
+    "LABEL_APIKEY",
+    "LABEL_MANAGED_BY",
+    "MANAGED_BY",
+    "TAGS_ANNOTATION",
+    "BlobStore",
+    "ForeignBlobSecret",
+    "Intent",
+    "blob_bytes",
+    "blob_key",
+    "blob_secret_name",
+    "blob_tags",
+    "blob_versions",
+    "foreign_reason",
+    "labels",
+    "owned_by_controller",
+    "owner_reference",
+]
+
 INTENT_ANNOTATION = "securekeys.io/pending-intent"
 """Written with a new version's blob, in the same write: what status should record for
 it (source digest, rotation request, consumed source). If the controller dies before the
 Pending record, the next pass adopts the blob with exactly that intent."""
-
-_BLOB_KEY = re.compile(r"v[1-9][0-9]{0,9}")
 
 
 class ForeignBlobSecret(Exception):
@@ -54,43 +78,6 @@ class ForeignBlobSecret(Exception):
             f"this ApiKey ({why}); it is left untouched. Rename the ApiKey, or move that "
             "Secret out of the way"
         )
-
-
-def blob_secret_name(apikey: str) -> str:
-    """The Secret holding an ApiKey's sealed versions (fits the 253-character limit)."""
-    name = f"{apikey}.sealed"
-    if len(name) <= 253:
-        return name
-    digest = hashlib.sha256(apikey.encode()).hexdigest()[:16]
-    return f"{apikey[:200]}.{digest}.sealed"
-
-
-def blob_key(version: int) -> str:
-    return f"v{version}"
-
-
-def blob_versions(secret: dict[str, Any] | None) -> frozenset[int]:
-    if secret is None:
-        return frozenset()
-    return frozenset(int(key[1:]) for key in secret.get("data") or {} if _BLOB_KEY.fullmatch(key))
-
-
-def blob_bytes(secret: dict[str, Any] | None, version: int) -> bytes:
-    """The sealed envelope of ``version`` (raises KeyError if absent, ValueError if garbled)."""
-    data = (secret or {}).get("data") or {}
-    return base64.b64decode(data[blob_key(version)], validate=True)
-
-
-def blob_tags(secret: dict[str, Any] | None) -> dict[str, str]:
-    """The entry tags recorded on the blob Secret (empty if absent or garbled)."""
-    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
-    try:
-        tags = json.loads(annotations.get(TAGS_ANNOTATION) or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(tags, dict):
-        return {}
-    return {k: v for k, v in tags.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _tags_annotation(secret: dict[str, Any] | None, changes: dict[int, str | None]) -> str:
@@ -116,39 +103,6 @@ def owner_reference(key: ApiKey) -> dict[str, Any]:
 
 def labels(key: ApiKey) -> dict[str, str]:
     return {LABEL_APIKEY: key.metadata.uid, LABEL_MANAGED_BY: MANAGED_BY}
-
-
-def foreign_reason(secret: dict[str, Any], uid: str) -> str | None:
-    """Why ``secret`` is not this ApiKey's blob Secret (None: it is ours). Pure."""
-    metadata = secret.get("metadata") or {}
-    owners = [
-        ref
-        for ref in metadata.get("ownerReferences") or []
-        if ref.get("controller") and ref.get("kind") == "ApiKey"
-    ]
-    labelled = (metadata.get("labels") or {}).get(LABEL_APIKEY) == uid
-    # The owner reference, or (after an orphaning delete, when the garbage collector
-    # has removed it) the uid label we wrote beside it.
-    if not any(ref.get("uid") == uid for ref in owners) and not (labelled and not owners):
-        return "no controller owner reference to this ApiKey's uid"
-    if secret.get("type") != BLOB_SECRET_TYPE:
-        return f"its type is not {BLOB_SECRET_TYPE}"
-    if (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return f"it lacks the {LABEL_MANAGED_BY}={MANAGED_BY} label"
-    return None
-
-
-def owned_by_controller(secret: dict[str, Any]) -> bool:
-    """Whether a Secret is one of the controller's own (blobs, its keys, anything it labels).
-
-    A ``secretRef`` may never name one: sealing the controller's own material under a
-    user's ApiKey would hand it to whoever the user binds to that key.
-    """
-    metadata = secret.get("metadata") or {}
-    return (
-        secret.get("type") in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE)
-        or (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
-    )
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,8 @@ from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
 from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, JsonObject, KubeApi
-from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
+from secure_keys.kube.names import KEYS_SECRET, RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
-KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
 _RECIPIENT_SLOT = "recipient"
 _FINGERPRINT_SLOT = "fingerprint"
 FINGERPRINT_KEY_SIZE = 32

@@ -17,9 +17,9 @@ key (as ``controller_keys.open_keys`` does), once. Data keys are unwrapped throu
 the cache holds it (its TTL is the broker's ``--dek-cache-ttl``). Every KMS call and
 every envelope open runs in a thread pool, never on the event loop.
 
-The names and formats here mirror ``secure_keys.controller.blobs`` and
-``controller_keys`` (the gateway may not import the controller: same layer);
-``tests/unit/gateway/test_broker_material.py`` checks they agree.
+The blob Secret's format comes from ``secure_keys.kube.blobformat``, which the controller
+writes by, and the controller keys Secret's name from ``secure_keys.kube.names``: the
+gateway may not import the controller (same layer), so both read one definition.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -48,14 +47,34 @@ from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry, default_registry
 from secure_keys.core.memory import zero
 from secure_keys.gateway.broker_policy import DeliveryKeyView
+from secure_keys.kube.blobformat import (
+    BLOB_SECRET_TYPE,
+    LABEL_APIKEY,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    TAGS_ANNOTATION,
+    blob_key,
+    blob_secret_name,
+    blob_tags,
+    foreign_reason,
+)
 from secure_keys.kube.client import SECRETS, ApiError, JsonObject
+from secure_keys.kube.names import KEYS_SECRET
 
-BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
-LABEL_APIKEY = "securekeys.io/apikey-uid"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGED_BY = "secure-keys"
-TAGS_ANNOTATION = "securekeys.io/blob-tags"
-KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
+__all__ = [
+    "BLOB_SECRET_TYPE",
+    "KEYS_SECRET",
+    "LABEL_APIKEY",
+    "LABEL_MANAGED_BY",
+    "MANAGED_BY",
+    "TAGS_ANNOTATION",
+    "CachedProviders",
+    "KmsKeys",
+    "MaterialSource",
+    "MaterialUnavailable",
+    "blob_secret_name",
+]
+
 FINGERPRINT_SLOT = "fingerprint"
 FINGERPRINT_KEY_SIZE = 32
 
@@ -68,45 +87,6 @@ class MaterialUnavailable(Exception):
         super().__init__(message)
         self.reason = reason
         self.retry = retry
-
-
-def blob_secret_name(apikey: str) -> str:
-    """As ``controller.blobs.blob_secret_name``."""
-    name = f"{apikey}.sealed"
-    if len(name) <= 253:
-        return name
-    digest = hashlib.sha256(apikey.encode()).hexdigest()[:16]
-    return f"{apikey[:200]}.{digest}.sealed"
-
-
-def foreign_reason(secret: Mapping[str, Any], uid: str) -> str | None:
-    """Why ``secret`` is not the controller's blob Secret of the ApiKey ``uid``."""
-    metadata = secret.get("metadata") or {}
-    owners = [
-        ref
-        for ref in metadata.get("ownerReferences") or []
-        if ref.get("controller") and ref.get("kind") == "ApiKey"
-    ]
-    labels = metadata.get("labels") or {}
-    if not any(ref.get("uid") == uid for ref in owners) and not (
-        labels.get(LABEL_APIKEY) == uid and not owners
-    ):
-        return "no controller owner reference to the ApiKey's uid"
-    if secret.get("type") != BLOB_SECRET_TYPE:
-        return "wrong type"
-    if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return "no managed-by label"
-    return None
-
-
-def entry_tag(secret: Mapping[str, Any], version: int) -> str | None:
-    annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    try:
-        tags = json.loads(annotations.get(TAGS_ANNOTATION) or "{}")
-    except ValueError:
-        return None
-    tag = tags.get(f"v{version}") if isinstance(tags, dict) else None
-    return tag if isinstance(tag, str) else None
 
 
 # --- the KMS keys the broker may unwrap with -----------------------------------------
@@ -302,7 +282,9 @@ class MaterialSource:
             raise MaterialUnavailable(
                 "BlobInvalid", f"{where}: garbled entry", retry=False
             ) from None
-        if not tag_valid(blob_tag(tag_key, view.uid, version, blob), entry_tag(secret, version)):
+        if not tag_valid(
+            blob_tag(tag_key, view.uid, version, blob), blob_tags(secret).get(blob_key(version))
+        ):
             raise MaterialUnavailable(
                 "BlobTagInvalid",
                 f"{where}: the blob's integrity tag is missing or wrong",

@@ -14,3 +14,6 @@ FINALIZER = "securekeys.io/shred-blobs"
 
 RECIPIENT_CONFIGMAP = "secure-keys-recipient"
 RECIPIENT_CONFIGMAP_KEY = "recipient.json"
+
+KEYS_SECRET = "secure-keys-controller-keys"  # noqa: S105 - a Secret name
+"""The controller's own keys (recipient, fingerprint), sealed, in its namespace."""

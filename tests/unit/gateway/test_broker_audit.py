@@ -8,6 +8,7 @@ import copy
 from secure_keys.controller import blobs, controller_keys
 from secure_keys.core.auditchain import AuditChain, derive_audit_key, verify
 from secure_keys.gateway import material
+from secure_keys.kube import names
 
 KEY = derive_audit_key(bytes(range(32)))
 
@@ -59,7 +60,7 @@ def test_material_mirrors_the_controller_names() -> None:
     assert material.LABEL_MANAGED_BY == blobs.LABEL_MANAGED_BY
     assert material.MANAGED_BY == blobs.MANAGED_BY
     assert material.TAGS_ANNOTATION == blobs.TAGS_ANNOTATION
-    assert material.KEYS_SECRET == controller_keys.KEYS_SECRET
+    assert material.KEYS_SECRET == names.KEYS_SECRET
     assert material.FINGERPRINT_SLOT == controller_keys._FINGERPRINT_SLOT
     for name in ("short", "x" * 250):
         assert material.blob_secret_name(name) == blobs.blob_secret_name(name)
