@@ -16,6 +16,7 @@ so the tests themselves run unchanged on kind (images loaded with `kind load`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -33,9 +34,13 @@ from secure_keys_dev.node import NodeUnavailable, node_arguments
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     ControllerProcess,
+    GatewayProcess,
     bind_controller_identity,
+    bind_gateway_identity,
     ensure_namespace,
     install_crds,
+    register_gateway_webhook,
+    write_gateway_tls,
 )
 
 
@@ -194,3 +199,38 @@ def private_namespace(admin_api: client.ApiClient) -> Iterator[str]:
     ensure_namespace(admin_api, name)
     yield name
     client.CoreV1Api(admin_api).delete_namespace(name)
+
+
+@contextlib.contextmanager
+def delivery_gateway(
+    kube: Target, admin_api: client.ApiClient, kms_config: Path, work: Path, name: str
+) -> Iterator[GatewayProcess]:
+    """The gateway with the webhook and the broker, registered with the API server.
+
+    ``name`` makes its user and webhook configuration unique to one test module, so
+    modules never share (or tear down) each other's gateway.
+    """
+    if kube.callback_host is None:
+        pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
+    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
+    user = f"securekeys-e2e-broker-{name}"
+    webhook = f"secure-keys-gateway-{name}-e2e"
+    bind_gateway_identity(admin_api, user, broker=True)
+    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
+    process = GatewayProcess(
+        kube.user_kubeconfig(user),
+        work / "tls",
+        work / "gateway.log",
+        port=free_port(),
+        host=kube.callback_host,
+        kms_config=kms_config,
+        extra_args=("--image-pull-policy=Never",),
+    )
+    process.start(timeout=90)
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    try:
+        register_gateway_webhook(admin_api, process.url, ca_pem, name=webhook)
+        yield process
+    finally:
+        admission.delete_mutating_webhook_configuration(webhook)
+        process.stop()

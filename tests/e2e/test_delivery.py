@@ -33,27 +33,21 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev.cluster import free_port
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     GROUP,
     VERSION,
     ControllerProcess,
     GatewayProcess,
-    bind_gateway_identity,
-    ensure_namespace,
     eventually,
     get_apikey,
     is_ready,
-    register_gateway_webhook,
     request_rotation,
-    write_gateway_tls,
 )
-from tests.e2e.conftest import PodEnvironment, Target
+from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
 from tests.e2e.leaks import leaked
 from tests.e2e.test_node import kubectl
 
-WEBHOOK = "secure-keys-gateway-delivery-e2e"
 KEYS = "/var/run/secrets/securekeys"
 POD = "reader"
 IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
@@ -68,31 +62,10 @@ def gateway(
     controller_setup: tuple[Path, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker, registered with the API server."""
-    if kube.callback_host is None:
-        pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
-    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
-    user = "securekeys-e2e-broker"
-    bind_gateway_identity(admin_api, user, broker=True)
+    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
     work = tmp_path_factory.mktemp("delivery")
-    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
-    process = GatewayProcess(
-        kube.user_kubeconfig(user),
-        work / "tls",
-        work / "gateway.log",
-        port=free_port(),
-        host=kube.callback_host,
-        kms_config=controller_setup[1],
-        extra_args=("--image-pull-policy=Never",),
-    )
-    process.start(timeout=90)
-    admission = client.AdmissionregistrationV1Api(admin_api)
-    try:
-        register_gateway_webhook(admin_api, process.url, ca_pem, name=WEBHOOK)
+    with delivery_gateway(kube, admin_api, controller_setup[1], work, "delivery") as process:
         yield process
-    finally:
-        admission.delete_mutating_webhook_configuration(WEBHOOK)
-        process.stop()
 
 
 # -- helpers ---------------------------------------------------------------------------

@@ -46,26 +46,20 @@ from secure_keys.core.memory import zero
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.gateway.material import CachedProviders, KmsKeys, MaterialSource
 from secure_keys.kube.client import JsonObject
-from secure_keys_dev.cluster import free_port
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     GROUP,
     VERSION,
     ControllerProcess,
     GatewayProcess,
-    bind_gateway_identity,
-    ensure_namespace,
     eventually,
     get_apikey,
-    register_gateway_webhook,
     request_rotation,
-    write_gateway_tls,
 )
-from tests.e2e.conftest import PodEnvironment, Target
+from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
 from tests.e2e.test_delivery import _create, _current, _ready, _seal
 from tests.e2e.test_node import kubectl
 
-WEBHOOK = "secure-keys-gateway-delivery-more-e2e"
 KEYS = "/var/run/secrets/securekeys"
 TOKEN = "/var/run/secrets/securekeys.io/serviceaccount/token"
 SIDECAR = "securekeys-sidecar"
@@ -81,31 +75,10 @@ def gateway(
     controller_setup: tuple[Path, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker, registered with the API server."""
-    if kube.callback_host is None:
-        pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
-    ensure_namespace(admin_api, CONTROLLER_NAMESPACE)
-    user = "securekeys-e2e-broker-more"
-    bind_gateway_identity(admin_api, user, broker=True)
+    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
     work = tmp_path_factory.mktemp("delivery-more")
-    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
-    process = GatewayProcess(
-        kube.user_kubeconfig(user),
-        work / "tls",
-        work / "gateway.log",
-        port=free_port(),
-        host=kube.callback_host,
-        kms_config=controller_setup[1],
-        extra_args=("--image-pull-policy=Never",),
-    )
-    process.start(timeout=90)
-    admission = client.AdmissionregistrationV1Api(admin_api)
-    try:
-        register_gateway_webhook(admin_api, process.url, ca_pem, name=WEBHOOK)
+    with delivery_gateway(kube, admin_api, controller_setup[1], work, "delivery-more") as process:
         yield process
-    finally:
-        admission.delete_mutating_webhook_configuration(WEBHOOK)
-        process.stop()
 
 
 # -- helpers ---------------------------------------------------------------------------
