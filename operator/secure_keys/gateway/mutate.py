@@ -26,7 +26,7 @@ from secure_keys.gateway.injection import (
     validate,
 )
 from secure_keys.gateway.patch import build_patch
-from secure_keys.gateway.pod import MalformedPod, pod_view
+from secure_keys.gateway.pod import MalformedPod, PodView, pod_view
 from secure_keys.gateway.review import AdmissionRequest, AdmissionResponse
 
 DENIED_PREFIX = "secure-keys: "
@@ -43,7 +43,7 @@ class Outcome:
 
 
 def _deny(
-    request: AdmissionRequest,
+    uid: str,
     code: int,
     reason: str,
     problems: tuple[str, ...] | list[str],
@@ -51,9 +51,7 @@ def _deny(
     keys: tuple[str, ...] = (),
 ) -> Outcome:
     message = DENIED_PREFIX + "; ".join(problems)
-    response = AdmissionResponse(
-        request.uid, allowed=False, code=code, reason=reason, message=message
-    )
+    response = AdmissionResponse(uid, allowed=False, code=code, reason=reason, message=message)
     return Outcome(response, "denied", reason, keys=keys, pod=pod)
 
 
@@ -66,32 +64,48 @@ def admit(
     try:
         pod = pod_view(request.object, request.namespace)
     except MalformedPod as exc:
-        return _deny(request, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
+        return _deny(request.uid, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
+    return admit_pod(request.uid, pod, snapshot, settings, synced=synced)
+
+
+def admit_pod(
+    uid: str,
+    pod: PodView,
+    snapshot: Snapshot,
+    settings: GatewaySettings,
+    *,
+    synced: bool,
+) -> Outcome:
+    """The answer to a pod CREATE (request ``uid``) whose pod reads as ``pod``.
+
+    Nothing else of the request is read: the answer is a function of ``pod``, the
+    snapshot and the settings (``decisions`` relies on that to reuse it).
+    """
     skip = should_inject(pod, settings)
     if skip is not None:
         warnings = (skip.warning,) if skip.warning else ()
-        response = AdmissionResponse(request.uid, allowed=True, warnings=warnings)
+        response = AdmissionResponse(uid, allowed=True, warnings=warnings)
         return Outcome(response, "skipped", skip.reason, pod=pod.name)
     try:
         config = parse(pod.annotations, settings)
     except InvalidAnnotations as exc:
-        return _deny(request, 400, "InvalidAnnotation", exc.problems, pod.name)
+        return _deny(uid, 400, "InvalidAnnotation", exc.problems, pod.name)
     injected = ann.INJECTED in pod.annotations
     if not injected:
         problems = validate(config, pod)
         if problems:
-            return _deny(request, 400, "InvalidAnnotation", problems, pod.name, config.keys)
+            return _deny(uid, 400, "InvalidAnnotation", problems, pod.name, config.keys)
     if not synced:
         problems = ["the gateway's caches are not synced yet; try again in a few seconds"]
-        return _deny(request, 503, "NotReady", problems, pod.name, config.keys)
+        return _deny(uid, 503, "NotReady", problems, pod.name, config.keys)
     verdict = authorize(pod.namespace, pod.service_account, config.keys, snapshot)
     if not verdict.allowed:
-        return _deny(request, 403, verdict.reason, verdict.problems, pod.name, config.keys)
+        return _deny(uid, 403, verdict.reason, verdict.problems, pod.name, config.keys)
     if injected:
-        response = AdmissionResponse(request.uid, allowed=True)
+        response = AdmissionResponse(uid, allowed=True)
         return Outcome(
             response, "unchanged", "already-injected", config.mode, config.keys, pod.name
         )
     patch = build_patch(config, pod, settings, verdict.files)
-    response = AdmissionResponse(request.uid, allowed=True, patch=tuple(patch))
+    response = AdmissionResponse(uid, allowed=True, patch=tuple(patch))
     return Outcome(response, "injected", "", config.mode, config.keys, pod.name)

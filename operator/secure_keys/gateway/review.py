@@ -7,14 +7,21 @@ answered with a well-formed AdmissionReview echoing the uid, whatever the reques
 the other request fields are read defensively and a field of the wrong type reads as
 absent.
 
-Encoding goes through orjson, an order of magnitude faster than the standard library on
-a patch (the gateway's largest cost per review). Its bytes are checked to be what
-``json.dumps(..., separators=(",", ":"))`` gives: anything orjson refuses (an integer
-past 64 bits, a lone surrogate) or writes differently (non-ASCII text and DEL, which the
-standard library escapes; the answer holds no floats, whose NaN would differ) is encoded
-by the standard library instead, so the answer is byte for byte the same either way.
-Decoding stays with the standard library: orjson would read an integer past 64 bits as a
-float, and the review would read differently.
+Both directions go through orjson, several times faster than the standard library, and
+both give exactly what the standard library gives:
+
+* Decoding: orjson reads an integer past 64 bits as a float, so a body with a run of 19
+  or more digits is read by the standard library, as is any body orjson refuses (NaN, a
+  lone surrogate, UTF-16, a byte-order mark), which the standard library then accepts
+  or refuses as it always did.
+* Encoding: its bytes are checked to be what ``json.dumps(..., separators=(",", ":"))``
+  gives: anything orjson refuses (an integer past 64 bits, a lone surrogate) or writes
+  differently (non-ASCII text and DEL, which the standard library escapes; the answer
+  holds no floats, whose NaN would differ) is encoded by the standard library instead.
+
+An answer is encoded as a ``ReviewTemplate``: the review without its uid, split where
+the uid goes, so that the same answer for another request is two joins away
+(``ReviewTemplate.fill``), byte for byte what encoding it afresh would give.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ from secure_keys.gateway.patch import PatchOp
 
 API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
 MAX_UID = 128
+_DIGITS = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord(" ") for i in range(256))
+_LONG_NUMBER = b"0" * 19
+"""A run of 19 digits, after ``translate(_DIGITS)``: where orjson and the standard
+library could read a number differently (past 64 bits). Two C passes over the body,
+fifteen times faster than the equivalent regular expression."""
 
 
 class NotAdmissionReview(ValueError):
@@ -58,10 +70,20 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def read_json(body: bytes) -> object:
+    """``json.loads(body)``, by orjson where the two agree (see the module)."""
+    if _LONG_NUMBER not in body.translate(_DIGITS):
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # the standard library decides: it is more lenient, or raises too
+    return json.loads(body)
+
+
 def decode(body: bytes) -> AdmissionRequest:
     """The request of an AdmissionReview body, or ``NotAdmissionReview``."""
     try:
-        document = json.loads(body)
+        document = read_json(body)
     except (ValueError, RecursionError):
         raise NotAdmissionReview("body is not JSON") from None
     if not isinstance(document, dict):
@@ -114,9 +136,37 @@ def compact_json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class ReviewTemplate:
+    """An encoded AdmissionReview answer without its uid: ``head + uid + tail``."""
+
+    head: bytes
+    tail: bytes
+
+    def fill(self, uid: str) -> bytes:
+        """The answer to the request with this uid (JSON bytes)."""
+        return self.head + compact_json(uid) + self.tail
+
+
+_UID_SLOT = b'"response":{"uid":""'
+
+
+def template(response: AdmissionResponse, api_version: str) -> ReviewTemplate:
+    """The encoded answer for ``response`` whatever its uid (which is ignored)."""
+    raw = _encode(response, "", api_version)
+    # apiVersion (one of API_VERSIONS) and kind come first, so the first such slot is
+    # the response's uid, whatever the patch or the message hold.
+    at = raw.index(_UID_SLOT) + len(_UID_SLOT) - 2
+    return ReviewTemplate(raw[:at], raw[at + 2 :])
+
+
 def encode(response: AdmissionResponse, api_version: str = "admission.k8s.io/v1") -> bytes:
     """The AdmissionReview answering a request (JSON bytes)."""
-    body: dict[str, Any] = {"uid": response.uid, "allowed": response.allowed}
+    return _encode(response, response.uid, api_version)
+
+
+def _encode(response: AdmissionResponse, uid: str, api_version: str) -> bytes:
+    body: dict[str, Any] = {"uid": uid, "allowed": response.allowed}
     if response.patch:
         raw = compact_json(response.patch)
         body["patchType"] = "JSONPatch"

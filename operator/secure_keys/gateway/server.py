@@ -1,6 +1,7 @@
 """The gateway's edge: an aiohttp application over TLS, and the process around it.
 
-* ``POST /mutate``: one AdmissionReview in, one out (``mutate.admit`` decides). A body
+* ``POST /mutate``: one AdmissionReview in, one out (``mutate.admit`` decides, through
+  ``decisions``, which reuses the answer for pods of the same shape). A body
   that is not an AdmissionReview gets HTTP 400; everything else gets 200 with a
   well-formed AdmissionReview echoing the request's uid, even if the pipeline fails
   unexpectedly (then it is denied, code 500: an opted-in pod never starts unchecked).
@@ -33,9 +34,10 @@ from aiohttp import web
 from secure_keys.core.delivery import STREAM_PATH
 from secure_keys.gateway import metrics
 from secure_keys.gateway.broker import Broker
-from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.caches import GatewayCaches
+from secure_keys.gateway.decisions import Decisions
 from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.mutate import Outcome, admit
+from secure_keys.gateway.mutate import Outcome
 from secure_keys.gateway.review import (
     AdmissionRequest,
     AdmissionResponse,
@@ -124,24 +126,24 @@ class Handled:
     """The class of an unexpected exception (then the pod was denied with code 500)."""
 
 
-def handle_body(body: bytes, caches: GatewayCaches, settings: GatewaySettings) -> Handled:
+def handle_body(body: bytes, decisions: Decisions) -> Handled:
     """The whole request, without HTTP.
 
-    Raises only what ``admit`` might raise unexpectedly; ``answer`` catches that. The
+    Raises only what the pipeline might raise unexpectedly; ``answer`` catches that. The
     fuzz test drives this directly, so a crash in the pipeline is seen, not masked.
     """
     try:
         request = decode(body)
     except NotAdmissionReview as exc:
         return Handled(400, str(exc).encode())
-    outcome = admit(request, CacheSnapshot(caches), settings, synced=caches.synced)
-    return Handled(200, encode(outcome.response, request.api_version), request, outcome)
+    outcome, encoded = decisions.answer(request)
+    return Handled(200, encoded, request, outcome)
 
 
-def answer(body: bytes, caches: GatewayCaches, settings: GatewaySettings) -> Handled:
+def answer(body: bytes, decisions: Decisions) -> Handled:
     """``handle_body``, never raising: an unexpected failure denies the pod (code 500)."""
     try:
-        return handle_body(body, caches, settings)
+        return handle_body(body, decisions)
     except Exception as exc:  # the gateway must answer every review
         try:
             request = decode(body)
@@ -190,11 +192,12 @@ def build_app(
     broker: Broker | None = None,
 ) -> web.Application:
     children = _Children()
+    decisions = Decisions(caches, settings)
 
     async def mutate(request: web.Request) -> web.Response:
         started = clock()
         raw = await request.read()
-        handled = answer(raw, caches, settings)
+        handled = answer(raw, decisions)
         elapsed = clock() - started
         duration_ms = round(elapsed * 1000, 3)
         review, outcome = handled.request, handled.outcome

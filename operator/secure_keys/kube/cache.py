@@ -14,6 +14,10 @@ namespace under this key" without scanning them all (the gateway asks for the Ke
 that name one ServiceAccount among 1,000 in a namespace).
 
 ``apply`` is the whole state change and is synchronous, so tests drive it with events.
+``generation`` changes whenever what the cache holds changes (an object added, removed,
+or projected differently; the first list), and only then: an update that leaves the
+projection as it was (a status write) keeps it, so a reader can keep what it derived
+from the cache for as long as the generation stays the same.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class WatchCache(Generic[T]):
         self._index_of = index
         self._index: dict[tuple[str, Hashable], dict[str, T]] = {}
         self._count = 0
+        self.generation = 0
+        """Changes whenever the projections held (or ``synced``) change; see the module."""
         self._synced = asyncio.Event()
         self.rejected = 0
         """Objects the projection refused since start (they are left out of the cache)."""
@@ -103,6 +109,8 @@ class WatchCache(Generic[T]):
     def apply(self, event: InformerEvent) -> None:
         """Update the cache with one informer event (pure state change, no I/O)."""
         if event.type == "LISTED":
+            if not self._synced.is_set():
+                self.generation += 1
             self._synced.set()
             return
         namespace, name = object_key(event.object)
@@ -124,8 +132,11 @@ class WatchCache(Generic[T]):
         previous = bucket.get(name)
         if previous is None:
             self._count += 1
+        elif previous == projected:
+            return  # nothing this cache holds changed: same generation
         else:
             self._file(namespace, name, previous, add=False)
+        self.generation += 1
         bucket[name] = projected
         self._file(namespace, name, projected, add=True)
 
@@ -135,6 +146,7 @@ class WatchCache(Generic[T]):
             return
         self._file(namespace, name, bucket.pop(name), add=False)
         self._count -= 1
+        self.generation += 1
         if not bucket:
             del self._by_namespace[namespace]
 

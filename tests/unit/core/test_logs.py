@@ -1,8 +1,9 @@
 """``logs.configure``: the JSON lines every process writes, in a fresh interpreter.
 
 structlog's events are written straight to stderr, the standard library's go through a
-handler; both must be one JSON object per line with the same fields and layout as ever
-(``json.dumps``'s), debug filtered out, and tracebacks without local variables.
+handler; both must be one JSON object per line with the same fields as ever, in one
+layout (orjson's compact one, the server extra being installed here), debug filtered
+out, and tracebacks without local variables.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def test_every_line_is_one_json_object_with_the_usual_fields() -> None:
     assert done.stdout == "PLAIN\n"  # stdout carries no log line
     assert "do-not-log-locals" not in done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].startswith('{"uid": "u-1", "keys": ["a", "b"], ')  # json.dumps's layout
+    assert lines[0].startswith('{"uid":"u-1","keys":["a","b"],')  # orjson's layout
+    assert lines[-1].startswith('{"event":"from stdlib",')  # the same through logging
     plain, odd, failed, foreign = [json.loads(line) for line in lines]
     assert plain["event"] == "plain"
     assert plain["level"] == "info"

@@ -13,7 +13,9 @@ Properties, for every body:
   against an oracle written separately from ``review.decode``);
 * a 200 is a well-formed AdmissionReview echoing the request's apiVersion and uid; a
   denial carries a code >= 400 and a message; a patch decodes to ``add`` operations
-  that apply (RFC 6902, strictly) to the pod that was sent.
+  that apply (RFC 6902, strictly) to the pod that was sent;
+* the handler reuses answers between pods of the same shape (``decisions``), and every
+  answer, reused or not, is byte for byte what the pipeline gives that body afresh.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.caches import GatewayCaches
+from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.decisions import Decisions
 from secure_keys.gateway.injection import GatewaySettings
+from secure_keys.gateway.mutate import admit
+from secure_keys.gateway.review import decode, encode
 from secure_keys.gateway.server import handle_body
 from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, apply_patch
@@ -102,6 +107,7 @@ def _caches() -> GatewayCaches:
 
 
 CACHES = _caches()
+DECISIONS = Decisions(CACHES, SETTINGS)
 
 GOOD_VALUES = {
     ann.KEYS: ["stripe-live", "stripe-live,internal-billing", "internal-billing"],
@@ -274,7 +280,7 @@ class Tally:
 
 
 def check(raw: bytes) -> None:
-    handled = handle_body(raw, CACHES, SETTINGS)
+    handled = handle_body(raw, DECISIONS)
     Tally.bodies += 1
     Tally.by_status[handled.status] = Tally.by_status.get(handled.status, 0) + 1
     review = _is_review(raw)
@@ -282,6 +288,9 @@ def check(raw: bytes) -> None:
         assert handled.status == 400, raw[:200]
         return
     assert handled.status == 200, raw[:200]
+    request = decode(raw)
+    fresh = admit(request, CacheSnapshot(CACHES), SETTINGS, synced=True)
+    assert handled.body == encode(fresh.response, request.api_version), raw[:200]
     answer = json.loads(handled.body)
     assert answer["apiVersion"] == review["apiVersion"]
     assert answer["kind"] == "AdmissionReview"
@@ -329,13 +338,17 @@ def test_fuzz_generated_and_mutated_admission_reviews() -> None:
     elapsed = time.perf_counter() - started
     print(
         f"\n{Tally.bodies} bodies in {elapsed:.1f} s; statuses {Tally.by_status}; "
-        f"outcomes {Tally.outcomes}"
+        f"outcomes {Tally.outcomes}; answers reused {DECISIONS.hits}, "
+        f"computed {DECISIONS.misses}"
     )
     assert Tally.bodies >= 100_000
     # The corpus reaches every branch worth reaching, not only the 400 path.
     for outcome in ("injected", "denied", "skipped", "ignored", "unchanged"):
         assert Tally.outcomes.get(outcome, 0) > 100, Tally.outcomes
     assert Tally.by_status.get(400, 0) > 1000
+    # Reuse was exercised, and so was computing afresh.
+    assert DECISIONS.hits > 1000, DECISIONS.hits
+    assert DECISIONS.misses > 1000, DECISIONS.misses
 
 
 json_values = st.recursive(
@@ -350,9 +363,9 @@ json_values = st.recursive(
 @settings(max_examples=500, derandomize=True, database=None, deadline=None)
 @given(st.one_of(json_values.map(lambda v: json.dumps(v).encode()), st.binary(max_size=200)))
 def test_garbage_that_is_not_a_review_gets_400(raw: bytes) -> None:
-    assert handle_body(raw, CACHES, SETTINGS).status == 400
+    assert handle_body(raw, DECISIONS).status == 400
 
 
 def test_deeply_nested_body_gets_400_not_a_crash() -> None:
     raw = b"[" * 100_000 + b"]" * 100_000
-    assert handle_body(raw, CACHES, SETTINGS).status == 400
+    assert handle_body(raw, DECISIONS).status == 400

@@ -1,7 +1,9 @@
 """The admission hot path's shortcuts answer exactly what the plain path answered.
 
 ``review.compact_json`` writes with orjson but must give the standard library's bytes,
-including for what orjson refuses or writes differently; the server keeps the labelled
+including for what orjson refuses or writes differently; ``review.read_json`` reads with
+orjson but must read what the standard library reads; a ``ReviewTemplate`` filled with
+a uid must be the encoding of the answer with that uid; the server keeps the labelled
 metric children it looked up, and must still count every request under its own labels.
 """
 
@@ -14,12 +16,20 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from secure_keys.gateway import metrics
 from secure_keys.gateway.caches import GatewayCaches
 from secure_keys.gateway.injection import GatewaySettings
 from secure_keys.gateway.patch import PatchOp
-from secure_keys.gateway.review import AdmissionResponse, compact_json, encode
+from secure_keys.gateway.review import (
+    AdmissionResponse,
+    compact_json,
+    encode,
+    read_json,
+    template,
+)
 from secure_keys.gateway.server import build_app
 from secure_keys.kube.informer import LISTED
 from tests.unit.gateway.helpers import body, pod, review
@@ -65,6 +75,97 @@ def test_encoded_review_is_byte_identical_to_the_standard_encoding() -> None:
         },
     }
     assert encoded == _stdlib(expected)
+
+
+_ANSWERS = [
+    AdmissionResponse("", allowed=True),
+    AdmissionResponse(
+        "",
+        allowed=True,
+        patch=({"op": "add", "path": "/metadata/annotations/x", "value": "d\u00e9j\u00e0"},),
+        warnings=("w\u00e9",),
+    ),
+    AdmissionResponse(
+        "",
+        allowed=False,
+        code=403,
+        reason="KeyNotGranted",
+        message='a message quoting "response":{"uid":"" and \u2603',
+    ),
+]
+
+
+@pytest.mark.parametrize("api_version", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
+@pytest.mark.parametrize("response", _ANSWERS, ids=["allowed", "patch", "denied"])
+@pytest.mark.parametrize(
+    "uid",
+    ["0f6c1f4e-1111-2222-3333-444455556666", 'q"uote\\', "caf\u00e9\u2028", "x" * 128],
+    ids=["uuid", "escapes", "non-ascii", "long"],
+)
+def test_a_filled_template_is_the_encoding_of_the_answer_with_that_uid(
+    api_version: str, response: AdmissionResponse, uid: str
+) -> None:
+    filled = template(response, api_version).fill(uid)
+    with_uid = AdmissionResponse(
+        uid,
+        response.allowed,
+        response.patch,
+        response.code,
+        response.reason,
+        response.message,
+        response.warnings,
+    )
+    assert filled == encode(with_uid, api_version)
+    assert json.loads(filled)["response"]["uid"] == uid
+
+
+def _same(a: Any, b: Any) -> bool:
+    # repr tells 1 from 1.0 and True from 1 (== does not); NaN only equals itself there.
+    return repr(a) == repr(b)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": 18446744073709551616}',  # past 64 bits: orjson would give a float
+        b'{"a": -9223372036854775809}',
+        b'{"a": 9999999999999999999}',  # 19 digits, past the signed range
+        b'{"a": 1e400}',
+        b'{"a": NaN, "b": -Infinity}',
+        b'{"a": "\\ud800"}',
+        b'\xef\xbb\xbf{"a": 1}',
+        '{"a": "\u00e9"}'.encode("utf-16"),
+        b'{"a": 1, "a": 2}',
+        b'{"a": 1.0, "b": -0.0, "c": 1E2, "d": true}',
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_read_json_reads_what_the_standard_library_reads(raw: bytes) -> None:
+    try:
+        expected: Any = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            read_json(raw)
+        return
+    assert _same(read_json(raw), expected)
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_JSON)
+def test_read_json_agrees_with_the_standard_library_on_any_document(value: Any) -> None:
+    for raw in (json.dumps(value).encode(), json.dumps(value, ensure_ascii=False).encode()):
+        assert _same(read_json(raw), json.loads(raw))
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:

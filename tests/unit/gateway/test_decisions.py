@@ -1,0 +1,245 @@
+"""Reused admission answers (``gateway.decisions``): the same bytes, never a stale one.
+
+The pods of one Deployment differ, as the API server sends them, in the request's uid
+and in the name of their ServiceAccount token volume (``kube-api-access-xxxxx``; seen
+on the local control plane while building this). Those must share one answer, each
+with its own uid; anything the pipeline reads must not; and a change in the caches
+must never let a kept answer through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.decisions import Decisions, pod_shape
+from secure_keys.gateway.injection import KEYS_VOLUME, GatewaySettings
+from secure_keys.gateway.mutate import admit
+from secure_keys.gateway.pod import ContainerView, PodView, pod_view
+from secure_keys.gateway.review import decode, encode
+from secure_keys.kube.informer import LISTED, InformerEvent
+from tests.unit.gateway.helpers import NS, body, pod, review
+
+SETTINGS = GatewaySettings()
+ROLE = {
+    "metadata": {"name": "app-keys", "namespace": NS},
+    "spec": {
+        "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+        "keys": {"names": ["stripe-live"]},
+        "permissions": ["read"],
+    },
+}
+
+
+def _caches(*, synced: bool = True) -> GatewayCaches:
+    caches = GatewayCaches()
+    caches.apikeys.apply(InformerEvent("ADDED", _apikey()))
+    caches.service_accounts.apply(
+        InformerEvent("ADDED", {"metadata": {"name": "app", "namespace": NS}})
+    )
+    caches.keyroles.apply(InformerEvent("ADDED", ROLE))
+    if synced:
+        for cache in caches.all:
+            cache.apply(LISTED)
+    return caches
+
+
+def _apikey(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "stripe-live", "namespace": NS, "labels": {"tier": "live"}},
+        "spec": {"delivery": {"fileName": "stripe.key"}},
+        "status": status,
+    }
+
+
+def _replica(uid: str, token_volume: str, **overrides: Any) -> bytes:
+    """A Deployment's pod as the API server sends it to the webhook."""
+    volumes = [{"name": token_volume, "projected": {"sources": [{"serviceAccountToken": {}}]}}]
+    obj = pod(name="", volumes=volumes, **overrides)
+    obj["metadata"]["generateName"] = "web-7d4b9c-"
+    return body(review(obj, uid=uid))
+
+
+def _fresh(raw: bytes, caches: GatewayCaches) -> bytes:
+    """What the pipeline answers without reuse."""
+    request = decode(raw)
+    outcome = admit(request, CacheSnapshot(caches), SETTINGS, synced=caches.synced)
+    return encode(outcome.response, request.api_version)
+
+
+def _response(raw: bytes) -> dict[str, Any]:
+    answer: dict[str, Any] = json.loads(raw)["response"]
+    return answer
+
+
+def test_the_pods_of_a_deployment_share_one_answer_each_with_its_own_uid() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    replicas = [
+        _replica("11111111-aaaa-4000-8000-000000000001", "kube-api-access-x7k2p"),
+        _replica("22222222-bbbb-4000-8000-000000000002", "kube-api-access-9qzmv"),
+        _replica('3"\u00e9\\-odd-uid', "kube-api-access-4hd8w"),
+    ]
+    answers = [decisions.answer(decode(raw)) for raw in replicas]
+    assert (decisions.misses, decisions.hits) == (1, 2)
+    for raw, (outcome, encoded) in zip(replicas, answers, strict=True):
+        assert encoded == _fresh(raw, caches)
+        uid = decode(raw).uid
+        assert _response(encoded)["uid"] == uid
+        assert outcome.response.uid == uid
+        assert outcome.outcome == "injected"
+    assert _response(answers[0][1])["patch"] == _response(answers[2][1])["patch"]
+
+
+def test_a_removed_keyrole_denies_the_next_pod_of_a_kept_shape() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    first = _replica("uid-1", "kube-api-access-aaaaa")
+    assert decisions.answer(decode(first))[0].outcome == "injected"
+    caches.keyroles.apply(InformerEvent("DELETED", ROLE))
+    outcome, encoded = decisions.answer(decode(_replica("uid-2", "kube-api-access-bbbbb")))
+    assert outcome.outcome == "denied"
+    assert outcome.reason == "KeyNotGranted"
+    assert _response(encoded)["allowed"] is False
+    # And back: the KeyRole restored, the shape is injected again.
+    caches.keyroles.apply(InformerEvent("ADDED", ROLE))
+    assert decisions.answer(decode(_replica("uid-3", "kube-api-access-ccccc")))[0].outcome == (
+        "injected"
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            lambda c: c.apikeys.apply(InformerEvent("DELETED", _apikey())),
+            "KeyNotFound",
+        ),
+        (
+            lambda c: c.service_accounts.apply(
+                InformerEvent("DELETED", {"metadata": {"name": "app", "namespace": NS}})
+            ),
+            "ServiceAccountNotFound",
+        ),
+        (
+            lambda c: c.keyroles.apply(
+                InformerEvent(
+                    "MODIFIED", {**ROLE, "spec": {**ROLE["spec"], "permissions": ["rotate"]}}
+                )
+            ),
+            "KeyNotGranted",
+        ),
+    ],
+    ids=["apikey-deleted", "serviceaccount-deleted", "keyrole-loses-read"],
+)
+def test_every_cache_change_reaches_kept_shapes(change: Any, expected: str) -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    assert decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))[0].outcome == (
+        "injected"
+    )
+    change(caches)
+    outcome, _ = decisions.answer(decode(_replica("uid-2", "kube-api-access-b")))
+    assert (outcome.outcome, outcome.reason) == ("denied", expected)
+
+
+def test_a_status_write_keeps_the_answers() -> None:
+    """The controller writes ApiKey status often; the projection (and answers) stay."""
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))
+    generation = caches.generation
+    caches.apikeys.apply(InformerEvent("MODIFIED", _apikey(phase="Active", versions=[])))
+    assert caches.generation == generation
+    decisions.answer(decode(_replica("uid-2", "kube-api-access-b")))
+    assert (decisions.misses, decisions.hits) == (1, 1)
+    # A label change is a change (selectors read labels).
+    relabelled = _apikey()
+    relabelled["metadata"]["labels"] = {"tier": "test"}
+    caches.apikeys.apply(InformerEvent("MODIFIED", relabelled))
+    assert caches.generation != generation
+
+
+def test_a_reserved_volume_name_is_part_of_the_shape() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    assert decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))[0].outcome == (
+        "injected"
+    )
+    outcome, _ = decisions.answer(decode(_replica("uid-2", KEYS_VOLUME)))
+    assert (outcome.outcome, outcome.reason) == ("denied", "InvalidAnnotation")
+
+
+def test_pods_that_differ_in_what_the_pipeline_reads_do_not_share() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    plain = _replica("uid-1", "kube-api-access-a")
+    other_mount = _replica(
+        "uid-2",
+        "kube-api-access-a",
+        annotations={"securekeys.io/keys": "stripe-live", "securekeys.io/mount-path": "/keys"},
+    )
+    for raw in (plain, other_mount):
+        assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
+    assert decisions.misses == 2
+
+
+def _alternatives() -> dict[str, Any]:
+    """For each field of PodView, a value other than the base view's."""
+    return {
+        "namespace": "other",
+        "name": "api-",
+        "labels": {"securekeys.io/inject": "true", "app": "api"},
+        "annotations": {"securekeys.io/keys": "billing"},
+        "has_annotations": False,
+        "service_account": "batch",
+        "containers": (ContainerView("app", ("/data",), True),),
+        "init_containers": (ContainerView("migrate", (), False),),
+        "has_init_containers": True,
+        "volume_names": frozenset({"kube-api-access-a", KEYS_VOLUME}),
+        "has_volumes": False,
+        "run_as_user": 1000,
+        "run_as_group": 1000,
+    }
+
+
+def test_every_field_of_the_pod_view_is_in_the_shape() -> None:
+    """Fails when PodView gains a field that ``pod_shape`` does not place."""
+    base = pod_view(json.loads(_replica("uid-1", "kube-api-access-a"))["request"]["object"], NS)
+    alternatives = _alternatives()
+    names = [f.name for f in dataclasses.fields(PodView)]
+    assert sorted(names) == sorted(alternatives), "place the new field in pod_shape"
+    for name in names:
+        changed = dataclasses.replace(base, **{name: alternatives[name]})
+        assert pod_shape(changed) != pod_shape(base), name
+
+
+def test_volume_names_outside_the_reserved_ones_do_not_count() -> None:
+    base = pod_view(json.loads(_replica("uid-1", "kube-api-access-a"))["request"]["object"], NS)
+    renamed = dataclasses.replace(base, volume_names=frozenset({"kube-api-access-zzzzz"}))
+    assert pod_shape(renamed) == pod_shape(base)
+
+
+def test_nothing_is_kept_before_the_caches_sync() -> None:
+    caches = _caches(synced=False)
+    decisions = Decisions(caches, SETTINGS)
+    outcome, _ = decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))
+    assert outcome.reason == "NotReady"
+    assert len(decisions) == 0
+    for cache in caches.all:
+        cache.apply(LISTED)
+    outcome, _ = decisions.answer(decode(_replica("uid-2", "kube-api-access-b")))
+    assert outcome.outcome == "injected"
+
+
+def test_at_most_capacity_shapes_are_kept() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS, capacity=3)
+    for index in range(10):
+        raw = _replica(f"uid-{index}", "kube-api-access-a", service_account=f"sa-{index}")
+        assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
+    assert len(decisions) == 3
