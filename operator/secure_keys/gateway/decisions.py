@@ -14,14 +14,24 @@ uid, byte for byte what the pipeline would have given it.
 What the caches hold changes the answer (a KeyRole removed, an ApiKey created): every
 kept answer is dropped as soon as any cache's generation moves, before the next
 request is answered. Nothing is kept until the caches have synced, and requests that
-are not a readable pod CREATE are never kept. At most ``capacity`` shapes are kept
-(oldest dropped first); a shape holds names, labels, annotations and mount paths of
-the pod, never key material (the gateway has none).
+are not a readable pod CREATE are never kept.
+
+Memory is bounded whatever pods a hostile user sends (dry-run creates reach the
+webhook too, and denials are kept like the rest). A kept shape holds the pod's labels,
+annotations and mount paths, and a denial quotes some of them again, so a shape made of
+many tiny labels costs over ten times its share of the body. Hence: pods whose review is
+over ``MAX_KEPT_BODY`` bytes or whose shape has over ``MAX_KEPT_ITEMS`` labels,
+annotations, containers and mount paths are answered afresh every time and never kept;
+each kept answer is weighed (an upper estimate of what it holds) and the oldest are
+dropped while the weights add up to more than ``budget`` bytes or the count to more than
+``capacity``. A shape holds names, labels, annotations and mount paths, never key
+material (the gateway has none).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 
 from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
@@ -31,6 +41,17 @@ from secure_keys.gateway.pod import MalformedPod, PodView, pod_view
 from secure_keys.gateway.review import AdmissionRequest, ReviewTemplate, encode, template
 
 DEFAULT_CAPACITY = 256
+DEFAULT_BUDGET = 4 * 1024 * 1024
+"""Bytes of kept answers (as weighed): a Deployment's pod weighs about 17 KiB."""
+MAX_KEPT_BODY = 32 * 1024
+"""Reviews larger than this are never kept (the API server's own pods with managed
+fields are 3 to 6 KiB)."""
+MAX_KEPT_ITEMS = 128
+_ENTRY_WEIGHT = 4096
+"""Bytes every kept answer costs whatever its pod (the entry, the Outcome, the view)."""
+_ITEM_WEIGHT = 320
+"""Bytes a label, annotation, container or mount path costs in a kept shape beyond its
+text (the string objects, the tuple, the set slot), rounded up."""
 
 
 def pod_shape(pod: PodView) -> Hashable:
@@ -65,18 +86,33 @@ class Decisions:
         settings: GatewaySettings,
         *,
         capacity: int = DEFAULT_CAPACITY,
+        budget: int = DEFAULT_BUDGET,
+        observe: Callable[[bool], None] = lambda _reused: None,
     ) -> None:
         self.caches = caches
+        self.budget = budget
+        self._weight = 0
+        self.observe = observe
+        """Called once per kept-or-keepable answer: True when it was reused."""
         self.settings = settings
         self.capacity = capacity
         self._snapshot = CacheSnapshot(caches)
-        self._kept: dict[tuple[str, Hashable], tuple[Outcome, ReviewTemplate]] = {}
+        # An OrderedDict: dropping the oldest of a plain dict scans the holes its earlier
+        # deletions left at the front, and became 3 % of the gateway's time.
+        self._kept: OrderedDict[tuple[str, Hashable], tuple[Outcome, ReviewTemplate, int]] = (
+            OrderedDict()
+        )
         self._generation: tuple[int, ...] = ()
         self.hits = 0
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._kept)
+
+    @property
+    def weight(self) -> int:
+        """What the kept answers weigh, in bytes (an upper estimate)."""
+        return self._weight
 
     def answer(self, request: AdmissionRequest) -> tuple[Outcome, bytes]:
         """The outcome for ``request`` and the encoded AdmissionReview answering it."""
@@ -90,21 +126,59 @@ class Decisions:
         if pod is None:
             outcome = admit(request, self._snapshot, self.settings, synced=synced)
             return outcome, encode(outcome.response, request.api_version)
+        items = _items(pod)
+        if request.body_size > MAX_KEPT_BODY or items > MAX_KEPT_ITEMS or self.capacity < 1:
+            outcome = admit_pod(request.uid, pod, self._snapshot, self.settings, synced=True)
+            return outcome, encode(outcome.response, request.api_version)
         generation = self.caches.generation
         if generation != self._generation:
             self._kept.clear()
+            self._weight = 0
             self._generation = generation
         key = (request.api_version, pod_shape(pod))
         kept = self._kept.get(key)
         if kept is None:
             self.misses += 1
+            self.observe(False)
             outcome = admit_pod(request.uid, pod, self._snapshot, self.settings, synced=True)
             answer = template(outcome.response, request.api_version)
-            if len(self._kept) >= self.capacity:
-                del self._kept[next(iter(self._kept))]
-            self._kept[key] = (outcome, answer)
+            weight = (
+                _ENTRY_WEIGHT
+                + request.body_size
+                + 4 * (len(answer.head) + len(answer.tail))
+                + _ITEM_WEIGHT * items
+            )
+            self._keep(key, outcome, answer, weight)
             return outcome, answer.fill(request.uid)
         self.hits += 1
-        outcome, answer = kept
+        self.observe(True)
+        outcome, answer, _weight = kept
         response = replace(outcome.response, uid=request.uid)
         return replace(outcome, response=response), answer.fill(request.uid)
+
+    def _keep(
+        self, key: tuple[str, Hashable], outcome: Outcome, answer: ReviewTemplate, weight: int
+    ) -> None:
+        # The answer in bytes, its Outcome (the patch as objects, the message) and the
+        # shape's text and items: four times the encoded answer covers the first two
+        # (test_an_answer_weighs_at_least_what_it_keeps measures them).
+        if weight > self.budget:
+            return
+        while self._kept and (
+            len(self._kept) >= self.capacity or self._weight + weight > self.budget
+        ):
+            _outcome, _answer, dropped = self._kept.popitem(last=False)[1]
+            self._weight -= dropped
+        self._kept[key] = (outcome, answer, weight)
+        self._weight += weight
+
+
+def _items(pod: PodView) -> int:
+    """Labels, annotations, containers and mount paths: what a kept shape holds."""
+    containers = pod.containers + pod.init_containers
+    return (
+        len(pod.labels)
+        + len(pod.annotations)
+        + len(containers)
+        + sum(len(c.mount_paths) for c in containers)
+    )

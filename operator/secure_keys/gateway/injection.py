@@ -9,6 +9,7 @@ The gateway-wide defaults are ``GatewaySettings``, set by the process's flags.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from collections.abc import Mapping
@@ -137,6 +138,7 @@ def should_inject(pod: PodView, settings: GatewaySettings) -> Skip | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def quantity(text: str) -> Decimal | None:
     """A Kubernetes quantity (the forms a sidecar needs) as a number, or None."""
     match = _QUANTITY.match(text)

@@ -24,6 +24,13 @@ ADMISSION_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
 )
+ADMISSION_ANSWERS = Counter(
+    "securekeys_gateway_admission_answers_total",
+    "Pod CREATE answers, by source: computed by the pipeline, or reused from an earlier "
+    "pod of the same shape while the caches were unchanged.",
+    ["source"],
+    registry=REGISTRY,
+)
 CACHE_OBJECTS = Gauge(
     "securekeys_gateway_cache_objects",
     "Objects held in the gateway's watch-fed caches, by resource.",

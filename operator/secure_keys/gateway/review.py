@@ -60,6 +60,8 @@ class AdmissionRequest:
     kind: str
     object: Mapping[str, Any] | None = field(repr=False)
     dry_run: bool = False
+    body_size: int = 0
+    """The length of the AdmissionReview body it was read from."""
 
     @property
     def is_pod_create(self) -> bool:
@@ -111,6 +113,7 @@ def decode(body: bytes) -> AdmissionRequest:
         kind=_text(kind.get("kind")),
         object=obj if isinstance(obj, dict) else None,
         dry_run=request.get("dryRun") is True,
+        body_size=len(body),
     )
 
 

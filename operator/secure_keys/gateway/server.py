@@ -192,7 +192,11 @@ def build_app(
     broker: Broker | None = None,
 ) -> web.Application:
     children = _Children()
-    decisions = Decisions(caches, settings)
+    sources = {
+        reused: metrics.ADMISSION_ANSWERS.labels("reused" if reused else "computed").inc
+        for reused in (True, False)
+    }
+    decisions = Decisions(caches, settings, observe=lambda reused: sources[reused]())
 
     async def mutate(request: web.Request) -> web.Response:
         started = clock()

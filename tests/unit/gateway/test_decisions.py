@@ -10,13 +10,15 @@ must never let a kept answer through.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
 
 from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.decisions import Decisions, pod_shape
+from secure_keys.gateway.decisions import MAX_KEPT_BODY, MAX_KEPT_ITEMS, Decisions, pod_shape
 from secure_keys.gateway.injection import KEYS_VOLUME, GatewaySettings
 from secure_keys.gateway.mutate import admit
 from secure_keys.gateway.pod import ContainerView, PodView, pod_view
@@ -25,7 +27,7 @@ from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, body, pod, review
 
 SETTINGS = GatewaySettings()
-ROLE = {
+ROLE: dict[str, Any] = {
     "metadata": {"name": "app-keys", "namespace": NS},
     "spec": {
         "subjects": [{"kind": "ServiceAccount", "name": "app"}],
@@ -56,11 +58,11 @@ def _apikey(**status: Any) -> dict[str, Any]:
     }
 
 
-def _replica(uid: str, token_volume: str, **overrides: Any) -> bytes:
+def _replica(uid: str, token_volume: str, name: str = "", **overrides: Any) -> bytes:
     """A Deployment's pod as the API server sends it to the webhook."""
     volumes = [{"name": token_volume, "projected": {"sources": [{"serviceAccountToken": {}}]}}]
     obj = pod(name="", volumes=volumes, **overrides)
-    obj["metadata"]["generateName"] = "web-7d4b9c-"
+    obj["metadata"]["generateName"] = name or "web-7d4b9c-"
     return body(review(obj, uid=uid))
 
 
@@ -243,3 +245,78 @@ def test_at_most_capacity_shapes_are_kept() -> None:
         raw = _replica(f"uid-{index}", "kube-api-access-a", service_account=f"sa-{index}")
         assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
     assert len(decisions) == 3
+
+
+def _retained(decisions: Decisions, raws: list[bytes]) -> int:
+    """Bytes still allocated after reading and answering ``raws`` (what the answers
+    kept, including the parts of the decoded reviews that they hold on to)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for raw in raws:
+            decisions.answer(decode(raw))
+        gc.collect()
+        return int(tracemalloc.get_traced_memory()[0] - before)
+    finally:
+        tracemalloc.stop()
+
+
+def _hostile(index: int, kind: str) -> bytes:
+    """Pods made to cost the most per byte, each at the limits of what is kept."""
+    if kind == "tiny-labels":
+        labels = {"securekeys.io/inject": "true"} | {f"l{i}": "v" for i in range(120)}
+        obj = pod(labels=labels, name=f"p{index}")
+    elif kind == "unknown-annotations":  # denied, and the message quotes every one
+        annotations = {f"securekeys.io/x{i:03}-{index}": "" for i in range(120)}
+        obj = pod(annotations=annotations, name=f"p{index}")
+    elif kind == "one-large-annotation":
+        annotations = {"securekeys.io/keys": "stripe-live", "note": "n" * 30_000}
+        obj = pod(annotations=annotations, name=f"p{index}")
+    else:  # many containers, each with mounts: a long patch
+        containers = [
+            {"name": f"c{i}", "image": "x", "volumeMounts": [{"name": "v", "mountPath": f"/m{i}"}]}
+            for i in range(60)
+        ]
+        obj = pod(containers=containers, name=f"p{index}")
+    return body(review(obj, uid=f"uid-{index}"))
+
+
+@pytest.mark.parametrize(
+    "kind", ["deployment", "tiny-labels", "unknown-annotations", "one-large-annotation", "mounts"]
+)
+def test_an_answer_weighs_at_least_what_it_keeps(kind: str) -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    if kind == "deployment":
+        raws = [_replica(f"uid-{i}", "kube-api-access-a", name=f"p{i}") for i in range(20)]
+    else:
+        raws = [_hostile(i, kind) for i in range(20)]
+    retained = _retained(decisions, raws)
+    assert len(decisions) == 20, "each is kept (at the limits, not past them)"
+    assert retained <= decisions.weight, (kind, retained, decisions.weight)
+    assert decisions.weight <= 4 * retained, "and not grossly more"
+
+
+def test_a_flood_of_hostile_pods_keeps_no_more_than_the_budget() -> None:
+    caches = _caches()
+    budget = 1024 * 1024
+    decisions = Decisions(caches, SETTINGS, budget=budget)
+    raws = [_hostile(i, kind) for i in range(60) for kind in ("tiny-labels", "mounts")]
+    raws += [_hostile(i, "unknown-annotations") for i in range(60)]
+    retained = _retained(decisions, raws)
+    assert decisions.weight <= budget
+    assert retained <= budget * 1.1
+    assert 0 < len(decisions) < len(raws)
+
+
+def test_pods_past_the_limits_are_answered_and_never_kept() -> None:
+    caches = _caches()
+    decisions = Decisions(caches, SETTINGS)
+    big = {"securekeys.io/keys": "stripe-live", "note": "n" * (MAX_KEPT_BODY + 1)}
+    many = {"securekeys.io/inject": "true"} | {f"l{i}": "v" for i in range(MAX_KEPT_ITEMS)}
+    for raw in (body(review(pod(annotations=big))), body(review(pod(labels=many)))):
+        assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
+        assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
+    assert len(decisions) == 0
+    assert (decisions.hits, decisions.misses) == (0, 0)

@@ -203,3 +203,26 @@ def test_every_request_is_counted_under_its_own_labels() -> None:
     assert _sample(total, bad) - before["bad"] == 1
     assert _sample(timed, {"outcome": "skipped"}) - before["skipped_timed"] == 3
     assert _sample(timed, {"outcome": "ignored"}) - before["ignored_timed"] == 1
+
+
+def test_reused_and_computed_answers_are_counted() -> None:
+    caches = GatewayCaches()
+    for cache in caches.all:
+        cache.apply(LISTED)
+    app = build_app(caches, GatewaySettings())
+    name = "securekeys_gateway_admission_answers_total"
+    before = {s: _sample(name, {"source": s}) for s in ("reused", "computed")}
+
+    async def run() -> list[dict[str, Any]]:
+        answers = []
+        async with TestClient(TestServer(app)) as client:
+            for uid in ("uid-1", "uid-2", "uid-3"):
+                plain = body(review(pod(labels={}, annotations={}), uid=uid))
+                response = await client.post("/mutate", data=plain)
+                answers.append(json.loads(await response.read())["response"])
+        return answers
+
+    answers = asyncio.run(run())
+    assert [a["uid"] for a in answers] == ["uid-1", "uid-2", "uid-3"]
+    assert _sample(name, {"source": "computed"}) - before["computed"] == 1
+    assert _sample(name, {"source": "reused"}) - before["reused"] == 2
