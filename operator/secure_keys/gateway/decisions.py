@@ -2,14 +2,15 @@
 
 The pods of a Deployment, a Job or a DaemonSet reach the webhook as AdmissionReviews
 that differ in the request's uid and in the name the API server gives each pod's
-ServiceAccount token volume (``kube-api-access-xxxxx``); they arrive in bursts, when a
-workload scales or rolls out. The answer to each is a function of what
-``mutate.admit_pod`` reads: the ``PodView``, the gateway's settings (fixed for the
-process) and what the caches hold. So ``Decisions`` keeps, per *shape* (the API version
-and the ``PodView``, in which only the volume names the injection reserves count, since
-they are the only ones the pipeline looks at), the ``Outcome`` and the encoded answer
-with a slot for the uid. A later pod of that shape gets the same answer with its own
-uid, byte for byte what the pipeline would have given it.
+ServiceAccount token volume (``kube-api-access-xxxxx``), a StatefulSet's in their names
+too; they arrive in bursts, when a workload scales or rolls out. The answer to each is a
+function of what ``mutate.admit_pod`` reads: the ``PodView``, the gateway's settings
+(fixed for the process) and what the caches hold. So ``Decisions`` keeps, per *shape*
+(the API version and the ``PodView`` without its name, which only the log line shows,
+and in which only the volume names the injection reserves count, since they are the only
+ones the pipeline looks at), the ``Outcome`` and the encoded answer with a slot for the
+uid. A later pod of that shape gets the same answer with its own uid, byte for byte what
+the pipeline would have given it.
 
 What the caches hold changes the answer (a KeyRole removed, an ApiKey created): every
 kept answer is dropped as soon as any cache's generation moves, before the next
@@ -55,14 +56,15 @@ text (the string objects, the tuple, the set slot), rounded up."""
 
 
 def pod_shape(pod: PodView) -> Hashable:
-    """Everything of ``pod`` that the pipeline reads, as a hashable value.
+    """Everything of ``pod`` that the answer depends on, as a hashable value.
 
     Every field of ``PodView`` is here (a test fails when a field is added and not
-    placed here); of the volume names, only those ``validate`` looks for.
+    placed here) but the name, which reaches only the log line (``Outcome.pod``, set
+    per request), so a StatefulSet's pods share too; of the volume names, only those
+    ``validate`` looks for.
     """
     return (
         pod.namespace,
-        pod.name,
         frozenset(pod.labels.items()),
         frozenset(pod.annotations.items()),
         pod.has_annotations,
@@ -154,7 +156,7 @@ class Decisions:
         self.observe(True)
         outcome, answer, _weight = kept
         response = replace(outcome.response, uid=request.uid)
-        return replace(outcome, response=response), answer.fill(request.uid)
+        return replace(outcome, response=response, pod=pod.name), answer.fill(request.uid)
 
     def _keep(
         self, key: tuple[str, Hashable], outcome: Outcome, answer: ReviewTemplate, weight: int
