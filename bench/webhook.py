@@ -8,9 +8,12 @@ ServiceAccounts).
    two keys, the native sidecar injected, the answer logged every time) at concurrency
    1, 16 and 64, p50 and p99. The baseline, measured in the same run over the same TLS
    certificate and keep-alive connections, is a bare aiohttp endpoint (its own process)
-   that parses the review and answers ``allowed: true``. The two servers are measured in
-   interleaved rounds; each figure is the median of the rounds. The load generator is
-   this process (aiohttp), on the same 2 cores as the servers, for both.
+   that parses the review and answers ``allowed: true``. Each round runs the two servers
+   back to back (alternating which goes first); a ratio is the median over the rounds of
+   each round's gateway / bare, so that a slow spell of the shared machine weighs on
+   both sides of a pair alike (the medians of each side are printed too). Also the CPU
+   each server spends per request (from /proc), the steadier measure of its cost. The
+   load generator is this process (aiohttp), on the same 2 cores as the servers.
 
    Two workloads, each a pool of bodies sent in turn:
    * ``replicas`` (the representative one): the pods of one Deployment as the API
@@ -21,9 +24,11 @@ ServiceAccounts).
      gateway keeps, so every answer is computed afresh: the pipeline's own cost.
 2. Pod create latency through the API server (sequential creates of an opted-in pod,
    which stays Pending: the cluster has no node) with the webhook registered and without
-   it, in alternating blocks; the difference of the p99s is what the webhook adds. A
-   third arm registers the bare endpoint in the gateway's place: what calling any
-   webhook costs the API server.
+   it, in alternating blocks; the difference of the p99s is what the webhook adds. Two
+   more arms tell the API server's share from the gateway's: the bare endpoint in the
+   gateway's place (what calling any webhook costs), and the bare endpoint answering
+   with the gateway's patch for that pod, given beforehand (what applying the patch and
+   storing the larger pod cost).
 3. Peak RSS of the gateway (VmHWM), after everything above.
 
 Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16
@@ -35,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
+import os
 import random
 import ssl
 import statistics
@@ -74,6 +81,7 @@ import ssl, sys
 from aiohttp import web
 
 calls = 0
+canned = {}
 
 async def mutate(request):
     global calls
@@ -82,12 +90,29 @@ async def mutate(request):
     return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
         "response": {"uid": review["request"]["uid"], "allowed": True}})
 
-async def count(request):  # for the pod-create arm: is the API server calling it yet?
+# Only for the pod-create arms, never measured against the gateway: how many reviews
+# came in (is the API server calling this endpoint yet?), and an arm that answers with
+# a patch given beforehand (what applying the gateway's patch costs the API server).
+async def count(request):
     return web.Response(text=str(calls))
+
+async def set_canned(request):
+    canned["patch"] = (await request.read()).decode()
+    return web.Response(text="ok")
+
+async def mutate_canned(request):
+    global calls
+    calls += 1
+    review = await request.json()
+    return web.json_response({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "response": {"uid": review["request"]["uid"], "allowed": True,
+                     "patchType": "JSONPatch", "patch": canned["patch"]}})
 
 app = web.Application(client_max_size=4 * 1024 * 1024)
 app.router.add_post("/mutate", mutate)
 app.router.add_get("/count", count)
+app.router.add_post("/canned", set_canned)
+app.router.add_post("/canned/mutate", mutate_canned)
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(sys.argv[3], sys.argv[4])
 web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), ssl_context=context,
@@ -198,11 +223,17 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(
-    url: str, ca_pem: bytes, bodies: list[bytes], concurrency: int, seconds: float
+    url: str, ca_pem: bytes, bodies: list[bytes], concurrency: int, seconds: float, pid: int
 ) -> dict[str, float]:
     """Closed-loop load: ``concurrency`` workers, each sending one review after another
-    (the next of ``bodies``, in turn)."""
+    (the next of ``bodies``, in turn); also the server's (``pid``) CPU per request."""
     context = ssl.create_default_context(cadata=ca_pem.decode())
     turn = itertools.cycle(bodies)
     latencies: list[float] = []
@@ -226,37 +257,60 @@ async def load(
         # Warm the connections (TLS handshakes) before measuring.
         await asyncio.gather(*(worker(time.perf_counter() + 0.3) for _ in range(concurrency)))
         latencies.clear()
+        cpu = cpu_seconds(pid)
         started = time.perf_counter()
         await asyncio.gather(*(worker(started + seconds) for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu
     if errors:
         raise RuntimeError(f"{errors} failed requests against {url}")
     return {
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "rps": len(latencies) / elapsed,
+        "cpu_us": cpu / len(latencies) * 1e6,
     }
 
 
+def _paired(runs: dict[str, list[dict[str, float]]], key: str) -> float:
+    """The median over rounds of gateway / bare, each round's two runs side by side."""
+    pairs = zip(runs["gateway"], runs["bare"], strict=True)
+    return round(statistics.median(g[key] / b[key] for g, b in pairs), 2)
+
+
 async def admission_latency(
-    gateway_url: str, bare_url: str, ca_pem: bytes, rounds: int, seconds: float, kind: str
+    servers: dict[str, tuple[str, int]],
+    ca_pem: bytes,
+    rounds: int,
+    seconds: float,
+    kind: str,
 ) -> dict[str, Any]:
+    """``servers``: name (gateway, bare) -> (URL, pid). Each round runs both, back to
+    back, in alternating order; a ratio is the median of the rounds' ratios, so that a
+    slow spell of the shared machine weighs on both sides of a pair alike."""
     result: dict[str, Any] = {}
     bodies = workload(kind)
     for concurrency in (1, 16, 64):
         runs: dict[str, list[dict[str, float]]] = {"gateway": [], "bare": []}
-        for _ in range(rounds):
-            for name, url in (("gateway", gateway_url), ("bare", bare_url)):
-                runs[name].append(await load(url, ca_pem, bodies, concurrency, seconds))
+        for index in range(rounds):
+            order = ("gateway", "bare") if index % 2 == 0 else ("bare", "gateway")
+            for name in order:
+                url, pid = servers[name]
+                runs[name].append(await load(url, ca_pem, bodies, concurrency, seconds, pid))
         summary: dict[str, Any] = {
             name: {
                 key: round(statistics.median(r[key] for r in values), 3)
-                for key in ("p50_ms", "p99_ms", "rps")
+                for key in ("p50_ms", "p99_ms", "rps", "cpu_us")
             }
             for name, values in runs.items()
         }
-        summary["p99_ratio"] = round(summary["gateway"]["p99_ms"] / summary["bare"]["p99_ms"], 2)
-        summary["rps_ratio"] = round(summary["gateway"]["rps"] / summary["bare"]["rps"], 2)
+        summary["p99_ratio"] = _paired(runs, "p99_ms")
+        summary["rps_ratio"] = _paired(runs, "rps")
+        summary["cpu_ratio"] = _paired(runs, "cpu_us")
+        summary["p99_ratios"] = [
+            round(g["p99_ms"] / b["p99_ms"], 2)
+            for g, b in zip(runs["gateway"], runs["bare"], strict=True)
+        ]
         result[str(concurrency)] = summary
         print(f"{kind}, concurrency {concurrency}: {json.dumps(summary)}", flush=True)
     return result
@@ -326,15 +380,15 @@ def _pod(name: str) -> dict[str, Any]:
     }
 
 
-async def create_latencies(api: KubeApi, prefix: str, count: int) -> list[float]:
+async def create_latencies(api: KubeApi, prefix: str, count: int, *, injected: bool) -> list[float]:
     latencies = []
     for i in range(count):
         started = time.perf_counter()
         created = await api.create(PODS, NAMESPACE, _pod(f"{prefix}-{i}"))
         latencies.append(time.perf_counter() - started)
-        injected = "securekeys.io/injected" in (created["metadata"].get("annotations") or {})
-        if injected != prefix.startswith("with-"):
-            raise RuntimeError(f"pod {prefix}-{i}: injected={injected}")
+        seen = "securekeys.io/injected" in (created["metadata"].get("annotations") or {})
+        if seen != injected:
+            raise RuntimeError(f"pod {prefix}-{i}: injected={seen}")
     return latencies
 
 
@@ -355,8 +409,8 @@ def current_rss_mib(pid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=1000, help="ApiKeys and KeyRoles each")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=4.0, help="per round and server")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=2.5, help="per round and server")
     parser.add_argument("--pods", type=int, default=200, help="pod creates per block")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of each arm")
     args = parser.parse_args()
@@ -409,16 +463,13 @@ def main() -> None:
                 synced_rss = current_rss_mib(pid)
                 eventually(lambda: _accepts(host, bare_port), what="the bare server")
                 bare_url = f"https://{host}:{bare_port}"
+                servers = {
+                    "gateway": (f"{gateway.url}/mutate", pid),
+                    "bare": (f"{bare_url}/mutate", bare.pid),
+                }
                 latency = {
                     kind: asyncio.run(
-                        admission_latency(
-                            f"{gateway.url}/mutate",
-                            f"{bare_url}/mutate",
-                            ca_pem,
-                            args.rounds,
-                            args.seconds,
-                            kind,
-                        )
+                        admission_latency(servers, ca_pem, args.rounds, args.seconds, kind)
                     )
                     for kind in WORKLOADS
                 }
@@ -466,6 +517,12 @@ async def _injected(api: KubeApi, name: str) -> bool:
     return "securekeys.io/injected" in (created["metadata"].get("annotations") or {})
 
 
+ADDED = {"with": "added", "canned": "added_by_canned", "bare": "added_by_bare"}
+ARMS = ("with", "canned", "bare", "without")
+"""The pod-create arms: the gateway; the bare endpoint answering with the gateway's patch
+for that pod, given beforehand; the bare endpoint; no webhook."""
+
+
 async def pod_creates(
     admin: Any,
     gateway: GatewayProcess,
@@ -477,17 +534,29 @@ async def pod_creates(
     from kubernetes import client
 
     admission = client.AdmissionregistrationV1Api(admin)
-    arms: dict[str, list[float]] = {"with": [], "bare": [], "without": []}
+    arms: dict[str, list[float]] = {arm: [] for arm in ARMS}
     probes = iter(range(100_000))
-    async with KubeApi(credentials) as api:
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    async with KubeApi(credentials) as api, aiohttp.ClientSession() as session:
+        # The gateway's patch for the benchmark's pod (names aside, every one is alike).
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "canned",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "operation": "CREATE",
+                "namespace": NAMESPACE,
+                "object": _pod("canned"),
+            },
+        }
+        async with session.post(f"{gateway.url}/mutate", json=review, ssl=context) as response:
+            patch = (await response.json())["response"]["patch"]
+        async with session.post(f"{bare_url}/canned", data=patch, ssl=context) as response:
+            response.raise_for_status()
 
         async def bare_calls() -> int:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(
-                    bare_url + "/count", ssl=ssl.create_default_context(cadata=ca_pem.decode())
-                ) as response,
-            ):
+            async with session.get(bare_url + "/count", ssl=context) as response:
                 return int(await response.text())
 
         async def until(check: Any) -> None:
@@ -503,44 +572,47 @@ async def pod_creates(
         async def not_injected() -> bool:
             return not await injected()
 
-        for block in range(args.blocks):
-            register_gateway_webhook(admin, gateway.url, ca_pem, name=WEBHOOK)
-            await until(injected)  # the API server's admission chain has the webhook
-            arms["with"] += await create_latencies(api, f"with-{block}", args.pods)
-            admission.delete_mutating_webhook_configuration(WEBHOOK)
+        async def bare_quiet() -> bool:
+            """No review reaches the bare endpoint any more."""
+            before = await bare_calls()
+            await injected()
+            return await bare_calls() == before
+
+        async def bare_called() -> bool:
+            before = await bare_calls()
+            await injected()
+            return await bare_calls() > before
+
+        async def switch(arm: str) -> None:
+            """Unregister whatever is registered, then register ``arm``'s endpoint and
+            wait until the API server calls it."""
+            with contextlib.suppress(client.ApiException):
+                admission.delete_mutating_webhook_configuration(WEBHOOK)
             await until(not_injected)
-            calls = await bare_calls()
-            register_gateway_webhook(admin, bare_url, ca_pem, name=WEBHOOK)
+            await until(bare_quiet)
+            if arm == "with":
+                register_gateway_webhook(admin, gateway.url, ca_pem, name=WEBHOOK)
+                await until(injected)
+            elif arm in ("canned", "bare"):
+                url = bare_url + ("/canned" if arm == "canned" else "")
+                register_gateway_webhook(admin, url, ca_pem, name=WEBHOOK)
+                await until(bare_called)
 
-            async def bare_called(before: int = calls) -> bool:
-                await injected()
-                return await bare_calls() > before
-
-            await until(bare_called)
-            arms["bare"] += await create_latencies(api, f"bare-{block}", args.pods)
-            admission.delete_mutating_webhook_configuration(WEBHOOK)
-            calls = await bare_calls()
-
-            async def bare_idle() -> bool:
-                nonlocal calls
-                await injected()
-                now = await bare_calls()
-                idle, calls = now == calls, now
-                return idle
-
-            await until(bare_idle)
-            arms["without"] += await create_latencies(api, f"without-{block}", args.pods)
+        for block in range(args.blocks):
+            for arm in ARMS:
+                await switch(arm)
+                arms[arm] += await create_latencies(
+                    api, f"{arm}-{block}", args.pods, injected=arm in ("with", "canned")
+                )
     summary: dict[str, Any] = {"pods_each": len(arms["with"])}
     for arm, values in arms.items():
         summary[f"{arm}_p50_ms"] = round(percentile(values, 0.5) * 1000, 2)
         summary[f"{arm}_p99_ms"] = round(percentile(values, 0.99) * 1000, 2)
     for quantile in ("p50", "p99"):
-        summary[f"added_{quantile}_ms"] = round(
-            summary[f"with_{quantile}_ms"] - summary[f"without_{quantile}_ms"], 2
-        )
-        summary[f"added_by_bare_{quantile}_ms"] = round(
-            summary[f"bare_{quantile}_ms"] - summary[f"without_{quantile}_ms"], 2
-        )
+        for arm, name in ADDED.items():
+            summary[f"{name}_{quantile}_ms"] = round(
+                summary[f"{arm}_{quantile}_ms"] - summary[f"without_{quantile}_ms"], 2
+            )
     print(f"pod create: {json.dumps(summary)}", flush=True)
     return summary
 

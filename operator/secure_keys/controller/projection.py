@@ -19,7 +19,7 @@ from secure_keys.controller.models import ApiKey, source_digest
 from secure_keys.controller.rotation import KeyState, VersionRecord
 from secure_keys.controller.schedule import RotationPolicy
 from secure_keys.core.binding import MAX_VERSION
-from secure_keys.core.integrity import destroyed_tag, tag_valid
+from secure_keys.core.integrity import archived_tag, destroyed_tag, tag_valid
 
 KmsNow = tuple[str, str, str]
 """(provider, key id, key version) the ApiKey's KMS key wraps with now."""
@@ -60,6 +60,51 @@ def destroy_verified(record: VersionRecord, uid: str, tag_key: bytes | bytearray
     return tag_valid(destroyed_tag(tag_key, uid, record.version, stamp), record.destroy_tag)
 
 
+def tag_archived(
+    records: tuple[VersionRecord, ...], uid: str, tag_key: bytes | bytearray
+) -> tuple[VersionRecord, ...]:
+    """Records with every Archived record the controller archived in this pass (trusted,
+    not yet tagged) tagged. An untrusted or unchecked ``archivedAt`` is never tagged here:
+    only ``rotation.restamp`` makes it trusted again, at a new time."""
+    out = []
+    for record in records:
+        if awaits_archive_tag(record):
+            assert record.archived_at is not None  # noqa: S101 - awaits_archive_tag checked
+            stamp = rotation.format_stamp(record.archived_at)
+            record = replace(record, archive_tag=archived_tag(tag_key, uid, record.version, stamp))
+        out.append(record)
+    return tuple(out)
+
+
+def awaits_archive_tag(record: VersionRecord) -> bool:
+    """Whether the controller archived ``record`` itself and has not tagged it yet."""
+    return (
+        record.state == "Archived"
+        and record.archive_trust == "trusted"
+        and record.archive_tag is None
+        and record.archived_at is not None
+    )
+
+
+def archive_verified(record: VersionRecord, uid: str, tag_key: bytes | bytearray) -> bool:
+    """Whether ``archivedAt`` carries the controller's tag for this uid and version."""
+    if record.archived_at is None or record.archive_tag is None:
+        return False
+    stamp = rotation.format_stamp(record.archived_at)
+    return tag_valid(archived_tag(tag_key, uid, record.version, stamp), record.archive_tag)
+
+
+def _archive_checked(
+    record: VersionRecord, uid: str, tag_key: bytes | bytearray | None
+) -> VersionRecord:
+    if record.state != "Archived":
+        return record
+    if tag_key is None:
+        return replace(record, archive_trust="unchecked")
+    trusted = archive_verified(record, uid, tag_key)
+    return replace(record, archive_trust="trusted" if trusted else "untrusted")
+
+
 def key_state(
     key: ApiKey,
     secret: dict[str, Any] | None,
@@ -69,15 +114,19 @@ def key_state(
 ) -> KeyState:
     """The planner's view. A Destroyed record whose blob is still there but which does not
     carry the controller's tag (a status edit, not a decision of ours) is left out, so the
-    planner adopts that blob instead of deleting it."""
+    planner adopts that blob instead of deleting it.
+
+    Each Archived record says whether its ``archivedAt`` carries the controller's tag
+    (``VersionRecord.archive_trust``): the planner re-stamps one that does not, and never
+    counts a grace period from it. Without ``tag_key`` (the controller's keys are not
+    open) nothing can be checked, so no Archived version is destroyed or re-stamped."""
     blobs = blob_versions(secret)
+    uid = key.metadata.uid
     records = tuple(
-        r
+        _archive_checked(r, uid, tag_key)
         for r in records_of(key)
         if not (
-            r.state == "Destroyed"
-            and r.version in blobs
-            and not destroy_verified(r, key.metadata.uid, tag_key)
+            r.state == "Destroyed" and r.version in blobs and not destroy_verified(r, uid, tag_key)
         )
     )
     active = [r for r in records if r.state == "Active"]

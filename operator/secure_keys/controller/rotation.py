@@ -25,6 +25,10 @@ state the next ``plan`` call can finish from, whatever point a crash interrupts:
   Active one Archived, so there is never more than one Active version.
 * A version is marked Destroyed in status **before** its blob is deleted, and a blob of
   a Destroyed version is deleted on the next pass.
+* A grace period is counted only from an ``archivedAt`` the controller tagged
+  (``core.integrity``). An Archived record whose ``archivedAt`` it cannot trust is never
+  destroyed; it is re-stamped to the present first (``Restamp``), so a status edit cannot
+  cut short the time clients have to move off a superseded key.
 
 ``plan`` returns one step; the service executes it, re-reads, and plans again until
 ``Idle``. Every function here is pure: time comes in as an argument.
@@ -41,6 +45,9 @@ from secure_keys.controller.schedule import RotationPolicy
 
 State = Literal["Pending", "Active", "Archived", "Destroyed"]
 STATES: tuple[State, ...] = ("Pending", "Active", "Archived", "Destroyed")
+ArchiveTrust = Literal["trusted", "untrusted", "unchecked"]
+"""Whether an Archived record's ``archivedAt`` may start its grace period (see
+``VersionRecord.archive_trust``)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,16 @@ class VersionRecord:
     destroy_tag: str | None = None
     """The controller's integrity tag on a Destroyed record (``core.integrity``): only a
     tagged record lets its blob be deleted."""
+    archive_tag: str | None = None
+    """The controller's integrity tag on ``archived_at`` (``core.integrity``): only a
+    tagged time starts a grace period."""
+    archive_trust: ArchiveTrust = "trusted"
+    """Not stored: what ``projection.key_state`` found of ``archive_tag`` on an Archived
+    record. ``trusted``: the tag is valid (or the controller archived the version in this
+    pass and tags it when it writes). ``untrusted``: no valid tag, so the planner
+    re-stamps it (``Restamp``) and never destroys it as it stands. ``unchecked``: the
+    controller's keys are not open, so the tag cannot be checked; it is neither destroyed
+    nor re-stamped until they are."""
 
     def to_status(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -83,6 +100,8 @@ class VersionRecord:
                 out[key] = format_stamp(value)
         if self.destroy_tag is not None:
             out["destroyTag"] = self.destroy_tag
+        if self.archive_tag is not None:
+            out["archiveTag"] = self.archive_tag
         return out
 
     @classmethod
@@ -103,6 +122,7 @@ class VersionRecord:
             destroyed_at=_opt_stamp(item.get("destroyedAt")),
             lost_at=_opt_stamp(item.get("lostAt")),
             destroy_tag=str(item["destroyTag"]) if item.get("destroyTag") else None,
+            archive_tag=str(item["archiveTag"]) if item.get("archiveTag") else None,
         )
 
 
@@ -181,6 +201,15 @@ class Destroy:
 
 
 @dataclass(frozen=True)
+class Restamp:
+    """Archived versions whose ``archivedAt`` carries no valid tag of the controller's
+    (a status edit, or a record written before archive tags): set it to now, tagged, and
+    say so. Their grace period restarts from now; it is never cut short."""
+
+    versions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Rewrap:
     """Move these versions' DEKs to the KMS key's current version (KEK rotation).
 
@@ -200,7 +229,7 @@ class Idle:
     wake_at: datetime.datetime | None
 
 
-Step = DeleteBlobs | Adopt | MarkLost | NewVersion | Promote | Destroy | Rewrap | Idle
+Step = DeleteBlobs | Adopt | MarkLost | Restamp | NewVersion | Promote | Destroy | Rewrap | Idle
 
 
 @dataclass(frozen=True)
@@ -254,6 +283,9 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
     )
     if lost:
         return MarkLost(tuple(lost))
+    untrusted = untrusted_archives(state.records)
+    if untrusted:
+        return Restamp(untrusted)
 
     pending = state.by_state("Pending")
     actives = state.by_state("Active")
@@ -335,10 +367,29 @@ def rewrapped(
     )
 
 
+def untrusted_archives(records: Sequence[VersionRecord]) -> tuple[int, ...]:
+    """Archived versions whose ``archivedAt`` did not carry the controller's tag."""
+    return tuple(
+        sorted(
+            r.version for r in records if r.state == "Archived" and r.archive_trust == "untrusted"
+        )
+    )
+
+
+def _grace_starts(record: VersionRecord) -> datetime.datetime | None:
+    """When an Archived record's grace period began, if the controller can vouch for it."""
+    if record.state != "Archived" or record.archive_trust != "trusted":
+        return None
+    return record.archived_at
+
+
 def expired(
     records: Sequence[VersionRecord], policy: RotationPolicy, now: datetime.datetime
 ) -> tuple[int, ...]:
-    """Archived versions beyond the newest ``retain`` live ones, once their grace is over."""
+    """Archived versions beyond the newest ``retain`` live ones, once their grace is over.
+
+    Only a trusted ``archivedAt`` counts: an untrusted or unchecked one never destroys.
+    """
     live = sorted(
         (r for r in records if r.state in ("Active", "Archived")),
         key=lambda r: r.version,
@@ -346,9 +397,10 @@ def expired(
     )
     doomed = []
     for record in live[policy.retain :]:
-        if record.state != "Archived" or record.archived_at is None:
+        started = _grace_starts(record)
+        if started is None:
             continue
-        if now >= record.archived_at + policy.grace_period:
+        if now >= started + policy.grace_period:
             doomed.append(record.version)
     return tuple(sorted(doomed))
 
@@ -364,8 +416,9 @@ def wake_time(state: KeyState, now: datetime.datetime) -> datetime.datetime | No
         reverse=True,
     )
     for record in live[state.policy.retain :]:
-        if record.archived_at is not None:
-            candidates.append(record.archived_at + state.policy.grace_period)
+        started = _grace_starts(record)
+        if started is not None:
+            candidates.append(started + state.policy.grace_period)
     future = [c for c in candidates if c > now]
     return min(future) if future else None
 
@@ -391,13 +444,30 @@ def promote(
         if record.version == version:
             out.append(replace(record, state="Active", activated_at=now))
         elif record.state == "Active":
-            out.append(replace(record, state="Archived", archived_at=now))
+            out.append(_archived(record, now))
         elif record.state == "Pending":
             # An older Pending version lost the race to this one; it was never served.
             out.append(replace(record, state="Destroyed", destroyed_at=now))
         else:
             out.append(record)
     return tuple(out)
+
+
+def _archived(record: VersionRecord, now: datetime.datetime) -> VersionRecord:
+    """``record`` archived by the controller at ``now``: trusted, tagged when written."""
+    return replace(
+        record, state="Archived", archived_at=now, archive_tag=None, archive_trust="trusted"
+    )
+
+
+def restamp(
+    records: Sequence[VersionRecord], versions: Iterable[int], now: datetime.datetime
+) -> tuple[VersionRecord, ...]:
+    """Records with these Archived versions' grace period restarted at ``now``."""
+    chosen = set(versions)
+    return tuple(
+        _archived(r, now) if r.version in chosen and r.state == "Archived" else r for r in records
+    )
 
 
 def destroy(
@@ -457,11 +527,19 @@ def prune_destroyed(
 def grace_versions(
     records: Sequence[VersionRecord], policy: RotationPolicy, now: datetime.datetime
 ) -> tuple[VersionRecord, ...]:
-    """Archived versions still within their grace period: served as ``.previous``."""
-    return tuple(
-        r
-        for r in records
-        if r.state == "Archived"
-        and r.archived_at is not None
-        and now < r.archived_at + policy.grace_period
-    )
+    """Archived versions still within their grace period: served as ``.previous``.
+
+    A version whose ``archivedAt`` is not trusted (yet) is counted as within it: it is
+    about to be re-stamped to the present, never destroyed as it stands.
+    """
+    out = []
+    for record in records:
+        if record.state != "Archived":
+            continue
+        started = _grace_starts(record)
+        if started is None:
+            if record.archive_trust != "trusted":
+                out.append(record)
+        elif now < started + policy.grace_period:
+            out.append(record)
+    return tuple(out)

@@ -258,6 +258,8 @@ class Reconciler:
                 return await steps.promote(key, body, state, step), secret
             case rotation.Destroy():
                 return await steps.destroy(key, body, state, step), secret
+            case rotation.Restamp():
+                return await steps.restamp(key, body, state, step), secret
             case _:
                 raise AssertionError(f"unexpected step {step!r}")
 

@@ -40,7 +40,12 @@ from secure_keys.controller.config import KmsDirectory
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.failpoints import failpoint
 from secure_keys.controller.models import ApiKey, KmsRef
-from secure_keys.controller.projection import summary, tag_destroyed
+from secure_keys.controller.projection import (
+    awaits_archive_tag,
+    summary,
+    tag_archived,
+    tag_destroyed,
+)
 from secure_keys.controller.rotation import KeyState, VersionRecord
 from secure_keys.controller.sources import (
     SourceForbidden,
@@ -423,6 +428,55 @@ class StepExecutor:
         )
         return body
 
+    async def restamp(
+        self, key: ApiKey, body: Body, state: KeyState, step: rotation.Restamp
+    ) -> Body:
+        """Restart the grace period of versions whose ``archivedAt`` has no valid tag.
+
+        Trusting such a time could let a status edit (``archivedAt`` set to 1970) destroy a
+        version that clients may still use; taking it as "now" gives them a full grace
+        period from the moment the controller noticed.
+        """
+        tag_key = self.keys().fingerprint_key  # never write the new stamps untagged
+        now = self.clock()
+        records = rotation.restamp(state.records, step.versions, now)
+        records = tag_archived(records, key.metadata.uid, tag_key)
+        written = await self._write_records(key, body, records, state, {})
+        if written is not body:  # (the same object back: the ApiKey is gone)
+            stored = {
+                v.get("version"): v.get("archiveTag")
+                for v in (written.get("status") or {}).get("versions") or []
+                if isinstance(v, dict)
+            }
+            if any(
+                stored.get(r.version) != r.archive_tag
+                for r in records
+                if r.version in step.versions
+            ):
+                # An outdated CRD prunes archiveTag: every pass would re-stamp (and report)
+                # again, and the version would never be destroyed. Say so and stop.
+                raise StatusNotPersisted(
+                    "status field versions[].archiveTag was not stored; update the ApiKey CRD"
+                )
+        body = written
+        listed = ", ".join(str(v) for v in step.versions)
+        await self.writer.event(
+            body,
+            "Warning",
+            "ArchivedAtUntrusted",
+            f"archivedAt of version(s) {listed} carried no valid integrity tag of the "
+            "controller (edited in status, or written before archive tags existed); it is "
+            f"re-stamped to {rotation.format_stamp(now)}, and the grace period runs from "
+            "then",
+        )
+        _log.warning(
+            "apikey.archived_at.untrusted",
+            namespace=key.metadata.namespace,
+            apikey=key.metadata.name,
+            versions=list(step.versions),
+        )
+        return body
+
     async def rewrap(
         self, key: ApiKey, body: Body, secret: Secret, state: KeyState, step: rotation.Rewrap
     ) -> tuple[Secret, Body]:
@@ -535,6 +589,14 @@ class StepExecutor:
         keys = self._keys()
         if keys is not None:
             records = tag_destroyed(records, key.metadata.uid, keys.fingerprint_key)
+            records = tag_archived(records, key.metadata.uid, keys.fingerprint_key)
+        elif any(awaits_archive_tag(r) for r in records):
+            # An untagged archivedAt would be re-stamped (later than the truth) on the next
+            # pass: wait for the keys rather than write one.
+            raise ControllerKeysUnavailable(
+                "archiving a version needs the controller's keys (to tag archivedAt), and "
+                "its default KMS key has not opened them yet"
+            )
         status = summary(key, records, state.blobs, state.policy, self.clock())
         status.update(extra)
         body = await self.writer.patch_status(body, status)

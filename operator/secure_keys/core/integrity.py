@@ -12,6 +12,17 @@ lets the controller tell its own decisions from forged ones:
 * ``destroyed`` tags, on status records, over the uid, the version and the time it was
   destroyed. A blob is deleted only when its Destroyed record carries a valid tag, so a
   status edit alone cannot make the controller delete the only sealed copy of a key.
+* ``archived`` tags, on status records, over the uid, the version and the time it was
+  archived (``archivedAt``, which starts its grace period). A version is destroyed at
+  ``archivedAt`` plus the grace period only when that time carries a valid tag; an
+  ``archivedAt`` without a valid one (back-dated in status, carrying a tag copied from
+  another version or ApiKey, or written before these tags existed) is re-stamped to the
+  present with a fresh tag. A status edit can at most restart a grace period from the
+  present; it can never shorten one.
+
+A tag proves only that the controller once decided this for this uid and version; it
+does not say the decision is the latest. Restoring an earlier tagged ``archivedAt`` of
+the same version gives back at most the grace period the controller first granted.
 
 Tags are ``hm1:<32 hex digits>`` (128 bits) and compared in constant time. The key is
 derived from the controller's fingerprint key under its own label, so it is separate
@@ -24,14 +35,14 @@ import hashlib
 import hmac
 from typing import Literal
 
-__all__ = ["TAG_PREFIX", "Purpose", "blob_tag", "destroyed_tag", "tag_valid"]
+__all__ = ["TAG_PREFIX", "Purpose", "archived_tag", "blob_tag", "destroyed_tag", "tag_valid"]
 
 TAG_PREFIX = "hm1:"
 _LABEL = b"securekeys.io/v1/integrity-tag\x00"
 _SIZE = 16
 _MIN_KEY_SIZE = 32
 
-Purpose = Literal["blob", "destroyed"]
+Purpose = Literal["blob", "destroyed", "archived"]
 
 
 def _field(value: str | bytes) -> bytes:
@@ -56,6 +67,12 @@ def blob_tag(key: bytes | bytearray, uid: str, version: int, sealed: bytes) -> s
 def destroyed_tag(key: bytes | bytearray, uid: str, version: int, destroyed_at: str) -> str:
     """The tag of a Destroyed record: the controller decided to destroy this version."""
     return _tag(key, "destroyed", uid, version, destroyed_at.encode())
+
+
+def archived_tag(key: bytes | bytearray, uid: str, version: int, archived_at: str) -> str:
+    """The tag of an Archived record's ``archivedAt``: the controller archived this
+    version at this time, so its grace period may be counted from it."""
+    return _tag(key, "archived", uid, version, archived_at.encode())
 
 
 def tag_valid(expected: str, presented: object) -> bool:

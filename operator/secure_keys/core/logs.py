@@ -7,45 +7,35 @@ contextvars. Log calls pass names, versions and fingerprints, never key material
 
 structlog's own events skip the standard library: structlog renders them with the same
 processors and writes them straight to stderr, so the lines are the same as through a
-``logging`` handler, at half the cost (the gateway writes one per admission). Where
-orjson is installed (the server extra) every JSON line is rendered by it (structlog's
-as bytes), in 60 % of the time: the same fields and values, compact, non-ASCII text as
-UTF-8 rather than escaped, and anything orjson cannot write (an integer past 64 bits)
-by the standard library instead.
+``logging`` handler, at half the cost (the gateway writes one per admission). A
+process may pass a faster serializer (``dumps``): the gateway renders every JSON line
+with orjson (structlog's as bytes), in 60 % of the time: the same fields and values,
+compact, non-ASCII text as UTF-8 rather than escaped. ``core`` itself imports only base
+dependencies, and orjson is in the server extra.
 """
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 _configured = False
 
 
-def _orjson_dumps() -> Callable[..., bytes] | None:
-    """A ``json.dumps``-like serializer giving bytes by orjson, or None without it."""
-    try:
-        import orjson
-    except ImportError:  # the base install: the CLI logs little
-        return None
+def configure(
+    *,
+    json: bool | None = None,
+    level: int = logging.INFO,
+    dumps: Callable[..., bytes] | None = None,
+) -> None:
+    """Configure logging for this process, once.
 
-    def dumps(value: Any, **options: Any) -> bytes:
-        try:
-            return orjson.dumps(
-                value, default=options.get("default"), option=orjson.OPT_NON_STR_KEYS
-            )
-        except TypeError:  # orjson.JSONEncodeError: say, an integer past 64 bits
-            return jsonlib.dumps(value, **options).encode()
-
-    return dumps
-
-
-def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
+    ``dumps``: a faster ``json.dumps`` giving bytes (the gateway passes orjson's, see the
+    module), used for every JSON line; None keeps the standard library's.
+    """
     global _configured
     if _configured:
         return
@@ -59,7 +49,7 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     ]
     # Never rich tracebacks with local variables: a frame's locals can hold a bearer
     # token or a request body. Plain tracebacks carry only code and exception messages.
-    fast = _orjson_dumps() if json else None
+    fast = dumps if json else None
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         if not json

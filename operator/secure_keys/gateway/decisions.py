@@ -26,20 +26,25 @@ annotations, containers and mount paths are answered afresh every time and never
 each kept answer is weighed (an upper estimate of what it holds) and the oldest are
 dropped while the weights add up to more than ``budget`` bytes or the count to more than
 ``capacity``. A shape holds names, labels, annotations and mount paths, never key
-material (the gateway has none).
+material (the webhook has none).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import replace
 
 from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.injection import RESERVED_VOLUMES, GatewaySettings
 from secure_keys.gateway.mutate import Outcome, admit, admit_pod
 from secure_keys.gateway.pod import MalformedPod, PodView, pod_view
-from secure_keys.gateway.review import AdmissionRequest, ReviewTemplate, encode, template
+from secure_keys.gateway.review import (
+    AdmissionRequest,
+    AdmissionResponse,
+    ReviewTemplate,
+    encode,
+    template,
+)
 
 DEFAULT_CAPACITY = 256
 DEFAULT_BUDGET = 4 * 1024 * 1024
@@ -154,9 +159,8 @@ class Decisions:
             return outcome, answer.fill(request.uid)
         self.hits += 1
         self.observe(True)
-        outcome, answer, _weight = kept
-        response = replace(outcome.response, uid=request.uid)
-        return replace(outcome, response=response, pod=pod.name), answer.fill(request.uid)
+        kept_outcome, answer, _weight = kept
+        return _for(kept_outcome, request.uid, pod.name), answer.fill(request.uid)
 
     def _keep(
         self, key: tuple[str, Hashable], outcome: Outcome, answer: ReviewTemplate, weight: int
@@ -173,6 +177,14 @@ class Decisions:
             self._weight -= dropped
         self._kept[key] = (outcome, answer, weight)
         self._weight += weight
+
+
+def _for(outcome: Outcome, uid: str, pod: str) -> Outcome:
+    """``outcome`` for another request and pod (``dataclasses.replace``, but without
+    its field introspection: this runs for every reused answer)."""
+    r = outcome.response
+    response = AdmissionResponse(uid, r.allowed, r.patch, r.code, r.reason, r.message, r.warnings)
+    return Outcome(response, outcome.outcome, outcome.reason, outcome.mode, outcome.keys, pod)
 
 
 def _items(pod: PodView) -> int:

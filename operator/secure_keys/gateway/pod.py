@@ -62,8 +62,9 @@ def _list(value: object, what: str) -> list[Any]:
 
 def _strings(value: object, what: str) -> dict[str, str]:
     mapping = _mapping(value, what)
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise MalformedPod(f"{what} must map strings to strings")
+    for key, item in mapping.items():
+        if not (isinstance(key, str) and isinstance(item, str)):
+            raise MalformedPod(f"{what} must map strings to strings")
     return dict(mapping)
 
 
@@ -75,24 +76,34 @@ def _uid(value: object, what: str) -> int | None:
     return value
 
 
+def _mount_paths(mounts: list[Any], where: str) -> tuple[str, ...]:
+    paths = []
+    for position, mount in enumerate(mounts):
+        if mount is None:
+            continue  # reads as an empty object: no path
+        if not isinstance(mount, dict):
+            raise MalformedPod(f"{where}.volumeMounts[{position}] is not an object")
+        path = mount.get("mountPath")
+        if isinstance(path, str):
+            paths.append(path)
+    return tuple(paths)
+
+
 def _containers(value: object, what: str) -> tuple[ContainerView, ...]:
+    # Messages are worded only on failure: this runs for every admission review.
     views = []
     for index, item in enumerate(_list(value, what)):
-        where = f"{what}[{index}]"
-        container = _mapping(item, where)
+        container = _mapping(item, f"{what}[{index}]") if not isinstance(item, dict) else item
         name = container.get("name")
         if not isinstance(name, str):
-            raise MalformedPod(f"{where}.name is not a string")
+            raise MalformedPod(f"{what}[{index}].name is not a string")
         mounts = container.get("volumeMounts")
-        paths = []
-        for position, mount in enumerate(_list(mounts, f"{where}.volumeMounts")):
-            path = _mapping(mount, f"{where}.volumeMounts[{position}]").get("mountPath")
-            if isinstance(path, str):
-                paths.append(path)
+        if mounts is not None and not isinstance(mounts, list):
+            raise MalformedPod(f"{what}[{index}].volumeMounts is not a list")
         views.append(
             ContainerView(
                 name=name,
-                mount_paths=tuple(paths),
+                mount_paths=_mount_paths(mounts, f"{what}[{index}]") if mounts else (),
                 has_mounts=mounts is not None,
                 native_sidecar=container.get("restartPolicy") == "Always",
             )
@@ -116,7 +127,10 @@ def pod_view(obj: Mapping[str, Any] | None, namespace: str) -> PodView:
     volumes = _list(spec.get("volumes"), "spec.volumes")
     volume_names = set()
     for index, volume in enumerate(volumes):
-        volume_name = _mapping(volume, f"spec.volumes[{index}]").get("name")
+        if not isinstance(volume, dict):
+            _mapping(volume, f"spec.volumes[{index}]")  # None reads as {}; else raises
+            continue
+        volume_name = volume.get("name")
         if isinstance(volume_name, str):
             volume_names.add(volume_name)
     security = _mapping(spec.get("securityContext"), "spec.securityContext")

@@ -2,8 +2,8 @@
 
 structlog's events are written straight to stderr, the standard library's go through a
 handler; both must be one JSON object per line with the same fields as ever, in one
-layout (orjson's compact one, the server extra being installed here), debug filtered
-out, and tracebacks without local variables.
+layout (``json.dumps``'s, or the compact one of the gateway's orjson serializer), debug
+filtered out, and tracebacks without local variables.
 """
 
 from __future__ import annotations
@@ -13,13 +13,19 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent(
     """
     import logging
     import structlog
     from secure_keys.core.logs import configure
 
-    configure(json=True)
+    if GATEWAY:
+        from secure_keys.gateway.__main__ import log_dumps
+        configure(json=True, dumps=log_dumps)
+    else:
+        configure(json=True)
     log = structlog.get_logger("secure_keys.test")
     log.info("plain", uid="u-1", keys=["a", "b"], duration_ms=0.25, dry_run=False)
     print("PLAIN", flush=True)
@@ -36,15 +42,21 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_every_line_is_one_json_object_with_the_usual_fields() -> None:
+@pytest.mark.parametrize("gateway", [False, True], ids=["json.dumps", "gateway-orjson"])
+def test_every_line_is_one_json_object_with_the_usual_fields(gateway: bool) -> None:
+    script = f"GATEWAY = {gateway}\n" + SCRIPT
     done = subprocess.run(  # noqa: S603 - our interpreter, our script
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout == "PLAIN\n"  # stdout carries no log line
     assert "do-not-log-locals" not in done.stderr
     lines = done.stderr.splitlines()
-    assert lines[0].startswith('{"uid":"u-1","keys":["a","b"],')  # orjson's layout
-    assert lines[-1].startswith('{"event":"from stdlib",')  # the same through logging
+    if gateway:  # orjson's compact layout, through logging too
+        assert lines[0].startswith('{"uid":"u-1","keys":["a","b"],')
+        assert lines[-1].startswith('{"event":"from stdlib",')
+    else:  # json.dumps's
+        assert lines[0].startswith('{"uid": "u-1", "keys": ["a", "b"], ')
+        assert lines[-1].startswith('{"event": "from stdlib", ')
     plain, odd, failed, foreign = [json.loads(line) for line in lines]
     assert plain["event"] == "plain"
     assert plain["level"] == "info"

@@ -18,11 +18,17 @@ from typing import Any
 import pytest
 
 from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.decisions import MAX_KEPT_BODY, MAX_KEPT_ITEMS, Decisions, pod_shape
+from secure_keys.gateway.decisions import (
+    MAX_KEPT_BODY,
+    MAX_KEPT_ITEMS,
+    Decisions,
+    _for,
+    pod_shape,
+)
 from secure_keys.gateway.injection import KEYS_VOLUME, GatewaySettings
-from secure_keys.gateway.mutate import admit
+from secure_keys.gateway.mutate import Outcome, admit
 from secure_keys.gateway.pod import ContainerView, PodView, pod_view
-from secure_keys.gateway.review import decode, encode
+from secure_keys.gateway.review import AdmissionResponse, decode, encode
 from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, body, pod, review
 
@@ -339,3 +345,25 @@ def test_pods_past_the_limits_are_answered_and_never_kept() -> None:
         assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
     assert len(decisions) == 0
     assert (decisions.hits, decisions.misses) == (0, 0)
+
+
+def test_a_reused_outcome_carries_every_field_but_uid_and_pod() -> None:
+    """``_for`` builds the reused Outcome field by field: a field added to Outcome or
+    AdmissionResponse and not carried there fails this."""
+    response = AdmissionResponse(
+        "uid-1",
+        allowed=False,
+        patch=({"op": "add", "path": "/x", "value": 1},),
+        code=403,
+        reason="KeyNotGranted",
+        message="m",
+        warnings=("w",),
+    )
+    outcome = Outcome(response, "denied", "KeyNotGranted", "classic", ("a", "b"), "web-1")
+    for obj in (outcome, response):
+        for f in dataclasses.fields(obj):
+            assert getattr(obj, f.name) != f.default, f"give {f.name} a non-default value"
+    expected = dataclasses.replace(
+        outcome, response=dataclasses.replace(response, uid="uid-2"), pod="web-2"
+    )
+    assert _for(outcome, "uid-2", "web-2") == expected
