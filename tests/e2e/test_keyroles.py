@@ -46,10 +46,16 @@ def test_keyrole_reports_missing_keys_until_they_exist(
 
     obj = eventually(missing, what="KeysMissing")
     assert obj["status"]["missingKeys"] == ["stripe"]
-    events = client.CoreV1Api(admin_api).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=readers"
-    )
-    assert "KeysMissing" in {e.reason for e in events.items}
+
+    def reasons() -> set[str] | None:
+        # The Event is posted after the status write: wait for it, do not race it.
+        events = client.CoreV1Api(admin_api).list_namespaced_event(
+            namespace, field_selector="involvedObject.name=readers"
+        )
+        found = {e.reason for e in events.items}
+        return found if "KeysMissing" in found else None
+
+    eventually(reasons, what="a KeysMissing Event")
 
     create_apikey(admin_api, namespace, "stripe", {"source": {"generate": {}}})
     body = {
