@@ -378,20 +378,34 @@ class StepExecutor:
         records = rotation.mark_lost(state.records, step.versions, self.clock())
         body = await self._write_records(key, body, records, state, {})
         listed = ", ".join(str(v) for v in step.versions)
-        await self.writer.event(
+        await self._warn(
+            key,
             body,
-            "Warning",
             "BlobMissing",
             f"version(s) {listed} lost their sealed blob (the blob Secret was deleted or "
             "edited outside the controller); they are marked Destroyed and no longer served",
-        )
-        _log.warning(
             "apikey.blobs.missing",
-            namespace=key.metadata.namespace,
-            apikey=key.metadata.name,
-            versions=list(step.versions),
+            step.versions,
         )
         return body
+
+    async def _warn(
+        self,
+        key: ApiKey,
+        body: Body,
+        reason: str,
+        message: str,
+        log_event: str,
+        versions: tuple[int, ...],
+    ) -> None:
+        """A Warning Event on the ApiKey about some of its versions, and its log line."""
+        await self.writer.event(body, "Warning", reason, message)
+        _log.warning(
+            log_event,
+            namespace=key.metadata.namespace,
+            apikey=key.metadata.name,
+            versions=list(versions),
+        )
 
     async def promote(
         self, key: ApiKey, body: Body, state: KeyState, step: rotation.Promote
@@ -460,20 +474,16 @@ class StepExecutor:
                 )
         body = written
         listed = ", ".join(str(v) for v in step.versions)
-        await self.writer.event(
+        await self._warn(
+            key,
             body,
-            "Warning",
             "ArchivedAtUntrusted",
             f"archivedAt of version(s) {listed} carried no valid integrity tag of the "
             "controller (edited in status, or written before archive tags existed); it is "
             f"re-stamped to {rotation.format_stamp(now)}, and the grace period runs from "
             "then",
-        )
-        _log.warning(
             "apikey.archived_at.untrusted",
-            namespace=key.metadata.namespace,
-            apikey=key.metadata.name,
-            versions=list(step.versions),
+            step.versions,
         )
         return body
 
