@@ -8,8 +8,10 @@ exist. ``KeyRoleReconciler`` writes that to the KeyRole's status (``resolvedKeys
 read what is enforced where keys are delivered (the gateway); this only keeps the
 role's status honest. ``roles_to_requeue`` decides which roles an ApiKey event can
 affect (only a change of existence or labels can), so the watch does not fan every
-ApiKey write out to every role of the namespace; resolution lists ApiKeys a page at a
-time and keeps only their names and labels.
+ApiKey write out to every role of the namespace. Resolution lists the namespace's ApiKeys
+a page at a time as metadata only (``KubeApi.list(..., metadata_only=True)``: a
+``PartialObjectMetadataList``), so the sealed sources and statuses it has no use for are
+never sent to the controller, and it keeps only names and labels.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ class KeyRoleSpec(_Model):
 
 
 LIST_PAGE = 25
-"""ApiKeys asked for per list call. An ApiKey can hold hundreds of KiB of status, and
-the list comes back whole (the client cannot ask for metadata only), so a page bounds
-what one resolution holds at a time."""
+"""ApiKeys asked for per list call. The list is of metadata only, but labels,
+annotations and managedFields are still unbounded, so a page bounds what one resolution
+holds at a time."""
 
 
 def selection_of(spec: Mapping[str, Any] | None) -> KeySelection | None:
@@ -163,13 +165,16 @@ class KeyRoleReconciler:
     async def _names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
         """Every live ApiKey of the namespace as (name, labels), a page at a time.
 
-        Only names and labels decide a resolution; each page's full objects (specs and
-        statuses that can run to hundreds of KiB) are dropped before the next is asked for.
+        Only names and labels decide a resolution, so the pages are metadata only: the
+        specs (sealed sources of tens of KiB) and statuses stay on the API server. Each
+        page is dropped before the next is asked for.
         """
         apikeys: list[tuple[str, dict[str, str]]] = []
         token: str | None = None
         while True:
-            page = await self.api.list(APIKEYS, namespace, limit=LIST_PAGE, continue_=token)
+            page = await self.api.list(
+                APIKEYS, namespace, limit=LIST_PAGE, continue_=token, metadata_only=True
+            )
             for item in page.get("items") or []:
                 metadata = item["metadata"]
                 if not metadata.get("deletionTimestamp"):

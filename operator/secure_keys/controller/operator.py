@@ -228,11 +228,14 @@ class Runtime:
         await self._requeue_apikeys(api)
 
     async def _requeue_apikeys(self, api: KubeApi) -> None:
+        """Queue every selected ApiKey; names are all it needs, so it lists metadata only."""
         scope = single_namespace(self.options.namespaces)
         token: str | None = None
         while True:
             try:
-                page = await api.list(APIKEYS, scope, limit=500, continue_=token)
+                page = await api.list(
+                    APIKEYS, scope, limit=500, continue_=token, metadata_only=True
+                )
             except ApiError as exc:
                 _log.warning("apikeys.requeue.failed", status=exc.status)
                 return

@@ -18,6 +18,12 @@ What it does for every caller:
 * A watch whose resourceVersion is too old (410 Gone, as the HTTP status or as an ERROR
   event in the stream) raises ``WatchExpired``; ``informer.py`` lists again on it.
 
+``list(..., metadata_only=True)`` asks the API server for a ``PartialObjectMetadataList``
+(the ``Accept`` header ``METADATA_LIST_ACCEPT``): each item is only apiVersion, kind and
+metadata, so a caller that needs names and labels neither receives nor parses specs and
+statuses (an ApiKey's sealed source runs to tens of KiB). Paging and retries are as for
+any list; a server that cannot convert answers 406, an ``ApiError``.
+
 Errors are ``ApiError`` with the HTTP status and the API server's own message. Request
 bodies never appear in an error or a log: they may hold sealed blobs.
 """
@@ -56,6 +62,9 @@ _IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _MAX_WATCH_LINE = 8 * 1024 * 1024
 """One watch event per line; a Secret may be 1 MiB and grows when JSON-encoded."""
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+"""Asks a list for its items' metadata only. No fallback to a plain ``application/json``:
+a server that cannot convert should fail (406) rather than silently send whole objects."""
 
 
 class ApiError(Exception):
@@ -344,7 +353,10 @@ class KubeApi:
         body: Any = None,
         content_type: str = "application/json",
         query: Mapping[str, str] | None = None,
+        accept: str | None = None,
     ) -> JsonObject:
+        """One call, retried as ``RetryPolicy`` allows. ``accept`` replaces the default
+        ``Accept: application/json`` (for another representation of the same resource)."""
         session = self._require_session()
         data = None
         if body is not None:
@@ -357,6 +369,8 @@ class KubeApi:
         while True:
             auth = await self._auth(rejected)
             headers = dict(auth.headers)
+            if accept is not None:
+                headers["Accept"] = accept
             if data is not None:
                 headers["Content-Type"] = content_type
             extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
@@ -393,7 +407,13 @@ class KubeApi:
         field_selector: str | None = None,
         limit: int | None = None,
         continue_: str | None = None,
+        metadata_only: bool = False,
     ) -> JsonObject:
+        """One page of objects; its ``metadata.continue``, when set, asks for the next.
+
+        With ``metadata_only`` the API server answers a ``PartialObjectMetadataList``:
+        items hold ``apiVersion``, ``kind`` and ``metadata`` only (no spec, no status).
+        """
         query: dict[str, str] = {}
         if label_selector:
             query["labelSelector"] = label_selector
@@ -403,7 +423,8 @@ class KubeApi:
             query["limit"] = str(limit)
         if continue_:
             query["continue"] = continue_
-        return await self.request("GET", resource.path(namespace), query=query)
+        accept = METADATA_LIST_ACCEPT if metadata_only else None
+        return await self.request("GET", resource.path(namespace), query=query, accept=accept)
 
     async def watch(
         self,

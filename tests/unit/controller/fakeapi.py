@@ -8,7 +8,8 @@ resourceVersion preconditions on merge patches and replaces (409), ``test`` oper
 in JSON patches, uid/resourceVersion delete preconditions, finalizers delaying deletion,
 and status written only through the status subresource. ``before`` hooks run before a
 matching call, so a test can interleave a change; ``calls`` records every call but
-lists, which ``lists`` records. ``list`` pages with ``limit`` and ``continue_``.
+lists, which ``lists`` records. ``list`` pages with ``limit`` and ``continue_``, and with
+``metadata_only`` keeps only each item's metadata, as the API server does.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class FakeApi:
         *,
         limit: int | None = None,
         continue_: str | None = None,
+        metadata_only: bool = False,
         **_: Any,
     ) -> dict[str, Any]:
         """Items in the order stored; with ``limit``, a page and a ``continue`` token (an
@@ -110,6 +112,8 @@ class FakeApi:
         start = int(continue_) if continue_ else 0
         end = len(matching) if not limit else min(len(matching), start + limit)
         items = [copy.deepcopy(v) for v in matching[start:end]]
+        if metadata_only:
+            items = [{"kind": "PartialObjectMetadata", "metadata": v["metadata"]} for v in items]
         metadata = {"resourceVersion": str(next(self._rv))}
         if end < len(matching):
             metadata["continue"] = str(end)
