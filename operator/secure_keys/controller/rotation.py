@@ -43,6 +43,10 @@ from typing import Literal
 
 from secure_keys.controller.schedule import RotationPolicy
 
+# Re-exported: the controller names them rotation.format_stamp and rotation.parse_stamp.
+from secure_keys.core.stamps import format_stamp as format_stamp
+from secure_keys.core.stamps import parse_stamp as parse_stamp
+
 State = Literal["Pending", "Active", "Archived", "Destroyed"]
 STATES: tuple[State, ...] = ("Pending", "Active", "Archived", "Destroyed")
 ArchiveTrust = Literal["trusted", "untrusted", "unchecked"]
@@ -124,22 +128,6 @@ class VersionRecord:
             destroy_tag=str(item["destroyTag"]) if item.get("destroyTag") else None,
             archive_tag=str(item["archiveTag"]) if item.get("archiveTag") else None,
         )
-
-
-def format_stamp(value: datetime.datetime) -> str:
-    """The one timestamp form of status fields, conditions and Events (RFC 3339, UTC)."""
-    # Not strftime("%Y"): it does not pad years below 1000, and the API server wants four
-    # digits.
-    v = value.astimezone(datetime.UTC)
-    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
-
-
-def parse_stamp(text: str) -> datetime.datetime:
-    """An RFC 3339 time as the API server accepts it (fractions and offsets allowed)."""
-    value = datetime.datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} has no time zone")
-    return value.astimezone(datetime.UTC)
 
 
 def _opt_stamp(value: object) -> datetime.datetime | None:

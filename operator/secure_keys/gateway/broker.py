@@ -249,6 +249,7 @@ class Session:
         states: dict[str, KeyState] = {}
         revoked: list[str] = []
         wakes: list[datetime | None] = []
+        tag_key = await self.broker.material.fingerprint_key()  # open once the broker is ready
         for key in self.keys:
             decision = grant(self.pod, key, apikeys, roles, now)
             if isinstance(decision, Refusal):
@@ -263,7 +264,7 @@ class Session:
                 continue
             view = apikeys[key]
             current = view.current()
-            previous = view.previous(now)
+            previous = view.previous(now, tag_key)
             signature = (
                 None if current is None else (current.version, current.fingerprint),
                 None if previous is None else (previous[0].version, previous[1]),

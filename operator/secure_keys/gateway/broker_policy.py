@@ -20,6 +20,13 @@ What a KeyRole's ``access`` means for a pod (docs/gateway.md, "The broker"):
   a ``ttl`` the lease is ``DEFAULT_LEASE``. A lease never runs past the close of the
   window that grants it. On an open stream the broker renews a lease at half its life.
   With several granting roles, the longest lease wins (each role is a grant on its own).
+
+The previous version (``.previous``) is offered only while its grace period runs from an
+``archivedAt`` that carries the controller's integrity tag (``core.integrity``): a time
+edited in status is not believed, and the version is not offered until the controller
+stamps it again (``ArchivedAtUntrusted``, docs/controller.md). So an edit can neither
+lengthen nor cut short what the broker serves, beyond withholding ``.previous`` until
+the next reconcile.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
+from secure_keys.core.integrity import archived_tag, tag_valid
+from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
 
 INJECTED_ANNOTATION = "securekeys.io/injected"
@@ -123,6 +132,7 @@ class VersionView:
     archived_at: datetime | None
     kms_provider: str | None
     kms_key_id: str | None
+    archive_tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,9 +160,12 @@ class DeliveryKeyView:
                 return record
         return None
 
-    def previous(self, now: datetime) -> tuple[VersionView, datetime] | None:
+    def previous(
+        self, now: datetime, tag_key: bytes | bytearray
+    ) -> tuple[VersionView, datetime] | None:
         """The newest Archived version still in its grace period, and when it ends (the
-        controller's ``rotation.grace_versions``)."""
+        controller's ``rotation.grace_versions``); only an ``archivedAt`` carrying a valid
+        tag under ``tag_key`` (the controller's fingerprint key) counts."""
         current = self.current()
         if current is None:
             return None
@@ -161,6 +174,11 @@ class DeliveryKeyView:
             if record.state != "Archived" or record.archived_at is None:
                 continue
             if record.version >= current.version:
+                continue
+            stamp = format_stamp(record.archived_at)
+            if not tag_valid(
+                archived_tag(tag_key, self.uid, record.version, stamp), record.archive_tag
+            ):
                 continue
             ends = record.archived_at + self.grace
             if now < ends and (best is None or record.version > best[0].version):
@@ -200,6 +218,7 @@ def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
                 archived_at=_time(record.get("archivedAt")),
                 kms_provider=record.get("kmsProvider") or kms.get("provider"),
                 kms_key_id=record.get("kmsKeyId") or kms.get("keyId"),
+                archive_tag=tag if isinstance(tag := record.get("archiveTag"), str) else None,
             )
         )
     labels = metadata.get("labels") or {}

@@ -23,11 +23,12 @@ from secure_keys.core.binding import KeyBinding
 from secure_keys.core.delivery import HeldVersions, StateMessage, StreamRequest
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.hierarchy import MIN_ITERATIONS
-from secure_keys.core.integrity import blob_tag
+from secure_keys.core.integrity import archived_tag, blob_tag
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.audit import AuditLog, PodEvents
 from secure_keys.gateway.broker import Broker, RateLimits
 from secure_keys.gateway.caches import GatewayCaches
@@ -92,7 +93,14 @@ def apikey(versions: list[tuple[int, str, bytes, datetime | None]], current: int
                     "fingerprint": fingerprint(
                         _FK, pt, namespace=NS, name="stripe-live", uid=KEY_UID
                     ),
-                    **({"archivedAt": at.isoformat()} if at else {}),
+                    **(
+                        {
+                            "archivedAt": format_stamp(at),
+                            "archiveTag": archived_tag(_FK, KEY_UID, v, format_stamp(at)),
+                        }
+                        if at
+                        else {}
+                    ),
                 }
                 for v, state, pt, at in versions
             ],

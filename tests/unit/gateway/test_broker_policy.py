@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from secure_keys.core.integrity import archived_tag
+from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.broker_policy import (
+    DeliveryKeyView,
     Grant,
     Refusal,
     grant,
@@ -85,30 +88,62 @@ def test_require_mfa_never_grants_to_a_service_account() -> None:
     assert isinstance(_grant(role({"requireMFA": True}), role()), Grant)
 
 
-def test_previous_is_served_only_within_grace() -> None:
-    archived = MONDAY_NOON - timedelta(minutes=20)
+TAG_KEY = bytes(range(32))
+
+
+def _rotated(archived_at: str, archive_tag: str | None, uid: str = "ku") -> DeliveryKeyView:
+    """Version 2 Active, version 1 Archived at ``archived_at`` with ``archive_tag``."""
+    archived: dict[str, Any] = {
+        "version": 1,
+        "state": "Archived",
+        "archivedAt": archived_at,
+        "fingerprint": "f1",
+    }
+    if archive_tag is not None:
+        archived["archiveTag"] = archive_tag
     view = project_delivery_key(
         {
-            "metadata": {"name": "k", "namespace": NS, "uid": "ku"},
+            "metadata": {"name": "k", "namespace": NS, "uid": uid},
             "spec": {"rotation": {"interval": "1h"}},
             "status": {
                 "currentVersion": 2,
-                "versions": [
-                    {
-                        "version": 1,
-                        "state": "Archived",
-                        "archivedAt": archived.isoformat(),
-                        "fingerprint": "f1",
-                    },
-                    {"version": 2, "state": "Active", "fingerprint": "f2"},
-                ],
+                "versions": [archived, {"version": 2, "state": "Active", "fingerprint": "f2"}],
             },
         }
     )
     assert view is not None
+    return view
+
+
+def test_previous_is_served_only_within_grace() -> None:
+    archived = MONDAY_NOON - timedelta(minutes=20)
+    stamp = format_stamp(archived)
+    view = _rotated(stamp, archived_tag(TAG_KEY, "ku", 1, stamp))
     assert view.grace == timedelta(minutes=30)  # the controller's default: half the interval
-    previous = view.previous(MONDAY_NOON)
+    previous = view.previous(MONDAY_NOON, TAG_KEY)
     assert previous is not None
     assert previous[0].version == 1
     assert previous[1] == archived + timedelta(minutes=30)
-    assert view.previous(archived + timedelta(minutes=30)) is None
+    assert view.previous(archived + timedelta(minutes=30), TAG_KEY) is None
+
+
+def test_previous_needs_the_controllers_tag_on_archived_at() -> None:
+    """A status edit of archivedAt is not believed: the version is withheld until the
+    controller stamps it again (it can neither lengthen nor cut short the grace)."""
+    archived = MONDAY_NOON - timedelta(minutes=20)
+    stamp = format_stamp(archived)
+    tag = archived_tag(TAG_KEY, "ku", 1, stamp)
+    later = format_stamp(MONDAY_NOON + timedelta(days=365))
+    refused = {
+        "untagged": _rotated(stamp, None),
+        "forged": _rotated(stamp, "hm1:" + "0" * 32),
+        "moved-later": _rotated(later, tag),  # an edit to lengthen the grace
+        "another-version": _rotated(stamp, archived_tag(TAG_KEY, "ku", 2, stamp)),
+        "another-apikey": _rotated(stamp, tag, uid="other"),
+        "another-key": _rotated(stamp, archived_tag(bytes(32), "ku", 1, stamp)),
+    }
+    for name, view in refused.items():
+        assert view.previous(MONDAY_NOON, TAG_KEY) is None, name
+    # The same instant written another way is the same time: still believed.
+    other_form = (archived.replace(microsecond=0)).isoformat()  # +00:00, not Z
+    assert _rotated(other_form, tag).previous(MONDAY_NOON, TAG_KEY) is not None

@@ -1,0 +1,29 @@
+"""Owns the one text form of the timestamps the controller writes.
+
+Status fields, conditions and Events carry times as RFC 3339 in UTC to the second
+(``2026-12-02T03:00:00Z``); integrity tags (``core.integrity``) cover a time in exactly
+this form. The controller writes it and the gateway's broker recomputes it from a
+parsed time to check a tag, so both take it from here.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+__all__ = ["format_stamp", "parse_stamp"]
+
+
+def format_stamp(value: datetime.datetime) -> str:
+    """The one timestamp form of status fields, conditions and Events (RFC 3339, UTC)."""
+    # Not strftime("%Y"): it does not pad years below 1000, and the API server wants four
+    # digits.
+    v = value.astimezone(datetime.UTC)
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}Z"
+
+
+def parse_stamp(text: str) -> datetime.datetime:
+    """An RFC 3339 time as the API server accepts it (fractions and offsets allowed)."""
+    value = datetime.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no time zone")
+    return value.astimezone(datetime.UTC)
