@@ -461,9 +461,13 @@ def restamp(
 def destroy(
     records: Sequence[VersionRecord], versions: Iterable[int], now: datetime.datetime
 ) -> tuple[VersionRecord, ...]:
+    # The tag is dropped: the controller tags the new decision before writing it
+    # (projection.tag_destroyed). A destroyTag forged onto a live record must not survive.
     doomed = set(versions)
     return tuple(
-        replace(r, state="Destroyed", destroyed_at=now) if r.version in doomed else r
+        replace(r, state="Destroyed", destroyed_at=now, destroy_tag=None)
+        if r.version in doomed
+        else r
         for r in records
     )
 
@@ -473,7 +477,9 @@ def mark_lost(
 ) -> tuple[VersionRecord, ...]:
     lost = set(versions)
     return tuple(
-        replace(r, state="Destroyed", destroyed_at=now, lost_at=now) if r.version in lost else r
+        replace(r, state="Destroyed", destroyed_at=now, lost_at=now, destroy_tag=None)
+        if r.version in lost
+        else r
         for r in records
     )
 

@@ -89,6 +89,12 @@ class World:
         expected = archived_tag(self.keys.fingerprint_key, uid, version, item["archivedAt"])
         return tag_valid(expected, item.get("archiveTag"))
 
+    def destroy_tag_valid_for(self, name: str, version: int) -> bool:
+        item = record(self.api, name, version)
+        uid = self.api.stored(APIKEYS, NS, name)["metadata"]["uid"]
+        expected = destroyed_tag(self.keys.fingerprint_key, uid, version, item["destroyedAt"])
+        return tag_valid(expected, item.get("destroyTag"))
+
 
 def record(api: FakeApi, name: str, version: int) -> dict[str, Any]:
     return next(v for v in status(api, name)["versions"] if v["version"] == version)
@@ -337,3 +343,23 @@ def test_an_outdated_crd_that_prunes_the_tag_stops_the_controller_re_stamping(
     assert "v1" in blobs(api, "k")
     assert events(api, UNTRUSTED) == []  # one failure reported, not a re-stamp per pass
     assert len(events(api, "StatusNotPersisted")) == 1
+
+
+def test_a_destroy_tag_forged_onto_a_live_record_does_not_survive_its_destruction(
+    api: FakeApi, kms_config: Path
+) -> None:
+    """A ``destroyTag`` written into an Archived record by a status edit must not become
+    the Destroyed record's tag: the controller tags its own decision, and the record
+    verifies (no adoption back, no noise)."""
+    world = World(api, kms_config)
+    rotated_once(world)
+    edit_record(api, "k", 1, destroyTag="hm1:" + "0" * 32)
+
+    world.at(T0 + GRACE)
+    assert states(api, "k") == {1: "Destroyed", 2: "Active"}
+    destroyed = record(api, "k", 1)
+    assert destroyed["destroyTag"] != "hm1:" + "0" * 32
+    assert world.destroy_tag_valid_for("k", 1)
+    assert blobs(api, "k") == {"v2"}
+    world.at(T0 + GRACE + SECOND)  # and it stays destroyed, not adopted back
+    assert states(api, "k") == {1: "Destroyed", 2: "Active"}
