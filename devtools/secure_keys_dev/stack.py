@@ -327,6 +327,40 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
+def event_reasons(
+    api: client.ApiClient, namespace: str, name: str, *, type_: str | None = None
+) -> set[str]:
+    """The reasons of the Events about object ``name`` (of type ``type_``, if given)."""
+    events = client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return {e.reason for e in events.items if type_ is None or e.type == type_}
+
+
+def wait_event_reasons(
+    api: client.ApiClient,
+    namespace: str,
+    name: str,
+    reasons: set[str],
+    *,
+    type_: str | None = None,
+    timeout: float = 30.0,
+) -> set[str]:
+    """Wait until Events with all of ``reasons`` exist about ``name``; their reasons.
+
+    The controller posts an Event after the status write that a test usually waits for:
+    listing the Events at once races it (CI under load lost that race)."""
+    return eventually(
+        lambda: (
+            found
+            if reasons <= (found := event_reasons(api, namespace, name, type_=type_))
+            else None
+        ),
+        timeout,
+        f"Events {sorted(reasons)} about {namespace}/{name}",
+    )
+
+
 def is_ready(obj: dict[str, Any]) -> bool:
     ready = condition(obj, "Ready")
     return ready is not None and ready.get("status") == "True"

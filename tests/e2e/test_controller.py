@@ -20,6 +20,7 @@ from secure_keys_dev.stack import (
     get_apikey,
     is_ready,
     request_rotation,
+    wait_event_reasons,
 )
 
 pytestmark = pytest.mark.usefixtures("controller")
@@ -61,10 +62,7 @@ def test_generated_key_is_sealed_and_ready(admin_api: client.ApiClient, namespac
     assert owner.kind == "ApiKey"
     assert owner.uid == obj["metadata"]["uid"]
     assert "securekeys.io/shred-blobs" in obj["metadata"]["finalizers"]
-    events = client.CoreV1Api(admin_api).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=gen"
-    )
-    assert "Sealed" in {e.reason for e in events.items}
+    wait_event_reasons(admin_api, namespace, "gen", {"Sealed"})
 
 
 def test_rotation_on_request_archives_the_previous_version(

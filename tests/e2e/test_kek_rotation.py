@@ -30,6 +30,7 @@ from secure_keys_dev.stack import (
     eventually,
     get_apikey,
     request_rotation,
+    wait_event_reasons,
 )
 
 NAME = "wrapped"
@@ -98,10 +99,7 @@ def test_kek_rotation_rewraps_every_live_dek(
         assert after[key].wrapped.ciphertext != before[key].wrapped.ciphertext
     new_records = _versions(admin_api, ns)
     assert [v["fingerprint"] for v in new_records] == [v["fingerprint"] for v in old_records]
-    events = client.CoreV1Api(admin_api).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={NAME}"
-    )
-    assert "Rewrapped" in {e.reason for e in events.items}
+    wait_event_reasons(admin_api, ns, NAME, {"Rewrapped"})
 
     # The new password alone opens every live version: KEK version 1 is no longer needed.
     only_new = LocalKms.unlock(keyring, [new_password])

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys_dev.stack import condition, create_apikey, eventually
+from secure_keys_dev.stack import condition, create_apikey, eventually, wait_event_reasons
 
 pytestmark = pytest.mark.usefixtures("controller")
 
@@ -47,15 +47,7 @@ def test_keyrole_reports_missing_keys_until_they_exist(
     obj = eventually(missing, what="KeysMissing")
     assert obj["status"]["missingKeys"] == ["stripe"]
 
-    def reasons() -> set[str] | None:
-        # The Event is posted after the status write: wait for it, do not race it.
-        events = client.CoreV1Api(admin_api).list_namespaced_event(
-            namespace, field_selector="involvedObject.name=readers"
-        )
-        found = {e.reason for e in events.items}
-        return found if "KeysMissing" in found else None
-
-    eventually(reasons, what="a KeysMissing Event")
+    wait_event_reasons(admin_api, namespace, "readers", {"KeysMissing"})
 
     create_apikey(admin_api, namespace, "stripe", {"source": {"generate": {}}})
     body = {

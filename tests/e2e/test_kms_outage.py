@@ -24,6 +24,7 @@ from secure_keys_dev.stack import (
     eventually,
     get_apikey,
     is_ready,
+    wait_event_reasons,
 )
 
 
@@ -58,10 +59,7 @@ def test_unavailable_kms_key_backs_off_and_recovers(
         message = condition(obj, "Ready")["message"]  # type: ignore[index]
         assert "flaky.password" in message  # names the missing file...
         eventually(lambda: is_ready(get_apikey(admin_api, ns, "on-default")), what="on-default")
-        events = client.CoreV1Api(admin_api).list_namespaced_event(
-            ns, field_selector="involvedObject.name=on-flaky"
-        )
-        assert [e for e in events.items if e.reason == "KmsUnavailable" and e.type == "Warning"]
+        wait_event_reasons(admin_api, ns, "on-flaky", {"KmsUnavailable"}, type_="Warning")
         # Backoff, not a hot loop: a handful of attempts, not hundreds.
         attempts = controller.log().count('"reason": "KmsUnavailable"')
         assert 1 <= attempts <= 10, attempts
@@ -113,10 +111,7 @@ def test_an_unavailable_default_key_is_reported_on_the_apikeys_it_blocks(
             return obj if ready and ready["reason"] == "ControllerKeysUnavailable" else None
 
         eventually(reported, 30, "ControllerKeysUnavailable on on-other")
-        events = client.CoreV1Api(admin_api).list_namespaced_event(
-            ns, field_selector="involvedObject.name=on-other"
-        )
-        assert [e for e in events.items if e.reason == "ControllerKeysUnavailable"]
+        wait_event_reasons(admin_api, ns, "on-other", {"ControllerKeysUnavailable"})
 
         missing.write_bytes(real_password.read_bytes())  # the Secret is mounted at last
         missing.chmod(0o600)

@@ -41,6 +41,7 @@ from secure_keys_dev.stack import (
     get_apikey,
     is_ready,
     request_rotation,
+    wait_event_reasons,
 )
 from tests.integration.kms.harness import PROVIDERS, KmsTestServer, open_server
 
@@ -80,13 +81,6 @@ def _states(api: client.ApiClient, ns: str) -> list[str]:
 def _blobs(api: client.ApiClient, ns: str) -> dict[str, envelope.Envelope]:
     data = client.CoreV1Api(api).read_namespaced_secret(blob_secret_name(NAME), ns).data
     return {k: envelope.Envelope.from_bytes(base64.b64decode(v)) for k, v in data.items()}
-
-
-def _events(api: client.ApiClient, ns: str) -> list[Any]:
-    found = client.CoreV1Api(api).list_namespaced_event(
-        ns, field_selector=f"involvedObject.name={NAME}"
-    )
-    return list(found.items)
 
 
 def _cache(controller: ControllerProcess, server: KmsTestServer, result: str) -> float:
@@ -150,12 +144,7 @@ def test_an_apikey_on_each_kms_rotates_and_survives_an_outage(
             obj = eventually(unavailable, 60, "Ready=False KmsUnavailable")
             message = condition(obj, "Ready")["message"]  # type: ignore[index]
             assert kms_server.config().key_id in message
-            warnings = [
-                e
-                for e in _events(admin_api, ns)
-                if e.reason == "KmsUnavailable" and e.type == "Warning"
-            ]
-            assert warnings
+            wait_event_reasons(admin_api, ns, NAME, {"KmsUnavailable"}, type_="Warning")
             # The versions already sealed are untouched, and still listed as they were.
             assert _versions(admin_api, ns) == records
             assert _blobs(admin_api, ns) == before
@@ -220,7 +209,7 @@ def test_kek_rotation_at_each_kms_rewraps_every_live_dek(
     assert [v["fingerprint"] for v in _versions(admin_api, ns)] == [
         v["fingerprint"] for v in old_records
     ]
-    assert "Rewrapped" in {e.reason for e in _events(admin_api, ns)}
+    wait_event_reasons(admin_api, ns, NAME, {"Rewrapped"})
     provider = kms_server.provider()
     for key, sealed in after.items():
         plaintext = envelope.open(sealed, KeyBinding(ns, NAME, int(key[1:])), provider)

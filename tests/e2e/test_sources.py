@@ -20,6 +20,7 @@ from secure_keys_dev.stack import (
     eventually,
     get_apikey,
     is_ready,
+    wait_event_reasons,
 )
 from tests.e2e.conftest import Target
 
@@ -61,13 +62,6 @@ def _wait_reason(api: client.ApiClient, namespace: str, name: str, reason: str) 
     return eventually(check, 30, f"{name} Ready=False {reason}")
 
 
-def _reasons(api: client.ApiClient, namespace: str, name: str) -> set[str]:
-    events = client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return {e.reason for e in events.items}
-
-
 def test_sealed_manifest_from_the_cli_is_opened_by_the_controller(
     kube: Target, admin_api: client.ApiClient, namespace: str
 ) -> None:
@@ -91,7 +85,7 @@ def test_sealed_value_moved_to_another_name_is_refused(
     obj = _wait_reason(admin_api, namespace, "impostor", "SealedSourceInvalid")
     assert "did not authenticate for this ApiKey" in condition(obj, "Ready")["message"]  # type: ignore[index]
     assert not (obj["status"].get("versions"))
-    assert "SealedSourceInvalid" in _reasons(admin_api, namespace, "impostor")
+    wait_event_reasons(admin_api, namespace, "impostor", {"SealedSourceInvalid"})
 
 
 def test_seal_reads_the_recipient_from_a_file_and_refuses_empty_input(
@@ -135,7 +129,7 @@ def test_secret_ref_waits_for_its_secret_then_deletes_it(
     )
     waiting = _wait_reason(admin_api, namespace, "ingested", "SourceUnavailable")
     assert "bootstrap" in condition(waiting, "Ready")["message"]  # type: ignore[index]
-    assert "SourceUnavailable" in _reasons(admin_api, namespace, "ingested")
+    wait_event_reasons(admin_api, namespace, "ingested", {"SourceUnavailable"})
     core = client.CoreV1Api(admin_api)
     core.create_namespaced_secret(
         namespace,
@@ -211,8 +205,7 @@ def test_interval_rotation_and_retention(
         what="v1's blob deleted",
     )
     assert controller.metrics()["securekeys_versions_destroyed_total"] >= destroyed_before + 1
-    reasons = _reasons(admin_api, namespace, "ticking")
-    assert {"Sealed", "Rotated", "Destroyed"} <= reasons
+    wait_event_reasons(admin_api, namespace, "ticking", {"Sealed", "Rotated", "Destroyed"})
 
 
 def test_invalid_rotation_the_schema_cannot_catch_is_reported(
