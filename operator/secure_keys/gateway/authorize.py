@@ -2,10 +2,12 @@
 
 A key is granted when a KeyRole **in the pod's namespace** (keys never cross namespaces)
 that is not being deleted has a subject naming the pod's ServiceAccount (as RBAC matches
-it: ``secure_keys.kube.keyroles.binds_service_account``), covers the key (by name or
-selector) and lists ``read`` among its permissions. The verdict names every refused key
-and, for each, what would grant it. KeyRole ``access`` conditions (TTL, time windows,
-MFA) are not checked here: they bound each delivery, and the broker enforces them then.
+it: ``secure_keys.kube.keyroles.binds_service_account``, decided here by comparing the
+identities each side names, ``KeyRoleView.identities`` kept per role), covers the key
+(by name or selector) and lists ``read`` among its permissions. The verdict names every
+refused key and, for each, what would grant it. KeyRole ``access`` conditions (TTL,
+time windows, MFA) are not checked here: they bound each delivery, and the broker
+enforces them then.
 
 The snapshot is what the gateway's caches hold; ``ApiKeyView`` and ``KeyRoleView`` are
 the projections they keep (names, labels, delivery file name; never key material).
@@ -13,11 +15,17 @@ the projections they keep (names, labels, delivery file name; never key material
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
+from secure_keys.kube.keyroles import (
+    Identity,
+    KeyRoleRules,
+    service_account_identities,
+    subject_identities,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,16 @@ class KeyRoleView:
     namespace: str
     rules: KeyRoleRules
     deleting: bool = False
+
+    @functools.cached_property
+    def identities(self) -> frozenset[Identity]:
+        """Every ServiceAccount identity the role's subjects name (``subject_identities``),
+        worked out on first use and then kept with the view, which is immutable."""
+        return frozenset(
+            identity
+            for subject in self.rules.subjects
+            for identity in subject_identities(subject, self.namespace)
+        )
 
 
 class Snapshot(Protocol):
@@ -88,26 +106,26 @@ def authorize(
         problems.append(f'ServiceAccount "{service_account}" does not exist in "{namespace}"')
         return Verdict((), tuple(problems), reason)
 
+    wanted = service_account_identities(namespace, service_account)
     roles = [
         role
         for role in snapshot.keyroles_naming(namespace, service_account)
         if not role.deleting
         and role.namespace == namespace
-        and any(
-            binds_service_account(s, role.namespace, namespace, service_account)
-            for s in role.rules.subjects
-        )
+        # binds_service_account for some subject, each side's identities worked out once
+        and not role.identities.isdisjoint(wanted)
     ]
+    readers = [role.rules.keys for role in roles if "read" in role.rules.permissions]
     refused: list[str] = []
     hints: list[str] = []
     for key in keys:
         if key in missing:
             continue
         labels = apikeys[key].labels
-        covering = [role for role in roles if role.rules.keys.covers(key, labels)]
-        if any("read" in role.rules.permissions for role in covering):
+        if any(selection.covers(key, labels) for selection in readers):
             continue
         refused.append(key)
+        covering = [role for role in roles if role.rules.keys.covers(key, labels)]
         for role in covering:
             granted = ", ".join(role.rules.permissions)
             hints.append(f'KeyRole "{role.name}" covers "{key}" but grants only {granted}')
@@ -128,4 +146,4 @@ def authorize(
         problems.append(message)
     if problems:
         return Verdict((), tuple(problems), reason)
-    return Verdict(tuple(apikeys[k].file_name for k in keys), ())
+    return Verdict(tuple([apikeys[k].file_name for k in keys]), ())

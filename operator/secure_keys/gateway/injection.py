@@ -5,6 +5,12 @@ pod's ``securekeys.io/`` annotations into an ``InjectionConfig`` or raises
 ``InvalidAnnotations`` listing every problem at once; ``validate`` then checks the
 config against the pod itself (containers that exist, paths and names that are free).
 The gateway-wide defaults are ``GatewaySettings``, set by the process's flags.
+
+Two caches of pure functions serve the pods that need a fresh answer (a Deployment's
+first pod, say): ``parse`` keeps the last 256 configs it built, keyed by the
+``securekeys.io/`` annotations and the two settings it reads, and ``quantity`` its last
+256 numbers. Both keep only short texts (a hostile pod's long annotation is parsed every
+time and never stays in memory), only immutable values, and never a refusal.
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ MAX_RELOAD_URL = 256
 RELOAD_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 """Where a reload URL may point: the pod's own loopback, nothing else."""
 MAX_VOLUME_SIZE = Decimal(64 * 1024 * 1024)
+DEFAULT_VOLUME_SIZE = "1Mi"
+"""The keys volume's size limit unless the pod says otherwise (valid: test_pipeline checks)."""
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|Ki|Mi|Gi)?$")
@@ -138,9 +146,17 @@ def should_inject(pod: PodView, settings: GatewaySettings) -> Skip | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
+_CACHED_TEXT = 64
+"""The longest text ``quantity`` keeps in its cache: a hostile pod's long value must not
+stay in memory after its review (real quantities are far shorter)."""
+
+
 def quantity(text: str) -> Decimal | None:
     """A Kubernetes quantity (the forms a sidecar needs) as a number, or None."""
+    return _cached_quantity(text) if len(text) <= _CACHED_TEXT else _quantity(text)
+
+
+def _quantity(text: str) -> Decimal | None:
     match = _QUANTITY.match(text)
     if match is None:
         return None
@@ -150,20 +166,29 @@ def quantity(text: str) -> Decimal | None:
         return None
 
 
+_cached_quantity = functools.lru_cache(maxsize=256)(_quantity)
+"""``_quantity`` of short texts, cached (a pure function; Decimals are immutable)."""
+
+
+def _valid_volume_size(text: str) -> bool:
+    size = quantity(text)
+    return size is not None and 0 < size <= MAX_VOLUME_SIZE and size == int(size)
+
+
 def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+    return [name for name in map(str.strip, text.split(",")) if name]
 
 
 def _parse_keys(text: str | None, problems: list[str]) -> tuple[str, ...]:
-    if text is None or not _names(text):
+    keys = _names(text) if text is not None else []
+    if not keys:
         problems.append(f"annotation {ann.KEYS} must name at least one ApiKey (a,b,...)")
         return ()
-    keys = _names(text)
     for key in keys:
         if len(key) > 253 or not _NAME.match(key):
             problems.append(f"annotation {ann.KEYS}: {key!r} is not a valid ApiKey name")
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
+    if len(set(keys)) != len(keys):
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
         problems.append(f"annotation {ann.KEYS} names {', '.join(duplicates)} more than once")
     if len(keys) > MAX_KEYS:
         problems.append(f"annotation {ann.KEYS} names {len(keys)} keys; at most {MAX_KEYS}")
@@ -213,7 +238,7 @@ def _parse_reload_url(text: str | None, problems: list[str]) -> str | None:
 def _parse_resources(
     annotations: Mapping[str, str], default: Resources, problems: list[str]
 ) -> Resources:
-    if not any(key in annotations for key in _RESOURCE_ANNOTATIONS):
+    if annotations.keys().isdisjoint(_RESOURCE_ANNOTATIONS):
         return default  # the defaults are valid: test_pipeline checks them
     values: dict[str, str] = {}
     for key, attribute, unit in (
@@ -254,18 +279,38 @@ _RESOURCE_ANNOTATIONS = (
 )
 
 
+_PARSE_CACHE_TEXT = 1024
+"""The most ``securekeys.io/`` annotation text whose parse is cached (see ``parse``)."""
+
+
 def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> InjectionConfig:
-    """The pod's injection config, or ``InvalidAnnotations`` naming every problem."""
+    """The pod's injection config, or ``InvalidAnnotations`` naming every problem.
+
+    Only the ``securekeys.io/`` annotations and two settings are read, so the config of
+    the pods of many Deployments is parsed once: ``_cached_parse`` keeps the last 256
+    configs (frozen, so answers may share them) for at most ``_PARSE_CACHE_TEXT``
+    characters of such annotations each. A refusal is never kept (an exception is not
+    cached); each raises afresh with its own message.
+    """
+    ours = frozenset([item for item in annotations.items() if item[0].startswith(ann.PREFIX)])
+    if sum([len(key) + len(value) for key, value in ours]) <= _PARSE_CACHE_TEXT:
+        return _cached_parse(ours, settings.default_mode, settings.resources)
+    return _parse(ours, settings.default_mode, settings.resources)
+
+
+def _parse(
+    items: frozenset[tuple[str, str]], default_mode: Mode, default_resources: Resources
+) -> InjectionConfig:
+    """``parse`` of the pod's ``securekeys.io/`` annotations (``items``). Pure."""
+    annotations = dict(items)
     problems: list[str] = []
-    unknown = sorted(
-        key for key in annotations if key.startswith(ann.PREFIX) and key not in ann.POD_ANNOTATIONS
-    )
-    for key in unknown:
+    unknown = [key for key in annotations if key not in ann.POD_ANNOTATIONS]
+    for key in sorted(unknown):
         problems.append(f"unknown annotation {key} (see docs/gateway.md for the known ones)")
     keys = _parse_keys(annotations.get(ann.KEYS), problems)
 
     mode_text = annotations.get(ann.MODE)
-    mode: Mode = settings.default_mode
+    mode: Mode = default_mode
     if mode_text is not None:
         if mode_text in MODES:
             mode = mode_text
@@ -286,14 +331,15 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
 
     mount_path = _parse_mount_path(annotations.get(ann.MOUNT_PATH), problems)
 
-    volume_size = annotations.get(ann.VOLUME_SIZE, "1Mi")
-    size = quantity(volume_size)
-    if size is None or size <= 0 or size != int(size) or size > MAX_VOLUME_SIZE:
+    volume_size = annotations.get(ann.VOLUME_SIZE)
+    if volume_size is None:
+        volume_size = DEFAULT_VOLUME_SIZE  # valid: test_pipeline checks it
+    elif not _valid_volume_size(volume_size):
         problems.append(
             f"annotation {ann.VOLUME_SIZE}: {volume_size!r} must be a size such as 1Mi, "
             "more than 0 and at most 64Mi (the volume is memory)"
         )
-        volume_size = "1Mi"
+        volume_size = DEFAULT_VOLUME_SIZE
 
     init_first = True
     init_first_text = annotations.get(ann.INIT_FIRST)
@@ -304,7 +350,7 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
             )
         init_first = init_first_text != "false"
 
-    resources = _parse_resources(annotations, settings.resources, problems)
+    resources = _parse_resources(annotations, default_resources, problems)
     reload_url = _parse_reload_url(annotations.get(ann.RELOAD_URL), problems)
     if problems:
         raise InvalidAnnotations(problems)
@@ -320,20 +366,23 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
     )
 
 
+_cached_parse = functools.lru_cache(maxsize=256)(_parse)
+
+
 def validate(config: InjectionConfig, pod: PodView) -> list[str]:
     """What in the pod itself keeps the config from being applied (empty: nothing)."""
     problems: list[str] = []
     if not pod.containers:
         problems.append("the pod has no containers")
-    regular = {c.name: c for c in pod.containers}
-    init = {c.name: c for c in pod.init_containers}
-    taken = RESERVED_CONTAINERS & (set(regular) | set(init))
+    regular = {c.name for c in pod.containers}
+    init = {c.name for c in pod.init_containers}
+    taken = RESERVED_CONTAINERS & (regular | init)
     if taken:
         problems.append(
             f"container name(s) {', '.join(sorted(taken))} are reserved for secure-keys"
         )
-    volumes = RESERVED_VOLUMES & pod.volume_names
-    if volumes:
+    if not RESERVED_VOLUMES.isdisjoint(pod.volume_names):
+        volumes = RESERVED_VOLUMES & pod.volume_names
         problems.append(f"volume name(s) {', '.join(sorted(volumes))} are reserved for secure-keys")
     for name in config.containers or ():
         if name in init:
@@ -344,36 +393,33 @@ def validate(config: InjectionConfig, pod: PodView) -> list[str]:
                 )
         elif name not in regular:
             problems.append(f"annotation {ann.CONTAINERS}: the pod has no container {name}")
-    for target in targets(config, pod):
-        if config.mount_path in target.mount_paths:
+    for _field, _index, container in targets(config, pod):
+        if config.mount_path in container.mount_paths:
             problems.append(
-                f"container {target.name} already mounts something at {config.mount_path}: "
+                f"container {container.name} already mounts something at {config.mount_path}: "
                 f"set {ann.MOUNT_PATH} to another path"
             )
     return problems
 
 
-@dataclass(frozen=True)
-class PodContainer:
-    field: Literal["containers", "initContainers"]
-    index: int
-    name: str
-    view: ContainerView
-
-    @property
-    def mount_paths(self) -> tuple[str, ...]:
-        return self.view.mount_paths
+PodContainer = tuple[Literal["containers", "initContainers"], int, ContainerView]
+"""A container that gets the keys: the pod's list it is in, its index there, its view.
+A plain tuple: ``targets`` runs twice for every injected pod."""
 
 
 def targets(config: InjectionConfig, pod: PodView) -> list[PodContainer]:
     """The containers that get the keys mounted, with where they are in the pod."""
-    chosen: list[PodContainer] = []
-    wanted = None if config.containers is None else set(config.containers)
-    for index, container in enumerate(pod.containers):
-        if wanted is None or container.name in wanted:
-            chosen.append(PodContainer("containers", index, container.name, container))
-    if wanted is not None:
-        for index, container in enumerate(pod.init_containers):
-            if container.name in wanted:
-                chosen.append(PodContainer("initContainers", index, container.name, container))
+    if config.containers is None:
+        return [("containers", index, container) for index, container in enumerate(pod.containers)]
+    wanted = set(config.containers)
+    chosen: list[PodContainer] = [
+        ("containers", index, container)
+        for index, container in enumerate(pod.containers)
+        if container.name in wanted
+    ]
+    chosen.extend(
+        ("initContainers", index, container)
+        for index, container in enumerate(pod.init_containers)
+        if container.name in wanted
+    )
     return chosen

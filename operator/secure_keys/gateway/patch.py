@@ -198,10 +198,10 @@ def build_patch(
     shift = 1 if pod.has_init_containers and config.init_first else 0
 
     mount = {"name": KEYS_VOLUME, "mountPath": config.mount_path, "readOnly": True}
-    for target in targets(config, pod):
-        index = target.index + (shift if target.field == "initContainers" else 0)
-        base = f"/spec/{target.field}/{index}/volumeMounts"
-        if target.view.has_mounts:
+    for field, index, container in targets(config, pod):
+        at = index + shift if field == "initContainers" else index
+        base = f"/spec/{field}/{at}/volumeMounts"
+        if container.has_mounts:
             ops.append(_add(f"{base}/-", mount))
         else:
             ops.append(_add(base, [mount]))
