@@ -201,6 +201,32 @@ def private_namespace(admin_api: client.ApiClient) -> Iterator[str]:
     client.CoreV1Api(admin_api).delete_namespace(name)
 
 
+KEYS = "/var/run/secrets/securekeys"
+"""Where the app containers of an injected pod see their keys (the default mount path)."""
+SIDECAR = "securekeys-sidecar"
+IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
+"""An app container's command that idles and stops at once on SIGTERM."""
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    kube: Target,
+    admin_api: client.ApiClient,
+    pods: PodEnvironment,
+    controller: ControllerProcess,
+    controller_setup: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[GatewayProcess]:
+    """The gateway with the webhook and the broker (``delivery_gateway``), one per test
+    module (named after it), after the controller, on the node's pods. A module that needs
+    another gateway (``test_gateway.py``) defines its own ``gateway``."""
+    name = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    work = tmp_path_factory.mktemp(name)
+    with delivery_gateway(kube, admin_api, controller_setup[1], work, name) as process:
+        yield process
+
+
 @contextlib.contextmanager
 def delivery_gateway(
     kube: Target, admin_api: client.ApiClient, kms_config: Path, work: Path, name: str

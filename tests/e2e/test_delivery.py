@@ -24,11 +24,9 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
@@ -44,28 +42,11 @@ from secure_keys_dev.stack import (
     is_ready,
     request_rotation,
 )
-from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
+from tests.e2e.conftest import IDLE, KEYS, PodEnvironment, Target
 from tests.e2e.leaks import leaked
 from tests.e2e.test_node import kubectl
 
-KEYS = "/var/run/secrets/securekeys"
 POD = "reader"
-IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    kube: Target,
-    admin_api: client.ApiClient,
-    pods: PodEnvironment,
-    controller: ControllerProcess,
-    controller_setup: tuple[Path, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
-    work = tmp_path_factory.mktemp("delivery")
-    with delivery_gateway(kube, admin_api, controller_setup[1], work, "delivery") as process:
-        yield process
 
 
 # -- helpers ---------------------------------------------------------------------------

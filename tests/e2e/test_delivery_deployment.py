@@ -32,20 +32,16 @@ from secure_keys_dev.cluster import free_port
 from secure_keys_dev.stack import (
     GROUP,
     VERSION,
-    ControllerProcess,
     GatewayProcess,
     eventually,
     get_apikey,
     request_rotation,
 )
-from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
+from tests.e2e.conftest import IDLE, KEYS, SIDECAR, PodEnvironment, Target
 from tests.e2e.leaks import leaked
 from tests.e2e.test_delivery import _create, _current, _ready, _seal
 from tests.e2e.test_node import kubectl
 
-KEYS = "/var/run/secrets/securekeys"
-SIDECAR = "securekeys-sidecar"
-IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
 REPLICAS = 3
 GRACE_S = 20
 LABEL = "app=keyed"
@@ -75,22 +71,11 @@ class _Deployed:
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    kube: Target,
-    admin_api: client.ApiClient,
-    pods: PodEnvironment,
-    controller: ControllerProcess,
-    controller_setup: tuple[Path, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
+def gateway(pods: PodEnvironment, gateway: GatewayProcess) -> GatewayProcess:
+    """conftest's gateway, on the local node only."""
     if not pods.host_network:
         pytest.skip("the reload URL is served on the host's loopback: needs the local node")
-    work = tmp_path_factory.mktemp("delivery-deployment")
-    with delivery_gateway(
-        kube, admin_api, controller_setup[1], work, "delivery-deployment"
-    ) as process:
-        yield process
+    return gateway
 
 
 @pytest.fixture(scope="module")

@@ -13,40 +13,22 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from secure_keys_dev.stack import (
     GROUP,
     VERSION,
-    ControllerProcess,
     GatewayProcess,
     eventually,
     get_apikey,
     request_rotation,
 )
-from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
+from tests.e2e.conftest import KEYS, SIDECAR, PodEnvironment, Target
 from tests.e2e.test_delivery import _current, _seal
-from tests.e2e.test_delivery_more import KEYS, SIDECAR, _exec, _pod, _setup, _start
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    kube: Target,
-    admin_api: client.ApiClient,
-    pods: PodEnvironment,
-    controller: ControllerProcess,
-    controller_setup: tuple[Path, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
-    work = tmp_path_factory.mktemp("delivery-last")
-    with delivery_gateway(kube, admin_api, controller_setup[1], work, "delivery-last") as process:
-        yield process
+from tests.e2e.test_delivery_more import _exec, _pod, _setup, _start
 
 
 def _files(kube: Target, namespace: str, pod: str) -> list[str]:
