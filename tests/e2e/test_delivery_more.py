@@ -23,7 +23,7 @@ import json
 import secrets
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,43 +42,25 @@ from secure_keys.core.delivery import (
     parse_message,
     parse_refusal,
 )
+from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.gateway.material import CachedProviders, KmsKeys, MaterialSource
+from secure_keys.gateway.material import CachedProviders, MaterialSource
 from secure_keys.kube.client import JsonObject
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     GROUP,
     VERSION,
-    ControllerProcess,
     GatewayProcess,
     eventually,
     get_apikey,
     request_rotation,
 )
-from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
+from tests.e2e.conftest import IDLE, KEYS, SIDECAR, PodEnvironment, Target
 from tests.e2e.test_delivery import _create, _current, _ready, _seal
 from tests.e2e.test_node import kubectl
 
-KEYS = "/var/run/secrets/securekeys"
 TOKEN = "/var/run/secrets/securekeys.io/serviceaccount/token"
-SIDECAR = "securekeys-sidecar"
-IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    kube: Target,
-    admin_api: client.ApiClient,
-    pods: PodEnvironment,
-    controller: ControllerProcess,
-    controller_setup: tuple[Path, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[GatewayProcess]:
-    """The gateway with the webhook and the broker (``conftest.delivery_gateway``)."""
-    work = tmp_path_factory.mktemp("delivery-more")
-    with delivery_gateway(kube, admin_api, controller_setup[1], work, "delivery-more") as process:
-        yield process
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -532,7 +514,7 @@ def test_the_audit_log_verifies_and_an_edit_is_found(
 
     source = MaterialSource(
         _AdminSecrets(admin_api),
-        CachedProviders(KmsKeys.load(controller_setup[1])),
+        CachedProviders(KmsSettings.load(controller_setup[1])),
         CONTROLLER_NAMESPACE,
     )
     fingerprint_key = asyncio.run(source.fingerprint_key())

@@ -1,11 +1,7 @@
 """Controller configuration: its namespace, and the KMS keys it may use.
 
-The KMS file (``--kms-config``, JSON) lists the keys this controller can wrap with and
-which one is the cluster default::
-
-    {"default": {"provider": "local", "keyId": "default"},
-     "keys": [{"provider": "local", "keyId": "default",
-               "options": {"keyringPath": "...", "passwordFile": "..."}}]}
+The KMS file (``--kms-config``, read by ``core.kms.settings.KmsSettings``) lists the
+keys this controller can wrap with and which one is the cluster default.
 
 ``KmsDirectory`` builds each provider lazily, on first use, and keeps it. A provider
 that fails to build (a password file not mounted yet, a KMS endpoint down) is reported as
@@ -15,12 +11,8 @@ ApiKeys that use another.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from secure_keys.controller.models import KmsRef
 from secure_keys.core.errors import KmsError, KmsUnavailable
@@ -32,50 +24,12 @@ from secure_keys.core.kms.registry import (
     default_registry,
 )
 
+# Re-exported: the controller's code and tests name it controller.config.KmsSettings.
+from secure_keys.core.kms.settings import KmsSettings as KmsSettings
+
 
 class KmsNotConfigured(LookupError):
     """spec.kms names a provider or key this controller has no configuration for."""
-
-
-@dataclass(frozen=True)
-class KmsSettings:
-    default: tuple[str, str]
-    keys: Mapping[tuple[str, str], KmsConfig] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, text: str) -> KmsSettings:
-        document = json.loads(text)
-        if not isinstance(document, dict):
-            raise ValueError("KMS config must be a JSON object")
-        keys: dict[tuple[str, str], KmsConfig] = {}
-        entries = document.get("keys", [])
-        if not isinstance(entries, list):
-            raise ValueError("KMS config: keys must be a list")
-        for index, entry in enumerate(entries):
-            where = f"KMS config: keys[{index}]"
-            if not isinstance(entry, dict):
-                raise ValueError(f"{where} must be an object")
-            missing = [f for f in ("provider", "keyId") if not isinstance(entry.get(f), str)]
-            if missing:
-                raise ValueError(f"{where} needs string fields {missing}")
-            options = entry.get("options") or {}
-            if not isinstance(options, dict):
-                raise ValueError(f"{where}.options must be an object")
-            config = KmsConfig(
-                provider=entry["provider"],
-                key_id=entry["keyId"],
-                options={str(k): str(v) for k, v in options.items()},
-            )
-            keys[(config.provider, config.key_id)] = config
-        default = document.get("default") or {}
-        chosen = (str(default.get("provider", "")), str(default.get("keyId", "")))
-        if chosen not in keys:
-            raise ValueError(f"default KMS key {chosen[0]}/{chosen[1]} is not among the keys")
-        return cls(chosen, keys)
-
-    @classmethod
-    def load(cls, path: Path) -> KmsSettings:
-        return cls.from_json(path.read_text())
 
 
 class KmsDirectory:

@@ -27,13 +27,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from secure_keys.core import envelope
@@ -44,7 +41,8 @@ from secure_keys.core.fingerprint import fingerprint, fingerprints_match
 from secure_keys.core.integrity import blob_tag, tag_valid
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.cache import CachedUnwraps, DekCache
-from secure_keys.core.kms.registry import KmsConfig, KmsRegistry, default_registry
+from secure_keys.core.kms.registry import KmsRegistry, default_registry
+from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
 from secure_keys.gateway.broker_policy import DeliveryKeyView
 from secure_keys.kube.blobformat import (
@@ -69,7 +67,6 @@ __all__ = [
     "MANAGED_BY",
     "TAGS_ANNOTATION",
     "CachedProviders",
-    "KmsKeys",
     "MaterialSource",
     "MaterialUnavailable",
     "blob_secret_name",
@@ -92,48 +89,12 @@ class MaterialUnavailable(Exception):
 # --- the KMS keys the broker may unwrap with -----------------------------------------
 
 
-@dataclass(frozen=True)
-class KmsKeys:
-    """The ``--kms-config`` file (the controller's format): keys and the default."""
-
-    default: tuple[str, str]
-    keys: Mapping[tuple[str, str], KmsConfig] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, text: str) -> KmsKeys:
-        document = json.loads(text)
-        if not isinstance(document, dict) or not isinstance(document.get("keys", []), list):
-            raise ValueError("KMS config must be an object with a keys list")
-        keys: dict[tuple[str, str], KmsConfig] = {}
-        for index, entry in enumerate(document.get("keys", [])):
-            if not isinstance(entry, dict) or not all(
-                isinstance(entry.get(f), str) for f in ("provider", "keyId")
-            ):
-                raise ValueError(f"KMS config: keys[{index}] needs provider and keyId strings")
-            options = entry.get("options") or {}
-            if not isinstance(options, dict):
-                raise ValueError(f"KMS config: keys[{index}].options must be an object")
-            config = KmsConfig(
-                entry["provider"], entry["keyId"], {str(k): str(v) for k, v in options.items()}
-            )
-            keys[(config.provider, config.key_id)] = config
-        default = document.get("default") or {}
-        chosen = (str(default.get("provider", "")), str(default.get("keyId", "")))
-        if chosen not in keys:
-            raise ValueError("KMS config: the default key is not among the keys")
-        return cls(chosen, keys)
-
-    @classmethod
-    def load(cls, path: Path) -> KmsKeys:
-        return cls.from_json(path.read_text())
-
-
 class CachedProviders:
     """Each configured KMS key built once, behind its own DEK cache."""
 
     def __init__(
         self,
-        keys: KmsKeys,
+        keys: KmsSettings,
         *,
         dek_ttl: float = 24 * 3600.0,
         registry: KmsRegistry | None = None,

@@ -298,14 +298,10 @@ class BrokerOptions:
 def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     # Imported here: a webhook-only gateway needs none of the KMS machinery.
     from secure_keys.core.auditchain import AuditChain, derive_audit_key
+    from secure_keys.core.kms.settings import KmsSettings
     from secure_keys.gateway.audit import AuditLog, PodEvents
     from secure_keys.gateway.broker import BrokerSettings
-    from secure_keys.gateway.material import (
-        CachedProviders,
-        KmsKeys,
-        KubeSecrets,
-        MaterialSource,
-    )
+    from secure_keys.gateway.material import CachedProviders, KubeSecrets, MaterialSource
     from secure_keys.gateway.tokenreview import KubeTokenReviews, TokenReviewer
     from secure_keys.kube.client import EVENTS
 
@@ -314,7 +310,7 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
             await api.create(EVENTS, namespace, body)
 
     providers = CachedProviders(
-        KmsKeys.load(options.kms_config),
+        KmsSettings.load(options.kms_config),
         dek_ttl=options.dek_cache_ttl,
         observe=metrics.observe_dek,
     )

@@ -27,13 +27,14 @@ from secure_keys.core.integrity import archived_tag, blob_tag
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
+from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.audit import AuditLog, PodEvents
 from secure_keys.gateway.broker import Broker, RateLimits
 from secure_keys.gateway.caches import GatewayCaches
 from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.material import CachedProviders, KmsKeys, MaterialSource
+from secure_keys.gateway.material import CachedProviders, MaterialSource
 from secure_keys.gateway.server import build_app
 from secure_keys.gateway.tokenreview import TokenReviewer
 from secure_keys.kube.client import JsonObject
@@ -203,7 +204,8 @@ class World:
     def __init__(self, heartbeat: int = 1) -> None:
         registry = KmsRegistry()
         registry.register("local", lambda config: KMS)
-        keys = KmsKeys(("local", "default"), {("local", "default"): KmsConfig("local", "default")})
+        only = ("local", "default")
+        keys = KmsSettings(only, {only: KmsConfig(*only)})
         self.secrets = Secrets()
         self.reviews = Reviews()
         self.records: list[dict[str, Any]] = []
