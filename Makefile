@@ -16,7 +16,7 @@ help:
 	@echo "make demo   - set up, start a local Kubernetes, run the controller, seal and rotate keys"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make kms-servers - build/install the KMS test servers (local-kms, Cloud KMS emulator, SoftHSM2)"
-	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl/kubelet/kube-scheduler"
+	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl/kubelet/kube-scheduler/kube-proxy/coredns"
 	@echo "make node   - install the node's Debian packages (as root) and build its images"
 	@echo "make cluster-up / cluster-down - start / stop a local cluster (with a node when possible)"
 	@echo "make e2e KUBECONFIG=... - run the e2e suite against an existing cluster"
@@ -72,9 +72,12 @@ node: $(STAMP)
 
 # A long-lived local cluster. `make -s cluster-up` prints one line, the path of its admin
 # kubeconfig, once the API server answers /readyz: export KUBECONFIG=$(make -s cluster-up)
+# POD_NETWORK=1: the node gets its own network namespace, a pod network, kube-proxy and
+# cluster DNS (pods without hostNetwork, Services by name; docs/local-cluster-network.md).
 CLUSTER_STATE ?= $(CURDIR)/build/cluster
+POD_NETWORK ?=
 cluster-up: $(STAMP) control-plane node
-	@$(DEV) -m secure_keys_dev up --state-dir="$(CLUSTER_STATE)"
+	@$(DEV) -m secure_keys_dev up --state-dir="$(CLUSTER_STATE)" $(if $(POD_NETWORK),--pod-network)
 
 cluster-down: $(STAMP)
 	@$(DEV) -m secure_keys_dev down --state-dir="$(CLUSTER_STATE)"

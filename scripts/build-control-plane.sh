@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager and kubectl, and the node's
-# kubelet and kube-scheduler, from the pinned wrapper modules in tools/ into
-# build/bin (ignored by git).
+# Builds etcd, kube-apiserver, kube-controller-manager and kubectl, the node's
+# kubelet, kube-scheduler and kube-proxy, and the cluster DNS (CoreDNS, with only
+# the plugins it needs: tools/coredns/main.go), from the pinned wrapper modules in
+# tools/ into build/bin (ignored by git).
 #
 # A binary is rebuilt only when it is missing or when its pin changed: each
 # one has a stamp file holding the checksum of the go.mod/go.sum it came from.
@@ -54,9 +55,12 @@ k8s_ldflags() {
 if needs_build etcd etcd; then
   build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 fi
-for cmd in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet; do
+for cmd in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet kube-proxy; do
   if needs_build "$cmd" k8s; then
     build "$cmd" k8s "k8s.io/kubernetes/cmd/$cmd" "$(k8s_ldflags)"
   fi
 done
+if needs_build coredns coredns; then
+  build coredns coredns . "-s -w"
+fi
 echo "control-plane and node binaries are in $bin" >&2

@@ -14,7 +14,8 @@ set -euo pipefail
 packages=(
   containerd                  # the node's container runtime (CRI), run in a private mount namespace
   runc                        # the OCI runtime containerd starts containers with
-  containernetworking-plugins # the loopback CNI plugin (pods use hostNetwork)
+  containernetworking-plugins # the bridge, host-local and loopback CNI plugins (the pod network)
+  iptables                    # kube-proxy's rules, only inside the node's network namespace
   umoci                       # turns a root filesystem into an OCI image, without a registry
   busybox-static              # the small test image, and a static shell for it
   mmdebstrap                  # the Debian root filesystem of the project image

@@ -14,6 +14,9 @@ The cluster has a node (kubelet, containerd, kube-scheduler, with the project's
 images imported) whenever this machine can run one, so `kubectl apply` of a pod
 works (with `hostNetwork: true`); `--no-node` leaves it out. Without root or the
 node's packages the cluster starts without a node and the log says why.
+`--pod-network` (`make cluster-up POD_NETWORK=1`) gives the node its own network
+namespace with a pod network, kube-proxy and cluster DNS (`secure_keys_dev.podnet`):
+pods then run without `hostNetwork` and Services work.
 """
 
 from __future__ import annotations
@@ -101,13 +104,15 @@ def _node_settings(state: Path) -> dict[str, Any]:
         return {}
 
 
-def serve(state: Path, port: int | None, node: bool = True) -> int:
+def serve(state: Path, port: int | None, node: bool = True, pod_network: bool = False) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     ready = state / "kubeconfig"
     try:
         settings = _node_settings(state) if node else {}
+        if settings and pod_network:
+            settings["pod_network"] = True
         with LocalCluster(api_port=port, **settings) as cluster:
             staged = state / ".kubeconfig.tmp"
             shutil.copy(cluster.kubeconfig, staged)
@@ -119,9 +124,16 @@ def serve(state: Path, port: int | None, node: bool = True) -> int:
                 flush=True,
             )
             if cluster.node is not None:
+                network = cluster.network
                 print(
                     f"node 127.0.0.1 ready in {cluster.node.ready_in:.1f} s; pods need "
-                    "hostNetwork: true and imagePullPolicy: Never (images: "
+                    + (
+                        "hostNetwork: true and "
+                        if network is None
+                        else f"no hostNetwork (pod CIDR {network.pods}, Services "
+                        f"{network.services}, DNS {network.dns_service_ip}), and "
+                    )
+                    + "imagePullPolicy: Never (images: "
                     f"{', '.join(str(p.name) for p in cluster.node.images)})",
                     flush=True,
                 )
@@ -152,7 +164,9 @@ def _wait_ready(state: Path, alive: Callable[[], bool], timeout: float) -> bool:
     return False
 
 
-def up(state: Path, port: int | None, timeout: float, node: bool = True) -> int:
+def up(
+    state: Path, port: int | None, timeout: float, node: bool = True, pod_network: bool = False
+) -> int:
     kubeconfig = state / "kubeconfig"
     running = supervisor_pid(state)
     if running is not None:
@@ -173,6 +187,8 @@ def up(state: Path, port: int | None, timeout: float, node: bool = True) -> int:
         argv.append(f"--port={port}")
     if not node:
         argv.append("--no-node")
+    if pod_network:
+        argv.append("--pod-network")
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             argv,
@@ -218,12 +234,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="API server port (default: any)")
     parser.add_argument("--timeout", type=float, default=90.0)
     parser.add_argument("--no-node", action="store_true", help="no kubelet, containerd, scheduler")
+    parser.add_argument(
+        "--pod-network",
+        action="store_true",
+        help="the node in its own network namespace: pod network, kube-proxy, cluster DNS",
+    )
     args = parser.parse_args(argv)
     state: Path = args.state_dir.resolve()
     if args.command == "serve":
-        return serve(state, args.port, node=not args.no_node)
+        return serve(state, args.port, node=not args.no_node, pod_network=args.pod_network)
     if args.command == "up":
-        return up(state, args.port, args.timeout, node=not args.no_node)
+        return up(
+            state, args.port, args.timeout, node=not args.no_node, pod_network=args.pod_network
+        )
     if args.command == "down":
         return down(state, args.timeout)
     running = supervisor_pid(state) is not None and api_ready(state / "kubeconfig")

@@ -13,6 +13,17 @@ authorizes with `Node,RBAC`, admits with NodeRestriction and calls the kubelet
 with its own client certificate; the controller-manager also runs the
 node-lifecycle and job controllers. With `node=False` nothing of this changes.
 
+With `pod_network=True` as well, the node runs in a network namespace of its own
+with a real pod network (`secure_keys_dev.podnet`): pods get addresses of a pod
+CIDR, kube-proxy makes ClusterIP Services work (the `kubernetes` Service included:
+the API server advertises the node-side end of its forwarder), CoreDNS serves
+`cluster.local` as the `kube-dns` Service, and the API server reaches webhooks
+and aggregated APIs through Services by dialing endpoint addresses
+(`--enable-aggregator-routing`). `expose_host_port` and `expose_service` put a
+server on the host's loopback behind an address, or a Service, inside the node.
+The front proxy (`--requestheader-*`, `--proxy-client-cert-file`) is configured
+on every cluster, as on any real one.
+
 Leftovers are prevented three ways: `stop()` runs from `finally`/`__exit__`;
 each child gets PR_SET_PDEATHSIG so the kernel kills it if this process dies
 without cleaning up (SIGKILL, a crash); and `start()` sweeps the directories of
@@ -42,12 +53,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from secure_keys_dev import kubeconfig, pki
+from secure_keys_dev import kubeconfig, pki, podnet
 from secure_keys_dev import node as node_mod
 
 BUILD_COMMAND = "scripts/build-control-plane.sh (or: make control-plane)"
 WORKDIR_PREFIX = "securekeys-cluster-"
 SERVICE_CIDR = "10.96.0.0/16"
+"""The Service CIDR of a cluster without a pod network (a pod network brings its own)."""
+FRONT_PROXY_CLIENT = "front-proxy-client"
+COREDNS_USER = "securekeys:coredns"
+KUBE_PROXY_USER = "system:kube-proxy"  # bound to system:node-proxier by default
+MANAGED_BY = "securekeys.io/local-cluster"
 # Controllers the tests rely on: cascading deletes, namespace teardown,
 # ServiceAccounts and their tokens, Deployments, and signing client-cert CSRs.
 CONTROLLERS = (
@@ -236,12 +252,22 @@ class LocalCluster:
         node: bool = False,
         node_images: Sequence[Path] = (),
         sandbox_image: str | None = None,
+        pod_network: bool = False,
     ) -> None:
         """``node=True`` adds a node; ``node_images`` are OCI archives imported into it,
-        ``sandbox_image`` (the pause image's name) must be one of them. A missing node
+        ``sandbox_image`` (the pause image's name) must be one of them. ``pod_network``
+        gives the node its own network namespace and a pod network. A missing node
         prerequisite raises `node.NodeUnavailable` here, before anything starts."""
         self.binaries = binaries or Binaries.find()
         self.node_tools = node_mod.NodeTools.find(self.binaries.etcd.parent) if node else None
+        if pod_network and self.node_tools is None:
+            raise ControlPlaneError("a pod network needs a node (node=True)")
+        self.network_tools = (
+            node_mod.NetworkTools.find(self.binaries.etcd.parent, self.node_tools.cni_bin_dir)
+            if pod_network and self.node_tools is not None
+            else None
+        )
+        self.network: podnet.PodNetwork | None = None
         if node and sandbox_image is None:
             raise ControlPlaneError("a node needs sandbox_image (the pause image's name)")
         self._node_images = tuple(node_images)
@@ -273,6 +299,82 @@ class LocalCluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.ports.apiserver}"
+
+    @property
+    def node_server(self) -> str:
+        """The API server as the node sees it: its forwarder there, with a pod network."""
+        if self.network is None:
+            return self.server
+        return f"https://{self.network.node_address}:{self.ports.apiserver}"
+
+    @property
+    def service_cidr(self) -> str:
+        return SERVICE_CIDR if self.network is None else str(self.network.services)
+
+    def expose_host_port(self, host_port: int) -> tuple[str, int]:
+        """A forwarder inside the node's namespace to ``127.0.0.1:host_port`` on the host;
+        returns the address and port it listens on (the node's, the same port)."""
+        network, node = self.network, self.node
+        if network is None or node is None or node.containerd is None:
+            raise ControlPlaneError("exposing a host port needs a running pod network")
+        self._spawn(
+            f"forward-{host_port}",
+            node_mod.forwarder_argv(
+                node.containerd.process.pid, [f"{network.node_address}:{host_port}={host_port}"]
+            ),
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError):
+                if node_mod._accepts(network.node_address, host_port):
+                    return network.node_address, host_port
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"the forwarder for port {host_port} did not start")
+            time.sleep(0.02)
+
+    def expose_service(self, namespace: str, name: str, port: int, host_port: int) -> str:
+        """A ClusterIP Service ``name`` (TCP ``port``) in front of ``127.0.0.1:host_port``
+        on the host: a forwarder in the node is its only endpoint. Returns its DNS name."""
+        address, forwarded = self.expose_host_port(host_port)
+        self._apply_service(namespace, name, address, [("https", port, forwarded, "TCP")])
+        return f"{name}.{namespace}.svc"
+
+    def _apply_service(
+        self,
+        namespace: str,
+        name: str,
+        address: str,
+        ports: Sequence[tuple[str, int, int, str]],
+        cluster_ip: str | None = None,
+    ) -> None:
+        """A Service without selector and its EndpointSlice (``address``), created."""
+        spec: dict[str, Any] = {
+            "ports": [
+                {"name": n, "port": p, "targetPort": t, "protocol": proto}
+                for n, p, t, proto in ports
+            ]
+        }
+        if cluster_ip is not None:
+            spec["clusterIP"] = cluster_ip
+        labels = {
+            "kubernetes.io/service-name": name,
+            "endpointslice.kubernetes.io/managed-by": MANAGED_BY,
+        }
+        self._api_create(
+            f"/api/v1/namespaces/{namespace}/services",
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec},
+        )
+        self._api_create(
+            f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": f"{name}-node", "labels": labels},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
+                "ports": [{"name": n, "port": t, "protocol": proto} for n, _, t, proto in ports],
+            },
+        )
 
     @property
     def kubeconfig(self) -> Path:
@@ -346,7 +448,12 @@ class LocalCluster:
             if node is not None:
                 node.stop(timeout)
         finally:
-            self._stop_components(timeout)
+            try:
+                self._stop_components(timeout)
+            finally:
+                network, self.network = self.network, None
+                if network is not None:
+                    podnet.release(network)
 
     def _stop_components(self, timeout: float) -> None:
         # One at a time, in reverse order: an API server whose etcd is already gone
@@ -380,15 +487,19 @@ class LocalCluster:
         (workdir / "owner.pid").write_text(str(os.getpid()))
         (workdir / "logs").mkdir(exist_ok=True)
         self._ports = Ports.pick(api_port)
+        if self.network_tools is not None:
+            self.network = podnet.claim()
         self._write_pki(workdir)
         if self.node_tools is not None:
             self.node = node_mod.LocalNode(
                 self.node_tools,
                 node_mod.NodeLayout.new(workdir),
                 self._write_node_pki(workdir),
-                node_mod.NodePorts(*self._node_ports()),
+                node_mod.NodePorts(*self._node_ports(), apiserver=self.ports.apiserver),
                 sandbox_image=self._sandbox_image,
                 images=self._node_images,
+                network=self.network,
+                network_tools=self.network_tools,
             )
 
     def _node_ports(self) -> tuple[int, int]:
@@ -406,9 +517,13 @@ class LocalCluster:
         pki_dir = workdir / "pki"
         pki_dir.mkdir(mode=0o700, exist_ok=True)
         ca = self.ca = pki.CertificateAuthority.generate("securekeys-local-ca")
+        network = self.network
+        ips: tuple[str, ...] = ("127.0.0.1", "10.96.0.1")
+        if network is not None:
+            ips = ("127.0.0.1", network.kubernetes_service_ip, network.node_address)
         serving = ca.issue_server(
             "kube-apiserver",
-            ips=("127.0.0.1", "10.96.0.1"),
+            ips=ips,
             dns_names=(
                 "localhost",
                 "kubernetes",
@@ -418,6 +533,10 @@ class LocalCluster:
             ),
         )
         signer = pki.new_private_key()
+        # The front proxy: the API server's identity towards aggregated APIs, under a CA
+        # of its own (an extension API server trusts X-Remote-User only from it).
+        front_proxy_ca = pki.CertificateAuthority.generate("securekeys-front-proxy-ca")
+        front_proxy = front_proxy_ca.issue_client(FRONT_PROXY_CLIENT)
         files = {
             "ca.crt": ca.cert_pem,
             "ca.key": ca.key_pem,
@@ -425,6 +544,9 @@ class LocalCluster:
             "apiserver.key": serving.key_pem,
             "sa.key": pki.private_key_pem(signer),
             "sa.pub": pki.public_key_pem(signer),
+            "front-proxy-ca.crt": front_proxy_ca.cert_pem,
+            "front-proxy-client.crt": front_proxy.cert_pem,
+            "front-proxy-client.key": front_proxy.key_pem,
         }
         for name, data in files.items():
             path = pki_dir / name
@@ -458,7 +580,8 @@ class LocalCluster:
         and the scheduler's kubeconfig (user system:kube-scheduler)."""
         ca = self._require_ca()
         pki_dir = workdir / "pki"
-        certs = pki.issue_node_certificates(ca, node_mod.NODE_NAME, node_mod.NODE_NAME)
+        address = node_mod.NODE_NAME if self.network is None else self.network.node_address
+        certs = pki.issue_node_certificates(ca, node_mod.NODE_NAME, address)
         files = {
             "kubelet.crt": certs.kubelet_serving.cert_pem,
             "kubelet.key": certs.kubelet_serving.key_pem,
@@ -473,7 +596,7 @@ class LocalCluster:
         kubelet_kubeconfig = kubeconfig.write(
             workdir / "kubelet.kubeconfig",
             kubeconfig.build(
-                server=self.server,
+                server=self.node_server,
                 ca_pem=ca.cert_pem,
                 user=kubelet_user,
                 cert_pem=certs.kubelet_client.cert_pem,
@@ -491,13 +614,56 @@ class LocalCluster:
                 key_pem=scheduler.key_pem,
             ),
         )
+        inside: dict[str, Path] = {}
+        if self.network is not None:
+            for key, user in (("kube_proxy", KUBE_PROXY_USER), ("coredns", COREDNS_USER)):
+                pair = ca.issue_client(user)
+                inside[f"{key}_kubeconfig"] = kubeconfig.write(
+                    workdir / f"{key.replace('_', '-')}.kubeconfig",
+                    kubeconfig.build(
+                        server=self.node_server,
+                        ca_pem=ca.cert_pem,
+                        user=user,
+                        cert_pem=pair.cert_pem,
+                        key_pem=pair.key_pem,
+                    ),
+                )
         return node_mod.NodeCredentials(
             ca_cert=pki_dir / "ca.crt",
             kubelet_kubeconfig=kubelet_kubeconfig,
             kubelet_cert=pki_dir / "kubelet.crt",
             kubelet_key=pki_dir / "kubelet.key",
             scheduler_kubeconfig=scheduler_kubeconfig,
+            **inside,
         )
+
+    def _apiserver_network_flags(self) -> list[str]:
+        """Front proxy always; with a pod network the advertised address is the node end
+        of the forwarder (the `kubernetes` Service's endpoint) and the API server dials
+        Services' endpoint addresses (routed into the node's namespace)."""
+        pki_dir = self.workdir / "pki"
+        flags = [
+            f"--requestheader-client-ca-file={pki_dir / 'front-proxy-ca.crt'}",
+            f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki_dir / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki_dir / 'front-proxy-client.key'}",
+            f"--service-cluster-ip-range={self.service_cidr}",
+        ]
+        if self.network is None:
+            return [
+                *flags,
+                "--advertise-address=127.0.0.1",
+                # Loopback may not be published as the kubernetes Service endpoint.
+                "--endpoint-reconciler-type=none",
+            ]
+        return [
+            *flags,
+            f"--advertise-address={self.network.node_address}",
+            "--enable-aggregator-routing=true",
+        ]
 
     def _apiserver_node_flags(self) -> list[str]:
         pki_dir = self.workdir / "pki"
@@ -553,9 +719,7 @@ class LocalCluster:
                 str(self.binaries.kube_apiserver),
                 f"--etcd-servers={self.etcd_endpoint}",
                 "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                # Loopback may not be published as the kubernetes Service endpoint.
-                "--endpoint-reconciler-type=none",
+                *self._apiserver_network_flags(),
                 f"--secure-port={ports.apiserver}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
@@ -565,7 +729,6 @@ class LocalCluster:
                 f"--service-account-issuer=https://127.0.0.1:{ports.apiserver}",
                 f"--service-account-key-file={pki_dir / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -589,7 +752,7 @@ class LocalCluster:
                 f"--root-ca-file={pki_dir / 'ca.crt'}",
                 f"--cluster-signing-cert-file={pki_dir / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki_dir / 'ca.key'}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -599,6 +762,8 @@ class LocalCluster:
             deadline,
             lambda: self._api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
         )
+        if self.network is not None:
+            self._apply_cluster_dns(self.network)
         if self.node is not None:
             try:
                 self.node.start(self._spawn, self._wait, self._api_get, deadline)
@@ -606,7 +771,56 @@ class LocalCluster:
                 raise StartupFailed(f"the node did not start: {exc}") from exc
 
     def _controllers(self) -> tuple[str, ...]:
-        return CONTROLLERS + (NODE_CONTROLLERS if self.node is not None else ())
+        network = ("endpointslice-controller",) if self.network is not None else ()
+        return CONTROLLERS + (NODE_CONTROLLERS if self.node is not None else ()) + network
+
+    def _apply_cluster_dns(self, network: podnet.PodNetwork) -> None:
+        """CoreDNS's read access, and the `kube-dns` Service in front of it (it runs in the
+        node's namespace, on the node's address)."""
+        role = "securekeys:coredns"
+        self._api_create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": role},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["endpoints", "services", "pods", "namespaces"],
+                        "verbs": ["list", "watch"],
+                    },
+                    {
+                        "apiGroups": ["discovery.k8s.io"],
+                        "resources": ["endpointslices"],
+                        "verbs": ["list", "watch"],
+                    },
+                ],
+            },
+        )
+        self._api_create(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": role},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": role,
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": COREDNS_USER}
+                ],
+            },
+        )
+        self._apply_service(
+            "kube-system",
+            "kube-dns",
+            network.node_address,
+            [("dns", 53, 53, "UDP"), ("dns-tcp", 53, 53, "TCP")],
+            cluster_ip=network.dns_service_ip,
+        )
 
     def _wait(self, component: _Component, deadline: float, ready: Callable[[], bool]) -> None:
         delay = 0.02
@@ -652,6 +866,22 @@ class LocalCluster:
         context.load_cert_chain(admin_dir / "tls.crt", admin_dir / "tls.key")
         self._tls = context
         return context
+
+    def _api_create(self, path: str, document: dict[str, Any]) -> None:
+        connection = http.client.HTTPSConnection(
+            "127.0.0.1", self.ports.apiserver, context=self._admin_tls(), timeout=10
+        )
+        try:
+            body = json.dumps(document).encode()
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            answer = response.read()
+        finally:
+            connection.close()
+        if response.status not in (200, 201):
+            raise StartupFailed(f"POST {path} answered {response.status}: {answer[:300]!r}")
 
     def _api_get(self, path: str) -> tuple[int, bytes]:
         connection = http.client.HTTPSConnection(

@@ -36,15 +36,17 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from secure_keys_dev import image
+from secure_keys_dev import image, podnet
 
 NODE_NAME = "127.0.0.1"
 CGROUP_PREFIX = "securekeys-node-"
@@ -215,6 +217,50 @@ def _effective_capabilities() -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class NetworkTools:
+    """What a node with a pod network runs besides `NodeTools`."""
+
+    kube_proxy: Path
+    coredns: Path
+    ip: Path
+    iptables: Path
+
+    @classmethod
+    def find(cls, bin_dir: Path, cni_bin_dir: Path) -> NetworkTools:
+        """The tools, or `NodeUnavailable` listing every missing one and its fix."""
+        missing = [
+            Missing(f"{name} not built in {bin_dir}", f"run {BUILD_BINARIES}")
+            for name in ("kube-proxy", "coredns")
+            if not os.access(bin_dir / name, os.X_OK)
+        ]
+        found = {name: shutil.which(name) for name in ("ip", "iptables")}
+        missing += [
+            Missing(
+                f"{name} (Debian package {'iproute2' if name == 'ip' else name})",
+                f"run {INSTALL_PACKAGES}",
+            )
+            for name, path in found.items()
+            if path is None
+        ]
+        missing += [
+            Missing(
+                f"the {plugin} CNI plugin (Debian package containernetworking-plugins)",
+                f"run {INSTALL_PACKAGES}",
+            )
+            for plugin in ("bridge", "host-local")
+            if not os.access(cni_bin_dir / plugin, os.X_OK)
+        ]
+        if missing:
+            raise NodeUnavailable(missing)
+        return cls(
+            kube_proxy=bin_dir / "kube-proxy",
+            coredns=bin_dir / "coredns",
+            ip=Path(found["ip"] or "ip"),
+            iptables=Path(found["iptables"] or "iptables"),
+        )
+
+
 # -- layout and pure builders ------------------------------------------------------------
 @dataclass(frozen=True)
 class NodeLayout:
@@ -264,6 +310,18 @@ class NodeLayout:
     def cgroup_root(self) -> str:
         return "/" + self.cgroup_name
 
+    @property
+    def kube_proxy_config(self) -> Path:
+        return self.root / "kube-proxy-config.json"
+
+    @property
+    def corefile(self) -> Path:
+        return self.root / "Corefile"
+
+    @property
+    def resolv_conf(self) -> Path:
+        return self.root / "resolv.conf"
+
 
 @dataclass(frozen=True)
 class NodeCredentials:
@@ -274,6 +332,10 @@ class NodeCredentials:
     kubelet_cert: Path
     kubelet_key: Path
     scheduler_kubeconfig: Path
+    kube_proxy_kubeconfig: Path | None = None
+    """With a pod network: user system:kube-proxy, through the node's API forwarder."""
+    coredns_kubeconfig: Path | None = None
+    """With a pod network: user `COREDNS_USER`, through the node's API forwarder."""
 
 
 def containerd_config(layout: NodeLayout, tools: NodeTools, sandbox_image: str) -> str:
@@ -341,14 +403,22 @@ def cni_conflist() -> dict[str, Any]:
 
 
 def kubelet_configuration(
-    layout: NodeLayout, credentials: NodeCredentials, port: int
+    layout: NodeLayout,
+    credentials: NodeCredentials,
+    port: int,
+    network: podnet.PodNetwork | None = None,
 ) -> dict[str, Any]:
-    """The KubeletConfiguration: authenticated, loopback-only, everything under the node dir."""
+    """The KubeletConfiguration: authenticated, everything under the node dir; on loopback,
+    or with a pod network on the node's address with the cluster DNS for pods."""
     endpoint = f"unix://{layout.socket}"
+    dns: dict[str, Any] = {"resolvConf": "/etc/resolv.conf"}
+    if network is not None:
+        # No upstream servers: nothing leaves the machine, names outside the cluster fail.
+        dns = {"resolvConf": str(layout.resolv_conf), "clusterDNS": [network.dns_service_ip]}
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        "address": "127.0.0.1" if network is None else network.node_address,
         "port": port,
         "readOnlyPort": 0,
         "healthzPort": 0,
@@ -373,8 +443,8 @@ def kubelet_configuration(
         "podLogsDir": str(layout.kubelet_dir / "pod-logs"),
         # Its default (/usr/libexec/kubernetes/...) would be created on the host.
         "volumePluginDir": str(layout.kubelet_dir / "volume-plugins"),
-        "resolvConf": "/etc/resolv.conf",
-        "clusterDomain": "cluster.local",
+        **dns,
+        "clusterDomain": podnet.CLUSTER_DOMAIN,
         # Images come from `ctr import`, not a registry: never garbage-collect them.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -390,21 +460,56 @@ def kubelet_configuration(
     }
 
 
+def enter_argv(tools: NodeTools, namespace_pid: int, *, network: bool) -> list[str]:
+    """nsenter into containerd's mount namespace (and its network namespace, if it has one)."""
+    argv = [str(tools.nsenter), f"--mount=/proc/{namespace_pid}/ns/mnt"]
+    if network:
+        argv.append(f"--net=/proc/{namespace_pid}/ns/net")
+    return [*argv, "--"]
+
+
 def kubelet_argv(
-    tools: NodeTools, layout: NodeLayout, credentials: NodeCredentials, namespace_pid: int
+    tools: NodeTools,
+    layout: NodeLayout,
+    credentials: NodeCredentials,
+    namespace_pid: int,
+    network: podnet.PodNetwork | None = None,
 ) -> list[str]:
-    """The kubelet, run inside containerd's mount namespace."""
+    """The kubelet, run inside containerd's namespaces."""
+    node_ip = [] if network is None else [f"--node-ip={network.node_address}"]
     return [
-        str(tools.nsenter),
-        f"--mount=/proc/{namespace_pid}/ns/mnt",
-        "--",
+        *enter_argv(tools, namespace_pid, network=network is not None),
         str(tools.kubelet),
         f"--config={layout.kubelet_config}",
         f"--kubeconfig={credentials.kubelet_kubeconfig}",
         f"--hostname-override={NODE_NAME}",
+        *node_ip,
         f"--root-dir={layout.kubelet_dir}",
         f"--cert-dir={layout.kubelet_dir / 'pki'}",
         "--v=1",
+    ]
+
+
+def kube_proxy_argv(
+    tools: NodeTools, network_tools: NetworkTools, layout: NodeLayout, namespace_pid: int
+) -> list[str]:
+    """kube-proxy in the node's namespaces, where its iptables rules stay."""
+    return [
+        *enter_argv(tools, namespace_pid, network=True),
+        str(network_tools.kube_proxy),
+        f"--config={layout.kube_proxy_config}",
+        "--v=1",
+    ]
+
+
+def coredns_argv(
+    tools: NodeTools, network_tools: NetworkTools, layout: NodeLayout, namespace_pid: int
+) -> list[str]:
+    return [
+        *enter_argv(tools, namespace_pid, network=True),
+        str(network_tools.coredns),
+        "-conf",
+        str(layout.corefile),
     ]
 
 
@@ -426,14 +531,19 @@ def scheduler_argv(
     ]
 
 
-def namespace_script(layout: NodeLayout, tools: NodeTools, shields: Mapping[str, Path]) -> str:
+def namespace_script(
+    layout: NodeLayout, tools: NodeTools, shields: Mapping[str, Path], *, network: bool = False
+) -> str:
     """Runs as PID <n> in the fresh mount namespace: private /run and /var/log, shielded
-    sysctls, then exec containerd (same PID, so PR_SET_PDEATHSIG still holds)."""
+    sysctls, then exec containerd (same PID, so PR_SET_PDEATHSIG still holds). In a fresh
+    network namespace, loopback comes up first (containerd's stream server binds it)."""
     lines = [
         "set -eu",
         "mount -t tmpfs -o mode=0755,size=64m securekeys-run /run",
         "mount -t tmpfs -o mode=0755,size=64m securekeys-log /var/log",
     ]
+    if network:
+        lines.append("ip link set lo up")
     for key, source in sorted(shields.items()):
         target = Path("/proc/sys") / key
         lines.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))}")
@@ -444,12 +554,15 @@ def namespace_script(layout: NodeLayout, tools: NodeTools, shields: Mapping[str,
     return "\n".join(lines) + "\n"
 
 
-def namespace_argv(tools: NodeTools, layout: NodeLayout) -> list[str]:
+def namespace_argv(tools: NodeTools, layout: NodeLayout, *, network: bool = False) -> list[str]:
+    """containerd's parent: a new mount namespace, and a new network namespace for a node
+    with a pod network (it lives exactly as long as the processes in it)."""
     return [
         str(tools.unshare),
         "--mount",
         "--propagation",
         "private",
+        *(["--net"] if network else []),
         "/bin/sh",
         str(layout.namespace_script),
     ]
@@ -722,6 +835,10 @@ def reap_stale_nodes() -> list[str]:
         kill_cgroup_tree(name)
         remove_cgroup_tree(name)
         removed.append(name)
+    # Their network namespaces went with their last process, and the veth pairs with
+    # them; a pair whose node end never left the host (the owner died during start-up)
+    # is deleted here.
+    podnet.reap_stale_links(_pid_alive)
     return removed
 
 
@@ -789,6 +906,8 @@ ApiGet = Callable[[str], tuple[int, bytes]]
 class NodePorts:
     kubelet: int
     scheduler: int
+    apiserver: int = 0
+    """The API server's port on the host's loopback (a pod network forwards it)."""
 
 
 def _read_sysctl(key: str) -> str | None:
@@ -816,7 +935,18 @@ class LocalNode:
         *,
         sandbox_image: str,
         images: Sequence[Path] = (),
+        network: podnet.PodNetwork | None = None,
+        network_tools: NetworkTools | None = None,
     ) -> None:
+        """With ``network`` (and ``network_tools``) the node gets a pod network (see
+        `secure_keys_dev.podnet`); its host end must already exist (`podnet.claim`)."""
+        if (network is None) != (network_tools is None):
+            raise NodeError("a pod network needs both network and network_tools")
+        self.network = network
+        self.network_tools = network_tools
+        self.kube_proxy: Process | None = None
+        self.coredns: Process | None = None
+        self.forwarder: Process | None = None
         self.tools = tools
         self.layout = layout
         self.credentials = credentials
@@ -856,8 +986,12 @@ class LocalNode:
                 self.tools, self.credentials, self.ports.scheduler, self.layout.root / "scheduler"
             ),
         )
-        self.containerd = containerd = spawn("containerd", namespace_argv(self.tools, self.layout))
+        self.containerd = containerd = spawn(
+            "containerd", namespace_argv(self.tools, self.layout, network=self.network is not None)
+        )
         wait(containerd, deadline, self._containerd_ready)
+        if self.network is not None:
+            self._start_network(spawn, wait, containerd.process.pid, deadline)
         imports_began = time.monotonic()
         for archive in self.images:
             self._import(archive, deadline)
@@ -865,11 +999,26 @@ class LocalNode:
         kubelet_began = time.monotonic()
         kubelet = self.kubelet = spawn(
             "kubelet",
-            kubelet_argv(self.tools, self.layout, self.credentials, containerd.process.pid),
+            kubelet_argv(
+                self.tools, self.layout, self.credentials, containerd.process.pid, self.network
+            ),
         )
+        if self.network is not None and self.network_tools is not None:
+            self.kube_proxy = spawn(
+                "kube-proxy",
+                kube_proxy_argv(
+                    self.tools, self.network_tools, self.layout, containerd.process.pid
+                ),
+            )
+            coredns = self.coredns = spawn(
+                "coredns",
+                coredns_argv(self.tools, self.network_tools, self.layout, containerd.process.pid),
+            )
         wait(scheduler, deadline, self._scheduler_healthy)
         wait(kubelet, deadline, lambda: self._node_ready(api_get))
         self.kubelet_ready_in = time.monotonic() - kubelet_began
+        if self.network is not None:
+            wait(coredns, deadline, self._coredns_ready)  # DNS answers: the network is up
         self.ready_in = time.monotonic() - began
 
     def import_image(self, archive: Path, timeout: float = 60.0) -> None:
@@ -882,7 +1031,7 @@ class LocalNode:
         Order matters: the kubelet first (else it restarts what we kill), then every
         container (by cgroup), containerd, its shims (by socket), and the cgroups.
         """
-        for component in (self.kubelet, self.scheduler):
+        for component in (self.kubelet, self.kube_proxy, self.coredns, self.scheduler):
             _terminate(component, timeout)
         if self._cgroup_created:
             kill_cgroup_tree(self.layout.cgroup_name, timeout)
@@ -898,7 +1047,14 @@ class LocalNode:
     def rss_kib(self) -> dict[str, int]:
         """Resident memory of the node's own processes (kubelet, containerd, scheduler)."""
         sizes: dict[str, int] = {}
-        for component in (self.kubelet, self.containerd, self.scheduler):
+        for component in (
+            self.kubelet,
+            self.containerd,
+            self.scheduler,
+            self.kube_proxy,
+            self.coredns,
+            self.forwarder,
+        ):
             if component is None:
                 continue
             with contextlib.suppress(OSError):
@@ -923,16 +1079,73 @@ class LocalNode:
         layout.containerd_config.write_text(
             containerd_config(layout, self.tools, self.sandbox_image)
         )
-        (layout.cni_conf_dir / "10-loopback.conflist").write_text(json.dumps(cni_conflist()))
+        network = self.network
+        if network is None:
+            (layout.cni_conf_dir / "10-loopback.conflist").write_text(json.dumps(cni_conflist()))
+        else:
+            conflist = podnet.cni_conflist(network, layout.root / "cni-ipam")
+            (layout.cni_conf_dir / "10-pods.conflist").write_text(json.dumps(conflist))
+            self._write_network_files(network)
         layout.kubelet_config.write_text(
-            json.dumps(kubelet_configuration(layout, self.credentials, self.ports.kubelet))
+            json.dumps(kubelet_configuration(layout, self.credentials, self.ports.kubelet, network))
         )
         shields: dict[str, Path] = {}
         for key, value in read_shielded_sysctls().items():
             shield = layout.sysctl_dir / key.replace("/", ".")
             shield.write_text(value)
             shields[key] = shield
-        layout.namespace_script.write_text(namespace_script(layout, self.tools, shields))
+        layout.namespace_script.write_text(
+            namespace_script(layout, self.tools, shields, network=network is not None)
+        )
+
+    def _write_network_files(self, network: podnet.PodNetwork) -> None:
+        layout, credentials = self.layout, self.credentials
+        if credentials.kube_proxy_kubeconfig is None or credentials.coredns_kubeconfig is None:
+            raise NodeError("a pod network needs kube-proxy's and CoreDNS's kubeconfigs")
+        layout.kube_proxy_config.write_text(
+            json.dumps(
+                podnet.kube_proxy_configuration(
+                    network, credentials.kube_proxy_kubeconfig, NODE_NAME
+                )
+            )
+        )
+        layout.corefile.write_text(podnet.corefile(network, credentials.coredns_kubeconfig))
+        layout.resolv_conf.write_text(
+            "# The node's namespace has no route off the machine: no upstream servers.\n"
+        )
+
+    def _start_network(
+        self,
+        spawn: Callable[[str, Sequence[str]], P],
+        wait: Callable[[P, float, Callable[[], bool]], None],
+        namespace_pid: int,
+        deadline: float,
+    ) -> None:
+        """The node end of the pair into containerd's network namespace, then the API
+        server's forwarder there (the kubelet, kube-proxy and CoreDNS dial it)."""
+        network = self.network
+        if network is None:
+            raise NodeError("no pod network to start")
+        try:
+            podnet.move_into(network, namespace_pid)
+        except podnet.PodNetworkError as exc:
+            raise NodeError(str(exc)) from exc
+        port = self.ports.apiserver
+        forwarder = self.forwarder = spawn(
+            "forward-apiserver",
+            forwarder_argv(namespace_pid, [f"{network.node_address}:{port}={port}"]),
+        )
+        wait(forwarder, deadline, lambda: _accepts(network.node_address, port))
+
+    def _coredns_ready(self) -> bool:
+        if self.network is None:
+            return True
+        connection = http.client.HTTPConnection(self.network.node_address, 8181, timeout=2)
+        try:
+            connection.request("GET", "/ready")
+            return connection.getresponse().status == 200
+        finally:
+            connection.close()
 
     def _containerd_ready(self) -> bool:
         if not self.layout.socket.exists():
@@ -980,6 +1193,22 @@ class LocalNode:
     def _node_ready(self, api_get: ApiGet) -> bool:
         status, body = api_get(f"/api/v1/nodes/{NODE_NAME}")
         return status == 200 and node_is_ready(json.loads(body))
+
+
+def forwarder_argv(namespace_pid: int, rules: Sequence[str]) -> list[str]:
+    """`secure_keys_dev.forward` (stdlib only, so it runs by path) for ``rules``."""
+    return [
+        sys.executable,
+        str(Path(__file__).with_name("forward.py")),
+        f"--netns=/proc/{namespace_pid}/ns/net",
+        *rules,
+    ]
+
+
+def _accepts(address: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ``address`` (inside the node)."""
+    with socket.create_connection((address, port), timeout=1):
+        return True
 
 
 def _terminate(component: Process | None, timeout: float) -> None:
