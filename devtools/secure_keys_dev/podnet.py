@@ -286,8 +286,20 @@ def claim() -> PodNetwork:
     return network
 
 
+def check_own_namespace(netns_pid: int) -> None:
+    """Refuse unless ``netns_pid`` runs in a network namespace other than ours (the host's):
+    the node's setup must never run against the host's interfaces."""
+    try:
+        theirs = os.stat(f"/proc/{netns_pid}/ns/net").st_ino
+    except OSError as exc:
+        raise PodNetworkError(f"process {netns_pid} is gone: {exc}") from exc
+    if theirs == os.stat("/proc/self/ns/net").st_ino:
+        raise PodNetworkError(f"process {netns_pid} is in the host's network namespace")
+
+
 def move_into(network: PodNetwork, netns_pid: int) -> None:
     """Move the node end into the namespace of ``netns_pid`` and set that side up."""
+    check_own_namespace(netns_pid)
     _ip("link", "set", network.peer_link, "netns", str(netns_pid))
     result = subprocess.run(  # noqa: S603 - util-linux's nsenter, our script
         [  # noqa: S607

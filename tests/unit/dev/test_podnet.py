@@ -177,3 +177,10 @@ def test_the_forwarder_joins_a_connection_to_the_host_loopback_port() -> None:
         return answer
 
     assert asyncio.run(asyncio.wait_for(scenario(), 10)) == b"echo:ping"
+
+
+def test_the_node_setup_refuses_a_process_in_the_host_namespace() -> None:
+    with pytest.raises(podnet.PodNetworkError, match="in the host's network namespace"):
+        podnet.check_own_namespace(os.getpid())
+    with pytest.raises(podnet.PodNetworkError, match="is gone"):
+        podnet.move_into(podnet.PodNetwork.in_block(BLOCK), 2**22 + 1)
