@@ -63,7 +63,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 FRONT_PROXY_CLIENT = "front-proxy-client"
 COREDNS_USER = "securekeys:coredns"
 KUBE_PROXY_USER = "system:kube-proxy"  # bound to system:node-proxier by default
-MANAGED_BY = "securekeys.io/local-cluster"
+MANAGED_BY = "local-cluster.securekeys.io"
 # Controllers the tests rely on: cascading deletes, namespace teardown,
 # ServiceAccounts and their tokens, Deployments, and signing client-cert CSRs.
 CONTROLLERS = (
