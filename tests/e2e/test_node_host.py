@@ -1,8 +1,10 @@
-"""The local node leaves the host as it found it: sysctls, mounts, cgroups, processes.
+"""The local node leaves the host as it found it: sysctls, mounts, cgroups, processes,
+and with a pod network its network namespace, veth pair and route.
 
 Each test starts a node of its own with a pod on it (so there are containers, shims,
-overlay and tmpfs mounts, pod cgroups), then checks the host after a clean stop and
-after its owner was killed with SIGKILL and the next start swept up.
+overlay and tmpfs mounts, pod cgroups, and with a pod network a pod address, a bridge
+and kube-proxy's rules in the node's namespace), then checks the host after a clean
+stop and after its owner was killed with SIGKILL and the next start swept up.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys_dev import access, image
+from secure_keys_dev import access, image, podnet
 from secure_keys_dev.cluster import LocalCluster, sweep_stale_workdirs
 from secure_keys_dev.node import (
     CGROUP_PREFIX,
@@ -82,6 +84,48 @@ def _processes_mentioning(text: str) -> set[int]:
     return _running(found)
 
 
+@dataclass(frozen=True)
+class NetworkTrace:
+    """What a node's pod network put on the host, to look for afterwards."""
+
+    host_link: str
+    block: str
+    netns_inode: int
+
+    @classmethod
+    def of(cls, network: podnet.PodNetwork, containerd_pid: int) -> NetworkTrace:
+        inode = os.stat(f"/proc/{containerd_pid}/ns/net").st_ino
+        assert inode != os.stat("/proc/self/ns/net").st_ino  # the node has its own
+        return cls(network.host_link, str(network.block), inode)
+
+
+def _net_namespace_inodes() -> set[int]:
+    inodes = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                inodes.add(os.stat(entry / "ns" / "net").st_ino)
+            except OSError:
+                continue
+    return inodes
+
+
+def assert_no_network_left(trace: NetworkTrace) -> None:
+    """No process in the node's namespace (so it is gone, with its bridge and iptables
+    rules), no host link of ours, no route into its block."""
+    assert trace.netns_inode not in _net_namespace_inodes()
+    assert not (podnet.SYS_CLASS_NET / trace.host_link).exists()
+    assert trace.host_link not in podnet.owned_links()
+    routes = subprocess.run(
+        ["ip", "-4", "route", "show", "table", "all"],  # noqa: S607 - iproute2
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert trace.block not in routes
+    assert trace.host_link not in routes
+
+
 def assert_host_as_found(before: HostState, workdir: Path, cgroup: str) -> None:
     after = HostState.capture()
     assert after.sysctls == before.sysctls
@@ -114,7 +158,7 @@ def node_images(kube: Target) -> NodeImages:
     )
 
 
-def _start_pod(kubeconfig: Path, busybox: str) -> str:
+def _start_pod(kubeconfig: Path, busybox: str, *, host_network: bool = True) -> str:
     """A pod with a memory volume and a projected token (tmpfs mounts), Running."""
     with access.api_client(kubeconfig) as api:
         core = client.CoreV1Api(api)
@@ -130,7 +174,7 @@ def _start_pod(kubeconfig: Path, busybox: str) -> str:
             "kind": "Pod",
             "metadata": {"name": "host-state"},
             "spec": {
-                "hostNetwork": True,
+                "hostNetwork": host_network,
                 "containers": [
                     {
                         "name": "idle",
@@ -153,18 +197,27 @@ def _start_pod(kubeconfig: Path, busybox: str) -> str:
         return uid
 
 
-def test_stop_leaves_the_host_as_found(kube: Target, node_images: NodeImages) -> None:
+@pytest.mark.parametrize("pod_network", [False, True], ids=["host-network", "pod-network"])
+def test_stop_leaves_the_host_as_found(
+    kube: Target, node_images: NodeImages, pod_network: bool
+) -> None:
     assert kube.cluster is not None
     before = HostState.capture()
+    trace = None
     with LocalCluster(
         binaries=kube.cluster.binaries,
         node=True,
         node_images=node_images.archives,
         sandbox_image=node_images.pause,
+        pod_network=pod_network,
     ) as cluster:
         node = cluster.node
         assert node is not None
-        uid = _start_pod(cluster.kubeconfig, node_images.busybox)
+        uid = _start_pod(cluster.kubeconfig, node_images.busybox, host_network=not pod_network)
+        if cluster.network is not None:
+            assert node.containerd is not None
+            trace = NetworkTrace.of(cluster.network, node.containerd.process.pid)
+            assert (podnet.SYS_CLASS_NET / trace.host_link).exists()
         workdir, cgroup = cluster.workdir, node.layout.cgroup_name
         during = HostState.capture()
         # Isolation while running: the kubelet's sysctl writes and every mount stay inside.
@@ -182,6 +235,8 @@ def test_stop_leaves_the_host_as_found(kube: Target, node_images: NodeImages) ->
         processes = containers | shims | {c.process.pid for c in cluster._components}
     assert _running(processes) == set()
     assert_host_as_found(before, workdir, cgroup)
+    if trace is not None:
+        assert_no_network_left(trace)
 
 
 OWNER = """
@@ -193,26 +248,35 @@ cluster = LocalCluster(
     node=True,
     node_images=[Path(p) for p in settings["archives"]],
     sandbox_image=settings["pause"],
+    pod_network=settings["pod_network"],
 ).start()
+network = cluster.network
 print(json.dumps({
     "workdir": str(cluster.workdir),
     "kubeconfig": str(cluster.kubeconfig),
     "cgroup": cluster.node.layout.cgroup_name,
     "socket": str(cluster.node.socket),
     "components": [c.process.pid for c in cluster._components],
+    "containerd": cluster.node.containerd.process.pid,
+    "network": network and {"link": network.host_link, "block": str(network.block)},
 }), flush=True)
 time.sleep(600)
 """
 
 
-@pytest.fixture
+@pytest.fixture(params=[False, True], ids=["host-network", "pod-network"])
 def owner(
-    kube: Target, node_images: NodeImages
+    kube: Target, node_images: NodeImages, request: pytest.FixtureRequest
 ) -> Iterator[tuple[HostState, subprocess.Popen[str]]]:
-    """(the host before, a process that owns a LocalCluster with a node)."""
+    """(the host before, a process that owns a LocalCluster with a node, with or without
+    a pod network)."""
     assert kube.cluster is not None
     before = HostState.capture()
-    settings = {"archives": [str(a) for a in node_images.archives], "pause": node_images.pause}
+    settings = {
+        "archives": [str(a) for a in node_images.archives],
+        "pause": node_images.pause,
+        "pod_network": request.param,
+    }
     process = subprocess.Popen(  # noqa: S603 - our interpreter, our script
         [sys.executable, "-c", OWNER, json.dumps(settings)],
         stdout=subprocess.PIPE,
@@ -239,7 +303,12 @@ def test_after_the_owner_is_killed_the_next_start_cleans_up(
     assert owner_process.stdout is not None
     started = json.loads(owner_process.stdout.readline())
     workdir, cgroup = Path(started["workdir"]), started["cgroup"]
-    _start_pod(Path(started["kubeconfig"]), node_images.busybox)
+    network = started["network"]
+    _start_pod(Path(started["kubeconfig"]), node_images.busybox, host_network=network is None)
+    trace = None
+    if network is not None:
+        inode = os.stat(f"/proc/{started['containerd']}/ns/net").st_ino
+        trace = NetworkTrace(network["link"], network["block"], inode)
     containers = cgroup_tree_pids(cgroup)
     shims = {pid for pid, sock in shim_sockets().items() if str(sock) == started["socket"]}
     assert containers
@@ -259,3 +328,5 @@ def test_after_the_owner_is_killed_the_next_start_cleans_up(
     assert workdir in sweep_stale_workdirs(workdir.parent)  # what the next start does
     assert _running(containers | shims) == set()
     assert_host_as_found(before, workdir, cgroup)
+    if trace is not None:
+        assert_no_network_left(trace)
