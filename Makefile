@@ -114,6 +114,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(DEV) bench/controller.py
 	$(DEV) bench/kms.py
 	$(DEV) bench/delivery.py
+	$(DEV) bench/pod_network.py
 
 demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo
