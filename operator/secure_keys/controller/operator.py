@@ -1,8 +1,8 @@
 """Watch wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
 
 kopf provides the ApiKey and KeyRole watches and login (leader election is ours:
-``leader.py``). Two more watches are our own informers (``secure_keys.kube.informer``),
-because they need selectors applied by the API server:
+``secure_keys.kube.leader``). Two more watches are our own informers
+(``secure_keys.kube.informer``), because they need selectors applied by the API server:
 
 * blob Secrets, with the label selector ``app.kubernetes.io/managed-by=secure-keys``, so
   no other Secret of the cluster ever reaches this process (kopf's ``labels=`` filter
@@ -48,7 +48,6 @@ from secure_keys.controller.controller_keys import (
     recipient_restored_event,
 )
 from secure_keys.controller.keyroles import KeyRoleReconciler, roles_to_requeue, selection_of
-from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.service import (
     BLOB_SECRET_TYPE,
@@ -71,6 +70,7 @@ from secure_keys.kube.client import (
 from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
+from secure_keys.kube.leader import LeaderElector, LeaseTiming
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
 
 _log = structlog.get_logger("secure_keys.controller")

@@ -112,6 +112,23 @@ class LocalKeyring:
         """A new keyring whose version 1 derives from ``password``."""
         return cls(key_id, (_derive_version(1, password, iterations),))
 
+    @classmethod
+    def from_params(
+        cls,
+        key_id: str,
+        password: str | bytes | bytearray,
+        params: KdfParams,
+        created: str,
+    ) -> LocalKeyring:
+        """A one-version keyring from given KDF parameters: the same inputs always give
+        the same keyring, so it can be kept as its inputs (the Helm chart keeps the
+        password, the salt and the date in a Secret and derives this at pod start)."""
+        hierarchy = KeyHierarchy.derive(password, params)
+        try:
+            return cls(key_id, (KekVersion(1, params, hierarchy.verifier(), created),))
+        finally:
+            hierarchy.wipe()
+
     @property
     def newest(self) -> KekVersion:
         return self.versions[-1]
