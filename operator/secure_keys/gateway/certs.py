@@ -63,6 +63,11 @@ WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfig
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 BUNDLE_ANNOTATION = "securekeys.io/ca-bundle-sha256"
 """On the gateway Deployment's pod template: the bundle its pods inject (a restart key)."""
+ROTATE_CA_ANNOTATION = "securekeys.io/rotate-ca"
+"""On the certificates Secret: a new value asks for a CA rotation now (its two steps,
+``ca_overlap / 2`` apart): ``kubectl annotate secret ... securekeys.io/rotate-ca=1``."""
+ROTATED_CA_ANNOTATION = "securekeys.io/rotated-ca"
+"""Written by the gateway: the ``rotate-ca`` value it has honoured."""
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 TLS_CERT, TLS_KEY = "tls.crt", "tls.key"
@@ -290,14 +295,22 @@ def _server_current(state: CertState, now: datetime.datetime, policy: CertPolicy
     return dns == set(policy.dns_names) and ips == want_ips
 
 
-def plan(state: CertState | None, now: datetime.datetime, policy: CertPolicy) -> CertState:
+def plan(
+    state: CertState | None,
+    now: datetime.datetime,
+    policy: CertPolicy,
+    *,
+    rotate_ca: bool = False,
+) -> CertState:
     """The state the Secret should hold at ``now``; ``state`` itself when nothing is due.
 
     Deterministic in its decisions (it generates keys, nothing else is random):
     1. nothing usable: a new CA and serving pair;
-    2. CA within ``ca_overlap`` of expiry and no successor: make one, add it to the bundle;
-    3. CA within ``ca_overlap / 2`` of expiry: the successor signs from now on (made here
-       if step 2 never ran, which only a lapse of the gateway for that long allows);
+    2. CA within ``ca_overlap`` of expiry (or ``rotate_ca``: a rotation asked for now)
+       and no successor: make one, add it to the bundle;
+    3. successor published ``ca_overlap / 2`` ago, or CA within ``ca_overlap / 2`` of
+       expiry: the successor signs from now on (made here if step 2 never ran, which only
+       a lapse of the gateway for that long allows);
     4. CAs that have expired leave the bundle;
     5. a serving certificate not signed by the signing CA, near its expiry, or for other
        names is reissued.
@@ -308,10 +321,13 @@ def plan(state: CertState | None, now: datetime.datetime, policy: CertPolicy) ->
         return CertState(ca, cert, key, (ca.cert_pem,))
     new = state
     remaining = new.ca.certificate.not_valid_after_utc - now
-    if remaining <= policy.ca_overlap and new.next is None:
+    if (remaining <= policy.ca_overlap or rotate_ca) and new.next is None:
         successor = issue_ca(now, policy.ca_validity)
         new = replace(new, next=successor, bundle=(*new.bundle, successor.cert_pem))
-    if remaining <= policy.ca_overlap / 2 and new.next is not None:
+    if new.next is not None and (
+        remaining <= policy.ca_overlap / 2
+        or now - (new.next.certificate.not_valid_before_utc + _BACKDATE) >= policy.ca_overlap / 2
+    ):
         promoted, old = new.next, new.ca
         others = tuple(p for p in new.bundle if p not in (promoted.cert_pem, old.cert_pem))
         new = replace(
@@ -401,9 +417,15 @@ class CertManager:
         """As the leader: bring the Secret, the webhook's caBundle and the Deployment's
         bundle annotation to the planned state; returns it."""
         current, body = await self.read()
-        wanted = plan(current, self.clock(), self.options.policy)
-        if wanted is not current:
+        annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+        asked = str(annotations.get(ROTATE_CA_ANNOTATION, ""))[:64]
+        rotate_ca = bool(asked) and asked != annotations.get(ROTATED_CA_ANNOTATION)
+        wanted = plan(current, self.clock(), self.options.policy, rotate_ca=rotate_ca)
+        if wanted is not current or rotate_ca:
             data = wanted.to_data()
+            if body is not None and rotate_ca:
+                body["metadata"].setdefault("annotations", {})[ROTATED_CA_ANNOTATION] = asked
+                _log.info("certs.ca_rotation_requested", secret=self.options.secret)
             if body is None:
                 await self.api.create(
                     SECRETS,

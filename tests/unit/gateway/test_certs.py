@@ -29,6 +29,8 @@ from cryptography import x509
 from secure_keys.gateway.certs import (
     BUNDLE_ANNOTATION,
     DEPLOYMENTS,
+    ROTATE_CA_ANNOTATION,
+    ROTATED_CA_ANNOTATION,
     WEBHOOKS,
     CertManager,
     CertOptions,
@@ -381,3 +383,46 @@ async def test_replicas_bootstrap_from_the_one_secret_the_lease_holder_made(
     creates = [c for c in api.calls if c[0] == "create" and c[1] == "secrets"]
     assert len(creates) == 1
     _ = KubeApi  # the type FakeApi stands in for
+
+
+def test_a_requested_ca_rotation_runs_both_steps_half_the_overlap_apart() -> None:
+    """``securekeys.io/rotate-ca``: the successor now, signing ca_overlap / 2 later; every
+    certificate served meanwhile is trusted by the webhook and by pods admitted since."""
+    state = plan(None, T0, POLICY)
+    asked = T0 + 2 * H
+    state = plan(state, asked, POLICY, rotate_ca=True)
+    assert state.next is not None
+    successor = state.next
+    admitted_after = state.bundle
+    for hour in range(2, 12):  # 10 h = ca_overlap / 2 after the request
+        now = T0 + hour * H
+        state = plan(state, now, POLICY)
+        assert state.next == successor, hour
+        assert trusted_by(state.tls_cert_pem, admitted_after, now)
+    state = plan(state, T0 + 12 * H, POLICY)
+    assert state.ca == successor
+    assert state.next is None
+    assert trusted_by(state.tls_cert_pem, admitted_after, T0 + 12 * H)
+    assert plan(state, T0 + 13 * H, POLICY).ca == successor  # asked once, done once
+
+
+@synchronous
+async def test_a_rotation_request_on_the_secret_is_honoured_once(tmp_path: Path) -> None:
+    api = FakeApi()
+    _webhook(api)
+    now = [T0]
+    manager = _manager(api, tmp_path, now)
+    first = await manager.reconcile()
+    secret = api.stored(SECRETS, NS, "secure-keys-gateway-tls")
+    secret["metadata"]["annotations"] = {ROTATE_CA_ANNOTATION: "1"}
+    now[0] = T0 + H
+    asked = await manager.reconcile()
+    assert asked.next is not None
+    assert asked.ca == first.ca
+    stored = api.stored(SECRETS, NS, "secure-keys-gateway-tls")["metadata"]["annotations"]
+    assert stored[ROTATED_CA_ANNOTATION] == "1"
+    now[0] = T0 + 11 * H
+    promoted = await manager.reconcile()
+    assert promoted.ca == asked.next
+    now[0] = T0 + 12 * H
+    assert (await manager.reconcile()).next is None  # no second rotation
