@@ -9,8 +9,11 @@ installed with the values such a cluster needs, and only those:
   Service routing;
 * ``KUBERNETES_SERVICE_HOST/PORT`` in ``extraEnv``: the pods reach the API server on the
   loopback too (the ``kubernetes`` Service's address is not routed);
-* ``gateway.replicas=1`` and free ports: two host-network replicas on one node would
-  share a port;
+* ``gateway.replicas=1``, ``gateway.updateStrategy`` without a surge, and free ports:
+  two host-network replicas on one node would share a port (so a gateway restart here
+  has a moment without a replica, and admissions in it are refused and retried);
+* ``gateway.extraArgs``: a 72 s CA overlap, so that a CA rotation on demand completes
+  within the test;
 * ``controller.namespaces`` and ``webhook.namespaceLabels``: the session's own controller
   and gateways share this cluster, so this release acts only on its test namespace;
 * ``crds.enabled=false``: the session installed the CRDs (the chart's CRD templates are
@@ -18,7 +21,9 @@ installed with the values such a cluster needs, and only those:
   is imported into the node.
 
 Then the user story through those pods: an ApiKey and a KeyRole applied, an opted-in pod
-reads its key, a rotation arrives, an unbound pod is refused; ``helm uninstall`` leaves
+reads its key, a rotation arrives, an unbound pod is refused; a CA rotation on demand
+fails no admission for want of trust and a pod admitted after the successor was
+published keeps receiving its key; ``helm uninstall`` leaves
 the ApiKeys, their blobs, the controller's keys and the KMS Secret, and blocks no pod;
 ``helm install`` again opens every key. It prints how long the install took to every pod
 Ready and to the first key delivered, and the pods' RSS.
@@ -110,6 +115,18 @@ def _values(kube: Target, tag: str, app_namespace: str) -> dict[str, Any]:
             "metricsPort": free_port(),
             "brokerUrl": f"https://127.0.0.1:{port}",
             "extraEnv": reach_api,
+            # A surge replica could not bind the port on the one node.
+            "updateStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+            },
+            # A CA rotation on demand completes in 36 s (the overlap is 72 s), and the
+            # replicas pick up a new Secret within a few seconds.
+            "extraArgs": [
+                "--ca-overlap-hours=0.02",
+                "--certs-interval=2",
+                "--cert-reload-interval=1",
+            ],
         },
         "certificates": {"ipAddresses": ["127.0.0.1"]},
         "webhook": {
@@ -300,6 +317,68 @@ def test_the_user_story_through_the_pods_the_chart_created(
         f"its first key read in a pod: {first_key_s:.1f} s; RSS gateway {gateway_rss:.0f} MiB, "
         f"controller {controller_rss:.0f} MiB"
     )
+
+
+def _secret_cas(core: client.CoreV1Api, release: Release) -> tuple[str, str]:
+    """The TLS Secret's signing CA and successor (PEM, base64; "" when none)."""
+    data = core.read_namespaced_secret(
+        f"{release.name}-secure-keys-gateway-tls", release.namespace
+    ).data
+    return data["ca.crt"], data.get("next.crt", "")
+
+
+def _gateway_rolled(kube: Target, release: Release) -> bool:
+    done = _kubectl(
+        kube,
+        "rollout",
+        "status",
+        "-n",
+        release.namespace,
+        f"deployment/{release.name}-secure-keys-gateway",
+        "--timeout=5s",
+    )
+    return done.returncode == 0
+
+
+def test_a_ca_rotation_on_demand_breaks_no_admission_for_want_of_trust(
+    kube: Target, admin_api: client.ApiClient, release: Release
+) -> None:
+    core = client.CoreV1Api(admin_api)
+    ns = release.app_namespace
+    old_ca, _ = _secret_cas(core, release)
+    untrusted: list[str] = []
+
+    def admit(name: str) -> Any:
+        try:
+            return _create_pod(core, ns, _pod(name, "app"))
+        except (ApiException, AssertionError) as exc:
+            text = str(getattr(exc, "body", exc))
+            if "x509" in text or "certificate" in text:
+                untrusted.append(text[:300])
+            raise
+
+    core.patch_namespaced_secret(
+        f"{release.name}-secure-keys-gateway-tls",
+        release.namespace,
+        {"metadata": {"annotations": {"securekeys.io/rotate-ca": secrets.token_hex(4)}}},
+    )
+    successor = eventually(lambda: _secret_cas(core, release)[1], 60, "a successor published")
+    # The bundle changed: the gateway restarts so that it injects both CAs.
+    eventually(lambda: _gateway_rolled(kube, release), 180, "the gateway restarted")
+    fresh = admit("fresh")
+    assert fresh.metadata.annotations["securekeys.io/gateway-ca"].count("BEGIN CERT") == 2
+    before = _read_key(kube, ns, "fresh")
+    eventually(lambda: _secret_cas(core, release)[0] == successor, 90, "the successor signs")
+    time.sleep(5)  # every replica has read the Secret and serves the new pair
+    admit("after-switch")
+    request_rotation(admin_api, ns, KEY)
+    eventually(
+        lambda: (r := _read_key(kube, ns, "fresh")) != before and r,
+        120,
+        "a rotation reaches the pod admitted between the two steps",
+    )
+    assert _secret_cas(core, release)[0] != old_ca
+    assert untrusted == []
 
 
 def test_uninstall_keeps_every_key_and_blocks_no_pod_and_a_reinstall_opens_them(
