@@ -15,7 +15,8 @@ installed with the values such a cluster needs, and only those:
 * ``gateway.extraArgs``: a 72 s CA overlap, so that a CA rotation on demand completes
   within the test;
 * ``controller.namespaces`` and ``webhook.namespaceLabels``: the session's own controller
-  and gateways share this cluster, so this release acts only on its test namespace;
+  and gateways share this cluster, so this release acts only on its test namespace (a
+  ``crash-*`` one, which the session's controller leaves alone);
 * ``crds.enabled=false``: the session installed the CRDs (the chart's CRD templates are
   checked in tests/unit/dev/test_chart.py); ``image.pullPolicy=Never``: the project image
   is imported into the node.
@@ -162,7 +163,8 @@ def release(
 ) -> Iterator[Release]:
     del pods, crds  # a node that runs pods, and the CRDs, are needed
     tag = secrets.token_hex(4)
-    namespace, app_namespace = f"sk-helm-{tag}", f"sk-helm-app-{tag}"
+    # crash-*: a namespace the session's own controller leaves alone.
+    namespace, app_namespace = f"sk-helm-{tag}", f"crash-helm-{tag}"
     core = client.CoreV1Api(admin_api)
     core.create_namespace(
         {"metadata": {"name": app_namespace, "labels": {"securekeys.io/helm-e2e": tag}}}
