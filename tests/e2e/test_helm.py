@@ -239,21 +239,27 @@ def _pod(name: str, account: str) -> dict[str, Any]:
     }
 
 
-def _create_pod(core: client.CoreV1Api, namespace: str, body: dict[str, Any]) -> Any:
-    """Create the pod, retrying while the webhook refuses for a reason that passes (its
-    caches not synced yet, or the caBundle not written yet)."""
-    last: list[str] = []
+def _create_pod(
+    core: client.CoreV1Api,
+    namespace: str,
+    body: dict[str, Any],
+    failures: list[str] | None = None,
+) -> Any:
+    """Create the pod, retrying while the webhook cannot answer (its caches not synced, the
+    caBundle not written yet, the one host-network replica restarting); each failed
+    attempt's message goes to ``failures``."""
+    seen = failures if failures is not None else []
 
     def attempt() -> Any:
         try:
             return core.create_namespaced_pod(namespace, body)
         except ApiException as exc:
-            last[:] = [str(exc.body)[:300]]
+            seen.append(str(exc.body)[:300])
             if exc.status in (500, 503) or "not synced" in str(exc.body):
                 return None
             raise
 
-    return eventually(attempt, 60, f"pod {body['metadata']['name']} admitted ({last})")
+    return eventually(attempt, 90, f"pod {body['metadata']['name']} admitted ({seen[-1:]})")
 
 
 def _read_key(kube: Target, namespace: str, pod: str, timeout: float = 90) -> str:
@@ -310,6 +316,7 @@ def test_the_user_story_through_the_pods_the_chart_created(
 
     with pytest.raises(ApiException) as refused:
         core.create_namespaced_pod(ns, _pod("intruder", "stranger"))
+    assert refused.value.status == 403
     assert "secure-keys" in str(refused.value.body)
 
     gateway_rss = _rss_mib(kube, release.namespace, "gateway")
@@ -348,16 +355,10 @@ def test_a_ca_rotation_on_demand_breaks_no_admission_for_want_of_trust(
     core = client.CoreV1Api(admin_api)
     ns = release.app_namespace
     old_ca, _ = _secret_cas(core, release)
-    untrusted: list[str] = []
+    failures: list[str] = []
 
     def admit(name: str) -> Any:
-        try:
-            return _create_pod(core, ns, _pod(name, "app"))
-        except (ApiException, AssertionError) as exc:
-            text = str(getattr(exc, "body", exc))
-            if "x509" in text or "certificate" in text:
-                untrusted.append(text[:300])
-            raise
+        return _create_pod(core, ns, _pod(name, "app"), failures)
 
     core.patch_namespaced_secret(
         f"{release.name}-secure-keys-gateway-tls",
@@ -380,7 +381,9 @@ def test_a_ca_rotation_on_demand_breaks_no_admission_for_want_of_trust(
         "a rotation reaches the pod admitted between the two steps",
     )
     assert _secret_cas(core, release)[0] != old_ca
-    assert untrusted == []
+    # Refusals while the one replica restarted are this cluster's (connection refused);
+    # none may come from a certificate the API server did not trust.
+    assert [f for f in failures if "x509" in f or "certificate" in f] == []
 
 
 def test_uninstall_keeps_every_key_and_blocks_no_pod_and_a_reinstall_opens_them(
