@@ -24,7 +24,8 @@ installed with the values such a cluster needs, and only those:
 Then the user story through those pods: an ApiKey and a KeyRole applied, an opted-in pod
 reads its key, a rotation arrives, an unbound pod is refused; a CA rotation on demand
 fails no admission for want of trust and a pod admitted after the successor was
-published keeps receiving its key; ``helm uninstall`` leaves
+published keeps receiving its key; the controller and the gateway killed mid-rotation
+lose nothing; ``helm uninstall`` leaves
 the ApiKeys, their blobs, the controller's keys and the KMS Secret, and blocks no pod;
 ``helm install`` again opens every key. It prints how long the install took to every pod
 Ready and to the first key delivered, and the pods' RSS.
@@ -384,6 +385,31 @@ def test_a_ca_rotation_on_demand_breaks_no_admission_for_want_of_trust(
     # Refusals while the one replica restarted are this cluster's (connection refused);
     # none may come from a certificate the API server did not trust.
     assert [f for f in failures if "x509" in f or "certificate" in f] == []
+
+
+def test_killing_the_controller_and_the_gateway_mid_rotation_loses_nothing(
+    kube: Target, admin_api: client.ApiClient, release: Release
+) -> None:
+    core = client.CoreV1Api(admin_api)
+    ns = release.app_namespace
+    before = _read_key(kube, ns, "fresh")
+    version = get_apikey(admin_api, ns, KEY)["status"]["currentVersion"]
+    request_rotation(admin_api, ns, KEY)
+    for component in ("controller", "gateway"):
+        for pod in core.list_namespaced_pod(
+            release.namespace, label_selector=f"app.kubernetes.io/component={component}"
+        ).items:
+            core.delete_namespaced_pod(pod.metadata.name, release.namespace, grace_period_seconds=0)
+    eventually(
+        lambda: get_apikey(admin_api, ns, KEY)["status"]["currentVersion"] > version,
+        180,
+        "the rotation finished by the replacement controller",
+    )
+    eventually(
+        lambda: (r := _read_key(kube, ns, "fresh")) != before and r,
+        180,
+        "the rotated key reaches the running pod through the replacement gateway",
+    )
 
 
 def test_uninstall_keeps_every_key_and_blocks_no_pod_and_a_reinstall_opens_them(
