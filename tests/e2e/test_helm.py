@@ -417,7 +417,8 @@ def test_uninstall_keeps_every_key_and_blocks_no_pod_and_a_reinstall_opens_them(
 ) -> None:
     core = client.CoreV1Api(admin_api)
     ns = release.app_namespace
-    before = eventually(lambda: _read_key(kube, ns, "reader"), 60, "the key before")
+    # "fresh" trusts the gateway's current CA (it was admitted during the CA rotation).
+    before = _read_key(kube, ns, "fresh")
     done = _helm(kube, "uninstall", release.name, "--namespace", release.namespace, "--wait")
     assert done.returncode == 0, done.stderr
     admission = client.AdmissionregistrationV1Api(admin_api)
