@@ -28,7 +28,7 @@ $(BIN)/python:
 # pip's output goes to stderr, so that `make -s cluster-up` prints only the kubeconfig path.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip >&2
-	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11]" >&2
+	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11,azure,keychain,totp]" >&2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
