@@ -239,10 +239,17 @@ def _get(args: argparse.Namespace) -> int:
     with open_store(args) as store, store.value(args.name, previous=args.previous) as value:
         out = sys.stdout.buffer
         out.write(value)
-        if args.newline or (os.isatty(out.fileno()) if hasattr(out, "fileno") else False):
+        if args.newline or _is_terminal(out):
             out.write(b"\n")
         out.flush()
     return 0
+
+
+def _is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError):
+        return False
 
 
 def _list(args: argparse.Namespace) -> int:
