@@ -27,10 +27,10 @@ from tests.conftest import CANARY
 
 
 class MemoryKeyring(keyring.backend.KeyringBackend):
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.entries: dict[tuple[str, str], str] = {}
 
     def get_password(self, service: str, username: str) -> str | None:
@@ -82,7 +82,7 @@ def test_a_missing_or_damaged_keychain_entry_is_refused(memory: MemoryKeyring) -
 
 def test_headless_linux_without_a_keychain_refuses_clearly() -> None:
     previous = keyring.get_keyring()
-    keyring.set_keyring(keyring.backends.fail.Keyring())
+    keyring.set_keyring(keyring.backends.fail.Keyring())  # type: ignore[no-untyped-call]
     try:
         with pytest.raises(KmsUnavailable, match=r"no OS keychain.*Secret Service.*'local'"):
             keychain.from_config("laptop", {"create": "true"})
@@ -105,6 +105,6 @@ def test_a_local_store_on_the_keychain_needs_no_password(
         assert store.get("k") == CANARY.encode()
         assert {v.kms_key_version for v in store.list_keys()[0].versions} == {"2"}
     assert CANARY not in repr(memory.entries)
-    keyring.set_keyring(keyring.backends.fail.Keyring())
+    keyring.set_keyring(keyring.backends.fail.Keyring())  # type: ignore[no-untyped-call]
     with pytest.raises(StoreError, match="no OS keychain"):
         LocalStore.open(directory)
