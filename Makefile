@@ -33,8 +33,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator sidecar devtools tests bench
-	$(BIN)/ruff format --check operator sidecar devtools tests bench
+	$(BIN)/ruff check operator sidecar devtools tests bench tools/azurekv
+	$(BIN)/ruff format --check operator sidecar devtools tests bench tools/azurekv
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
