@@ -111,6 +111,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(DEV) bench/controller.py
 	$(DEV) bench/kms.py
 	$(DEV) bench/delivery.py
+	$(BIN)/python bench/local_store.py
 
 demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo

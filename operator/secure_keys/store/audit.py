@@ -3,9 +3,10 @@
 The audit key is derived from the store's own secret key, which only an opened store
 holds, so a record cannot be forged, edited, reordered or deleted from the middle without
 ``verify`` naming it. Each opening of the store is one chain (its own id, counting from
-1); several processes append whole lines under the writers' lock, with ``O_APPEND`` and
-an fsync per record. Records name keys and versions, never a value. What the chain
-cannot show alone: a log cut off after its last record (``docs/local-store.md``).
+1); several processes append whole lines under the writers' lock, with ``O_APPEND``, and
+an fsync per record of a change (a read's record is not fsync'ed: see ``append``).
+Records name keys and versions, never a value. What the chain cannot show alone: a log
+cut off after its last record (``docs/local-store.md``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class AuditLog:
         self._key = bytes(key)
         self._lock = lock
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, durable: bool = True) -> None:
+        """Append one record under the lock. ``durable``: fsync it (every change is); a
+        read's record is written but not fsync'ed, so it survives the process being
+        killed, though not a power cut in the next few seconds."""
         line = json.dumps(self._chain.link(record), sort_keys=True, separators=(",", ":"))
         data = (line + "\n").encode()
         with self._lock():
@@ -46,7 +50,8 @@ class AuditLog:
             )
             try:
                 os.write(fd, data)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
 

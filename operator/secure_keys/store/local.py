@@ -499,7 +499,7 @@ class LocalStore:
             ) from None
         except KmsError as exc:
             raise _kms_error(exc) from None
-        self._record("key.get", key=name, version=row.version, previous=previous)
+        self._record("key.get", key=name, version=row.version, previous=previous, durable=False)
         return value
 
     @contextmanager
@@ -634,7 +634,7 @@ class LocalStore:
 
     # Audit --------------------------------------------------------------------------
 
-    def _record(self, event: str, **fields: Any) -> None:
+    def _record(self, event: str, *, durable: bool = True, **fields: Any) -> None:
         record = {
             "time": format_stamp(self._clock()),
             "event": event,
@@ -643,7 +643,7 @@ class LocalStore:
             "uid": os.getuid(),
             **fields,
         }
-        self._audit.append(record)
+        self._audit.append(record, durable=durable)
 
     def audit_records(self) -> list[dict[str, Any]]:
         return list(self._audit.records())
