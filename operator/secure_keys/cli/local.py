@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -49,12 +50,17 @@ def _first_line(path: Path, what: str) -> bytearray:
 
 
 def _prompt(what: str) -> bytearray:
-    if not os.isatty(sys.stderr.fileno()) and not Path("/dev/tty").exists():
-        raise StoreError(f"no {what}: use --{what.replace(' ', '-')}-file")
+    """Ask on the terminal itself, never on stdin (which may carry a value to store)."""
+    flag = f"--{what.replace(' ', '-')}-file"
+    try:
+        with open("/dev/tty", "rb"):
+            pass
+    except OSError:
+        raise StoreError(f"no {what} given and no terminal to ask on: use {flag}") from None
     try:
         text = getpass.getpass(f"{what}: ")
     except (EOFError, OSError):
-        raise StoreError(f"no {what}: use --{what.replace(' ', '-')}-file") from None
+        raise StoreError(f"no {what}: use {flag}") from None
     if not text:
         raise StoreError(f"the {what} is empty")
     return bytearray(text.encode())
@@ -210,6 +216,8 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _passwd(args: argparse.Namespace) -> int:
+    if not _needs_password(_store_dir(args)):
+        raise StoreError("this store's data keys are wrapped by a KMS, not a password")
     current = _password(args)
     try:
         new = _password(args, attr="new_password_file", what="new password")
@@ -305,6 +313,9 @@ def _tail(records: list[dict[str, object]], count: int) -> list[dict[str, object
     return records[-count:] if count > 0 else records
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
 def _env_name(name: str) -> str:
     return name.upper().replace("-", "_").replace(".", "_")
 
@@ -325,7 +336,7 @@ def _run(args: argparse.Namespace) -> int:
         for spec in args.key:
             name, _, variable = spec.partition("=")
             variable = variable or _env_name(name)
-            if not variable.replace("_", "a").isalnum() or variable[0].isdigit():
+            if not _ENV_NAME.match(variable):
                 raise StoreError(f"{variable[:64]!r} is not an environment variable name")
             with store.value(name) as value:
                 if b"\x00" in value:

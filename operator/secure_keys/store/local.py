@@ -460,6 +460,7 @@ class LocalStore:
 
     def promote(self, name: str) -> int:
         """Make the staged (Pending) version of ``name`` Active."""
+        self._check_name(name)
         now = self._clock()
         with self._db.write() as conn:
             rows = self._rows(conn, name)
@@ -534,6 +535,7 @@ class LocalStore:
         """Destroy every version of ``name``: their envelopes (and data keys) are deleted.
 
         Version numbers are kept, so a later ``add`` of the name goes on from them."""
+        self._check_name(name)
         now = self._clock()
         with self._db.write() as conn:
             rows = self._rows(conn, name)

@@ -209,3 +209,35 @@ def test_run_puts_keys_in_the_child_environment_only(
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (0, f"True {len(CANARY)}"), result.stderr
     assert CANARY not in result.stderr
+
+
+def _has_terminal() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_has_terminal(), reason="a terminal is attached: the CLI would prompt on it")
+def test_without_a_password_file_or_terminal_stdin_is_never_read_as_the_password(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run.init(monkeypatch)
+    code, _, err = run(
+        "--store", "local", "add", "k", stdin=b"the value, not a password", monkeypatch=monkeypatch
+    )
+    assert code == 2
+    assert "no password given and no terminal to ask on: use --password-file" in err
+
+
+def test_run_refuses_a_malformed_variable_name(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    run.init(monkeypatch)
+    pw = ("--password-file", str(run.password))
+    run("--store", "local", "add", "k", *pw, stdin=b"v", monkeypatch=monkeypatch)
+    for spec in ("k=1BAD", "k=A-B", "k=ÄB"):
+        code, _, err = run(
+            "--store", "local", "run", *pw, "-k", spec, "--", "true", monkeypatch=monkeypatch
+        )
+        assert code == 2
+        assert "not an environment variable name" in err
