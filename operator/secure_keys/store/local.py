@@ -560,10 +560,13 @@ class LocalStore:
         self,
         kms: KmsProvider,
         *,
+        first: Callable[[sqlite3.Connection], None] | None = None,
         then: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
         moved = 0
         with self._db.write() as conn:
+            if first is not None:
+                first(conn)
             cursor = conn.execute(
                 "SELECT name, version, envelope FROM versions WHERE envelope IS NOT NULL"
             )
@@ -620,17 +623,22 @@ class LocalStore:
             ).fetchone()
         keyring = _parse_keyring(found, self._db.path)
         try:
-            LocalKms.unlock(keyring, [current])  # every envelope is on its newest version
+            LocalKms.unlock(keyring, [current])  # passwd leaves the keyring one version
         except KmsDenied:
             raise AuthenticationFailed("the current password is wrong; nothing changed") from None
         grown = keyring.with_new_version(new, iterations=iterations)
         both = LocalKms.unlock(grown, [new, current])
         trimmed = LocalKeyring(grown.key_id, (grown.newest,))
 
+        def unchanged(conn: sqlite3.Connection) -> None:
+            now = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_KEYRING,)).fetchone()
+            if now != found:
+                raise StoreError("another process changed the password meanwhile; nothing changed")
+
         def save(conn: sqlite3.Connection) -> None:
             _set_meta(conn, _META_KEYRING, trimmed.to_json().encode())
 
-        self._rewrap_all(both, then=save)
+        self._rewrap_all(both, first=unchanged, then=save)
         self._kms = both  # can also unwrap the old version: harmless, and dropped on close
         self._record("store.passwd", kek_version=grown.newest.version)
 
