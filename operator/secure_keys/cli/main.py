@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
         "seal",
         parents=[local_parsers["_opener"]],
         help="encrypt a key for the cluster and print an ApiKey manifest (safe to commit)",
-        description="Reads the plaintext from stdin (or --from-file), never from arguments. "
+        description="Reads the plaintext from stdin (or --from-file), never from arguments; "
+        "with --store local, from the local store's key NAME (nothing on disk in between). "
         "The recipient key fetched from the cluster is pinned on first use, per API server "
         "and controller namespace, in $XDG_CONFIG_HOME/secure-keys/known-recipients.json; "
         "a different key later is refused.",
