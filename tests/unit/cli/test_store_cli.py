@@ -241,3 +241,32 @@ def test_run_refuses_a_malformed_variable_name(run: Run, monkeypatch: pytest.Mon
         )
         assert code == 2
         assert "not an environment variable name" in err
+
+
+def test_totp_from_init_to_a_code_file(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pyotp
+
+    uri_file = tmp_path / "totp-uri"
+    pw = ("--password-file", str(run.password))
+    code, _, err = run(
+        "--store", "local", "init", *pw, "--iterations", str(MIN_ITERATIONS),
+        "--totp-secret-out", str(uri_file),
+        monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert code == 0, err
+    assert os.stat(uri_file).st_mode & 0o777 == 0o600
+    totp = pyotp.parse_uri(uri_file.read_text().strip())
+    assert isinstance(totp, pyotp.TOTP)
+    assert totp.secret not in err
+    code_file = tmp_path / "code"
+    code_file.write_text(totp.now() + "\n")
+    code, out, err = run(
+        "--store", "local", "list", *pw, "--totp-file", str(code_file), monkeypatch=monkeypatch
+    )
+    assert (code, out) == (0, b""), err
+    code, _, err = run(
+        "--store", "local", "list", *pw, "--totp-file", str(code_file), monkeypatch=monkeypatch
+    )
+    assert (code, err) == (1, "secure-keys: error: wrong or already used TOTP code\n")
