@@ -16,13 +16,15 @@ reached, a wrong password and a damaged store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import structlog
 import yaml
 
 from secure_keys.cli import kubeapi, pins
@@ -30,7 +32,6 @@ from secure_keys.cli import local as local_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.errors import SealedSourceInvalid
-from secure_keys.core.logs import configure as configure_logs
 from secure_keys.core.sealing import Recipient
 from secure_keys.kube.client import ApiError
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
@@ -132,6 +133,24 @@ def _error(message: str) -> None:
     print(f"secure-keys: error: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Warnings and errors only, on stderr, while a store command runs: stdout may carry a
+    key's value, and stderr is the user's. A program that configured logging itself (one
+    calling ``main`` in-process) keeps its configuration."""
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
+
+
 def _store_choice(args: argparse.Namespace) -> str:
     if args.store is not None:
         return str(args.store)
@@ -145,10 +164,9 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
     args = _parser().parse_args(argv)
     try:
         args.store = _store_choice(args)
-        if args.store == "local":
-            configure_logs(level=logging.WARNING)  # stderr is the user's: no info chatter
         if args.store == "local" and args.command in local_cmd.COMMANDS:
-            return local_cmd.COMMANDS[args.command](args)
+            with _quiet_logs():
+                return local_cmd.COMMANDS[args.command](args)
         if args.command in local_cmd.LOCAL_ONLY:
             raise StoreError(f"`{args.command}` is a command of the local store: use --store local")
         if args.command in local_cmd.NOT_YET_ON_CLUSTER:
@@ -158,7 +176,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             )
             return 2
         if args.command == "seal":
-            return _seal(args, fetch or kubeapi.fetch_recipient)
+            with _quiet_logs() if args.store == "local" else contextlib.nullcontext():
+                return _seal(args, fetch or kubeapi.fetch_recipient)
         if args.command == "rotate":
             if not args.name or args.stage or args.promote or args.kek:
                 raise StoreError(

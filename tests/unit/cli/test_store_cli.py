@@ -209,6 +209,18 @@ def test_run_puts_keys_in_the_child_environment_only(
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (0, f"True {len(CANARY)}"), result.stderr
     assert CANARY not in result.stderr
+    # The real command's `get`: the value alone on stdout (no log line), nothing on stderr.
+    got = subprocess.run(  # noqa: S603 - our interpreter, our CLI
+        [
+            sys.executable, "-m", "secure_keys.cli", "--store", "local",
+            "--store-dir", str(run.store), "get", "api.key", *pw,
+        ],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "operator")},
+        check=False,
+        timeout=120,
+    )  # fmt: skip
+    assert (got.returncode, got.stdout, got.stderr) == (0, CANARY.encode(), b"")
 
 
 def _has_terminal() -> bool:
