@@ -136,19 +136,22 @@ def _error(message: str) -> None:
 @contextlib.contextmanager
 def _quiet_logs() -> Iterator[None]:
     """Warnings and errors only, on stderr, while a store command runs: stdout may carry a
-    key's value, and stderr is the user's. A program that configured logging itself (one
-    calling ``main`` in-process) keeps its configuration."""
-    if structlog.is_configured():
-        yield
-        return
+    key's value, and stderr is the user's. Whatever logging was configured before (by a
+    program calling ``main`` in-process) is put back afterwards."""
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
     )
     try:
         yield
     finally:
-        structlog.reset_defaults()
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
 
 
 def _store_choice(args: argparse.Namespace) -> str:
