@@ -29,13 +29,13 @@ $(BIN)/python:
 # pip's output goes to stderr, so that `make -s cluster-up` prints only the kubeconfig path.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip >&2
-	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11]" >&2
+	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11,azure,keychain,totp]" >&2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator sidecar devtools tests bench
-	$(BIN)/ruff format --check operator sidecar devtools tests bench
+	$(BIN)/ruff check operator sidecar devtools tests bench tools/azurekv
+	$(BIN)/ruff format --check operator sidecar devtools tests bench tools/azurekv
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -123,6 +123,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(DEV) bench/controller.py
 	$(DEV) bench/kms.py
 	$(DEV) bench/delivery.py
+	$(BIN)/python bench/local_store.py
 
 demo: $(STAMP) control-plane node
 	$(DEV) -m secure_keys_dev.demo

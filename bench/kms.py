@@ -144,11 +144,36 @@ def _pkcs11_baseline(server: KmsTestServer) -> RawRoundTrip:
     return raw
 
 
+def _azure_baseline(server: KmsTestServer) -> RawRoundTrip:
+    # wrapKey + unwrapKey (RSA-OAEP-256) through the bare SDK client on the key's current
+    # version, same credential and vault: no version lookup, no context tag.
+    from azure.keyvault.keys import KeyClient
+    from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+
+    from secure_keys.core.kms.azure import AzureKmsOptions
+
+    config = server.config()
+    options = AzureKmsOptions.parse(config.options)
+    credential = options.build_credential()
+    kwargs = {"verify_challenge_resource": False, **options.transport()}
+    vault, name = config.key_id.split("/keys/")
+    version = KeyClient(vault, credential, **kwargs).get_key(name).properties.version
+    client = CryptographyClient(f"{config.key_id}/{version}", credential, **kwargs)
+    dek = os.urandom(32)
+
+    def raw() -> None:
+        out = client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, dek)
+        client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, out.encrypted_key)
+
+    return raw
+
+
 BASELINES: dict[str, Callable[[KmsTestServer], RawRoundTrip]] = {
     "local": _local_baseline,
     "aws": _aws_baseline,
     "gcp": _gcp_baseline,
     "pkcs11": _pkcs11_baseline,
+    "azure": _azure_baseline,
 }
 
 
