@@ -119,10 +119,11 @@ def _pod(
     *,
     annotations: Mapping[str, str] | None = None,
     extra: tuple[dict[str, Any], ...] = (),
+    app_uid: int | None = None,
     **spec: Any,
 ) -> dict[str, Any]:
-    """A labelled pod of ServiceAccount ``app`` whose ``app`` container idles at uid
-    ``APP_UID``; ``extra`` containers and ``spec`` fields are added as given."""
+    """A labelled pod of ServiceAccount ``app`` whose ``app`` container idles (as the
+    image's user, or ``app_uid``); ``extra`` containers and ``spec`` fields as given."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -135,7 +136,7 @@ def _pod(
             "serviceAccountName": "app",
             "hostNetwork": pods.host_network,
             "terminationGracePeriodSeconds": 5,
-            "containers": [_container(pods, "app", IDLE, APP_UID), *extra],
+            "containers": [_container(pods, "app", IDLE, app_uid), *extra],
             **spec,
         },
     }
@@ -324,6 +325,7 @@ def test_a_spy_in_a_shared_process_namespace_is_refused_at_admission(
         "alpha",
         annotations={"securekeys.io/containers": "app"},
         extra=(spy,),
+        app_uid=APP_UID,
         shareProcessNamespace=True,
     )
     status, message = _denied(
@@ -364,6 +366,7 @@ def test_with_the_opt_in_the_sidecar_token_stays_its_own(
             "securekeys.io/all-containers-may-read-keys": "true",
         },
         extra=(_container(pods, "spy", SPY, SIDECAR_UID), _container(pods, "spy2", SPY, APP_UID)),
+        app_uid=APP_UID,
         shareProcessNamespace=True,
     )
     client.CoreV1Api(mallory.api).create_namespaced_pod(namespace, body)

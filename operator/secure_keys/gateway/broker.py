@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -679,8 +680,16 @@ class Broker:
         except ProtocolError as exc:
             return self._refuse(Refusal("BadRequest", str(exc)), identity=identity, request=request)
         pod = await self._pod(identity)
+        keys, unasked = parsed.keys, ()
+        if pod is not None and pod.uid == identity.pod_uid:
+            # A sidecar started before a key was taken out of the pod's annotation asks
+            # for it on every reconnect: it gets the others, and that one revoked. A
+            # request for no key the pod asks for is refused (KeyNotRequested).
+            asked = tuple(k for k in keys if k in pod.keys)
+            if asked:
+                keys, unasked = asked, tuple(k for k in keys if k not in pod.keys)
         refusal = check_pod(
-            pod, name=identity.pod_name, uid=identity.pod_uid, keys=parsed.keys
+            pod, name=identity.pod_name, uid=identity.pod_uid, keys=keys
         ) or self.check_account(identity)
         if refusal is not None or pod is None:
             refusal = refusal or Refusal("PodNotFound", "the pod is gone")
@@ -691,6 +700,8 @@ class Broker:
                 keys=parsed.keys,
                 pod=pod if pod is not None and pod.uid == identity.pod_uid else None,
             )
+        if unasked:
+            parsed = StreamRequest(keys, parsed.recipient, parsed.have)
         session = Session(
             self, identity, pod, parsed, request.remote or "", request.headers.get("User-Agent", "")
         )
@@ -712,6 +723,8 @@ class Broker:
             await response.prepare(request)
             if first is None:  # unreachable: a first state always has every key
                 first = StateMessage(seq=1, keys={})
+            if unasked:
+                first = dataclasses.replace(first, revoked=unasked)
             await response.write(delivery.encode_message(first))
             _log.info(
                 "broker.stream", namespace=pod.namespace, pod=pod.name, keys=list(parsed.keys)

@@ -560,6 +560,18 @@ def test_a_key_removed_from_the_annotation_is_revoked_by_push_and_the_rest_keep_
             beat = await anext(lines)
             assert isinstance(beat, delivery.HeartbeatMessage)
             resp.release()
+            # The sidecar reconnects asking for both (its settings): it gets the other,
+            # and the dropped one revoked in the first line.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate(), ("stripe-live", "other")),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 200
+                first = await anext(_lines(again))
+                assert isinstance(first, StateMessage)
+                assert list(first.keys) == ["other"]
+                assert first.revoked == ("stripe-live",)
 
     world = _run(test)
     revoked = [r for r in world.records if r["event_type"] == "key.revoked"]
