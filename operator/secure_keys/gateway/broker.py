@@ -680,7 +680,8 @@ class Broker:
         except ProtocolError as exc:
             return self._refuse(Refusal("BadRequest", str(exc)), identity=identity, request=request)
         pod = await self._pod(identity)
-        keys, unasked = parsed.keys, ()
+        keys: tuple[str, ...] = parsed.keys
+        unasked: tuple[str, ...] = ()
         if pod is not None and pod.uid == identity.pod_uid:
             # A sidecar started before a key was taken out of the pod's annotation asks
             # for it on every reconnect: it gets the others, and that one revoked. A
