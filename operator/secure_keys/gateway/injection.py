@@ -396,6 +396,8 @@ _RESOURCE_ANNOTATIONS = (
 )
 
 
+MAX_OUR_ANNOTATIONS = 2 * len(ann.POD_ANNOTATIONS)
+"""More ``securekeys.io/`` annotations than this are refused at once, unread."""
 _PARSE_CACHE_TEXT = 1024
 """The most ``securekeys.io/`` annotation text whose parse is cached (see ``parse``)."""
 
@@ -409,7 +411,15 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
     characters of such annotations each. A refusal is never kept (an exception is not
     cached); each raises afresh with its own message.
     """
-    ours = frozenset([item for item in annotations.items() if item[0].startswith(ann.PREFIX)])
+    mine = [item for item in annotations.items() if item[0].startswith(ann.PREFIX)]
+    if len(mine) > MAX_OUR_ANNOTATIONS:  # before any per-annotation work
+        raise InvalidAnnotations(
+            [
+                f"the pod has {len(mine)} {ann.PREFIX} annotations; at most "
+                f"{MAX_OUR_ANNOTATIONS} (see docs/gateway.md for the known ones)"
+            ]
+        )
+    ours = frozenset(mine)
     if sum([len(key) + len(value) for key, value in ours]) <= _PARSE_CACHE_TEXT:
         return _cached_parse(ours, settings.default_mode, settings.resources)
     return _parse(ours, settings.default_mode, settings.resources)
