@@ -44,6 +44,7 @@ NS = "payments"
 CTRL_NS = "secure-keys-system"
 KEY_UID = "uid-stripe"
 POD_UID = "uid-pod-a"
+SA_UID = "uid-sa-app"
 CANARY = b"sk_live_CANARY_7f3a9c"
 CANARY2 = b"sk_live_CANARY_second_2b8e"
 PASSWORD = "broker-test-password"
@@ -140,6 +141,10 @@ def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> J
     }
 
 
+def account(uid: str = SA_UID) -> JsonObject:
+    return {"metadata": {"name": "app", "namespace": NS, "uid": uid}}
+
+
 def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> JsonObject:
     spec: dict[str, Any] = {
         "subjects": [{"kind": "ServiceAccount", "name": "app"}],
@@ -160,6 +165,7 @@ def review(
             "audiences": list(audiences),
             "user": {
                 "username": f"system:serviceaccount:{NS}:app",
+                "uid": SA_UID,
                 "extra": {
                     "authentication.kubernetes.io/pod-name": [pod_name],
                     "authentication.kubernetes.io/pod-uid": [pod_uid],
@@ -226,6 +232,7 @@ class World:
         self.apply("roles", keyrole())
         self.apply("pods", pod())
         self.apply("pods", pod("web-b", "uid-pod-b", keys="other"))
+        self.apply("accounts", account())
 
     def apply(self, cache: str, obj: JsonObject, kind: str = "ADDED") -> None:
         getattr(self.broker.caches, cache).apply(InformerEvent(kind, obj))  # type: ignore[arg-type]
@@ -474,5 +481,198 @@ def test_a_blob_without_a_valid_tag_is_not_served() -> None:
         ):
             assert resp.status == 403
             assert delivery.parse_refusal(await resp.read()).reason == "BlobTagInvalid"
+
+    _run(test)
+
+
+# -- what a hostile user found (issue 16) ------------------------------------------------
+
+
+async def _open_stream(
+    http: aiohttp.ClientSession, url: str, keys: tuple[str, ...] = ("stripe-live",)
+) -> tuple[aiohttp.ClientResponse, AsyncIterator[delivery.Message]]:
+    resp = await http.post(
+        url + "/v1/stream",
+        data=_body(RecipientPrivateKey.generate(), keys),
+        headers={"Authorization": "Bearer token-a"},
+    )
+    assert resp.status == 200
+    lines = _lines(resp)
+    assert isinstance(await anext(lines), StateMessage)
+    return resp, lines
+
+
+async def _next_not_heartbeat(lines: AsyncIterator[delivery.Message]) -> delivery.Message:
+    while True:
+        line = await anext(lines)
+        if not isinstance(line, delivery.HeartbeatMessage):
+            return line
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_deleted_or_replaced_service_account_ends_its_streams_and_cached_reviews(
+    replaced: bool,
+) -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url)
+            assert world.reviews.calls == 1
+            world.apply("accounts", account(), "DELETED")
+            if replaced:
+                world.apply("accounts", account("uid-sa-new"))
+            started = asyncio.get_running_loop().time()
+            revoke = await _next_not_heartbeat(lines)
+            assert isinstance(revoke, StateMessage)
+            assert revoke.revoked == ("stripe-live",)  # the files go by push
+            last = await _next_not_heartbeat(lines)
+            assert isinstance(last, delivery.ErrorMessage)
+            assert last.reason == (
+                "ServiceAccountReplaced" if replaced else "ServiceAccountNotFound"
+            )
+            assert asyncio.get_running_loop().time() - started < 1
+            resp.release()
+            # The same token again: asked about afresh (the cached review went), refused.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 403
+                reason = delivery.parse_refusal(await again.read()).reason
+                assert reason == last.reason
+            assert world.reviews.calls == 2
+
+    _run(test)
+
+
+def test_a_key_removed_from_the_annotation_is_revoked_by_push_and_the_rest_keep_flowing() -> None:
+    async def test(world: World, url: str) -> None:
+        world.apply("apikeys", _other_key(world))
+        world.apply("roles", _role_for_both(), "MODIFIED")
+        world.apply("pods", pod(keys="stripe-live,other"), "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url, ("stripe-live", "other"))
+            world.apply("pods", pod(keys="other"), "MODIFIED")
+            revoke = await _next_not_heartbeat(lines)
+            assert isinstance(revoke, StateMessage)
+            assert revoke.revoked == ("stripe-live",)
+            # The stream goes on for the key still asked for.
+            beat = await anext(lines)
+            assert isinstance(beat, delivery.HeartbeatMessage)
+            resp.release()
+            # The sidecar reconnects asking for both (its settings): it gets the other,
+            # and the dropped one revoked in the first line.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate(), ("stripe-live", "other")),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 200
+                first = await anext(_lines(again))
+                assert isinstance(first, StateMessage)
+                assert list(first.keys) == ["other"]
+                assert first.revoked == ("stripe-live",)
+
+    world = _run(test)
+    revoked = [r for r in world.records if r["event_type"] == "key.revoked"]
+    assert [r["key_id"] for r in revoked] == [f"{NS}/stripe-live"]
+
+
+def _other_key(world: World) -> JsonObject:
+    """ApiKey ``other`` (version 1, CANARY2) and its blob Secret in ``world``."""
+    uid = "uid-other"
+    sealed = envelope.seal(CANARY2, KeyBinding(NS, "other", 1), KMS).to_bytes()
+    world.secrets.table[(NS, "other.sealed")] = {
+        "type": "securekeys.io/sealed-versions",
+        "metadata": {
+            "name": "other.sealed",
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "secure-keys"},
+            "ownerReferences": [{"kind": "ApiKey", "uid": uid, "controller": True}],
+            "annotations": {
+                "securekeys.io/blob-tags": json.dumps({"v1": blob_tag(_FK, uid, 1, sealed)})
+            },
+        },
+        "data": {"v1": base64.b64encode(sealed).decode()},
+    }
+    fp = fingerprint(_FK, CANARY2, namespace=NS, name="other", uid=uid)
+    return {
+        "metadata": {"name": "other", "namespace": NS, "uid": uid},
+        "spec": {"source": {}, "delivery": {"format": "raw"}},
+        "status": {
+            "currentVersion": 1,
+            "versions": [{"version": 1, "state": "Active", "fingerprint": fp}],
+        },
+    }
+
+
+def _role_for_both() -> JsonObject:
+    role = keyrole()
+    role["spec"]["keys"]["names"] = ["stripe-live", "other"]
+    return role
+
+
+def test_draining_tells_open_streams_to_reconnect_and_refuses_new_ones() -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url)
+            drained = asyncio.create_task(world.broker.drain(3.0))
+            last = await _next_not_heartbeat(lines)
+            assert last == delivery.ReconnectMessage("BrokerStopping")
+            resp.release()
+            await asyncio.wait_for(drained, 3.5)
+            assert not any(world.broker.sessions.values())
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 503
+                assert again.headers["Retry-After"] == "1"
+                assert delivery.parse_refusal(await again.read()).reason == "BrokerStopping"
+
+    _run(test)
+
+
+def test_a_shared_process_namespace_is_refused_unless_the_pod_accepts_it() -> None:
+    async def test(world: World, url: str) -> None:
+        shared = pod()
+        shared["spec"]["shareProcessNamespace"] = True
+        world.apply("pods", shared, "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp:
+                assert resp.status == 403
+                refusal = delivery.parse_refusal(await resp.read())
+                assert refusal.reason == "SharedProcessNamespace"
+            shared["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = "true"
+            world.apply("pods", shared, "MODIFIED")
+            resp, _ = await _open_stream(http, url)
+            resp.release()
+
+    _run(test)
+
+
+def test_the_injected_mark_is_not_asked_for_the_keyrole_is_the_gate() -> None:
+    """Anyone who writes pods can write ``securekeys.io/injected``: the broker ignores it
+    (docs/gateway.md, "What the broker trusts"); an unbound ServiceAccount is refused."""
+
+    async def test(world: World, url: str) -> None:
+        unmarked = pod()
+        del unmarked["metadata"]["annotations"]["securekeys.io/injected"]
+        world.apply("pods", unmarked, "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            resp, _ = await _open_stream(http, url)
+            resp.release()
+            world.apply("roles", keyrole(), "DELETED")
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert delivery.parse_refusal(await again.read()).reason == "KeyNotGranted"
 
     _run(test)
