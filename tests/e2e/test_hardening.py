@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys.controller.service import blob_secret_name
+from secure_keys.controller.reconciler import blob_secret_name
 from secure_keys_dev.stack import condition, create_apikey, eventually, get_apikey, is_ready
 
 pytestmark = pytest.mark.usefixtures("controller")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from secure_keys.cli import kubeapi, pins
+from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.errors import SealedSourceInvalid
@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     rotate = commands.add_parser("rotate", help="rotate an ApiKey now")
     rotate.add_argument("name")
     rotate.add_argument("-n", "--namespace", default=None)
+
+    pkcs11_key.add_parser(commands)
     return parser
 
 
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             value = rotate_cmd.rotate(args.name, namespace, target)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
+        if args.command == "pkcs11":
+            return pkcs11_key.run(args)
         raise AssertionError(f"unhandled command {args.command!r}")
     except ApiError as exc:
         _error(f"the API server said {exc}")

@@ -11,36 +11,36 @@ one Secret in the controller's namespace; every replica opens them at startup.
 * The **fingerprint key** (32 random bytes) keys the HMAC fingerprints written to status
   and Events. It is independent of any KMS provider, so fingerprints stay comparable
   across providers and KMS key rotations.
+
+The Secret's format (type, labels, entries, envelope bindings) is
+``secure_keys.kube.keysformat``'s, shared with the gateway; this module creates, opens
+and publishes.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from secure_keys.controller.events import build_event
-from secure_keys.core import envelope
-from secure_keys.core.binding import KeyBinding
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
 from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, JsonObject, KubeApi
+from secure_keys.kube.keysformat import (
+    FINGERPRINT_KEY_SIZE,
+    FINGERPRINT_SLOT,
+    LABELS,
+    RECIPIENT_SLOT,
+    keys_secret,
+    open_fingerprint_key,
+    open_slot,
+    seal_slot,
+)
 from secure_keys.kube.names import KEYS_SECRET, RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
-_RECIPIENT_SLOT = "recipient"
-_FINGERPRINT_SLOT = "fingerprint"
-FINGERPRINT_KEY_SIZE = 32
 RecipientChange = Literal["unchanged", "created", "replaced"]
-_LABELS = {
-    "app.kubernetes.io/managed-by": "secure-keys",
-    "app.kubernetes.io/part-of": "secure-keys",
-}
-
-
-def _binding(namespace: str, slot: str) -> KeyBinding:
-    return KeyBinding(namespace, f"controller-{slot}", 1)
 
 
 @dataclass
@@ -61,17 +61,6 @@ class ControllerKeys:
         return f"ControllerKeys(recipient={self.public.key_id})"
 
 
-def _seal(kms: KmsProvider, namespace: str, slot: str, plaintext: bytearray) -> str:
-    sealed = envelope.seal(plaintext, _binding(namespace, slot), kms).to_bytes()
-    return base64.b64encode(sealed).decode()
-
-
-def _open(kms: KmsProvider, namespace: str, slot: str, data: dict[str, str]) -> bytearray:
-    if slot not in data:
-        raise ValueError(f"Secret {namespace}/{KEYS_SECRET} has no {slot!r} entry")
-    return envelope.open(base64.b64decode(data[slot]), _binding(namespace, slot), kms)
-
-
 def new_keys_secret(namespace: str, kms: KmsProvider) -> dict[str, object]:
     """A fresh Secret body holding newly generated keys, sealed (pure but for the CSPRNG)."""
     recipient = RecipientPrivateKey.generate()
@@ -79,39 +68,33 @@ def new_keys_secret(namespace: str, kms: KmsProvider) -> dict[str, object]:
     fingerprint_key = random_secret(FINGERPRINT_KEY_SIZE)
     try:
         data = {
-            _RECIPIENT_SLOT: _seal(kms, namespace, _RECIPIENT_SLOT, raw),
-            _FINGERPRINT_SLOT: _seal(kms, namespace, _FINGERPRINT_SLOT, fingerprint_key),
+            RECIPIENT_SLOT: seal_slot(kms, namespace, RECIPIENT_SLOT, raw),
+            FINGERPRINT_SLOT: seal_slot(kms, namespace, FINGERPRINT_SLOT, fingerprint_key),
         }
     finally:
         zero(raw)
         zero(fingerprint_key)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "securekeys.io/controller-keys",
-        "metadata": {"name": KEYS_SECRET, "namespace": namespace, "labels": _LABELS},
-        "data": data,
-    }
+    return keys_secret(namespace, data)
 
 
 def open_keys(namespace: str, data: dict[str, str], kms: KmsProvider) -> ControllerKeys:
-    raw = _open(kms, namespace, _RECIPIENT_SLOT, data)
+    raw = open_slot(kms, namespace, RECIPIENT_SLOT, data)
     try:
         recipient = RecipientPrivateKey.from_raw(raw)
     finally:
         zero(raw)
-    fingerprint_key = _open(kms, namespace, _FINGERPRINT_SLOT, data)
-    if len(fingerprint_key) != FINGERPRINT_KEY_SIZE:
-        zero(fingerprint_key)
-        raise ValueError("the stored fingerprint key has the wrong size")
-    return ControllerKeys(recipient, fingerprint_key)
+    return ControllerKeys(recipient, open_fingerprint_key(kms, namespace, data))
 
 
 def recipient_configmap(namespace: str, recipient: Recipient) -> JsonObject:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": RECIPIENT_CONFIGMAP, "namespace": namespace, "labels": _LABELS},
+        "metadata": {
+            "name": RECIPIENT_CONFIGMAP,
+            "namespace": namespace,
+            "labels": dict(LABELS),
+        },
         "data": {RECIPIENT_CONFIGMAP_KEY: recipient.to_json()},
     }
 

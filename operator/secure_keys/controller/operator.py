@@ -1,4 +1,12 @@
-"""Watch wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
+"""The controller process: watches in, a keyed work queue, reconcile workers out.
+
+This module decides nothing about an ApiKey or a KeyRole (the reconcilers do); it owns
+the process around them. ``Runtime`` holds the long-lived parts and is the larger half:
+start-up (leader election, the controller's own keys opened with backoff, the workers),
+the two informers below, the recipient ConfigMap's guard, the work queue's routing of
+events to keys (which KeyRoles an ApiKey event requeues), and shut-down.
+``build_registry`` is the kopf wiring, and the helpers at the top (``blob_owner``,
+``namespace_selected``) are pure.
 
 kopf provides the ApiKey and KeyRole watches and login (leader election is ours:
 ``leader.py``). Two more watches are our own informers (``secure_keys.kube.informer``),
@@ -16,7 +24,7 @@ step toward the spec, so a missed or duplicated event costs nothing. Delays (the
 rotation, a grace period ending) and failures (backoff) are scheduled on the same queue.
 
 Nothing here writes kopf's own annotations or status: every ApiKey change is a write the
-service makes deliberately.
+``Reconciler`` makes deliberately.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import datetime
 import fnmatch
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Mapping
@@ -47,10 +56,10 @@ from secure_keys.controller.controller_keys import (
     recipient_configmap,
     recipient_restored_event,
 )
-from secure_keys.controller.keyroles import KeyRoleReconciler, roles_to_requeue, selection_of
+from secure_keys.controller.keyrole_status import KeyRoleReconciler, roles_to_requeue, selection_of
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
 from secure_keys.controller.models import GROUP, VERSION
-from secure_keys.controller.service import (
+from secure_keys.controller.reconciler import (
     BLOB_SECRET_TYPE,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -69,7 +78,7 @@ from secure_keys.kube.client import (
     KubeApi,
 )
 from secure_keys.kube.exec_auth import ExecAuthenticator
-from secure_keys.kube.informer import InformerEvent, informer
+from secure_keys.kube.informer import Backoff, InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
 
@@ -158,6 +167,16 @@ class ControllerOptions:
     """``--namespaces`` (kopf globs); None: every namespace."""
 
 
+_BACKOFF = Backoff()
+"""The retry delays of the controller's own start-up writes: the informers' backoff."""
+
+
+def _retry_delay(failures: int, exc: Exception) -> float:
+    """How long to wait before attempt ``failures + 1``, honouring an API Retry-After."""
+    retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+    return _BACKOFF.delay(failures, retry_after, random.random())  # noqa: S311 - jitter
+
+
 class Runtime:
     """The controller's long-lived parts, created at kopf startup and closed at cleanup."""
 
@@ -204,7 +223,7 @@ class Runtime:
         """Open (or create) the controller's keys under the default KMS key, retrying with
         backoff; then serve the recipient and requeue every ApiKey that waited for them."""
         options = self.options
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 provider = await asyncio.to_thread(kms.default)
@@ -212,14 +231,15 @@ class Runtime:
                 break
             except (KmsError, ApiError, InvalidEnvelope, ValueError) as exc:
                 metrics.CONTROLLER_KEYS_OPEN.set(0)
+                delay = _retry_delay(failures, exc)
+                failures += 1
                 _log.warning(
                     "controller.keys.unavailable",
                     error=type(exc).__name__,
                     detail=str(exc),
-                    retry_in=delay,
+                    retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
         metrics.CONTROLLER_KEYS_OPEN.set(1)
         if self.reconciler is not None:
             self.reconciler.keys = self.keys
@@ -303,17 +323,21 @@ class Runtime:
         if self.keys is None:
             return
         namespace = self.options.namespace
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 change, body = await publish_recipient(api, namespace, self.keys.public)
                 break
             except ApiError as exc:
+                delay = _retry_delay(failures, exc)
+                failures += 1
                 _log.warning(
-                    "recipient.restore.failed", status=exc.status, error=str(exc), retry_in=delay
+                    "recipient.restore.failed",
+                    status=exc.status,
+                    error=str(exc),
+                    retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
         if change == "unchanged":
             return
         _log.warning(
@@ -446,7 +470,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # our Events are written by the service
+        settings.posting.enabled = False  # our Events are written by the reconcilers
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event
         settings.watching.server_timeout = 300
         await runtime.start()

@@ -20,7 +20,7 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import ApiKey
 from secure_keys.controller.projection import records_of
-from secure_keys.controller.service import Reconciler, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.errors import InvalidEnvelope, KmsDenied, KmsUnavailable
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey

@@ -1,6 +1,6 @@
 """The holes a hostile review found in the reconciler, each closed (hardening issue items).
 
-Like test_service.py these run the real reconciler, local KMS, envelopes and planner
+Like test_reconciler.py these run the real reconciler, local KMS, envelopes and planner
 against ``FakeApi``, an in-memory API server (the e2e suite repeats the important ones
 against a real one): a fake lets a test stage exactly the hostile state it needs.
 """
@@ -17,14 +17,14 @@ from typing import Any, cast
 
 import pytest
 
-from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsRegistry
 from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS
 from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_service import (
+from tests.unit.controller.test_reconciler import (
     NS,
     add_apikey,
     blobs,

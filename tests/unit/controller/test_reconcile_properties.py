@@ -45,7 +45,7 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION, ApiKey, InvalidSpec
 from secure_keys.controller.models import source_digest as spec_source_digest
-from secure_keys.controller.service import Outcome, Reconciler, Retry, blob_secret_name
+from secure_keys.controller.reconciler import Outcome, Reconciler, Retry, blob_secret_name
 from secure_keys.core import envelope
 from secure_keys.core.binding import MAX_VERSION, KeyBinding
 from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE

@@ -17,16 +17,16 @@ from typing import Any, cast
 
 import pytest
 
-from secure_keys.controller import rotation
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION
-from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS, KubeApi, Resource
 from tests.unit.controller.fakeapi import FakeApi
 
@@ -78,7 +78,7 @@ def request_rotation(api: FakeApi, name: str, value: str = "r1") -> None:
     """
     stored = api.stored(APIKEYS, NS, name)
     stored["metadata"].setdefault("annotations", {})[ROTATE_ANNOTATION] = value
-    earlier = rotation.format_stamp(NOW - datetime.timedelta(minutes=1))
+    earlier = format_stamp(NOW - datetime.timedelta(minutes=1))
     for record in (stored.get("status") or {}).get("versions") or []:
         if record.get("state") == "Active":
             record["activatedAt"] = earlier
