@@ -24,8 +24,8 @@ from secure_keys.core.delivery import HeldVersions, StateMessage, StreamRequest
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.integrity import archived_tag, blob_tag
-from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
+from secure_keys.core.kms.observed import ObservedKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.sealing import RecipientPrivateKey
@@ -53,28 +53,7 @@ _keyring = LocalKeyring.create("default", PASSWORD, iterations=MIN_ITERATIONS)
 _FK = bytearray(range(32))
 
 
-class CountingKms:
-    def __init__(self, inner: KmsProvider) -> None:
-        self.inner = inner
-        self.unwraps = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def unwrap(self, wrapped: Any, context: Any) -> bytearray:
-        self.unwraps += 1
-        return self.inner.unwrap(wrapped, context)
-
-
-KMS = CountingKms(LocalKms.unlock(_keyring, [PASSWORD]))
+KMS = ObservedKms(LocalKms.unlock(_keyring, [PASSWORD]))
 
 
 def _seal(plaintext: bytes, namespace: str, name: str, version: int) -> bytes:
