@@ -31,17 +31,17 @@ from secure_keys.core.integrity import archived_tag, destroyed_tag, tag_valid
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.client import APIKEYS, SECRETS, KubeApi, Resource
-from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_hardening import events
-from tests.unit.controller.test_reconcile_properties import STATUS_SCHEMA, schema_errors
-from tests.unit.controller.test_reconciler import (
+from tests.support.crd_schema import STATUS_SCHEMA, schema_errors
+from tests.support.reconciler import (
     NS,
     add_apikey,
     blobs,
+    events,
     ready_reason,
     states,
     status,
 )
+from tests.unit.controller.fakeapi import FakeApi
 
 T0 = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 GRACE = datetime.timedelta(hours=1)

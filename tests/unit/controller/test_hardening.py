@@ -22,12 +22,12 @@ from secure_keys.core.binding import WrapContext
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsRegistry
-from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS
-from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_reconciler import (
+from secure_keys.kube.client import APIKEYS, SECRETS
+from tests.support.reconciler import (
     NS,
     add_apikey,
     blobs,
+    events,
     ready_reason,
     reconcile,
     reconciler,
@@ -35,16 +35,9 @@ from tests.unit.controller.test_reconciler import (
     states,
     status,
 )
+from tests.unit.controller.fakeapi import FakeApi
 
 CANARY = b"sk_live_CANARY_hardening_0123456789"
-
-
-def events(api: FakeApi, reason: str | None = None) -> list[dict[str, Any]]:
-    return [
-        obj
-        for (plural, _, _), obj in api.objects.items()
-        if plural == EVENTS.plural and (reason is None or obj.get("reason") == reason)
-    ]
 
 
 def fingerprints(api: FakeApi, name: str) -> dict[int, str]:
