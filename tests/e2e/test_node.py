@@ -12,11 +12,10 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
-import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,44 +25,18 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev.cluster import Binaries, LocalCluster
-from tests.e2e.conftest import PodEnvironment, Target
+from secure_keys_dev.cluster import LocalCluster
+from tests.e2e.conftest import IDLE, PodEnvironment, Target
+from tests.support.kubectl import kubectl, wait_for
 
 AUDIENCE = "securekeys.io"
 TOKEN_DIR = "/var/run/secrets/securekeys"
 SIDECAR_DELAY = 2  # seconds the sidecar waits before its startupProbe can pass
 # PID 1 of a container ignores SIGTERM unless it traps it: exit at once, so deleting a
 # pod does not wait out its grace period.
-IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
 
 
 # -- helpers ---------------------------------------------------------------------------
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def kubectl(kube: Target, *args: str) -> subprocess.CompletedProcess[str]:
-    if kube.cluster is not None:
-        binary = str(kube.cluster.binaries.kubectl)
-    else:
-        binary = shutil.which("kubectl") or str(Binaries.find().kubectl)
-    return subprocess.run(  # noqa: S603 - our kubectl, our arguments
-        [binary, f"--kubeconfig={kube.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def wait_for_default_service_account(core: client.CoreV1Api, namespace: str) -> None:
     def exists() -> bool:
         try:
