@@ -107,7 +107,9 @@ def blob_secret(entries: dict[int, bytes]) -> JsonObject:
     }
 
 
-def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+def injected_pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+    """A pod the webhook injected, as the broker reads it (not one to admit: see
+    helpers.pod)."""
     return {
         "metadata": {
             "name": name,
@@ -130,9 +132,11 @@ def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> Json
     return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
-def review(
+def token_review(
     pod_name: str, pod_uid: str, audiences: tuple[str, ...] = ("securekeys.io",)
 ) -> JsonObject:
+    """The API server's TokenReview answer for a pod-bound token (not an AdmissionReview:
+    see helpers.review)."""
     return {
         "status": {
             "authenticated": True,
@@ -151,9 +155,9 @@ def review(
 class Reviews:
     def __init__(self) -> None:
         self.by_token: dict[str, JsonObject] = {
-            "token-a": review("web-a", POD_UID),
-            "token-b": review("web-b", "uid-pod-b"),
-            "token-wrong-aud": review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
+            "token-a": token_review("web-a", POD_UID),
+            "token-b": token_review("web-b", "uid-pod-b"),
+            "token-wrong-aud": token_review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
         }
         self.calls = 0
 
@@ -203,8 +207,8 @@ class World:
             cache.apply(LISTED)
         self.apply("apikeys", apikey([(1, "Active", CANARY, None)], 1))
         self.apply("roles", keyrole())
-        self.apply("pods", pod())
-        self.apply("pods", pod("web-b", "uid-pod-b", keys="other"))
+        self.apply("pods", injected_pod())
+        self.apply("pods", injected_pod("web-b", "uid-pod-b", keys="other"))
 
     def apply(self, cache: str, obj: JsonObject, kind: str = "ADDED") -> None:
         getattr(self.broker.caches, cache).apply(InformerEvent(kind, obj))  # type: ignore[arg-type]
@@ -348,7 +352,7 @@ def test_rotation_and_revocation_are_pushed() -> None:
             assert revoked.revoked == ("stripe-live",)
             assert revoked.keys == {}
             # The pod is deleted: the stream ends with an error line.
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             last = await anext(lines)
             assert isinstance(last, delivery.ErrorMessage)
             assert last.reason == "PodNotFound"
@@ -407,9 +411,9 @@ def test_a_deleted_pod_a_replaced_pod_and_an_unbound_key_are_refused() -> None:
             assert await status_of() == (403, "KeyNotGranted")
             world.apply("roles", keyrole(access={"requireMFA": True}))
             assert await status_of() == (403, "MfaRequired")
-            world.apply("pods", pod(uid="another-uid"), "MODIFIED")
+            world.apply("pods", injected_pod(uid="another-uid"), "MODIFIED")
             assert await status_of() == (403, "PodUidMismatch")
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             assert await status_of() == (403, "PodNotFound")
 
     world = _run(test)
