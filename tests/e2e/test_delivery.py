@@ -255,9 +255,13 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
     assert any("KeyNotGranted" in m for m in messages), messages
 
     # (d) The canary: nowhere in the logs or the stored pod.
-    sidecar_log = _logs(core, namespace, "securekeys-sidecar")
+    def revoked_logged() -> str | None:
+        log = _logs(core, namespace, "securekeys-sidecar")
+        return log if '"revoked"' in log else None
+
+    # The sidecar logs the revocation after it removes the files: wait for the line.
+    sidecar_log = eventually(revoked_logged, 20, "the sidecar's revoked log line")
     assert '"key-state"' in sidecar_log  # the sidecar did log its deliveries
-    assert '"revoked"' in sidecar_log
     stored = core.read_namespaced_pod(POD, namespace, _preload_content=False).data
     for where, text in (
         ("gateway log", gateway.log().encode()),

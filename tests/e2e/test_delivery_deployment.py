@@ -339,8 +339,16 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
         lambda: len(deployed.reloads.snapshot()) >= REPLICAS, 10, "a reload call from each pod"
     )
     for pod in deployed.pods:
-        log = _sidecar_log(core, namespace, pod)
-        calls = [line for line in log.splitlines() if '"reload-called"' in line]
+        # Each sidecar logs its call after the reload server answered: wait for the line.
+        calls = eventually(
+            lambda pod=pod: [  # type: ignore[misc]
+                line
+                for line in _sidecar_log(core, namespace, pod).splitlines()
+                if '"reload-called"' in line
+            ],
+            20,
+            f"{pod}'s reload-called log line",
+        )
         assert len(calls) == 1, (pod, calls)
         assert '"rotated"' in calls[0]
 

@@ -273,8 +273,14 @@ def test_gateway_outage_keeps_files_refuses_new_pods_and_catches_up(
         time.sleep(3)
         assert exec_in(kube, namespace, "steady", "app", f"cat {KEYS}/alpha") == before
         assert _version_in_pod(kube, namespace, "steady", "alpha") == old_version
-        sidecar = core.read_namespaced_pod_log("steady", namespace, container=SIDECAR)
-        assert '"unreachable"' in sidecar or '"disconnected"' in sidecar, sidecar[-2000:]
+        eventually(
+            lambda: any(
+                word in core.read_namespaced_pod_log("steady", namespace, container=SIDECAR)
+                for word in ('"unreachable"', '"disconnected"')
+            ),
+            20,
+            "the sidecar to log that the broker is gone",
+        )
     finally:
         if gateway.exited() is not None:
             gateway.start(timeout=90)

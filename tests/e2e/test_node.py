@@ -247,7 +247,11 @@ def test_the_projected_token_is_bound_to_its_audience_and_the_pod(
 
 # -- 4. logs and exec through the authenticated kubelet -------------------------------------
 def test_logs_and_exec_go_through_the_kubelet(kube: Target, sidecar_pod: SidecarPod) -> None:
-    logs = kubectl(kube, "logs", "-n", sidecar_pod.namespace, sidecar_pod.name, "-c", "app")
+    def app_log() -> subprocess.CompletedProcess[str] | None:
+        done = kubectl(kube, "logs", "-n", sidecar_pod.namespace, sidecar_pod.name, "-c", "app")
+        return done if done.returncode != 0 or done.stdout.strip() else None
+
+    logs = wait_for("the app's log", app_log, timeout=20)  # printed once it started
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.strip() == sidecar_pod.marker
     done = exec_in(kube, sidecar_pod, "sidecar", "echo exec-$((6 * 7)) && hostname")
