@@ -3,8 +3,9 @@
 This module decides nothing about an ApiKey or a KeyRole (the reconcilers do); it owns
 the process around them. ``Runtime`` holds the long-lived parts and is the larger half:
 start-up (leader election, the controller's own keys opened with backoff, the workers),
-the two informers below, the recipient ConfigMap's guard, the work queue's routing of
-events to keys (which KeyRoles an ApiKey event requeues), and shut-down.
+the blob Secret informer, the recipient ConfigMap's guard (``controller_keys`` runs it;
+the Runtime starts it once the keys are open), the work queue's routing of events to
+keys (which KeyRoles an ApiKey event requeues), and shut-down.
 ``build_registry`` is the kopf wiring, and the helpers at the top (``blob_owner``,
 ``namespace_selected``) are pure.
 
@@ -36,7 +37,6 @@ import datetime
 import fnmatch
 import logging
 import os
-import random
 import socket
 import time
 from collections.abc import Mapping
@@ -51,10 +51,8 @@ from secure_keys.controller import metrics
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import (
     ControllerKeys,
+    guard_recipient,
     load_or_create,
-    publish_recipient,
-    recipient_configmap,
-    recipient_restored_event,
 )
 from secure_keys.controller.keyrole_status import KeyRoleReconciler, roles_to_requeue, selection_of
 from secure_keys.controller.leader import LeaderElector, LeaseTiming
@@ -70,8 +68,6 @@ from secure_keys.controller.workqueue import WorkQueue
 from secure_keys.core.errors import InvalidEnvelope, KmsError
 from secure_keys.kube.client import (
     APIKEYS,
-    CONFIGMAPS,
-    EVENTS,
     SECRETS,
     ApiError,
     Credentials,
@@ -80,7 +76,6 @@ from secure_keys.kube.client import (
 from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import Backoff, InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
-from secure_keys.kube.names import RECIPIENT_CONFIGMAP
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -95,7 +90,6 @@ BLOB_TYPE_SELECTOR = f"type={BLOB_SECRET_TYPE}"
 """Also select on the Secret type: anyone may put our label on their own Secrets, but
 only blob Secrets have this type, so no other Secret is listed into the process."""
 """The Secrets this process receives: ours only, selected by the API server."""
-RECIPIENT_SELECTOR = f"metadata.name={RECIPIENT_CONFIGMAP}"
 
 
 def blob_owner(metadata: Mapping[str, Any]) -> str | None:
@@ -167,14 +161,8 @@ class ControllerOptions:
     """``--namespaces`` (kopf globs); None: every namespace."""
 
 
-_BACKOFF = Backoff()
-"""The retry delays of the controller's own start-up writes: the informers' backoff."""
-
-
-def _retry_delay(failures: int, exc: Exception) -> float:
-    """How long to wait before attempt ``failures + 1``, honouring an API Retry-After."""
-    retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-    return _BACKOFF.delay(failures, retry_after, random.random())  # noqa: S311 - jitter
+BACKOFF = Backoff()
+"""How opening the controller's keys is retried: as the informers retry."""
 
 
 class Runtime:
@@ -231,7 +219,7 @@ class Runtime:
                 break
             except (KmsError, ApiError, InvalidEnvelope, ValueError) as exc:
                 metrics.CONTROLLER_KEYS_OPEN.set(0)
-                delay = _retry_delay(failures, exc)
+                delay = BACKOFF.after(failures, exc)
                 failures += 1
                 _log.warning(
                     "controller.keys.unavailable",
@@ -244,7 +232,10 @@ class Runtime:
         if self.reconciler is not None:
             self.reconciler.keys = self.keys
         _log.info("controller.keys.opened", recipient=self.keys.public.key_id)
-        self._tasks.append(asyncio.create_task(self._guard_recipient(api)))
+        guard = guard_recipient(
+            api, self.options.namespace, self.keys.public, instance=self.options.instance
+        )
+        self._tasks.append(asyncio.create_task(guard))
         await self._requeue_apikeys(api)
 
     async def _requeue_apikeys(self, api: KubeApi) -> None:
@@ -298,66 +289,6 @@ class Runtime:
         )
         if event.type == "DELETED" or not own:
             self.queue.add(("apikey", namespace, owner))
-
-    # -- the recipient ConfigMap -------------------------------------------------------
-    async def _guard_recipient(self, api: KubeApi) -> None:
-        """Put the recipient ConfigMap back whenever it is deleted or its data replaced."""
-        if self.keys is None:
-            raise RuntimeError("the recipient guard starts after the keys are loaded")
-        namespace = self.options.namespace
-        expected = recipient_configmap(namespace, self.keys.public)["data"]
-        intact: bool | None = None
-        async for event in informer(api, CONFIGMAPS, namespace, field_selector=RECIPIENT_SELECTOR):
-            if event.type != "LISTED":
-                metrics.OBJECTS_RECEIVED.labels("configmaps", "recipient").inc()
-            if event.type in ("ADDED", "MODIFIED"):
-                intact = event.object.get("data") == expected
-            elif event.type == "DELETED":
-                intact = False
-            if intact is not True:
-                # LISTED with nothing listed (intact None) also lands here: it is missing.
-                await self._restore_recipient(api)
-                intact = None if event.type == "LISTED" else intact
-
-    async def _restore_recipient(self, api: KubeApi) -> None:
-        if self.keys is None:
-            return
-        namespace = self.options.namespace
-        failures = 0
-        while True:
-            try:
-                change, body = await publish_recipient(api, namespace, self.keys.public)
-                break
-            except ApiError as exc:
-                delay = _retry_delay(failures, exc)
-                failures += 1
-                _log.warning(
-                    "recipient.restore.failed",
-                    status=exc.status,
-                    error=str(exc),
-                    retry_in=round(delay, 2),
-                )
-                await asyncio.sleep(delay)
-        if change == "unchanged":
-            return
-        _log.warning(
-            "recipient.restored",
-            namespace=namespace,
-            configmap=RECIPIENT_CONFIGMAP,
-            was="deleted" if change == "created" else "replaced",
-            recipient=self.keys.public.key_id,
-        )
-        event = recipient_restored_event(
-            body,
-            change,
-            self.keys.public,
-            instance=self.options.instance,
-            now=datetime.datetime.now(datetime.UTC),
-        )
-        try:
-            await api.create(EVENTS, namespace, event)
-        except ApiError as exc:
-            _log.warning("event.failed", reason=event["reason"], status=exc.status)
 
     def _lost_lease(self) -> None:
         # Another replica may lead now: stop at once, as controller-runtime's managers do,
