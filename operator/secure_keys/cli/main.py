@@ -27,7 +27,7 @@ from pathlib import Path
 import structlog
 import yaml
 
-from secure_keys.cli import kubeapi, pins
+from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import local as local_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
@@ -126,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     rotate.add_argument(
         "--kek", action="store_true", help="local: rewrap every data key to the newest KEK"
     )
+
+    pkcs11_key.add_parser(commands)
     return parser
 
 
@@ -192,6 +194,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             value = rotate_cmd.rotate(args.name, namespace, target)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
+        if args.command == "pkcs11":
+            return pkcs11_key.run(args)
         raise AssertionError(f"unhandled command {args.command!r}")
     except ApiError as exc:
         _error(f"the API server said {exc}")

@@ -120,7 +120,7 @@ class Metadata(_Model):
 
 
 class ApiKey(_Model):
-    """An ApiKey object: metadata, parsed spec, and the raw status (read by the service)."""
+    """An ApiKey object: metadata, parsed spec, and the raw status (read by the reconciler)."""
 
     metadata: Metadata
     spec: ApiKeySpec

@@ -24,8 +24,8 @@ from secure_keys.core.delivery import HeldVersions, StateMessage, StreamRequest
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.integrity import archived_tag, blob_tag
-from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
+from secure_keys.core.kms.observed import ObservedKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.sealing import RecipientPrivateKey
@@ -54,28 +54,7 @@ _keyring = LocalKeyring.create("default", PASSWORD, iterations=MIN_ITERATIONS)
 _FK = bytearray(range(32))
 
 
-class CountingKms:
-    def __init__(self, inner: KmsProvider) -> None:
-        self.inner = inner
-        self.unwraps = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def unwrap(self, wrapped: Any, context: Any) -> bytearray:
-        self.unwraps += 1
-        return self.inner.unwrap(wrapped, context)
-
-
-KMS = CountingKms(LocalKms.unlock(_keyring, [PASSWORD]))
+KMS = ObservedKms(LocalKms.unlock(_keyring, [PASSWORD]))
 
 
 def _seal(plaintext: bytes, namespace: str, name: str, version: int) -> bytes:
@@ -129,7 +108,9 @@ def blob_secret(entries: dict[int, bytes]) -> JsonObject:
     }
 
 
-def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+def injected_pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+    """A pod the webhook injected, as the broker reads it (not one to admit: see
+    helpers.pod)."""
     return {
         "metadata": {
             "name": name,
@@ -156,9 +137,11 @@ def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> Json
     return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
-def review(
+def token_review(
     pod_name: str, pod_uid: str, audiences: tuple[str, ...] = ("securekeys.io",)
 ) -> JsonObject:
+    """The API server's TokenReview answer for a pod-bound token (not an AdmissionReview:
+    see helpers.review)."""
     return {
         "status": {
             "authenticated": True,
@@ -178,9 +161,9 @@ def review(
 class Reviews:
     def __init__(self) -> None:
         self.by_token: dict[str, JsonObject] = {
-            "token-a": review("web-a", POD_UID),
-            "token-b": review("web-b", "uid-pod-b"),
-            "token-wrong-aud": review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
+            "token-a": token_review("web-a", POD_UID),
+            "token-b": token_review("web-b", "uid-pod-b"),
+            "token-wrong-aud": token_review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
         }
         self.calls = 0
 
@@ -230,8 +213,8 @@ class World:
             cache.apply(LISTED)
         self.apply("apikeys", apikey([(1, "Active", CANARY, None)], 1))
         self.apply("roles", keyrole())
-        self.apply("pods", pod())
-        self.apply("pods", pod("web-b", "uid-pod-b", keys="other"))
+        self.apply("pods", injected_pod())
+        self.apply("pods", injected_pod("web-b", "uid-pod-b", keys="other"))
         self.apply("accounts", account())
 
     def apply(self, cache: str, obj: JsonObject, kind: str = "ADDED") -> None:
@@ -376,7 +359,7 @@ def test_rotation_and_revocation_are_pushed() -> None:
             assert revoked.revoked == ("stripe-live",)
             assert revoked.keys == {}
             # The pod is deleted: the stream ends with an error line.
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             last = await anext(lines)
             assert isinstance(last, delivery.ErrorMessage)
             assert last.reason == "PodNotFound"
@@ -435,9 +418,9 @@ def test_a_deleted_pod_a_replaced_pod_and_an_unbound_key_are_refused() -> None:
             assert await status_of() == (403, "KeyNotGranted")
             world.apply("roles", keyrole(access={"requireMFA": True}))
             assert await status_of() == (403, "MfaRequired")
-            world.apply("pods", pod(uid="another-uid"), "MODIFIED")
+            world.apply("pods", injected_pod(uid="another-uid"), "MODIFIED")
             assert await status_of() == (403, "PodUidMismatch")
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             assert await status_of() == (403, "PodNotFound")
 
     world = _run(test)
@@ -549,10 +532,10 @@ def test_a_key_removed_from_the_annotation_is_revoked_by_push_and_the_rest_keep_
     async def test(world: World, url: str) -> None:
         world.apply("apikeys", _other_key(world))
         world.apply("roles", _role_for_both(), "MODIFIED")
-        world.apply("pods", pod(keys="stripe-live,other"), "MODIFIED")
+        world.apply("pods", injected_pod(keys="stripe-live,other"), "MODIFIED")
         async with aiohttp.ClientSession() as http:
             resp, lines = await _open_stream(http, url, ("stripe-live", "other"))
-            world.apply("pods", pod(keys="other"), "MODIFIED")
+            world.apply("pods", injected_pod(keys="other"), "MODIFIED")
             revoke = await _next_not_heartbeat(lines)
             assert isinstance(revoke, StateMessage)
             assert revoke.revoked == ("stripe-live",)
@@ -636,7 +619,7 @@ def test_draining_tells_open_streams_to_reconnect_and_refuses_new_ones() -> None
 
 def test_a_shared_process_namespace_is_refused_unless_the_pod_accepts_it() -> None:
     async def test(world: World, url: str) -> None:
-        shared = pod()
+        shared = injected_pod()
         shared["spec"]["shareProcessNamespace"] = True
         world.apply("pods", shared, "MODIFIED")
         async with aiohttp.ClientSession() as http:
@@ -661,7 +644,7 @@ def test_the_injected_mark_is_not_asked_for_the_keyrole_is_the_gate() -> None:
     (docs/gateway.md, "What the broker trusts"); an unbound ServiceAccount is refused."""
 
     async def test(world: World, url: str) -> None:
-        unmarked = pod()
+        unmarked = injected_pod()
         del unmarked["metadata"]["annotations"]["securekeys.io/injected"]
         world.apply("pods", unmarked, "MODIFIED")
         async with aiohttp.ClientSession() as http:

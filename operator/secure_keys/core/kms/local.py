@@ -32,8 +32,8 @@ from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, Authe
 from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, KdfParams, KeyHierarchy
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, read_secret_file, zero
+from secure_keys.core.kms.base import HealthStatus, WrappedKey, probe_health
+from secure_keys.core.memory import read_secret_file, zero
 
 __all__ = ["PROVIDER", "KekVersion", "LocalKeyring", "LocalKms"]
 
@@ -337,19 +337,8 @@ class LocalKms:
             ) from None
 
     def health(self) -> HealthStatus:
-        """Round-trip a throwaway key under the newest KEK."""
-        probe = random_secret(KEY_SIZE)
-        context = WrapContext((("securekeys.io/health", "probe"),))
-        try:
-            back = self.unwrap(self.wrap(probe, context), context)
-            healthy = back == probe
-            zero(back)
-        except (KmsCorrupt, KmsDenied) as exc:
-            return HealthStatus(False, PROVIDER, self._key_id, self.key_version(), exc.detail)
-        finally:
-            zero(probe)
-        detail = "" if healthy else "round trip returned a different key"
-        return HealthStatus(healthy, PROVIDER, self._key_id, self.key_version(), detail)
+        """Round-trip a throwaway key under the newest KEK. Never raises."""
+        return probe_health(self, self.key_version)
 
 
 def from_config(key_id: str, options: Mapping[str, str]) -> LocalKms:
