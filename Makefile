@@ -16,6 +16,7 @@ help:
 	@echo "make demo   - set up, start a local Kubernetes, run the controller, seal and rotate keys"
 	@echo "make bench  - run the benchmarks in bench/"
 	@echo "make kms-servers - build/install the KMS test servers (local-kms, Cloud KMS emulator, SoftHSM2)"
+	@echo "make helm   - build helm and helm-unittest into build/bin; make chart - regenerate deploy/ and the chart's CRDs"
 	@echo "make control-plane - build etcd/kube-apiserver/kube-controller-manager/kubectl/kubelet/kube-scheduler/kube-proxy/coredns"
 	@echo "make node   - install the node's Debian packages (as root) and build its images"
 	@echo "make cluster-up / cluster-down - start / stop a local cluster (with a node when possible)"
@@ -28,13 +29,13 @@ $(BIN)/python:
 # pip's output goes to stderr, so that `make -s cluster-up` prints only the kubeconfig path.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip >&2
-	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11]" >&2
+	$(BIN)/python -m pip install --quiet -e ".[server,test,aws,gcp,pkcs11,azure,keychain,totp]" >&2
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator sidecar devtools tests bench
-	$(BIN)/ruff format --check operator sidecar devtools tests bench
+	$(BIN)/ruff check operator sidecar devtools tests bench tools/azurekv
+	$(BIN)/ruff format --check operator sidecar devtools tests bench tools/azurekv
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -42,7 +43,7 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	PYTHONPATH=$(CURDIR)/devtools $(BIN)/lint-imports
 
-unit: $(STAMP) control-plane node kms-servers
+unit: $(STAMP) control-plane node kms-servers helm
 	$(BIN)/pytest
 
 test: lint typecheck imports unit
@@ -51,6 +52,17 @@ test: lint typecheck imports unit
 # pinned in tools/, into build/bin. Rebuilt only when missing or re-pinned.
 control-plane:
 	@scripts/build-control-plane.sh
+
+# helm (helm.sh/helm/v4) and helm-unittest from tools/helm and tools/helm-unittest into
+# build/bin; rebuilt only when missing or re-pinned.
+.PHONY: helm chart
+helm:
+	@scripts/build-helm.sh
+
+# Regenerate what comes from the chart or for it: its CRD templates (from crds/), deploy/
+# (helm template) and the values table of its README. A unit test fails until this runs.
+chart: $(STAMP) helm
+	$(DEV) -m secure_keys_dev.chart
 
 # The KMS servers the provider tests run against (local-kms for AWS, the Cloud KMS
 # emulator, SoftHSM2), built from tools/ into build/bin or installed; all chatter to stderr.
@@ -114,6 +126,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(DEV) bench/controller.py
 	$(DEV) bench/kms.py
 	$(DEV) bench/delivery.py
+	$(BIN)/python bench/local_store.py
 	$(DEV) bench/pod_network.py
 
 demo: $(STAMP) control-plane node

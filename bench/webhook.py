@@ -29,11 +29,21 @@ ServiceAccounts).
    gateway's place (what calling any webhook costs), and the bare endpoint answering
    with the gateway's patch for that pod, given beforehand (what applying the patch and
    storing the larger pod cost).
-3. Peak RSS of the gateway (VmHWM), after everything above.
+3. Hostile bodies (issue 16): for each annotation, its worst-case value in a review of
+   ``HOSTILE_SIZE`` bytes (about the API server's request limit), sent one at a time on
+   one keep-alive connection, each followed by its benign twin: the representative pod
+   grown to the same size and the same number of items with unrelated annotations (the
+   same bytes and objects to read, a valid pod), in the same run. ``hostile_ratio`` is
+   the largest median(hostile) / median(twin) over the kinds (goal <= 2: the pipeline is
+   linear and bounded, so a hostile body costs what any body of its shape costs);
+   ``hostile_vs_plain`` the slowest hostile body over the plain representative pod
+   (what reading 3 MiB costs at all).
+4. Peak RSS of the gateway (VmHWM), after everything above.
 
 Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16
 (replicas), "p99_ratio_distinct": the same for distinct pods, "added_create_p99_ms": ...,
-"rss_mib": ..., "concurrency": {...}, ...}.
+"hostile_ratio": ..., "rss_mib": ..., "concurrency": {...}, ...}. ``--hostile-only``
+runs part 3 alone.
 """
 
 from __future__ import annotations
@@ -216,6 +226,98 @@ def workload(name: str, size: int = 1000, seed: int = 7) -> list[bytes]:
 
 
 WORKLOADS = ("replicas", "distinct")
+HOSTILE_SIZE = 3 * 1024 * 1024
+
+
+def _sized(annotations: dict[str, str], size: int = HOSTILE_SIZE) -> bytes:
+    """The representative review with ``annotations`` added, the first value grown so
+    the body is ``size`` bytes (its unit repeated: the value given is one unit)."""
+    review = representative_review("0f6c1f4e-0000-4000-8000-00000000beef")
+    metadata = review["request"]["object"]["metadata"]
+    key, unit = next(iter(annotations.items()))
+    metadata["annotations"].update(annotations)
+    base = len(json.dumps(review))
+    metadata["annotations"][key] = unit * max(1, (size - base) // len(unit))
+    return json.dumps(review).encode()
+
+
+def hostile_bodies() -> dict[str, tuple[bytes, bytes]]:
+    """The worst body of each kind, all about ``HOSTILE_SIZE`` bytes, each with its
+    benign twin: the representative pod grown to the same size and the same number of
+    items with unrelated annotations (a valid pod). What issue 16 found (one name
+    repeated: quadratic) and its relatives, one per annotation."""
+    padded = _sized({"example.com/padding": "x"})
+    bodies = {
+        name: (_sized({annotation: unit}), padded)
+        for name, annotation, unit in (
+            ("keys: one name repeated", "securekeys.io/keys", "k,"),
+            ("keys: one long name", "securekeys.io/keys", "K"),
+            ("keys: only commas", "securekeys.io/keys", ","),
+            ("containers: one name repeated", "securekeys.io/containers", "c,"),
+            ("mount-path: long", "securekeys.io/mount-path", "/a"),
+            ("volume-size: digits", "securekeys.io/volume-size", "9"),
+            ("cpu-limit: digits", "securekeys.io/sidecar-cpu-limit", "1"),
+            ("reload-url: long", "securekeys.io/reload-url", "a"),
+            ("unknown annotation: long value", "securekeys.io/x", "1"),
+        )
+    }
+
+    def many(prefix: str) -> bytes:
+        review = representative_review("0f6c1f4e-0000-4000-8000-00000000beef")
+        annotations = review["request"]["object"]["metadata"]["annotations"]
+        annotations.update({f"{prefix}{i}": "" for i in range(HOSTILE_SIZE // 24)})
+        return json.dumps(review).encode()
+
+    bodies["unknown annotations: many"] = (many("securekeys.io/x"), many("example.com/xx"))
+    return bodies
+
+
+async def hostile_admission(url: str, ca_pem: bytes, repeats: int) -> dict[str, Any]:
+    """Part 3: the worst hostile body against the padded and the plain pod."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    plain = json.dumps(representative_review("0f6c1f4e-0000-4000-8000-00000000cafe")).encode()
+    hostile = hostile_bodies()
+    times: dict[str, list[float]] = {"plain": []}
+    for name in hostile:
+        times[name] = []
+        times[f"{name} (twin)"] = []
+    connector = aiohttp.TCPConnector(ssl=context, limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def send(body: bytes, allowed: bool) -> float:
+            started = time.perf_counter()
+            async with session.post(
+                url, data=body, headers={"Content-Type": "application/json"}
+            ) as response:
+                answer = await response.read()
+            elapsed = time.perf_counter() - started
+            verdict = json.loads(answer)["response"]
+            if response.status != 200 or verdict["allowed"] is not allowed:
+                raise RuntimeError(f"unexpected answer: {answer[:300]!r}")
+            if not allowed and len(verdict["status"]["message"]) > 2048:
+                raise RuntimeError("a hostile body's denial is longer than 2 KiB")
+            return elapsed
+
+        await send(plain, True)  # the handshake
+        for _ in range(repeats):
+            times["plain"].append(await send(plain, True))
+            for name, (body, twin) in hostile.items():
+                times[name].append(await send(body, False))
+                times[f"{name} (twin)"].append(await send(twin, True))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratios = {name: medians[name] / medians[f"{name} (twin)"] for name in hostile}
+    worst = max(ratios, key=lambda name: ratios[name])
+    slowest = max(hostile, key=lambda name: medians[name])
+    summary = {
+        "size_bytes": HOSTILE_SIZE,
+        "worst": worst,
+        "hostile_ratio": round(ratios[worst], 2),
+        "hostile_vs_plain": round(medians[slowest] / medians["plain"], 1),
+        "ratios": {name: round(value, 2) for name, value in ratios.items()},
+        "median_ms": {name: round(value * 1000, 2) for name, value in medians.items()},
+    }
+    print(f"hostile bodies: {json.dumps(summary)}", flush=True)
+    return summary
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -413,6 +515,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.5, help="per round and server")
     parser.add_argument("--pods", type=int, default=200, help="pod creates per block")
     parser.add_argument("--blocks", type=int, default=3, help="blocks of each arm")
+    parser.add_argument("--hostile-repeats", type=int, default=5)
+    parser.add_argument("--hostile-only", action="store_true", help="part 3 alone")
     args = parser.parse_args()
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="securekeys-bench-") as tmp, LocalCluster() as cluster:
@@ -467,6 +571,12 @@ def main() -> None:
                     "gateway": (f"{gateway.url}/mutate", pid),
                     "bare": (f"{bare_url}/mutate", bare.pid),
                 }
+                hostile = asyncio.run(
+                    hostile_admission(f"{gateway.url}/mutate", ca_pem, args.hostile_repeats)
+                )
+                if args.hostile_only:
+                    print(json.dumps({"bench": "webhook", **hostile}))
+                    return
                 latency = {
                     kind: asyncio.run(
                         admission_latency(servers, ca_pem, args.rounds, args.seconds, kind)
@@ -486,6 +596,8 @@ def main() -> None:
         "p99_ratio": latency["replicas"]["16"]["p99_ratio"],
         "p99_ratio_distinct": latency["distinct"]["16"]["p99_ratio"],
         "added_create_p99_ms": create["added_p99_ms"],
+        "hostile_ratio": hostile["hostile_ratio"],
+        "hostile": hostile,
         "rss_mib": round(rss, 1),
         "rss_synced_mib": round(synced_rss, 1),
         "cached": {"apikeys": args.count, "keyroles": args.count},
@@ -495,7 +607,8 @@ def main() -> None:
     print(
         f"p99 ratio at concurrency 16: {result['p99_ratio']} (goal <= 1.5; "
         f"{result['p99_ratio_distinct']} for distinct pods); pod create p99 "
-        f"added: {result['added_create_p99_ms']} ms (goal <= 5); gateway peak RSS "
+        f"added: {result['added_create_p99_ms']} ms (goal <= 5); hostile ratio "
+        f"{result['hostile_ratio']} (goal <= 2); gateway peak RSS "
         f"{result['rss_mib']} MiB ({result['rss_synced_mib']} MiB once synced)"
     )
     print(json.dumps(result))

@@ -2,7 +2,8 @@
 # Builds or installs the KMS servers the provider tests run against (tests/integration/kms,
 # tests/e2e/test_kms_providers.py), into build/bin (ignored by git):
 #   local-kms   the AWS KMS API, from the Go module pinned in tools/local-kms
-#   (Google Cloud KMS emulator and SoftHSM2: their own sections below)
+#   (Google Cloud KMS emulator, the Azure Key Vault test double and SoftHSM2: their own
+#   sections below)
 #
 # A Go binary is rebuilt only when it is missing or its pin changed: each has a stamp
 # file holding the checksum of the go.mod/go.sum it came from (as build-control-plane.sh).
@@ -56,6 +57,19 @@ if [[ "$force" == --force || ! -x "$bin/gcpkms" || ! -f "$bin/.gcpkms.pin" ]] \
   || [[ "$(cat "$bin/.gcpkms.pin")" != "$(gcpkms_pin)" ]]; then
   build gcpkms gcpkms .
   gcpkms_pin >"$bin/.gcpkms.pin"
+fi
+
+# ---------------------------------------------------------------------------------------
+# Azure Key Vault test double -- owner: the azure provider (tests/integration/kms/servers/azure.py)
+# ---------------------------------------------------------------------------------------
+# azurekv: our own Key Vault test double, in Python (tools/azurekv/azurekv.py), run from
+# source by the interpreter of the tests. Nothing to build: check that the interpreter
+# has what it imports (aiohttp and cryptography, from the project's own dependencies).
+python="${SECUREKEYS_PYTHON:-$root/.venv/bin/python}"
+if [[ -x "$python" ]] && "$python" -c 'import aiohttp, cryptography' 2>/dev/null; then
+  echo "azurekv: runs from tools/azurekv with $python" >&2
+else
+  echo "azurekv: $python cannot import aiohttp and cryptography; run make test (it installs .venv)" >&2
 fi
 
 # ---------------------------------------------------------------------------------------

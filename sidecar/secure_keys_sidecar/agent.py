@@ -9,7 +9,8 @@ One loop on one thread:
    (``files.KeyDirectory``); ``revoked`` keys lose their files at once;
 3. a stream silent for ``MISSED_HEARTBEATS`` heartbeats, an ``error`` line, a refusal or
    a broken connection: reconnect after a jittered exponential backoff (429: after
-   ``Retry-After``);
+   ``Retry-After``); a ``reconnect`` line (the broker is shutting down): reconnect at
+   once, after at most ``RECONNECT_JITTER`` seconds drawn at random;
 4. all along, a key whose ``leaseExpiresAt`` passes without the broker renewing it loses
    its files (fail closed); while the gateway is unreachable, what is on disk is served
    until then.
@@ -43,6 +44,7 @@ from secure_keys.core.delivery import (
     HeldVersions,
     KeyState,
     ProtocolError,
+    ReconnectMessage,
     StateMessage,
     StreamRequest,
     VersionState,
@@ -69,6 +71,8 @@ __all__ = ["Agent", "Backoff", "Terminated", "have_from", "updates_from_state"]
 T = TypeVar("T")
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
+RECONNECT_JITTER = 1.0
+"""The most a ``reconnect`` line delays the next connection (spread at random)."""
 
 
 class Terminated(Exception):
@@ -341,6 +345,11 @@ class Agent:
             if isinstance(message, HeartbeatMessage):
                 self.expire()
                 continue
+            if isinstance(message, ReconnectMessage):
+                self._backoff.reset()
+                delay = (self._backoff.rng or random).random() * RECONNECT_JITTER
+                self._log.info("reconnect", reason=message.reason, retry_in=round(delay, 3))
+                return delay
             if isinstance(message, ErrorMessage):
                 delay = self._backoff.next()
                 self._log.warning(

@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,22 @@ class Target:
 
     def admin(self) -> client.ApiClient:
         return access.api_client(self.kubeconfig)
+
+    def kubectl(
+        self, *args: str, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl (this cluster's, else the one on PATH) as admin or as ``kubeconfig``."""
+        if self.cluster is not None:
+            binary = str(self.cluster.binaries.kubectl)
+        else:
+            binary = shutil.which("kubectl") or str(Binaries.find().kubectl)
+        return subprocess.run(  # noqa: S603 - our kubectl, our arguments
+            [binary, f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
         """A kubeconfig for an unprivileged client-cert user with these groups."""
@@ -260,3 +278,51 @@ def delivery_gateway(
     finally:
         admission.delete_mutating_webhook_configuration(webhook)
         process.stop()
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """A cluster user with exactly the rights an attack names, in one namespace."""
+
+    user: str
+    kubeconfig: Path
+    api: client.ApiClient
+
+
+MALLORY_RULES: tuple[dict[str, Any], ...] = (
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "delete"]},
+)
+"""What the hostile-user review's "mallory" may do: create, get, list and delete pods,
+in one namespace, nothing more (no exec, no logs, no update, no Secrets)."""
+DEBUGGER_RULES: tuple[dict[str, Any], ...] = (
+    *MALLORY_RULES,
+    {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch"]},
+)
+"""Mallory plus ``patch`` on ``pods/ephemeralcontainers`` (``kubectl debug``)."""
+
+
+@pytest.fixture
+def attacker(
+    kube: Target, admin_api: client.ApiClient, user_api: Callable[..., client.ApiClient]
+) -> Callable[[str, str, tuple[dict[str, Any], ...]], Attacker]:
+    """``attacker(namespace, user, rules)``: a real RBAC Role with ``rules`` in
+    ``namespace``, bound to a client-cert ``user``, and that user's kubeconfig and client."""
+
+    def make(namespace: str, user: str, rules: tuple[dict[str, Any], ...]) -> Attacker:
+        rbac = client.RbacAuthorizationV1Api(admin_api)
+        rbac.create_namespaced_role(
+            namespace, {"metadata": {"name": user}, "rules": [dict(rule) for rule in rules]}
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": user},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                ],
+            },
+        )
+        return Attacker(user, kube.user_kubeconfig(user), user_api(user))
+
+    return make

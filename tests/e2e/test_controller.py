@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from secure_keys.controller.service import blob_secret_name
+from secure_keys.controller.reconciler import blob_secret_name
 from secure_keys.kube.names import FINALIZER
 from secure_keys_dev.stack import (
     ControllerProcess,
@@ -202,8 +202,16 @@ def test_metrics_count_what_the_controller_did(
 ) -> None:
     create_apikey(admin_api, namespace, "counted", {"source": {"generate": {}}})
     _ready(admin_api, namespace, "counted")
-    samples = controller.metrics()
-    assert samples['securekeys_versions_sealed_total{reason="initial"}'] >= 1
-    assert samples['securekeys_versions_promoted_total{with_previous="false"}'] >= 1
-    assert samples['securekeys_reconciles_total{kind="apikey",outcome="idle"}'] >= 1
+    counted = (
+        'securekeys_versions_sealed_total{reason="initial"}',
+        'securekeys_versions_promoted_total{with_previous="false"}',
+        'securekeys_reconciles_total{kind="apikey",outcome="idle"}',
+    )
+
+    def all_counted() -> dict[str, float] | None:
+        # Counted after the status write that made the key Ready: wait, do not race it.
+        samples = controller.metrics()
+        return samples if all(samples.get(series, 0) >= 1 for series in counted) else None
+
+    samples = eventually(all_counted, 30, f"the controller's metrics to count {counted}")
     assert not any("counted" in series for series in samples)  # no per-key labels

@@ -25,7 +25,7 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import open_keys
 from secure_keys.controller.failpoints import CRASH_EXIT_STATUS, CRASH_POINTS
 from secure_keys.controller.models import KmsRef
-from secure_keys.controller.service import blob_secret_name
+from secure_keys.controller.reconciler import blob_secret_name
 from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.fingerprint import fingerprint

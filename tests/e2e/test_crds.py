@@ -292,9 +292,9 @@ APIKEY_REJECTIONS = [
     ),
     # kms
     pytest.param(
-        ak(kms={"provider": "azure"}),
+        ak(kms={"provider": "vault"}),
         "spec.kms.provider",
-        'Unsupported value: "azure"',
+        'Unsupported value: "vault"',
         id="kms-provider-unknown",
     ),
     pytest.param(
@@ -525,7 +525,7 @@ APIKEY_ACCEPTED = [
     pytest.param(ak(source={"sealed": SEALED}), id="sealed"),
     *(
         pytest.param(ak(kms={"provider": provider, "keyId": "some-key"}), id=f"kms-{provider}")
-        for provider in ("local", "aws", "gcp", "pkcs11")
+        for provider in ("local", "aws", "gcp", "pkcs11", "azure")
     ),
     pytest.param(ak(kms={"keyId": "alias/secure-keys"}), id="kms-key-only"),
     *(

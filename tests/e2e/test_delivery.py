@@ -21,87 +21,31 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys_dev.stack import (
-    CONTROLLER_NAMESPACE,
     GROUP,
     VERSION,
     ControllerProcess,
     GatewayProcess,
     eventually,
     get_apikey,
-    is_ready,
     request_rotation,
 )
 from tests.e2e.conftest import IDLE, KEYS, PodEnvironment, Target
 from tests.e2e.leaks import leaked
-from tests.e2e.test_node import kubectl
+from tests.support.delivery import create_object, current_version, seal_for_cluster, wait_ready
+from tests.support.kubectl import kubectl
 
 POD = "reader"
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _seal(
-    kube: Target, admin_api: client.ApiClient, namespace: str, name: str, value: str, tmp: Path
-) -> dict[str, Any]:
-    """``secure-keys seal`` for the cluster's recipient (read from its ConfigMap, so no
-    pin file is written): the manifest, whose plaintext only this test knows."""
-    configmap = client.CoreV1Api(admin_api).read_namespaced_config_map(
-        "secure-keys-recipient", CONTROLLER_NAMESPACE
-    )
-    recipient = tmp / "recipient.json"
-    recipient.write_text(configmap.data["recipient.json"])
-    sealed = subprocess.run(  # noqa: S603 - our interpreter and module
-        [
-            sys.executable,
-            "-m",
-            "secure_keys.cli",
-            f"--kubeconfig={kube.kubeconfig}",
-            "seal",
-            name,
-            "-n",
-            namespace,
-            f"--recipient-file={recipient}",
-        ],
-        input=value.encode(),
-        capture_output=True,
-        check=False,
-    )
-    assert sealed.returncode == 0, sealed.stderr.decode()
-    manifest: dict[str, Any] = yaml.safe_load(sealed.stdout)
-    return manifest
-
-
-def _create(api: client.ApiClient, namespace: str, plural: str, body: dict[str, Any]) -> None:
-    client.CustomObjectsApi(api).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, plural, body
-    )
-
-
-def _ready(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        obj = get_apikey(api, namespace, name)
-        return obj if is_ready(obj) else None
-
-    return eventually(check, 60, f"ApiKey {name} Ready")
-
-
-def _current(obj: dict[str, Any]) -> tuple[int, str]:
-    status = obj["status"]
-    version = status["currentVersion"]
-    record = next(v for v in status["versions"] if v["version"] == version)
-    return version, record["fingerprint"]
 
 
 def _pod(pods: PodEnvironment) -> dict[str, Any]:
@@ -193,13 +137,13 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="app"))
     )
-    _create(
+    create_object(
         admin_api,
         namespace,
         "apikeys",
-        _seal(kube, admin_api, namespace, "canary", canary, tmp_path),
+        seal_for_cluster(kube, admin_api, namespace, "canary", canary, tmp_path),
     )
-    _create(
+    create_object(
         admin_api,
         namespace,
         "apikeys",
@@ -210,7 +154,7 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
             "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
         },
     )
-    _create(
+    create_object(
         admin_api,
         namespace,
         "keyroles",
@@ -225,8 +169,8 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
             },
         },
     )
-    canary_version, canary_fingerprint = _current(_ready(admin_api, namespace, "canary"))
-    old_version, old_fingerprint = _current(_ready(admin_api, namespace, "rotating"))
+    canary_version, canary_fingerprint = current_version(wait_ready(admin_api, namespace, "canary"))
+    old_version, old_fingerprint = current_version(wait_ready(admin_api, namespace, "rotating"))
 
     # (a) The first delivery: the app starts only once the files are there.
     started = time.monotonic()
@@ -266,7 +210,9 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
         obj = get_apikey(admin_api, namespace, "rotating")
         return obj if (obj.get("status") or {}).get("currentVersion", 0) > old_version else None
 
-    new_version, new_fingerprint = _current(eventually(rotated, 60, "the controller to rotate"))
+    new_version, new_fingerprint = current_version(
+        eventually(rotated, 60, "the controller to rotate")
+    )
     rotated_at = time.monotonic()
     eventually(
         lambda: _meta(kube, namespace, "rotating")["version"] == new_version,
@@ -309,9 +255,13 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
     assert any("KeyNotGranted" in m for m in messages), messages
 
     # (d) The canary: nowhere in the logs or the stored pod.
-    sidecar_log = _logs(core, namespace, "securekeys-sidecar")
+    def revoked_logged() -> str | None:
+        log = _logs(core, namespace, "securekeys-sidecar")
+        return log if '"revoked"' in log else None
+
+    # The sidecar logs the revocation after it removes the files: wait for the line.
+    sidecar_log = eventually(revoked_logged, 20, "the sidecar's revoked log line")
     assert '"key-state"' in sidecar_log  # the sidecar did log its deliveries
-    assert '"revoked"' in sidecar_log
     stored = core.read_namespaced_pod(POD, namespace, _preload_content=False).data
     for where, text in (
         ("gateway log", gateway.log().encode()),

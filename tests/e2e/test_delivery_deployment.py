@@ -39,8 +39,8 @@ from secure_keys_dev.stack import (
 )
 from tests.e2e.conftest import IDLE, KEYS, SIDECAR, PodEnvironment, Target
 from tests.e2e.leaks import leaked
-from tests.e2e.test_delivery import _create, _current, _ready, _seal
-from tests.e2e.test_node import kubectl
+from tests.support.delivery import create_object, current_version, seal_for_cluster, wait_ready
+from tests.support.kubectl import kubectl
 
 REPLICAS = 3
 GRACE_S = 20
@@ -202,13 +202,13 @@ def deployed(
         )
         canary = f"sk_canary_{secrets.token_hex(16)}"
         tmp = tmp_path_factory.mktemp("deployment-seal")
-        _create(
+        create_object(
             admin_api,
             namespace,
             "apikeys",
-            _seal(kube, admin_api, namespace, "canary", canary, tmp),
+            seal_for_cluster(kube, admin_api, namespace, "canary", canary, tmp),
         )
-        _create(
+        create_object(
             admin_api,
             namespace,
             "apikeys",
@@ -223,7 +223,7 @@ def deployed(
                 },
             },
         )
-        _create(
+        create_object(
             admin_api,
             namespace,
             "keyroles",
@@ -238,8 +238,8 @@ def deployed(
                 },
             },
         )
-        _ready(admin_api, namespace, "canary")
-        _ready(admin_api, namespace, "rotating")
+        wait_ready(admin_api, namespace, "canary")
+        wait_ready(admin_api, namespace, "rotating")
         port, counter = reloads
         template = _template(pods, port)
         _admission_ready(core, namespace, template)
@@ -288,8 +288,8 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
 ) -> None:
     core = client.CoreV1Api(admin_api)
     namespace = deployed.namespace
-    canary_version, canary_fingerprint = _current(get_apikey(admin_api, namespace, "canary"))
-    old_version, old_fingerprint = _current(get_apikey(admin_api, namespace, "rotating"))
+    canary_version, canary_fingerprint = current_version(get_apikey(admin_api, namespace, "canary"))
+    old_version, old_fingerprint = current_version(get_apikey(admin_api, namespace, "rotating"))
 
     # Item 1: each app reads each key; values equal what was sealed; meta equals status.
     old_values: dict[str, str] = {}
@@ -314,7 +314,9 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
         obj = get_apikey(admin_api, namespace, "rotating")
         return obj if (obj.get("status") or {}).get("currentVersion", 0) > old_version else None
 
-    new_version, new_fingerprint = _current(eventually(rotated, 60, "the controller to rotate"))
+    new_version, new_fingerprint = current_version(
+        eventually(rotated, 60, "the controller to rotate")
+    )
     rotated_at = time.monotonic()
     for pod in deployed.pods:
         eventually(
@@ -337,8 +339,16 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
         lambda: len(deployed.reloads.snapshot()) >= REPLICAS, 10, "a reload call from each pod"
     )
     for pod in deployed.pods:
-        log = _sidecar_log(core, namespace, pod)
-        calls = [line for line in log.splitlines() if '"reload-called"' in line]
+        # Each sidecar logs its call after the reload server answered: wait for the line.
+        calls = eventually(
+            lambda pod=pod: [  # type: ignore[misc]
+                line
+                for line in _sidecar_log(core, namespace, pod).splitlines()
+                if '"reload-called"' in line
+            ],
+            20,
+            f"{pod}'s reload-called log line",
+        )
         assert len(calls) == 1, (pod, calls)
         assert '"rotated"' in calls[0]
 

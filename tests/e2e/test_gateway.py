@@ -626,9 +626,14 @@ def test_injected_pod_runs_and_app_starts_after_the_probe(
         # The placeholder waits 2 s before writing: the app started no earlier than that.
         gap = (app.state.running.started_at - sidecar.state.running.started_at).total_seconds()
         assert gap >= 1.5, gap
-        logs = core.read_namespaced_pod_log("runs", namespace, container="app")
+
+        def printed() -> str | None:
+            text: str = core.read_namespaced_pod_log("runs", namespace, container="app")
+            return text if "placeholder for billing.env" in text else None
+
+        # A running container has not necessarily printed yet: wait for its output.
+        logs = eventually(printed, 20, "the app's output")
         assert "placeholder for stripe-live" in logs
-        assert "placeholder for billing.env" in logs
         print(f"injected pod running {time.monotonic() - created:.1f} s after create")
     finally:
         gateway.restart()

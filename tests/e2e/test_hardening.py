@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys.controller.service import blob_secret_name
+from secure_keys.controller.reconciler import blob_secret_name
 from secure_keys_dev.stack import condition, create_apikey, eventually, get_apikey, is_ready
 
 pytestmark = pytest.mark.usefixtures("controller")
@@ -108,7 +108,12 @@ def test_a_foreign_secret_named_like_the_blob_secret_is_left_alone(
         return obj if ready and ready["reason"] == "BlobSecretConflict" else None
 
     eventually(refused, 30, "Ready=False BlobSecretConflict")
-    assert _events(admin_api, namespace, "payments", "BlobSecretConflict")
+    # The Warning Event follows the status write: wait for it, do not race it.
+    eventually(
+        lambda: _events(admin_api, namespace, "payments", "BlobSecretConflict"),
+        30,
+        "a BlobSecretConflict Event",
+    )
 
     client.CustomObjectsApi(admin_api).delete_namespaced_custom_object(
         "securekeys.io", "v1alpha1", namespace, "apikeys", "payments"
@@ -142,7 +147,9 @@ def test_a_deleted_blob_secret_is_reported_and_nothing_is_served_without_a_blob(
     intact = condition(obj, "BlobsIntact")
     assert intact is not None
     assert intact["status"] == "False"
-    [warning] = _events(admin_api, namespace, "gen", "BlobMissing")
+    [warning] = eventually(
+        lambda: _events(admin_api, namespace, "gen", "BlobMissing"), 30, "a BlobMissing Event"
+    )
     assert warning.type == "Warning"
     assert set(_blob_data(admin_api, namespace, "gen")) == {"v2"}
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys.controller.service import blob_secret_name
+from secure_keys.controller.reconciler import blob_secret_name
 from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.memory import zero

@@ -47,7 +47,8 @@ def test_only_the_leader_reconciles_and_a_follower_takes_over(
         assert '"leader.acquired"' not in second.log()
         create_apikey(admin_api, private_namespace, "one", {"source": {"generate": {}}})
         eventually(lambda: is_ready(get_apikey(admin_api, private_namespace, "one")))
-        assert '"apikey.promoted"' in first.log()
+        # The promotion is logged after the status write that makes the key Ready: wait.
+        eventually(lambda: '"apikey.promoted"' in first.log(), 30, "the leader's promotion log")
         assert '"apikey.promoted"' not in second.log()
 
         assert first.process is not None
@@ -56,7 +57,7 @@ def test_only_the_leader_reconciles_and_a_follower_takes_over(
         eventually(lambda: '"controller.started"' in second.log(), 30, "the follower to lead")
         create_apikey(admin_api, private_namespace, "two", {"source": {"generate": {}}})
         eventually(lambda: is_ready(get_apikey(admin_api, private_namespace, "two")))
-        assert '"apikey.promoted"' in second.log()
+        eventually(lambda: '"apikey.promoted"' in second.log(), 30, "the new leader's promotion")
 
         held = client.CoordinationV1Api(admin_api).read_namespaced_lease(
             lease, CONTROLLER_NAMESPACE

@@ -12,11 +12,10 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
-import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,44 +25,18 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev.cluster import Binaries, LocalCluster
-from tests.e2e.conftest import PodEnvironment, Target
+from secure_keys_dev.cluster import LocalCluster
+from tests.e2e.conftest import IDLE, PodEnvironment, Target
+from tests.support.kubectl import kubectl, wait_for
 
 AUDIENCE = "securekeys.io"
 TOKEN_DIR = "/var/run/secrets/securekeys"
 SIDECAR_DELAY = 2  # seconds the sidecar waits before its startupProbe can pass
 # PID 1 of a container ignores SIGTERM unless it traps it: exit at once, so deleting a
 # pod does not wait out its grace period.
-IDLE = 'trap "exit 0" TERM; while true; do sleep 1; done'
 
 
 # -- helpers ---------------------------------------------------------------------------
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def kubectl(kube: Target, *args: str) -> subprocess.CompletedProcess[str]:
-    if kube.cluster is not None:
-        binary = str(kube.cluster.binaries.kubectl)
-    else:
-        binary = shutil.which("kubectl") or str(Binaries.find().kubectl)
-    return subprocess.run(  # noqa: S603 - our kubectl, our arguments
-        [binary, f"--kubeconfig={kube.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def wait_for_default_service_account(core: client.CoreV1Api, namespace: str) -> None:
     def exists() -> bool:
         try:
@@ -274,7 +247,11 @@ def test_the_projected_token_is_bound_to_its_audience_and_the_pod(
 
 # -- 4. logs and exec through the authenticated kubelet -------------------------------------
 def test_logs_and_exec_go_through_the_kubelet(kube: Target, sidecar_pod: SidecarPod) -> None:
-    logs = kubectl(kube, "logs", "-n", sidecar_pod.namespace, sidecar_pod.name, "-c", "app")
+    def app_log() -> subprocess.CompletedProcess[str] | None:
+        done = kubectl(kube, "logs", "-n", sidecar_pod.namespace, sidecar_pod.name, "-c", "app")
+        return done if done.returncode != 0 or done.stdout.strip() else None
+
+    logs = wait_for("the app's log", app_log, timeout=20)  # printed once it started
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.strip() == sidecar_pod.marker
     done = exec_in(kube, sidecar_pod, "sidecar", "echo exec-$((6 * 7)) && hostname")

@@ -32,8 +32,8 @@ from secure_keys_dev.node import (
     read_shielded_sysctls,
     shim_sockets,
 )
-from tests.e2e.conftest import Target
-from tests.e2e.test_node import IDLE, wait_for
+from tests.e2e.conftest import IDLE, Target
+from tests.support.kubectl import wait_for
 
 
 @dataclass(frozen=True)

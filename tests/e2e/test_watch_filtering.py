@@ -150,7 +150,7 @@ def test_a_deleted_recipient_configmap_comes_back(
     core.delete_namespaced_config_map(RECIPIENT_CONFIGMAP, CONTROLLER_NAMESPACE)
     eventually(lambda: _recipient(core) == original, 30, "the recipient ConfigMap restored")
     eventually(lambda: _restored_events(core) > events_before, 30, "a RecipientRestored Event")
-    assert '"recipient.restored"' in controller.log()
+    eventually(lambda: '"recipient.restored"' in controller.log(), 30, "the restore logged")
 
 
 def test_a_replaced_recipient_configmap_is_restored(

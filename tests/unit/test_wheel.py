@@ -27,10 +27,11 @@ from secure_keys.core.sealing import RecipientPrivateKey, open_sealed
 from tests.conftest import CANARY
 
 ROOT = Path(__file__).parents[2]
-# The layers the base install carries (the CLI, the Kubernetes client, the core). KMS
-# provider modules for cloud SDKs belong to their own extras and are not listed here.
-BASE_LAYERS = ("cli", "kube", "core")
-EXTRA_PROVIDERS = {"aws.py", "gcp.py", "pkcs11.py"}
+# The layers the base install carries (the CLI, the local store, the Kubernetes client,
+# the core). Modules whose library comes with an extra (the KMS providers' SDKs, the
+# keychain, TOTP) are not listed here.
+BASE_LAYERS = ("cli", "store", "kube", "core")
+EXTRA_PROVIDERS = {"aws.py", "gcp.py", "pkcs11.py", "azure.py", "keychain.py", "totp.py"}
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "build", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "dist"
 )

@@ -1,27 +1,44 @@
 """Argument parsing, dispatch and error reporting for ``secure-keys``.
 
+The global ``--store local|cluster`` (or ``SECUREKEYS_STORE``; default ``cluster``) says
+which store the verbs work against. ``seal`` and ``rotate`` work against both (``seal``
+with ``--store local`` takes the plaintext from the local store); ``init``, ``add``,
+``rm`` and ``passwd`` belong to the local store; ``get``, ``list``, ``audit`` and ``run``
+work against the local store and are refused against the cluster, where they are not
+available yet.
+
 User errors end with one ``secure-keys: error: ...`` line and an exit status, never a
 traceback: 2 for what the user can fix here (arguments, files, the kubeconfig, a refused
-recipient), 1 for what the cluster answered or a cluster that cannot be reached.
+recipient, a store's modes), 1 for what the cluster answered or a cluster that cannot be
+reached, a wrong password and a damaged store.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import structlog
 import yaml
 
-from secure_keys.cli import kubeapi, pins
+from secure_keys.cli import kubeapi, pins, pkcs11_key
+from secure_keys.cli import local as local_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.errors import SealedSourceInvalid
 from secure_keys.core.sealing import Recipient
 from secure_keys.kube.client import ApiError
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP
+from secure_keys.store.errors import StoreError
+
+STORE_ENV = "SECUREKEYS_STORE"
+STORES = ("local", "cluster")
 
 FetchRecipient = Callable[[Path | None, str], kubeapi.FetchedRecipient]
 """``(kubeconfig, controller namespace) -> the published recipient``: the seam tests fake."""
@@ -40,12 +57,26 @@ def _parser() -> argparse.ArgumentParser:
         prog="secure-keys", description="Kubernetes-native storage and delivery of API keys."
     )
     parser.add_argument("--kubeconfig", type=Path, default=None)
+    parser.add_argument(
+        "--store",
+        choices=STORES,
+        default=None,
+        help=f"the store the verbs work against (default: ${STORE_ENV}, else cluster)",
+    )
+    parser.add_argument(
+        "--store-dir",
+        default=None,
+        help="the local store's directory (default: $XDG_CONFIG_HOME/secure-keys)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    local_parsers = local_cmd.add_arguments(commands)
 
     seal = commands.add_parser(
         "seal",
+        parents=[local_parsers["_opener"]],
         help="encrypt a key for the cluster and print an ApiKey manifest (safe to commit)",
-        description="Reads the plaintext from stdin (or --from-file), never from arguments. "
+        description="Reads the plaintext from stdin (or --from-file), never from arguments; "
+        "with --store local, from the local store's key NAME (nothing on disk in between). "
         "The recipient key fetched from the cluster is pinned on first use, per API server "
         "and controller namespace, in $XDG_CONFIG_HOME/secure-keys/known-recipients.json; "
         "a different key later is refused.",
@@ -81,9 +112,22 @@ def _parser() -> argparse.ArgumentParser:
     seal.add_argument("--file-name", default=None, help="spec.delivery.fileName")
     seal.add_argument("-o", "--output", type=Path, default=None, help="write here, not stdout")
 
-    rotate = commands.add_parser("rotate", help="rotate an ApiKey now")
-    rotate.add_argument("name")
+    rotate = commands.add_parser(
+        "rotate",
+        parents=[local_parsers["_opener"], local_parsers["_value"]],
+        help="rotate a key now (cluster: ask the controller; local: new value on stdin)",
+    )
+    rotate.add_argument("name", nargs="?")
     rotate.add_argument("-n", "--namespace", default=None)
+    rotate.add_argument("--stage", action="store_true", help="local: leave the new version Pending")
+    rotate.add_argument(
+        "--promote", action="store_true", help="local: make the Pending version Active"
+    )
+    rotate.add_argument(
+        "--kek", action="store_true", help="local: rewrap every data key to the newest KEK"
+    )
+
+    pkcs11_key.add_parser(commands)
     return parser
 
 
@@ -91,17 +135,67 @@ def _error(message: str) -> None:
     print(f"secure-keys: error: {message}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Warnings and errors only, on stderr, while a store command runs: stdout may carry a
+    key's value, and stderr is the user's. Whatever logging was configured before (by a
+    program calling ``main`` in-process) is put back afterwards."""
+    was_configured = structlog.is_configured()
+    saved = structlog.get_config()
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        if was_configured:
+            structlog.configure(**saved)
+        else:
+            structlog.reset_defaults()
+
+
+def _store_choice(args: argparse.Namespace) -> str:
+    if args.store is not None:
+        return str(args.store)
+    chosen = os.environ.get(STORE_ENV, "") or "cluster"
+    if chosen not in STORES:
+        raise StoreError(f"{STORE_ENV}={chosen[:32]!r}: expected local or cluster")
+    return chosen
+
+
 def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        args.store = _store_choice(args)
+        if args.store == "local" and args.command in local_cmd.COMMANDS:
+            with _quiet_logs():
+                return local_cmd.COMMANDS[args.command](args)
+        if args.command in local_cmd.LOCAL_ONLY:
+            raise StoreError(f"`{args.command}` is a command of the local store: use --store local")
+        if args.command in local_cmd.NOT_YET_ON_CLUSTER:
+            _error(
+                f"`{args.command}` against the cluster is not available yet; "
+                "use --store local for the local store"
+            )
+            return 2
         if args.command == "seal":
-            return _seal(args, fetch or kubeapi.fetch_recipient)
+            with _quiet_logs() if args.store == "local" else contextlib.nullcontext():
+                return _seal(args, fetch or kubeapi.fetch_recipient)
         if args.command == "rotate":
+            if not args.name or args.stage or args.promote or args.kek:
+                raise StoreError(
+                    "rotate against the cluster takes an ApiKey name and none of --stage, "
+                    "--promote, --kek (those are for --store local)"
+                )
             target = kubeapi.load_target(args.kubeconfig)
             namespace = args.namespace or target.namespace
             value = rotate_cmd.rotate(args.name, namespace, target)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
+        if args.command == "pkcs11":
+            return pkcs11_key.run(args)
         raise AssertionError(f"unhandled command {args.command!r}")
     except ApiError as exc:
         _error(f"the API server said {exc}")
@@ -130,6 +224,9 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
     except OSError as exc:
         _error(f"{exc.strerror or exc}: {exc.filename or ''}")
         return 2
+    except StoreError as exc:
+        _error(str(exc))
+        return exc.exit_status
     except KeyboardInterrupt:
         return 130
 
@@ -185,8 +282,15 @@ def _seal(args: argparse.Namespace, fetch: FetchRecipient) -> int:
         extra["rotation"] = rotation
     if args.file_name:
         extra["delivery"] = {"fileName": args.file_name}
-    stdin = None if args.from_file else seal_cmd.stdin_bytes()
-    plaintext = seal_cmd.read_plaintext(stdin, args.from_file, keep_newline=args.keep_newline)
+    if args.store == "local":
+        if args.from_file is not None:
+            raise StoreError("--store local seals the key from the store: drop --from-file")
+        # Straight from the store to the sealed manifest: no plaintext on disk between.
+        with local_cmd.open_store(args) as store:
+            plaintext = store.get(args.name)
+    else:
+        stdin = None if args.from_file else seal_cmd.stdin_bytes()
+        plaintext = seal_cmd.read_plaintext(stdin, args.from_file, keep_newline=args.keep_newline)
     text = seal_cmd.seal_command(
         name=args.name,
         namespace=namespace,

@@ -12,9 +12,9 @@ from pathlib import Path
 # costs about 40 MiB of resident memory, so keep it out of this process.
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
-from secure_keys.controller.leader import LeaseTiming  # noqa: E402
 from secure_keys.controller.operator import ControllerOptions, run  # noqa: E402
 from secure_keys.core.logs import configure  # noqa: E402
+from secure_keys.kube.leader import LeaseTiming  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

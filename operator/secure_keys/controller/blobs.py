@@ -25,7 +25,6 @@ from typing import Any
 from secure_keys.controller.models import ApiKey
 from secure_keys.kube.blobformat import (
     BLOB_SECRET_TYPE,
-    CONTROLLER_KEYS_TYPE,
     LABEL_APIKEY,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -36,14 +35,12 @@ from secure_keys.kube.blobformat import (
     blob_tags,
     blob_versions,
     foreign_reason,
-    owned_by_controller,
 )
 from secure_keys.kube.client import SECRETS, ApiError, KubeApi
 from secure_keys.kube.names import GROUP, VERSION
 
 __all__ = [
     "BLOB_SECRET_TYPE",
-    "CONTROLLER_KEYS_TYPE",
     "INTENT_ANNOTATION",
     "LABEL_APIKEY",
     "LABEL_MANAGED_BY",
@@ -59,7 +56,6 @@ __all__ = [
     "blob_versions",
     "foreign_reason",
     "labels",
-    "owned_by_controller",
     "owner_reference",
 ]
 

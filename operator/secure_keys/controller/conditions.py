@@ -10,7 +10,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from secure_keys.controller.rotation import format_stamp
+from secure_keys.core.stamps import format_stamp
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 

@@ -7,40 +7,46 @@ one Secret in the controller's namespace; every replica opens them at startup.
   ``secure-keys seal``. Its public half is published in a ConfigMap that any
   authenticated user may read, so the CLI can seal without other access. The leader
   watches that ConfigMap and publishes it again when it is deleted or its data replaced
-  (``publish_recipient``, called from ``operator.py``), with a Warning Event saying so.
+  (``guard_recipient``, started by ``operator.py``), with a Warning Event saying so.
 * The **fingerprint key** (32 random bytes) keys the HMAC fingerprints written to status
   and Events. It is independent of any KMS provider, so fingerprints stay comparable
   across providers and KMS key rotations.
+
+The Secret's format (type, labels, entries, envelope bindings) is
+``secure_keys.kube.keysformat``'s, shared with the gateway; this module creates, opens
+and publishes.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import datetime
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
+
+from secure_keys.controller import metrics
 from secure_keys.controller.events import build_event
-from secure_keys.core import envelope
-from secure_keys.core.binding import KeyBinding
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.memory import random_secret, zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
-from secure_keys.kube.client import CONFIGMAPS, SECRETS, ApiError, JsonObject, KubeApi
+from secure_keys.kube.client import CONFIGMAPS, EVENTS, SECRETS, ApiError, JsonObject, KubeApi
+from secure_keys.kube.informer import Backoff, informer
+from secure_keys.kube.keysformat import (
+    FINGERPRINT_KEY_SIZE,
+    FINGERPRINT_SLOT,
+    LABELS,
+    RECIPIENT_SLOT,
+    keys_secret,
+    open_fingerprint_key,
+    open_slot,
+    seal_slot,
+)
 from secure_keys.kube.names import KEYS_SECRET, RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
-_RECIPIENT_SLOT = "recipient"
-_FINGERPRINT_SLOT = "fingerprint"
-FINGERPRINT_KEY_SIZE = 32
+_log = structlog.get_logger("secure_keys.controller")
 RecipientChange = Literal["unchanged", "created", "replaced"]
-_LABELS = {
-    "app.kubernetes.io/managed-by": "secure-keys",
-    "app.kubernetes.io/part-of": "secure-keys",
-}
-
-
-def _binding(namespace: str, slot: str) -> KeyBinding:
-    return KeyBinding(namespace, f"controller-{slot}", 1)
 
 
 @dataclass
@@ -61,17 +67,6 @@ class ControllerKeys:
         return f"ControllerKeys(recipient={self.public.key_id})"
 
 
-def _seal(kms: KmsProvider, namespace: str, slot: str, plaintext: bytearray) -> str:
-    sealed = envelope.seal(plaintext, _binding(namespace, slot), kms).to_bytes()
-    return base64.b64encode(sealed).decode()
-
-
-def _open(kms: KmsProvider, namespace: str, slot: str, data: dict[str, str]) -> bytearray:
-    if slot not in data:
-        raise ValueError(f"Secret {namespace}/{KEYS_SECRET} has no {slot!r} entry")
-    return envelope.open(base64.b64decode(data[slot]), _binding(namespace, slot), kms)
-
-
 def new_keys_secret(namespace: str, kms: KmsProvider) -> dict[str, object]:
     """A fresh Secret body holding newly generated keys, sealed (pure but for the CSPRNG)."""
     recipient = RecipientPrivateKey.generate()
@@ -79,39 +74,33 @@ def new_keys_secret(namespace: str, kms: KmsProvider) -> dict[str, object]:
     fingerprint_key = random_secret(FINGERPRINT_KEY_SIZE)
     try:
         data = {
-            _RECIPIENT_SLOT: _seal(kms, namespace, _RECIPIENT_SLOT, raw),
-            _FINGERPRINT_SLOT: _seal(kms, namespace, _FINGERPRINT_SLOT, fingerprint_key),
+            RECIPIENT_SLOT: seal_slot(kms, namespace, RECIPIENT_SLOT, raw),
+            FINGERPRINT_SLOT: seal_slot(kms, namespace, FINGERPRINT_SLOT, fingerprint_key),
         }
     finally:
         zero(raw)
         zero(fingerprint_key)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "securekeys.io/controller-keys",
-        "metadata": {"name": KEYS_SECRET, "namespace": namespace, "labels": _LABELS},
-        "data": data,
-    }
+    return keys_secret(namespace, data)
 
 
 def open_keys(namespace: str, data: dict[str, str], kms: KmsProvider) -> ControllerKeys:
-    raw = _open(kms, namespace, _RECIPIENT_SLOT, data)
+    raw = open_slot(kms, namespace, RECIPIENT_SLOT, data)
     try:
         recipient = RecipientPrivateKey.from_raw(raw)
     finally:
         zero(raw)
-    fingerprint_key = _open(kms, namespace, _FINGERPRINT_SLOT, data)
-    if len(fingerprint_key) != FINGERPRINT_KEY_SIZE:
-        zero(fingerprint_key)
-        raise ValueError("the stored fingerprint key has the wrong size")
-    return ControllerKeys(recipient, fingerprint_key)
+    return ControllerKeys(recipient, open_fingerprint_key(kms, namespace, data))
 
 
 def recipient_configmap(namespace: str, recipient: Recipient) -> JsonObject:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": RECIPIENT_CONFIGMAP, "namespace": namespace, "labels": _LABELS},
+        "metadata": {
+            "name": RECIPIENT_CONFIGMAP,
+            "namespace": namespace,
+            "labels": dict(LABELS),
+        },
         "data": {RECIPIENT_CONFIGMAP_KEY: recipient.to_json()},
     }
 
@@ -185,3 +174,69 @@ def recipient_restored_event(
     )
     event["involvedObject"]["apiVersion"] = "v1"  # a core object, not one of ours
     return event
+
+
+RECIPIENT_SELECTOR = f"metadata.name={RECIPIENT_CONFIGMAP}"
+BACKOFF = Backoff()
+"""How a failed restore is retried: as the informers retry."""
+
+
+async def guard_recipient(
+    api: KubeApi, namespace: str, recipient: Recipient, *, instance: str
+) -> None:
+    """Put the recipient ConfigMap back whenever it is deleted or its data replaced, with
+    a Warning Event each time; runs until cancelled (the leader runs it).
+
+    The ConfigMap is watched by name only (a field selector), so no other ConfigMap
+    reaches the process.
+    """
+    expected = recipient_configmap(namespace, recipient)["data"]
+    intact: bool | None = None
+    async for event in informer(api, CONFIGMAPS, namespace, field_selector=RECIPIENT_SELECTOR):
+        if event.type != "LISTED":
+            metrics.OBJECTS_RECEIVED.labels("configmaps", "recipient").inc()
+        if event.type in ("ADDED", "MODIFIED"):
+            intact = event.object.get("data") == expected
+        elif event.type == "DELETED":
+            intact = False
+        if intact is not True:
+            # LISTED with nothing listed (intact None) also lands here: it is missing.
+            await restore_recipient(api, namespace, recipient, instance=instance)
+            intact = None if event.type == "LISTED" else intact
+
+
+async def restore_recipient(
+    api: KubeApi, namespace: str, recipient: Recipient, *, instance: str
+) -> None:
+    """Publish the recipient (retrying with backoff); say so if it had to be put back."""
+    failures = 0
+    while True:
+        try:
+            change, body = await publish_recipient(api, namespace, recipient)
+            break
+        except ApiError as exc:
+            delay = BACKOFF.after(failures, exc)
+            failures += 1
+            _log.warning(
+                "recipient.restore.failed",
+                status=exc.status,
+                error=str(exc),
+                retry_in=round(delay, 2),
+            )
+            await asyncio.sleep(delay)
+    if change == "unchanged":
+        return
+    _log.warning(
+        "recipient.restored",
+        namespace=namespace,
+        configmap=RECIPIENT_CONFIGMAP,
+        was="deleted" if change == "created" else "replaced",
+        recipient=recipient.key_id,
+    )
+    event = recipient_restored_event(
+        body, change, recipient, instance=instance, now=datetime.datetime.now(datetime.UTC)
+    )
+    try:
+        await api.create(EVENTS, namespace, event)
+    except ApiError as exc:
+        _log.warning("event.failed", reason=event["reason"], status=exc.status)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import structlog
 
 from secure_keys.controller.models import GROUP, VERSION
-from secure_keys.controller.rotation import format_stamp
+from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.client import EVENTS, ApiError, KubeApi
 
 COMPONENT = "secure-keys-controller"

@@ -80,7 +80,7 @@ class Source(_Model):
 
 
 class KmsRef(_Model):
-    provider: Literal["local", "aws", "gcp", "pkcs11"] | None = None
+    provider: Literal["local", "aws", "gcp", "pkcs11", "azure"] | None = None
     key_id: Annotated[str, Field(max_length=2048)] | None = Field(None, alias="keyId")
 
 
@@ -120,7 +120,7 @@ class Metadata(_Model):
 
 
 class ApiKey(_Model):
-    """An ApiKey object: metadata, parsed spec, and the raw status (read by the service)."""
+    """An ApiKey object: metadata, parsed spec, and the raw status (read by the reconciler)."""
 
     metadata: Metadata
     spec: ApiKeySpec

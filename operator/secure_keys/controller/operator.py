@@ -1,8 +1,17 @@
-"""Watch wiring: watch streams in, a keyed work queue, reconcile workers. Kept thin.
+"""The controller process: watches in, a keyed work queue, reconcile workers out.
+
+This module decides nothing about an ApiKey or a KeyRole (the reconcilers do); it owns
+the process around them. ``Runtime`` holds the long-lived parts and is the larger half:
+start-up (leader election, the controller's own keys opened with backoff, the workers),
+the blob Secret informer, the recipient ConfigMap's guard (``controller_keys`` runs it;
+the Runtime starts it once the keys are open), the work queue's routing of events to
+keys (which KeyRoles an ApiKey event requeues), and shut-down.
+``build_registry`` is the kopf wiring, and the helpers at the top (``blob_owner``,
+``namespace_selected``) are pure.
 
 kopf provides the ApiKey and KeyRole watches and login (leader election is ours:
-``leader.py``). Two more watches are our own informers (``secure_keys.kube.informer``),
-because they need selectors applied by the API server:
+``secure_keys.kube.leader``). Two more watches are our own informers
+(``secure_keys.kube.informer``), because they need selectors applied by the API server:
 
 * blob Secrets, with the label selector ``app.kubernetes.io/managed-by=secure-keys``, so
   no other Secret of the cluster ever reaches this process (kopf's ``labels=`` filter
@@ -16,7 +25,7 @@ step toward the spec, so a missed or duplicated event costs nothing. Delays (the
 rotation, a grace period ending) and failures (backoff) are scheduled on the same queue.
 
 Nothing here writes kopf's own annotations or status: every ApiKey change is a write the
-service makes deliberately.
+``Reconciler`` makes deliberately.
 """
 
 from __future__ import annotations
@@ -42,15 +51,12 @@ from secure_keys.controller import metrics
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import (
     ControllerKeys,
+    guard_recipient,
     load_or_create,
-    publish_recipient,
-    recipient_configmap,
-    recipient_restored_event,
 )
-from secure_keys.controller.keyroles import KeyRoleReconciler, roles_to_requeue, selection_of
-from secure_keys.controller.leader import LeaderElector, LeaseTiming
+from secure_keys.controller.keyrole_status import KeyRoleReconciler, roles_to_requeue, selection_of
 from secure_keys.controller.models import GROUP, VERSION
-from secure_keys.controller.service import (
+from secure_keys.controller.reconciler import (
     BLOB_SECRET_TYPE,
     LABEL_MANAGED_BY,
     MANAGED_BY,
@@ -61,17 +67,15 @@ from secure_keys.controller.workqueue import WorkQueue
 from secure_keys.core.errors import InvalidEnvelope, KmsError
 from secure_keys.kube.client import (
     APIKEYS,
-    CONFIGMAPS,
-    EVENTS,
     SECRETS,
     ApiError,
     Credentials,
     KubeApi,
 )
 from secure_keys.kube.exec_auth import ExecAuthenticator
-from secure_keys.kube.informer import InformerEvent, informer
+from secure_keys.kube.informer import Backoff, InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
-from secure_keys.kube.names import RECIPIENT_CONFIGMAP
+from secure_keys.kube.leader import LeaderElector, LeaseTiming
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -86,7 +90,6 @@ BLOB_TYPE_SELECTOR = f"type={BLOB_SECRET_TYPE}"
 """Also select on the Secret type: anyone may put our label on their own Secrets, but
 only blob Secrets have this type, so no other Secret is listed into the process."""
 """The Secrets this process receives: ours only, selected by the API server."""
-RECIPIENT_SELECTOR = f"metadata.name={RECIPIENT_CONFIGMAP}"
 
 
 def blob_owner(metadata: Mapping[str, Any]) -> str | None:
@@ -158,6 +161,10 @@ class ControllerOptions:
     """``--namespaces`` (kopf globs); None: every namespace."""
 
 
+BACKOFF = Backoff()
+"""How opening the controller's keys is retried: as the informers retry."""
+
+
 class Runtime:
     """The controller's long-lived parts, created at kopf startup and closed at cleanup."""
 
@@ -204,7 +211,7 @@ class Runtime:
         """Open (or create) the controller's keys under the default KMS key, retrying with
         backoff; then serve the recipient and requeue every ApiKey that waited for them."""
         options = self.options
-        delay = 0.5
+        failures = 0
         while True:
             try:
                 provider = await asyncio.to_thread(kms.default)
@@ -212,19 +219,23 @@ class Runtime:
                 break
             except (KmsError, ApiError, InvalidEnvelope, ValueError) as exc:
                 metrics.CONTROLLER_KEYS_OPEN.set(0)
+                delay = BACKOFF.after(failures, exc)
+                failures += 1
                 _log.warning(
                     "controller.keys.unavailable",
                     error=type(exc).__name__,
                     detail=str(exc),
-                    retry_in=delay,
+                    retry_in=round(delay, 2),
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
         metrics.CONTROLLER_KEYS_OPEN.set(1)
         if self.reconciler is not None:
             self.reconciler.keys = self.keys
         _log.info("controller.keys.opened", recipient=self.keys.public.key_id)
-        self._tasks.append(asyncio.create_task(self._guard_recipient(api)))
+        guard = guard_recipient(
+            api, self.options.namespace, self.keys.public, instance=self.options.instance
+        )
+        self._tasks.append(asyncio.create_task(guard))
         await self._requeue_apikeys(api)
 
     async def _requeue_apikeys(self, api: KubeApi) -> None:
@@ -278,62 +289,6 @@ class Runtime:
         )
         if event.type == "DELETED" or not own:
             self.queue.add(("apikey", namespace, owner))
-
-    # -- the recipient ConfigMap -------------------------------------------------------
-    async def _guard_recipient(self, api: KubeApi) -> None:
-        """Put the recipient ConfigMap back whenever it is deleted or its data replaced."""
-        if self.keys is None:
-            raise RuntimeError("the recipient guard starts after the keys are loaded")
-        namespace = self.options.namespace
-        expected = recipient_configmap(namespace, self.keys.public)["data"]
-        intact: bool | None = None
-        async for event in informer(api, CONFIGMAPS, namespace, field_selector=RECIPIENT_SELECTOR):
-            if event.type != "LISTED":
-                metrics.OBJECTS_RECEIVED.labels("configmaps", "recipient").inc()
-            if event.type in ("ADDED", "MODIFIED"):
-                intact = event.object.get("data") == expected
-            elif event.type == "DELETED":
-                intact = False
-            if intact is not True:
-                # LISTED with nothing listed (intact None) also lands here: it is missing.
-                await self._restore_recipient(api)
-                intact = None if event.type == "LISTED" else intact
-
-    async def _restore_recipient(self, api: KubeApi) -> None:
-        if self.keys is None:
-            return
-        namespace = self.options.namespace
-        delay = 0.5
-        while True:
-            try:
-                change, body = await publish_recipient(api, namespace, self.keys.public)
-                break
-            except ApiError as exc:
-                _log.warning(
-                    "recipient.restore.failed", status=exc.status, error=str(exc), retry_in=delay
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-        if change == "unchanged":
-            return
-        _log.warning(
-            "recipient.restored",
-            namespace=namespace,
-            configmap=RECIPIENT_CONFIGMAP,
-            was="deleted" if change == "created" else "replaced",
-            recipient=self.keys.public.key_id,
-        )
-        event = recipient_restored_event(
-            body,
-            change,
-            self.keys.public,
-            instance=self.options.instance,
-            now=datetime.datetime.now(datetime.UTC),
-        )
-        try:
-            await api.create(EVENTS, namespace, event)
-        except ApiError as exc:
-            _log.warning("event.failed", reason=event["reason"], status=exc.status)
 
     def _lost_lease(self) -> None:
         # Another replica may lead now: stop at once, as controller-runtime's managers do,
@@ -446,7 +401,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.enabled = False  # our Events are written by the service
+        settings.posting.enabled = False  # our Events are written by the reconcilers
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event
         settings.watching.server_timeout = 300
         await runtime.start()

@@ -12,14 +12,15 @@ import datetime
 from dataclasses import replace
 from typing import Any
 
-from secure_keys.controller import rotation
-from secure_keys.controller.blobs import blob_versions
 from secure_keys.controller.conditions import set_condition
 from secure_keys.controller.models import ApiKey, source_digest
-from secure_keys.controller.rotation import KeyState, VersionRecord
+from secure_keys.controller.records import VersionRecord, prune_destroyed
+from secure_keys.controller.rotation import KeyState
 from secure_keys.controller.schedule import RotationPolicy
 from secure_keys.core.binding import MAX_VERSION
 from secure_keys.core.integrity import archived_tag, destroyed_tag, tag_valid
+from secure_keys.core.stamps import format_stamp
+from secure_keys.kube.blobformat import blob_versions
 
 KmsNow = tuple[str, str, str]
 """(provider, key id, key version) the ApiKey's KMS key wraps with now."""
@@ -46,7 +47,7 @@ def tag_destroyed(
     out = []
     for record in records:
         if record.state == "Destroyed" and record.destroy_tag is None:
-            stamp = rotation.format_stamp(record.destroyed_at or record.created_at)
+            stamp = format_stamp(record.destroyed_at or record.created_at)
             record = replace(record, destroy_tag=destroyed_tag(tag_key, uid, record.version, stamp))
         out.append(record)
     return tuple(out)
@@ -56,7 +57,7 @@ def destroy_verified(record: VersionRecord, uid: str, tag_key: bytes | bytearray
     """Whether a Destroyed record carries the controller's tag (its blob may go)."""
     if tag_key is None or record.destroy_tag is None:
         return False
-    stamp = rotation.format_stamp(record.destroyed_at or record.created_at)
+    stamp = format_stamp(record.destroyed_at or record.created_at)
     return tag_valid(destroyed_tag(tag_key, uid, record.version, stamp), record.destroy_tag)
 
 
@@ -65,12 +66,12 @@ def tag_archived(
 ) -> tuple[VersionRecord, ...]:
     """Records with every Archived record the controller archived in this pass (trusted,
     not yet tagged) tagged. An untrusted or unchecked ``archivedAt`` is never tagged here:
-    only ``rotation.restamp`` makes it trusted again, at a new time."""
+    only ``records.restamp`` makes it trusted again, at a new time."""
     out = []
     for record in records:
         if awaits_archive_tag(record):
             assert record.archived_at is not None  # noqa: S101 - awaits_archive_tag checked
-            stamp = rotation.format_stamp(record.archived_at)
+            stamp = format_stamp(record.archived_at)
             record = replace(record, archive_tag=archived_tag(tag_key, uid, record.version, stamp))
         out.append(record)
     return tuple(out)
@@ -90,7 +91,7 @@ def archive_verified(record: VersionRecord, uid: str, tag_key: bytes | bytearray
     """Whether ``archivedAt`` carries the controller's tag for this uid and version."""
     if record.archived_at is None or record.archive_tag is None:
         return False
-    stamp = rotation.format_stamp(record.archived_at)
+    stamp = format_stamp(record.archived_at)
     return tag_valid(archived_tag(tag_key, uid, record.version, stamp), record.archive_tag)
 
 
@@ -193,7 +194,7 @@ def summary(
             generation=generation,
             now=now,
         )
-    kept = rotation.prune_destroyed(records, blobs)
+    kept = prune_destroyed(records, blobs)
     lost = [r for r in kept if r.lost_at is not None]
     if lost:
         listed = ", ".join(str(r.version) for r in lost)
@@ -219,7 +220,7 @@ def summary(
     if active and active[0].activated_at is not None:
         upcoming = policy.next_rotation(active[0].activated_at)
         if upcoming is not None:
-            status["nextRotation"] = rotation.format_stamp(upcoming)
+            status["nextRotation"] = format_stamp(upcoming)
     return status
 
 

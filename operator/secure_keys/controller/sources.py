@@ -2,8 +2,8 @@
 
 ``generate`` draws from the OS CSPRNG into a ``bytearray`` by rejection sampling, so
 every character of the alphabet is equally likely. Reading a ``secretRef`` and opening a
-``sealed`` source need the API and the recipient key; the service does that I/O and calls
-``decode_secret_value`` / ``sealing.open_sealed`` on what it read.
+``sealed`` source need the API and the recipient key; the step executor (``steps``)
+does that I/O and calls ``decode_secret_value`` / ``sealing.open_sealed`` on what it read.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The planner (``rotation.plan``) decides what to do; ``StepExecutor`` does it: it reads
 the plaintext from the source, seals, adopts, promotes, destroys or rewraps, and writes
-the blob Secret and the status in the order ``rotation``'s docstring gives.
+the blob Secret and the status in the order ``rotation``'s docstring gives. The new
+version records it writes come from ``records``' pure transitions.
 
 Every KMS call and every envelope operation (which wraps or unwraps a data key through
 the KMS) runs in a small bounded thread pool, never on the event loop: a network KMS
@@ -19,7 +20,6 @@ fingerprint computed; no step puts it in a status field, an Event, a log or an e
 from __future__ import annotations
 
 import asyncio
-import binascii
 import datetime
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,14 +28,8 @@ from typing import Any, TypeVar
 import structlog
 
 from secure_keys.controller import metrics, rotation
-from secure_keys.controller.blobs import (
-    BlobStore,
-    Intent,
-    blob_bytes,
-    blob_key,
-    blob_tags,
-    owned_by_controller,
-)
+from secure_keys.controller import records as transitions
+from secure_keys.controller.blobs import BlobStore, Intent
 from secure_keys.controller.config import KmsDirectory
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.failpoints import failpoint
@@ -46,7 +40,8 @@ from secure_keys.controller.projection import (
     tag_archived,
     tag_destroyed,
 )
-from secure_keys.controller.rotation import KeyState, VersionRecord
+from secure_keys.controller.records import VersionRecord
+from secure_keys.controller.rotation import KeyState
 from secure_keys.controller.sources import (
     SourceForbidden,
     SourceUnavailable,
@@ -59,12 +54,15 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import InvalidEnvelope, KmsCorrupt, KmsUnavailable
 from secure_keys.core.fingerprint import fingerprint
-from secure_keys.core.integrity import blob_tag, tag_valid
+from secure_keys.core.integrity import blob_tag
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import open_sealed
+from secure_keys.core.stamps import format_stamp
+from secure_keys.kube.blobcheck import BlobRefused, checked_blob, open_blob
 from secure_keys.kube.client import SECRETS, ApiError
+from secure_keys.kube.keysformat import owned_by_controller
 
 _log = structlog.get_logger("secure_keys.controller")
 T = TypeVar("T")
@@ -165,20 +163,16 @@ class StepExecutor:
     def _tag(self, key: ApiKey, version: int, sealed: bytes) -> str:
         return blob_tag(self.keys().fingerprint_key, key.metadata.uid, version, sealed)
 
-    def blob_authentic(self, key: ApiKey, secret: Secret, version: int) -> bool:
-        """Whether entry ``v<version>`` carries our tag for this ApiKey (uid) and version:
-        written by this controller for this very key, not replayed or swapped in."""
+    def check_blob(self, key: ApiKey, secret: Secret, version: int) -> bytes:
+        """The sealed bytes of entry ``v<version>``, if it carries our tag for this ApiKey
+        (uid) and version: written by this controller for this very key, not replayed or
+        swapped in (``kube.blobcheck``). Otherwise ``InvalidEnvelope``."""
         try:
-            sealed = blob_bytes(secret, version)
-        except (KeyError, ValueError, binascii.Error):
-            return False
-        return tag_valid(self._tag(key, version, sealed), blob_tags(secret).get(blob_key(version)))
-
-    def check_blob(self, key: ApiKey, secret: Secret, version: int) -> None:
-        if not self.blob_authentic(key, secret, version):
+            return checked_blob(secret, key.metadata.uid, version, self.keys().fingerprint_key)
+        except BlobRefused:
             raise InvalidEnvelope(
                 key.metadata.namespace, key.metadata.name, version, "authentication-failed"
-            )
+            ) from None
 
     # -- plaintext ------------------------------------------------------------------------
     async def plaintext_from_source(self, key: ApiKey) -> tuple[bytearray, dict[str, str] | None]:
@@ -227,18 +221,14 @@ class StepExecutor:
         return plaintext, consumed
 
     async def plaintext_of(self, key: ApiKey, record: VersionRecord, secret: Secret) -> bytearray:
-        self.check_blob(key, secret, record.version)
-        try:
-            blob = blob_bytes(secret, record.version)
-        except (KeyError, ValueError, binascii.Error):
-            raise InvalidEnvelope(
-                key.metadata.namespace, key.metadata.name, record.version, "malformed"
-            ) from None
+        """The plaintext of a recorded version: its blob checked, then opened with the KMS
+        key its record names (a fresh buffer the caller zeroes)."""
+        sealed = self.check_blob(key, secret, record.version)
         kms = await self.provider(
             KmsRef.model_validate({"provider": record.kms_provider, "keyId": record.kms_key_id})
         )
         binding = KeyBinding(key.metadata.namespace, key.metadata.name, record.version)
-        return await self.off_loop(envelope.open, blob, binding, kms)
+        return await self.off_loop(open_blob, sealed, binding, lambda _wrapped: kms)
 
     # -- steps ----------------------------------------------------------------------------
     async def new_version(
@@ -289,7 +279,7 @@ class StepExecutor:
             kms_key_id=sealed.wrapped.key_id,
             kms_key_version=sealed.wrapped.key_version,
         )
-        records = rotation.record_pending(state.records, record)
+        records = transitions.record_pending(state.records, record)
         body = await self._write_records(key, body, records, state, extra)
         failpoint("pending-recorded")
         return secret, body
@@ -303,8 +293,8 @@ class StepExecutor:
         unreadable: list[int] = []
         for version in step.versions:
             try:
-                self.check_blob(key, secret, version)  # ours, for this uid: not a replay
-                sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
+                blob = self.check_blob(key, secret, version)  # ours, for this uid: no replay
+                sealed = envelope.Envelope.from_bytes(blob)
                 plaintext = await self.plaintext_of(
                     key,
                     VersionRecord(
@@ -360,7 +350,7 @@ class StepExecutor:
             extra["sourceDigest"] = state.source_digest
             if state.rotation_request:
                 extra["lastRotationRequest"] = state.rotation_request
-        records = rotation.adopt(state.records, adopted)
+        records = transitions.adopt(state.records, adopted)
         body = await self._write_records(key, body, records, state, extra)
         listed = ", ".join(f"{r.version} ({r.state})" for r in adopted)
         interrupted = bool(state.records) and extra and step.pending is not None
@@ -375,7 +365,7 @@ class StepExecutor:
     async def mark_lost(
         self, key: ApiKey, body: Body, state: KeyState, step: rotation.MarkLost
     ) -> Body:
-        records = rotation.mark_lost(state.records, step.versions, self.clock())
+        records = transitions.mark_lost(state.records, step.versions, self.clock())
         body = await self._write_records(key, body, records, state, {})
         listed = ", ".join(str(v) for v in step.versions)
         await self._warn(
@@ -411,7 +401,7 @@ class StepExecutor:
         self, key: ApiKey, body: Body, state: KeyState, step: rotation.Promote
     ) -> Body:
         now = self.clock()
-        records = rotation.promote(state.records, step.version, now)
+        records = transitions.promote(state.records, step.version, now)
         body = await self._write_records(key, body, records, state, {})
         failpoint("promoted")
         metrics.VERSIONS_PROMOTED.labels(str(step.previous is not None).lower()).inc()
@@ -424,7 +414,7 @@ class StepExecutor:
                 f"version {step.version} sealed and active ({promoted.fingerprint})",
             )
         else:
-            until = rotation.format_stamp(now + state.policy.grace_period)
+            until = format_stamp(now + state.policy.grace_period)
             await self.writer.event(
                 body,
                 "Normal",
@@ -453,7 +443,7 @@ class StepExecutor:
         """
         tag_key = self.keys().fingerprint_key  # never write the new stamps untagged
         now = self.clock()
-        records = rotation.restamp(state.records, step.versions, now)
+        records = transitions.restamp(state.records, step.versions, now)
         records = tag_archived(records, key.metadata.uid, tag_key)
         written = await self._write_records(key, body, records, state, {})
         if written is not body:  # (the same object back: the ApiKey is gone)
@@ -480,7 +470,7 @@ class StepExecutor:
             "ArchivedAtUntrusted",
             f"archivedAt of version(s) {listed} carried no valid integrity tag of the "
             "controller (edited in status, or written before archive tags existed); it is "
-            f"re-stamped to {rotation.format_stamp(now)}, and the grace period runs from "
+            f"re-stamped to {format_stamp(now)}, and the grace period runs from "
             "then",
             "apikey.archived_at.untrusted",
             step.versions,
@@ -496,9 +486,9 @@ class StepExecutor:
         reached: dict[int, str] = {}
         for version in step.versions:
             binding = KeyBinding(key.metadata.namespace, key.metadata.name, version)
-            self.check_blob(key, secret, version)
+            blob = self.check_blob(key, secret, version)
             try:
-                sealed = envelope.Envelope.from_bytes(blob_bytes(secret, version))
+                sealed = envelope.Envelope.from_bytes(blob)
             except (envelope.EnvelopeFormatError, ValueError, KeyError):
                 raise InvalidEnvelope(
                     key.metadata.namespace, key.metadata.name, version, "malformed"
@@ -521,7 +511,7 @@ class StepExecutor:
             except ApiError as exc:
                 raise write_error(exc) from None
         failpoint("rewrapped-blobs")
-        records = rotation.rewrapped(state.records, reached)
+        records = transitions.rewrapped(state.records, reached)
         body = await self._write_records(key, body, records, state, {})
         metrics.VERSIONS_REWRAPPED.inc(len(step.versions))
         listed = ", ".join(str(v) for v in step.versions)
@@ -537,7 +527,7 @@ class StepExecutor:
     async def destroy(
         self, key: ApiKey, body: Body, state: KeyState, step: rotation.Destroy
     ) -> Body:
-        records = rotation.destroy(state.records, step.versions, self.clock())
+        records = transitions.destroy(state.records, step.versions, self.clock())
         body = await self._write_records(key, body, records, state, {})
         failpoint("destroy-recorded")
         metrics.VERSIONS_DESTROYED.inc(len(step.versions))

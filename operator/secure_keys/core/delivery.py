@@ -10,8 +10,10 @@ The protocol (``POST /v1/stream`` on the gateway, one long-lived NDJSON response
   key (fresh per connection) and the versions it already holds (``have``);
 - the response is one JSON object per line: a ``StateMessage`` (first a full state for
   every requested key, later only what changed, plus keys ``revoked``), a
-  ``HeartbeatMessage`` every ``heartbeatSeconds``, or an ``ErrorMessage`` that ends the
-  stream;
+  ``HeartbeatMessage`` every ``heartbeatSeconds``, an ``ErrorMessage`` that ends the
+  stream, or a ``ReconnectMessage`` that ends it too and asks the sidecar to connect
+  again at once, without backing off (the broker is shutting down: another replica, or
+  this one restarted, takes over; the files stay until their leases end);
 - a refusal before the stream starts is an HTTP error whose body is a ``Refusal``.
 
 Parsing is strict about what it knows (types, ranges, names, the fingerprint and time
@@ -54,6 +56,7 @@ __all__ = [
     "KeyState",
     "Message",
     "ProtocolError",
+    "ReconnectMessage",
     "Refusal",
     "StateMessage",
     "StreamRequest",
@@ -397,7 +400,20 @@ class ErrorMessage:
         return {"type": "error", "reason": self.reason, "message": self.message}
 
 
-Message: TypeAlias = StateMessage | HeartbeatMessage | ErrorMessage
+@dataclass(frozen=True, slots=True)
+class ReconnectMessage:
+    """The last line of a stream the broker ends because it is going away: connect again
+    now (after a short random delay, so the sidecars of a replica do not all arrive in
+    the same instant), not after a backoff; nothing is revoked."""
+
+    reason: str
+    type: Literal["reconnect"] = "reconnect"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "reconnect", "reason": self.reason}
+
+
+Message: TypeAlias = StateMessage | HeartbeatMessage | ErrorMessage | ReconnectMessage
 
 
 def encode_message(message: Message) -> bytes:
@@ -438,7 +454,9 @@ def parse_message(line: bytes | str) -> Message:
             reason=_reason(data.get("reason"), "error.reason"),
             message=_text(data.get("message"), "error.message"),
         )
-    raise ProtocolError("a stream line must have type state, heartbeat or error")
+    if kind == "reconnect":
+        return ReconnectMessage(reason=_reason(data.get("reason"), "reconnect.reason"))
+    raise ProtocolError("a stream line must have type state, heartbeat, error or reconnect")
 
 
 # --- refusals -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import orjson
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 from secure_keys.core.logs import configure  # noqa: E402
+from secure_keys.gateway import certs  # noqa: E402
 from secure_keys.gateway.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
 from secure_keys.gateway.server import BrokerOptions, GatewayOptions, serve  # noqa: E402
 
@@ -39,6 +40,11 @@ def _command(text: str) -> tuple[str, ...]:
 
 
 def parse_options(argv: list[str] | None = None) -> GatewayOptions:
+    return parse(argv)[0]
+
+
+def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOptions | None]:
+    """The gateway's options, and the managed certificates' (``--certs-secret``) if any."""
     parser = argparse.ArgumentParser(prog="secure-keys-gateway")
     parser.add_argument("--tls-cert", type=Path, required=True, help="serving certificate (PEM)")
     parser.add_argument("--tls-key", type=Path, required=True, help="its private key (PEM)")
@@ -102,7 +108,12 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         "--dek-cache-ttl", type=float, default=24 * 3600.0, help="seconds a data key stays cached"
     )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    certs.add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        cert_options = certs.options_from(args, args.namespace)
+    except ValueError as exc:
+        parser.error(f"managed certificates: {exc}")
     if args.kms_config is not None and not args.broker_url.startswith("https://"):
         parser.error("--kms-config serves the key broker: --broker-url https://... is required")
     ca_pem = ""
@@ -126,7 +137,7 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
         broker_url=args.broker_url,
         broker_ca_pem=ca_pem,
     )
-    return GatewayOptions(
+    options = GatewayOptions(
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         port=args.port,
@@ -144,10 +155,15 @@ def parse_options(argv: list[str] | None = None) -> GatewayOptions:
             dek_cache_ttl=args.dek_cache_ttl,
         ),
     )
+    return options, cert_options
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(serve(parse_options(argv)))
+    options, cert_options = parse(argv)
+    if cert_options is None:
+        asyncio.run(serve(options))
+    else:
+        asyncio.run(certs.run_with_certs(options, cert_options, serve))
     return 0
 
 

@@ -47,6 +47,12 @@ sidecar POSTs after each rotation or revocation (given to it as
 ``SECUREKEYS_RELOAD_URL``). The pod's containers share its network namespace, so the
 app listens there; anything off the loopback is refused at admission."""
 
+SHARED_PROCESSES = "securekeys.io/all-containers-may-read-keys"
+"""``"true"``: the pod accepts that every one of its containers may read its keys. Needed
+for a pod with ``shareProcessNamespace: true``, where any container can reach another's
+files through ``/proc/<pid>/root`` whatever ``securekeys.io/containers`` names; such a
+pod is refused without it (at admission, and by the broker)."""
+
 GATEWAY_CA = "securekeys.io/gateway-ca"
 """Written by the gateway when it has a broker CA (``--broker-ca-file``): the PEM of the
 CA that signed its serving certificate, public. A downward API volume turns it into the
@@ -55,7 +61,9 @@ namespace. A value the pod's author wrote is overwritten at injection."""
 
 INJECTED = "securekeys.io/injected"
 """Written by the gateway (value: the mode): the pod was injected. A pod carrying it is
-authorized again but never patched twice."""
+authorized again but never patched twice. Anyone who writes pods can write it too, so it
+is a marker and proves nothing: the broker does not ask for it (docs/gateway.md,
+"What the broker trusts")."""
 
 POD_ANNOTATIONS = frozenset(
     {
@@ -70,6 +78,7 @@ POD_ANNOTATIONS = frozenset(
         SIDECAR_MEMORY_REQUEST,
         SIDECAR_MEMORY_LIMIT,
         RELOAD_URL,
+        SHARED_PROCESSES,
         GATEWAY_CA,
         INJECTED,
     }

@@ -74,7 +74,8 @@ class Verdict:
     """The delivery file name of each requested key, in the pod's order (when allowed)."""
     problems: tuple[str, ...]
     reason: str = ""
-    """Empty when allowed; else KeyNotFound, ServiceAccountNotFound or KeyNotGranted."""
+    """Empty when allowed; else KeyNotFound, ServiceAccountNotFound, KeyNotGranted or
+    FileNameClash."""
 
     @property
     def allowed(self) -> bool:
@@ -146,4 +147,24 @@ def authorize(
         problems.append(message)
     if problems:
         return Verdict((), tuple(problems), reason)
-    return Verdict(tuple([apikeys[k].file_name for k in keys]), ())
+    files = tuple([apikeys[k].file_name for k in keys])
+    clashes = _clashes(keys, files)
+    if clashes:
+        return Verdict((), tuple(clashes), "FileNameClash")
+    return Verdict(files, ())
+
+
+def _clashes(keys: tuple[str, ...], files: tuple[str, ...]) -> list[str]:
+    """Two keys of one pod delivered to the same file: the second would overwrite the
+    first (the sidecar refuses, and the pod would wait for its keys forever)."""
+    first: dict[str, str] = {}
+    problems: list[str] = []
+    for key, file_name in zip(keys, files, strict=True):
+        other = first.setdefault(file_name, key)
+        if other != key:
+            problems.append(
+                f'ApiKeys "{other}" and "{key}" are both delivered to file "{file_name}" '
+                "(spec.delivery.fileName): a pod cannot hold both; change one's fileName "
+                "or ask for one of them"
+            )
+    return problems

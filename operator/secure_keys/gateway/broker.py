@@ -8,7 +8,9 @@ also becomes an aggregated Warning Event on the pod):
 2. rate limits, per pod and per ServiceAccount: 429 with ``Retry-After``;
 3. the body (``core.delivery.parse_stream_request``): 400;
 4. the pod named by the token (from the broker's pod cache): exists with that uid, not
-   terminating, injected, asked for every requested key: 403;
+   terminating, not sharing its process namespace unless it accepts what that means,
+   asks for every requested key: 403; and the token's ServiceAccount still exists with
+   the uid the token was issued for: 403;
 5. each key (``broker_policy.grant``): KeyRole ``read`` for the ServiceAccount, its
    ``access`` conditions: 403; material that cannot be served now (KMS down, blob
    missing or failing its integrity checks): 503.
@@ -18,7 +20,11 @@ keys that changed, within a second of any change to the namespace's ApiKeys, Key
 the pod (the watch-fed caches poke every session of the namespace), and at the moments
 the answer changes by itself (a grace period ending, a time window opening or closing, a
 lease at half-life). A ``heartbeat`` line follows every ``heartbeat_seconds`` of silence.
-A pod that is deleted or loses its injection ends the stream with an ``error`` line.
+A key removed from the pod's ``securekeys.io/keys`` is revoked on the open stream (its
+files go at once). A pod that is deleted, or whose ServiceAccount is deleted or replaced
+(a new uid), ends the stream: a ``state`` line revoking every key, then an ``error``
+line; the ServiceAccount's cached TokenReviews are dropped as well. ``drain`` (on
+SIGTERM) refuses new streams and ends each open one with a ``reconnect`` line.
 
 Material is opened by ``material.MaterialSource`` (checked blobs, cached DEKs, KMS off
 the event loop) and sealed to the sidecar's per-connection key (``core.delivery``);
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable
@@ -48,6 +55,7 @@ from secure_keys.core.delivery import (
     KeyState,
     Message,
     ProtocolError,
+    ReconnectMessage,
     StateMessage,
     StreamRequest,
     VersionState,
@@ -61,6 +69,7 @@ from secure_keys.gateway.broker_policy import (
     DeliveryKeyView,
     PodView,
     Refusal,
+    check_account,
     check_pod,
     grant,
     next_wake,
@@ -78,6 +87,7 @@ from secure_keys.kube.keyroles import service_account_identities, subject_identi
 _log = structlog.get_logger("secure_keys.gateway.broker")
 
 PODS = Resource("", "v1", "pods")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
 INJECT_SELECTOR = "securekeys.io/inject=true"
 MATERIAL_RETRY = 5.0
 POD_WAIT = 2.0
@@ -105,14 +115,46 @@ class NotifyingCache(WatchCache[T], Generic[T]):
             self.on_change(object_key(event.object)[0])
 
 
+def project_account_uid(obj: JsonObject) -> str | None:
+    metadata = obj.get("metadata")
+    uid = metadata.get("uid") if isinstance(metadata, dict) else None
+    return uid if isinstance(uid, str) else None
+
+
+class AccountCache(NotifyingCache[str]):
+    """ServiceAccounts (their uids); ``on_account(namespace, name)`` after every event
+    of one, so its cached TokenReviews go with it."""
+
+    def __init__(
+        self, on_change: Callable[[str], None], on_account: Callable[[str, str], None]
+    ) -> None:
+        super().__init__(SERVICEACCOUNTS, project_account_uid, on_change)
+        self.on_account = on_account
+
+    def apply(self, event: InformerEvent) -> None:
+        if event.type != "LISTED":
+            namespace, name = object_key(event.object)
+            before = self.get(namespace, name)
+            super().apply(event)
+            if before is not None and self.get(namespace, name) != before:
+                self.on_account(namespace, name)
+            return
+        super().apply(event)
+
+
 def _role_identities(role: BrokerRole) -> list[Hashable]:
     return [i for s in role.rules.subjects for i in subject_identities(s, role.namespace)]
 
 
 class BrokerCaches:
-    """ApiKeys (with status and delivery), KeyRoles (with access), injected pods."""
+    """ApiKeys (with status and delivery), KeyRoles (with access), opted-in pods,
+    ServiceAccounts (uids)."""
 
-    def __init__(self, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[str], None],
+        on_account: Callable[[str, str], None] = lambda _namespace, _name: None,
+    ) -> None:
         self.apikeys: NotifyingCache[DeliveryKeyView] = NotifyingCache(
             APIKEYS, project_delivery_key, on_change
         )
@@ -122,10 +164,11 @@ class BrokerCaches:
         self.pods: NotifyingCache[PodView] = NotifyingCache(
             PODS, project_pod, on_change, label_selector=INJECT_SELECTOR
         )
+        self.accounts = AccountCache(on_change, on_account)
 
     @property
     def all(self) -> tuple[WatchCache[Any], ...]:
-        return (self.apikeys, self.roles, self.pods)
+        return (self.apikeys, self.roles, self.pods, self.accounts)
 
     @property
     def synced(self) -> bool:
@@ -353,11 +396,26 @@ class Session:
                 await asyncio.wait_for(self.poked.wait(), timeout)
             self.poked.clear()
             poked_at, self.poked_at = self.poked_at, None
+            if self.broker.draining:
+                await response.write(delivery.encode_message(ReconnectMessage("BrokerStopping")))
+                return
             pod = self.broker.caches.pods.get(self.pod.namespace, self.pod.name)
-            refusal = check_pod(pod, name=self.pod.name, uid=self.pod.uid, keys=self.keys)
+            if pod is not None and pod.uid == self.pod.uid and not pod.terminating:
+                dropped = [k for k in self.keys if k not in pod.keys]
+                if dropped and len(dropped) < len(self.keys):
+                    await self._drop(response, dropped)
+                    last_line = time.monotonic()
+            refusal = check_pod(
+                pod, name=self.pod.name, uid=self.pod.uid, keys=self.keys
+            ) or self.broker.check_account(self.identity)
             if refusal is not None or pod is None:
                 refusal = refusal or Refusal("PodNotFound", "the pod is gone")
                 self.broker.refused(self, refusal, key="", event_type="key.revoked")
+                # Every key goes first (its files removed by push), then the stream ends.
+                held = tuple(k for k in self.keys if self.sent.get(k) != _REVOKED)
+                if held:
+                    revoke = StateMessage(self._next_seq(), keys={}, revoked=held)
+                    await response.write(delivery.encode_message(revoke))
                 await response.write(
                     delivery.encode_message(ErrorMessage(refusal.reason, refusal.message))
                 )
@@ -374,6 +432,22 @@ class Session:
             if message is not None:
                 await response.write(delivery.encode_message(message))
                 last_line = time.monotonic()
+
+    async def _drop(self, response: web.StreamResponse, dropped: list[str]) -> None:
+        """Keys the pod no longer asks for: revoked by push, out of the session."""
+        refusal = Refusal(
+            "KeyNotRequested",
+            f'pod "{self.pod.name}" no longer asks for ApiKey {", ".join(dropped)}',
+        )
+        for key in dropped:
+            self.broker.refused(self, refusal, key=key, event_type="key.revoked")
+        self.keys = tuple(k for k in self.keys if k not in dropped)
+        for key in dropped:
+            self.held.pop(key, None)
+            self.sent.pop(key, None)
+            self.renew_at.pop(key, None)
+        message = StateMessage(self._next_seq(), keys={}, revoked=tuple(dropped))
+        await response.write(delivery.encode_message(message))
 
 
 def _seal_and_zero(
@@ -401,6 +475,7 @@ _STATUS = {
     "SecretReadFailed": 503,
     "ControllerKeysUnavailable": 503,
     "BlobMissing": 503,
+    "BrokerStopping": 503,
 }
 
 
@@ -426,7 +501,9 @@ class Broker:
         self.limits = limits or RateLimits()
         self.now = now
         self.sessions: dict[str, set[Session]] = {}
-        self.caches = BrokerCaches(self.changed)
+        self.caches = BrokerCaches(self.changed, self.account_changed)
+        self.draining = False
+        """Set by ``drain``: new streams are refused, open ones told to reconnect."""
         self.ready = True
         """False until the audit key is available (``server`` opens it at start)."""
         self.start_task: asyncio.Task[None] | None = None
@@ -434,6 +511,30 @@ class Broker:
     def changed(self, namespace: str) -> None:
         for session in self.sessions.get(namespace, ()):
             session.poke()
+
+    def account_changed(self, namespace: str, name: str) -> None:
+        """A ServiceAccount deleted or replaced: its cached TokenReviews go (its streams
+        are poked by ``changed`` and end at their next look)."""
+        dropped = self.reviewer.forget(namespace, name)
+        _log.info("broker.account_changed", namespace=namespace, name=name, reviews=dropped)
+
+    def check_account(self, identity: TokenIdentity) -> Refusal | None:
+        uid = self.caches.accounts.get(identity.namespace, identity.service_account)
+        return check_account(
+            uid, name=identity.service_account, token_uid=identity.service_account_uid
+        )
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new streams, tell every open one to reconnect (to another replica),
+        and wait up to ``timeout`` seconds for them to end."""
+        self.draining = True
+        open_sessions = [s for bucket in self.sessions.values() for s in bucket]
+        for session in open_sessions:
+            session.poke()
+        deadline = time.monotonic() + timeout
+        while any(self.sessions.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        _log.info("broker.drained", streams=len(open_sessions))
 
     # -- audit helpers ---------------------------------------------------------------
     def refused(self, session: Session, refusal: Refusal, *, key: str, event_type: str) -> None:
@@ -536,6 +637,13 @@ class Broker:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.draining:
+            return self._refuse(
+                Refusal("BrokerStopping", "this broker is shutting down; connect again"),
+                identity=None,
+                request=request,
+                retry_after=1,
+            )
         if not self.caches.synced or not self.ready:
             return self._refuse(
                 Refusal("BrokerNotReady", "the broker's caches are not synced yet"),
@@ -572,7 +680,18 @@ class Broker:
         except ProtocolError as exc:
             return self._refuse(Refusal("BadRequest", str(exc)), identity=identity, request=request)
         pod = await self._pod(identity)
-        refusal = check_pod(pod, name=identity.pod_name, uid=identity.pod_uid, keys=parsed.keys)
+        keys: tuple[str, ...] = parsed.keys
+        unasked: tuple[str, ...] = ()
+        if pod is not None and pod.uid == identity.pod_uid:
+            # A sidecar started before a key was taken out of the pod's annotation asks
+            # for it on every reconnect: it gets the others, and that one revoked. A
+            # request for no key the pod asks for is refused (KeyNotRequested).
+            asked = tuple(k for k in keys if k in pod.keys)
+            if asked:
+                keys, unasked = asked, tuple(k for k in keys if k not in pod.keys)
+        refusal = check_pod(
+            pod, name=identity.pod_name, uid=identity.pod_uid, keys=keys
+        ) or self.check_account(identity)
         if refusal is not None or pod is None:
             refusal = refusal or Refusal("PodNotFound", "the pod is gone")
             return self._refuse(
@@ -582,6 +701,8 @@ class Broker:
                 keys=parsed.keys,
                 pod=pod if pod is not None and pod.uid == identity.pod_uid else None,
             )
+        if unasked:
+            parsed = StreamRequest(keys, parsed.recipient, parsed.have)
         session = Session(
             self, identity, pod, parsed, request.remote or "", request.headers.get("User-Agent", "")
         )
@@ -603,6 +724,8 @@ class Broker:
             await response.prepare(request)
             if first is None:  # unreachable: a first state always has every key
                 first = StateMessage(seq=1, keys={})
+            if unasked:
+                first = dataclasses.replace(first, revoked=unasked)
             await response.write(delivery.encode_message(first))
             _log.info(
                 "broker.stream", namespace=pod.namespace, pod=pod.name, keys=list(parsed.keys)

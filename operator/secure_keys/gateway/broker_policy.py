@@ -44,8 +44,11 @@ from secure_keys.core.integrity import archived_tag, tag_valid
 from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
 
-INJECTED_ANNOTATION = "securekeys.io/injected"
 KEYS_ANNOTATION = "securekeys.io/keys"
+SHARED_PROCESSES_ANNOTATION = "securekeys.io/all-containers-may-read-keys"
+MAX_KEYS_TEXT = 64 * (253 + 8)
+"""A longer ``securekeys.io/keys`` is not read (the webhook refuses it): the pod asked for
+nothing, whatever a hand-built sidecar asks."""
 DEFAULT_LEASE = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=1)
 """The controller's default grace period (``controller/schedule.py``), when none is set."""
@@ -88,10 +91,12 @@ class PodView:
     name: str
     uid: str
     service_account: str
-    keys: tuple[str, ...]
-    """The ``securekeys.io/keys`` annotation: what the pod asked for at admission."""
-    injected: bool
+    keys: frozenset[str]
+    """The ``securekeys.io/keys`` annotation now (it may change while the pod runs)."""
     terminating: bool
+    shares_processes: bool = False
+    """``shareProcessNamespace: true`` without ``securekeys.io/all-containers-may-read-keys:
+    "true"``: any container could read another's files, so nothing is delivered."""
 
 
 def _dict(value: object) -> Mapping[str, Any]:
@@ -110,8 +115,13 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
         return None
     annotations = metadata.get("annotations") or {}
     spec = obj.get("spec") or {}
-    raw_keys = annotations.get(KEYS_ANNOTATION) if isinstance(annotations, dict) else None
-    keys = tuple(k.strip() for k in raw_keys.split(",") if k.strip()) if raw_keys else ()
+    if not isinstance(annotations, dict):
+        annotations = {}
+    spec = spec if isinstance(spec, dict) else {}
+    raw_keys = annotations.get(KEYS_ANNOTATION)
+    keys: frozenset[str] = frozenset()
+    if isinstance(raw_keys, str) and len(raw_keys) <= MAX_KEYS_TEXT:
+        keys = frozenset(k.strip() for k in raw_keys.split(",") if k.strip())
     phase = (obj.get("status") or {}).get("phase")
     return PodView(
         namespace=namespace,
@@ -119,8 +129,9 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
         uid=uid,
         service_account=str(spec.get("serviceAccountName") or "default"),
         keys=keys,
-        injected=isinstance(annotations, dict) and bool(annotations.get(INJECTED_ANNOTATION)),
         terminating=bool(metadata.get("deletionTimestamp")) or phase in ("Succeeded", "Failed"),
+        shares_processes=spec.get("shareProcessNamespace") is True
+        and annotations.get(SHARED_PROCESSES_ANNOTATION) != "true",
     )
 
 
@@ -347,22 +358,43 @@ class Grant:
 
 
 def check_pod(pod: PodView | None, *, name: str, uid: str, keys: Iterable[str]) -> Refusal | None:
-    """The token's pod must exist with that uid, be running, injected, and have asked for
-    every requested key at admission."""
+    """The token's pod must exist with that uid, be running, keep its containers apart,
+    and ask (in its annotation, now) for every requested key.
+
+    Whether the gateway injected the pod is not asked: the ``securekeys.io/injected``
+    annotation is anyone's to write, and the KeyRole (per ServiceAccount) is the gate
+    (docs/gateway.md, "What the broker trusts")."""
     if pod is None:
         return Refusal("PodNotFound", f'pod "{name}" does not exist')
     if pod.uid != uid:
         return Refusal("PodUidMismatch", f'pod "{name}" is not the pod the token was issued to')
     if pod.terminating:
         return Refusal("PodTerminating", f'pod "{name}" is terminating')
-    if not pod.injected:
-        return Refusal("PodNotInjected", f'pod "{name}" was not injected by the gateway')
+    if pod.shares_processes:
+        return Refusal(
+            "SharedProcessNamespace",
+            f'pod "{name}" shares its process namespace without accepting that every '
+            f"container may read its keys ({SHARED_PROCESSES_ANNOTATION})",
+        )
     extra = [k for k in keys if k not in pod.keys]
     if extra:
         return Refusal(
             "KeyNotRequested",
             f'pod "{name}" did not ask for ApiKey {", ".join(extra)} in its '
             f"{KEYS_ANNOTATION} annotation",
+        )
+    return None
+
+
+def check_account(uid: str | None, *, name: str, token_uid: str) -> Refusal | None:
+    """The token's ServiceAccount must still exist, and be the same object (``uid``: the
+    cache's, ``None`` if it is gone) the token was issued for (``token_uid``)."""
+    if uid is None:
+        return Refusal("ServiceAccountNotFound", f'ServiceAccount "{name}" does not exist')
+    if token_uid and uid != token_uid:
+        return Refusal(
+            "ServiceAccountReplaced",
+            f'ServiceAccount "{name}" was deleted and created again since the token was issued',
         )
     return None
 

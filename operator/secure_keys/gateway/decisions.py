@@ -81,6 +81,7 @@ def pod_shape(pod: PodView) -> Hashable:
         pod.has_volumes,
         pod.run_as_user,
         pod.run_as_group,
+        pod.share_process_namespace,
     )
 
 

@@ -16,6 +16,7 @@ time and never stays in memory), only immutable values, and never a refusal.
 from __future__ import annotations
 
 import functools
+import heapq
 import posixpath
 import re
 from collections.abc import Mapping
@@ -116,6 +117,9 @@ class InjectionConfig:
     resources: Resources
     reload_url: str | None = None
     """The app's loopback URL the sidecar POSTs after a rotation (None: not called)."""
+    all_containers_read: bool = False
+    """``securekeys.io/all-containers-may-read-keys: "true"``: the pod accepts that any of
+    its containers may read its keys (needed with ``shareProcessNamespace``)."""
 
 
 class InvalidAnnotations(ValueError):
@@ -156,7 +160,14 @@ def quantity(text: str) -> Decimal | None:
     return _cached_quantity(text) if len(text) <= _CACHED_TEXT else _quantity(text)
 
 
+_LONGEST_QUANTITY = 256
+"""Longer texts are not quantities a sidecar needs (and a long run of digits must not
+reach ``Decimal`` and ``int``, whose conversions are not linear)."""
+
+
 def _quantity(text: str) -> Decimal | None:
+    if len(text) > _LONGEST_QUANTITY:
+        return None
     match = _QUANTITY.match(text)
     if match is None:
         return None
@@ -175,35 +186,137 @@ def _valid_volume_size(text: str) -> bool:
     return size is not None and 0 < size <= MAX_VOLUME_SIZE and size == int(size)
 
 
+QUOTED = 48
+"""The most characters of a pod's own text that a refusal quotes (``quote``)."""
+
+
+def quote(text: str) -> str:
+    """``text`` for a refusal or a log line: whole when short, else its first ``QUOTED``
+    characters and its length, so hostile input is never echoed whole."""
+    if len(text) <= QUOTED:
+        return repr(text)
+    return f"{text[:QUOTED]!r}... ({len(text)} characters)"
+
+
 def _names(text: str) -> list[str]:
     return [name for name in map(str.strip, text.split(",")) if name]
 
 
+def _list_text(key: str, text: str, most: int, longest: int, problems: list[str]) -> bool:
+    """Whether a comma-separated annotation is short enough to read item by item: at most
+    ``most`` items of ``longest`` characters each, with some room for blanks. Checked
+    before splitting, so a hostile value costs one length check and one count."""
+    limit = most * (longest + 8)
+    if len(text) > limit:
+        problems.append(f"annotation {key} is {len(text)} characters long; at most {limit}")
+        return False
+    count = text.count(",") + 1
+    if count > most * 2:  # blanks between commas are dropped; anything more is too many
+        problems.append(f"annotation {key} has {count} items; at most {most}")
+        return False
+    return True
+
+
 def _parse_keys(text: str | None, problems: list[str]) -> tuple[str, ...]:
+    if text is not None and not _list_text(ann.KEYS, text, MAX_KEYS, 253, problems):
+        return ()
     keys = _names(text) if text is not None else []
     if not keys:
         problems.append(f"annotation {ann.KEYS} must name at least one ApiKey (a,b,...)")
         return ()
-    for key in keys:
-        if len(key) > 253 or not _NAME.match(key):
-            problems.append(f"annotation {ann.KEYS}: {key!r} is not a valid ApiKey name")
-    if len(set(keys)) != len(keys):
-        duplicates = sorted({k for k in keys if keys.count(k) > 1})
-        problems.append(f"annotation {ann.KEYS} names {', '.join(duplicates)} more than once")
     if len(keys) > MAX_KEYS:
         problems.append(f"annotation {ann.KEYS} names {len(keys)} keys; at most {MAX_KEYS}")
+        return ()
+    invalid = [key for key in keys if len(key) > 253 or not _NAME.match(key)]
+    for key in invalid[:_MOST_QUOTED]:
+        problems.append(f"annotation {ann.KEYS}: {quote(key)} is not a valid ApiKey name")
+    seen: set[str] = set()
+    duplicates: set[str] = set()
+    for key in keys:
+        (duplicates if key in seen else seen).add(key)
+    if duplicates:
+        named = ", ".join(quote(k) for k in heapq.nsmallest(_MOST_QUOTED, duplicates))
+        problems.append(f"annotation {ann.KEYS} names {named} more than once")
     return tuple(keys)
+
+
+_MOST_QUOTED = 4
+"""The most items of one annotation a refusal names one by one."""
+MAX_CONTAINERS = 64
+"""The most names ``securekeys.io/containers`` may list."""
+
+
+def _parse_containers(text: str, problems: list[str]) -> tuple[str, ...]:
+    if not _list_text(ann.CONTAINERS, text, MAX_CONTAINERS, 63, problems):
+        return ()
+    containers = tuple(_names(text))
+    if not containers:
+        problems.append(f"annotation {ann.CONTAINERS} must name at least one container")
+    elif len(containers) > MAX_CONTAINERS:
+        problems.append(
+            f"annotation {ann.CONTAINERS} names {len(containers)} containers; "
+            f"at most {MAX_CONTAINERS}"
+        )
+        return ()
+    invalid = [name for name in containers if len(name) > 63 or not _LABEL.match(name)]
+    for name in invalid[:_MOST_QUOTED]:
+        problems.append(f"annotation {ann.CONTAINERS}: {quote(name)} is not a container name")
+    return containers
+
+
+SYSTEM_DIRECTORIES = frozenset(
+    {
+        "/bin", "/boot", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+        "/mnt", "/opt", "/root", "/run", "/sbin", "/srv", "/tmp", "/usr", "/var",  # noqa: S108
+        "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib64", "/usr/libexec", "/usr/local",
+        "/usr/local/bin", "/usr/share", "/var/lib", "/var/log", "/var/run", "/var/tmp",  # noqa: S108
+    }
+)  # fmt: skip
+"""Directories an image's own files live in: mounting the keys there hides them all."""
+KERNEL_FILESYSTEMS = ("/proc", "/sys", "/dev")
+"""Kernel interfaces the runtime mounts: no path at or under them is accepted."""
+KUBELET_MOUNTS = (
+    "/var/run/secrets/kubernetes.io/serviceaccount",
+    "/run/secrets/kubernetes.io/serviceaccount",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/dev/termination-log",
+)
+"""What the kubelet mounts into containers: a mount at or above one of these hides it."""
+
+
+def mount_path_problem(path: str) -> str | None:
+    """Why the keys may not be mounted at ``path`` (normalised, absolute), or None."""
+    if path == "/":
+        return "/ would hide the container's whole filesystem"
+    for kernel in KERNEL_FILESYSTEMS:
+        if path == kernel or path.startswith(kernel + "/"):
+            return f"{path} is at or under {kernel}, which the container runtime mounts"
+    for mounted in KUBELET_MOUNTS:
+        if mounted == path or mounted.startswith(path + "/"):
+            return f"{path} would hide {mounted}, which the kubelet mounts"
+    if path in SYSTEM_DIRECTORIES:
+        return f"{path} would hide the image's own files there"
+    return None
 
 
 def _parse_mount_path(text: str | None, problems: list[str]) -> str:
     if text is None:
         return DEFAULT_MOUNT_PATH
+    if len(text) > 256:
+        problems.append(f"annotation {ann.MOUNT_PATH}: {quote(text)} is longer than 256 characters")
+        return DEFAULT_MOUNT_PATH
     normal = posixpath.normpath(text) if text.startswith("/") else ""
-    if normal != text or text == "/" or ":" in text or len(text) > 256 or normal.startswith("//"):
+    if normal != text or text == "/" or ":" in text or normal.startswith("//"):
         problems.append(
-            f"annotation {ann.MOUNT_PATH}: {text!r} must be a normalised absolute path "
+            f"annotation {ann.MOUNT_PATH}: {quote(text)} must be a normalised absolute path "
             "other than / (no '..', no trailing '/', no ':'), at most 256 characters"
         )
+        return DEFAULT_MOUNT_PATH
+    problem = mount_path_problem(text)
+    if problem is not None:
+        problems.append(f"annotation {ann.MOUNT_PATH}: {problem}; choose a directory of its own")
         return DEFAULT_MOUNT_PATH
     return text
 
@@ -212,6 +325,8 @@ def _parse_reload_url(text: str | None, problems: list[str]) -> str | None:
     if text is None:
         return None
     try:
+        if len(text) > MAX_RELOAD_URL:
+            raise ValueError("too long")  # never parsed: refused below
         url = urlsplit(text)
         url.port  # noqa: B018 - raises ValueError on a bad or out-of-range port
         valid = (
@@ -227,7 +342,7 @@ def _parse_reload_url(text: str | None, problems: list[str]) -> str | None:
         valid = False
     if not valid:
         problems.append(
-            f"annotation {ann.RELOAD_URL}: {text!r} must be an http:// URL on 127.0.0.1, "
+            f"annotation {ann.RELOAD_URL}: {quote(text)} must be an http:// URL on 127.0.0.1, "
             "localhost or [::1] (the pod's own loopback), such as "
             f"http://127.0.0.1:8080/reload, at most {MAX_RELOAD_URL} characters"
         )
@@ -254,7 +369,9 @@ def _parse_resources(
         amount = quantity(text)
         if amount is None or amount <= 0 or (unit == "memory" and amount != int(amount)):
             example = "100m or 0.5" if unit == "cpu" else "64Mi"
-            problems.append(f"annotation {key}: {text!r} is not a {unit} quantity like {example}")
+            problems.append(
+                f"annotation {key}: {quote(text)} is not a {unit} quantity like {example}"
+            )
             values[attribute] = getattr(default, attribute)
         else:
             values[attribute] = text
@@ -279,6 +396,8 @@ _RESOURCE_ANNOTATIONS = (
 )
 
 
+MAX_OUR_ANNOTATIONS = 2 * len(ann.POD_ANNOTATIONS)
+"""More ``securekeys.io/`` annotations than this are refused at once, unread."""
 _PARSE_CACHE_TEXT = 1024
 """The most ``securekeys.io/`` annotation text whose parse is cached (see ``parse``)."""
 
@@ -292,7 +411,15 @@ def parse(annotations: Mapping[str, str], settings: GatewaySettings) -> Injectio
     characters of such annotations each. A refusal is never kept (an exception is not
     cached); each raises afresh with its own message.
     """
-    ours = frozenset([item for item in annotations.items() if item[0].startswith(ann.PREFIX)])
+    mine = [item for item in annotations.items() if item[0].startswith(ann.PREFIX)]
+    if len(mine) > MAX_OUR_ANNOTATIONS:  # before any per-annotation work
+        raise InvalidAnnotations(
+            [
+                f"the pod has {len(mine)} {ann.PREFIX} annotations; at most "
+                f"{MAX_OUR_ANNOTATIONS} (see docs/gateway.md for the known ones)"
+            ]
+        )
+    ours = frozenset(mine)
     if sum([len(key) + len(value) for key, value in ours]) <= _PARSE_CACHE_TEXT:
         return _cached_parse(ours, settings.default_mode, settings.resources)
     return _parse(ours, settings.default_mode, settings.resources)
@@ -305,8 +432,10 @@ def _parse(
     annotations = dict(items)
     problems: list[str] = []
     unknown = [key for key in annotations if key not in ann.POD_ANNOTATIONS]
-    for key in sorted(unknown):
-        problems.append(f"unknown annotation {key} (see docs/gateway.md for the known ones)")
+    for key in heapq.nsmallest(_MOST_QUOTED, unknown):
+        problems.append(f"unknown annotation {quote(key)} (see docs/gateway.md for the known ones)")
+    if len(unknown) > _MOST_QUOTED:
+        problems.append(f"{len(unknown)} unknown {ann.PREFIX} annotations in all")
     keys = _parse_keys(annotations.get(ann.KEYS), problems)
 
     mode_text = annotations.get(ann.MODE)
@@ -316,18 +445,13 @@ def _parse(
             mode = mode_text
         else:
             problems.append(
-                f"annotation {ann.MODE}: {mode_text!r} is not one of {', '.join(MODES)}"
+                f"annotation {ann.MODE}: {quote(mode_text)} is not one of {', '.join(MODES)}"
             )
 
     containers: tuple[str, ...] | None = None
     containers_text = annotations.get(ann.CONTAINERS)
     if containers_text is not None:
-        containers = tuple(_names(containers_text))
-        if not containers:
-            problems.append(f"annotation {ann.CONTAINERS} must name at least one container")
-        for name in containers:
-            if len(name) > 63 or not _LABEL.match(name):
-                problems.append(f"annotation {ann.CONTAINERS}: {name!r} is not a container name")
+        containers = _parse_containers(containers_text, problems)
 
     mount_path = _parse_mount_path(annotations.get(ann.MOUNT_PATH), problems)
 
@@ -336,7 +460,7 @@ def _parse(
         volume_size = DEFAULT_VOLUME_SIZE  # valid: test_pipeline checks it
     elif not _valid_volume_size(volume_size):
         problems.append(
-            f"annotation {ann.VOLUME_SIZE}: {volume_size!r} must be a size such as 1Mi, "
+            f"annotation {ann.VOLUME_SIZE}: {quote(volume_size)} must be a size such as 1Mi, "
             "more than 0 and at most 64Mi (the volume is memory)"
         )
         volume_size = DEFAULT_VOLUME_SIZE
@@ -346,12 +470,17 @@ def _parse(
     if init_first_text is not None:
         if init_first_text not in ("true", "false"):
             problems.append(
-                f"annotation {ann.INIT_FIRST}: {init_first_text!r} is not true or false"
+                f"annotation {ann.INIT_FIRST}: {quote(init_first_text)} is not true or false"
             )
         init_first = init_first_text != "false"
 
     resources = _parse_resources(annotations, default_resources, problems)
     reload_url = _parse_reload_url(annotations.get(ann.RELOAD_URL), problems)
+    shared_text = annotations.get(ann.SHARED_PROCESSES)
+    if shared_text is not None and shared_text not in ("true", "false"):
+        problems.append(
+            f"annotation {ann.SHARED_PROCESSES}: {quote(shared_text)} is not true or false"
+        )
     if problems:
         raise InvalidAnnotations(problems)
     return InjectionConfig(
@@ -363,10 +492,24 @@ def _parse(
         init_first=init_first,
         resources=resources,
         reload_url=reload_url,
+        all_containers_read=shared_text == "true",
     )
 
 
 _cached_parse = functools.lru_cache(maxsize=256)(_parse)
+
+
+def isolation_problems(config: InjectionConfig, pod: PodView) -> list[str]:
+    """What in the pod lets a container it did not name read the keys or the key
+    container's token. Checked for every pod, injected already or not."""
+    if pod.share_process_namespace and not config.all_containers_read:
+        return [
+            "the pod sets shareProcessNamespace: true, so any of its containers could read "
+            "the keys and the key container's token through /proc/<pid>/root, whatever "
+            f'{ann.CONTAINERS} names; set {ann.SHARED_PROCESSES}: "true" to accept that '
+            "every container of the pod may read its keys, or drop shareProcessNamespace"
+        ]
+    return []
 
 
 def validate(config: InjectionConfig, pod: PodView) -> list[str]:
@@ -393,10 +536,12 @@ def validate(config: InjectionConfig, pod: PodView) -> list[str]:
                 )
         elif name not in regular:
             problems.append(f"annotation {ann.CONTAINERS}: the pod has no container {name}")
+
     for _field, _index, container in targets(config, pod):
         if config.mount_path in container.mount_paths:
             problems.append(
-                f"container {container.name} already mounts something at {config.mount_path}: "
+                f"container {quote(container.name)} already mounts something at "
+                f"{config.mount_path}: "
                 f"set {ann.MOUNT_PATH} to another path"
             )
     return problems

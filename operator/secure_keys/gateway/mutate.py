@@ -4,12 +4,18 @@ authorize -> patch. Pure: the caches come in as a ``Snapshot``.
 ``admit`` answers one decoded request with an ``Outcome``: the AdmissionResponse and the
 fields of the request's canonical log line (outcome, reason, mode, keys). Outcomes:
 
-* ``ignored``: not a pod CREATE (the webhook is registered for nothing else);
+* ``ignored``: not a pod CREATE nor an ephemeral container update (the webhook is
+  registered for nothing else);
+* ``allowed``: an ephemeral container update that mounts none of our volumes;
 * ``skipped``: the pod does not opt in, or lives in an excluded namespace;
 * ``injected``: allowed with the patch;
 * ``unchanged``: already injected (the annotation is present) and still authorized;
 * ``denied``: an invalid annotation, an unknown key, an unbound ServiceAccount, a pod
-  that cannot be read, or caches not synced yet (the gateway fails closed).
+  that cannot be read, a shared process namespace the pod did not accept, an ephemeral
+  container mounting our volumes, or caches not synced yet (the gateway fails closed).
+
+A denial's message joins at most ``MAX_PROBLEMS`` problems (and says how many more), each
+quoting at most a short prefix of the pod's own text (``injection.quote``).
 """
 
 from __future__ import annotations
@@ -19,17 +25,22 @@ from dataclasses import dataclass
 from secure_keys.gateway import annotations as ann
 from secure_keys.gateway.authorize import Snapshot, authorize
 from secure_keys.gateway.injection import (
+    RESERVED_VOLUMES,
     GatewaySettings,
     InvalidAnnotations,
+    isolation_problems,
     parse,
+    quote,
     should_inject,
     validate,
 )
 from secure_keys.gateway.patch import build_patch
-from secure_keys.gateway.pod import MalformedPod, PodView, pod_view
+from secure_keys.gateway.pod import MalformedPod, PodView, ephemeral_mounts, pod_view
 from secure_keys.gateway.review import AdmissionRequest, AdmissionResponse
 
 DENIED_PREFIX = "secure-keys: "
+MAX_PROBLEMS = 8
+MAX_SERVICE_ACCOUNT = 253
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,10 @@ def _deny(
     pod: str,
     keys: tuple[str, ...] = (),
 ) -> Outcome:
-    message = DENIED_PREFIX + "; ".join(problems)
+    shown = list(problems[:MAX_PROBLEMS])
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
+    message = DENIED_PREFIX + "; ".join(shown)
     response = AdmissionResponse(uid, allowed=False, code=code, reason=reason, message=message)
     return Outcome(response, "denied", reason, keys=keys, pod=pod)
 
@@ -59,6 +73,8 @@ def admit(
     request: AdmissionRequest, snapshot: Snapshot, settings: GatewaySettings, *, synced: bool
 ) -> Outcome:
     """The answer to one AdmissionReview request."""
+    if request.is_ephemeral_update:
+        return admit_ephemeral(request)
     if not request.is_pod_create:
         return Outcome(AdmissionResponse(request.uid, allowed=True), "ignored", "not-pod-create")
     try:
@@ -66,6 +82,30 @@ def admit(
     except MalformedPod as exc:
         return _deny(request.uid, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
     return admit_pod(request.uid, pod, snapshot, settings, synced=synced)
+
+
+def admit_ephemeral(request: AdmissionRequest) -> Outcome:
+    """An ephemeral container added to an opted-in pod (``kubectl debug``) may not mount
+    the keys, the key container's token or its CA: it would read them in its logs."""
+    try:
+        mounts = ephemeral_mounts(request.object)
+    except MalformedPod as exc:
+        return _deny(request.uid, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
+    name = ""
+    if isinstance(request.object, dict):
+        metadata = request.object.get("metadata")
+        name = metadata.get("name", "") if isinstance(metadata, dict) else ""
+    name = name if isinstance(name, str) else ""
+    taken = [(c, v) for c, v in mounts if v in RESERVED_VOLUMES]
+    if taken:
+        problems = [
+            f"ephemeral container {quote(c)} may not mount volume {v}, which holds the "
+            "pod's keys or the key container's credentials"
+            for c, v in taken
+        ]
+        return _deny(request.uid, 403, "EphemeralMountDenied", problems, name[:253])
+    response = AdmissionResponse(request.uid, allowed=True)
+    return Outcome(response, "allowed", "ephemeral-container", pod=name[:253])
 
 
 def admit_pod(
@@ -90,6 +130,12 @@ def admit_pod(
         config = parse(pod.annotations, settings)
     except InvalidAnnotations as exc:
         return _deny(uid, 400, "InvalidAnnotation", exc.problems, pod.name)
+    problems = isolation_problems(config, pod)
+    if problems:
+        return _deny(uid, 403, "SharedProcessNamespace", problems, pod.name, config.keys)
+    if len(pod.service_account) > MAX_SERVICE_ACCOUNT:
+        problems = [f"spec.serviceAccountName {quote(pod.service_account)} is too long"]
+        return _deny(uid, 400, "MalformedPod", problems, pod.name, config.keys)
     injected = ann.INJECTED in pod.annotations
     if not injected:
         problems = validate(config, pod)

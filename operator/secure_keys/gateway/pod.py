@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+MAX_NAME = 253
+
 
 class MalformedPod(ValueError):
     """The object under review cannot be read as a pod."""
@@ -30,7 +32,9 @@ class ContainerView:
 class PodView:
     namespace: str
     name: str
-    """``metadata.name``, else ``generateName`` (pods of a ReplicaSet have only that)."""
+    """``metadata.name``, else ``generateName`` (pods of a ReplicaSet have only that), cut
+    to ``MAX_NAME`` characters: only the log line shows it, and the API server refuses
+    longer names after admission anyway."""
     labels: Mapping[str, str]
     annotations: Mapping[str, str]
     has_annotations: bool
@@ -42,6 +46,9 @@ class PodView:
     has_volumes: bool
     run_as_user: int | None
     run_as_group: int | None
+    share_process_namespace: bool = False
+    """``spec.shareProcessNamespace``: every container sees every other's processes, and
+    through ``/proc/<pid>/root`` their files."""
 
 
 def _mapping(value: object, what: str) -> Mapping[str, Any]:
@@ -121,6 +128,7 @@ def pod_view(obj: Mapping[str, Any] | None, namespace: str) -> PodView:
     name = metadata.get("name") or metadata.get("generateName") or ""
     if not isinstance(name, str):
         raise MalformedPod("metadata.name is not a string")
+    name = name[:MAX_NAME]
     account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
     if not isinstance(account, str):
         raise MalformedPod("spec.serviceAccountName is not a string")
@@ -148,4 +156,26 @@ def pod_view(obj: Mapping[str, Any] | None, namespace: str) -> PodView:
         has_volumes=spec.get("volumes") is not None,
         run_as_user=_uid(security.get("runAsUser"), "spec.securityContext.runAsUser"),
         run_as_group=_uid(security.get("runAsGroup"), "spec.securityContext.runAsGroup"),
+        share_process_namespace=spec.get("shareProcessNamespace") is True,
     )
+
+
+def ephemeral_mounts(obj: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    """(container, volume) for every volume mount of the pod's ephemeral containers.
+
+    Raises ``MalformedPod`` as ``pod_view`` does. Linear in the pod.
+    """
+    if obj is None:
+        raise MalformedPod("the request carries no pod")
+    spec = _mapping(obj.get("spec"), "spec")
+    found: list[tuple[str, str]] = []
+    what = "spec.ephemeralContainers"
+    for index, item in enumerate(_list(spec.get("ephemeralContainers"), what)):
+        container = _mapping(item, f"{what}[{index}]")
+        name = container.get("name")
+        mounts = _list(container.get("volumeMounts"), f"{what}[{index}].volumeMounts")
+        for position, mount in enumerate(mounts):
+            volume = _mapping(mount, f"{what}[{index}].volumeMounts[{position}]").get("name")
+            if isinstance(volume, str):
+                found.append((name if isinstance(name, str) else "", volume))
+    return found

@@ -60,12 +60,28 @@ class AdmissionRequest:
     kind: str
     object: Mapping[str, Any] | None = field(repr=False)
     dry_run: bool = False
+    sub_resource: str = ""
     body_size: int = 0
     """The length of the AdmissionReview body it was read from."""
 
     @property
     def is_pod_create(self) -> bool:
-        return self.operation == "CREATE" and self.group == "" and self.kind == "Pod"
+        return (
+            self.operation == "CREATE"
+            and self.group == ""
+            and self.kind == "Pod"
+            and not self.sub_resource
+        )
+
+    @property
+    def is_ephemeral_update(self) -> bool:
+        """An UPDATE of ``pods/ephemeralcontainers`` (``kubectl debug``)."""
+        return (
+            self.operation == "UPDATE"
+            and self.group == ""
+            and self.kind == "Pod"
+            and self.sub_resource == "ephemeralcontainers"
+        )
 
 
 def _text(value: object) -> str:
@@ -113,6 +129,7 @@ def decode(body: bytes) -> AdmissionRequest:
         kind=_text(kind.get("kind")),
         object=obj if isinstance(obj, dict) else None,
         dry_run=request.get("dryRun") is True,
+        sub_resource=_text(request.get("subResource")),
         body_size=len(body),
     )
 

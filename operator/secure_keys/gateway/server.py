@@ -13,6 +13,10 @@
   to load (say, the key written before the certificate) is ignored until the next
   change; the previous pair keeps serving.
 * Prometheus metrics on a separate plain-HTTP port (``metrics.py``).
+* SIGTERM or SIGINT: the listener closes at once (no new connection), the broker tells
+  every open stream to reconnect elsewhere (``Broker.drain``, at most
+  ``DRAIN_SECONDS``), and what is still in flight gets ``SHUTDOWN_SECONDS`` more: the
+  process exits within a few seconds, which rolling updates rely on.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ _log = structlog.get_logger("secure_keys.gateway")
 MAX_BODY = 4 * 1024 * 1024
 """The API server sends at most about 3 MiB (its own request limit) plus the envelope."""
 MUTATE_PATH = "/mutate"
+DRAIN_SECONDS = 3.0
+SHUTDOWN_SECONDS = 2.0
 _JSON = "application/json"
 
 
@@ -372,7 +378,7 @@ async def serve(options: GatewayOptions) -> None:
             broker = _build_broker(options.broker, api)
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
         app = build_app(caches, options.settings, broker=broker)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, options.address, options.port, ssl_context=reloader.context)
         await site.start()
@@ -390,6 +396,9 @@ async def serve(options: GatewayOptions) -> None:
             await stop.wait()
         finally:
             _log.info("gateway.stopping")
+            await site.stop()  # no new connection from here on
+            if broker is not None:
+                await broker.drain(DRAIN_SECONDS)
             await runner.cleanup()
             for task in tasks:
                 task.cancel()

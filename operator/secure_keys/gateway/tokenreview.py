@@ -8,8 +8,10 @@ is bound to, from ``user.extra``) or a ``TokenRejected`` with a reason.
 Results are cached by the SHA-256 of the token, never the token itself: a success for at
 most ``ttl`` seconds (and never past the token's own expiry, which the API server
 checks anyway on the next review), a rejection for ``negative_ttl`` seconds, so a sidecar
-looping on a bad token costs one review per interval. The token is never logged, put in
-an exception message or kept beyond the call.
+looping on a bad token costs one review per interval. ``forget`` drops every success of
+one ServiceAccount at once: the broker calls it when the ServiceAccount is deleted or
+replaced, so a stolen token is asked about again (and refused) at its next use. The
+token is never logged, put in an exception message or kept beyond the call.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class TokenIdentity:
     service_account: str
     pod_name: str
     pod_uid: str
+    service_account_uid: str = ""
+    """The ServiceAccount's uid (the review's ``user.uid``): a ServiceAccount deleted and
+    created again under the same name is another one."""
 
     @property
     def user(self) -> str:
@@ -92,7 +97,14 @@ def interpret(review: JsonObject, audience: str = AUDIENCE) -> TokenIdentity | T
     names, uids = extra.get(_POD_NAME) or [], extra.get(_POD_UID) or []
     if len(names) != 1 or len(uids) != 1:
         return TokenRejected("TokenNotPodBound", "the token is not bound to a pod")
-    return TokenIdentity(parts[2], parts[3], str(names[0]), str(uids[0]))
+    account_uid = user.get("uid")
+    return TokenIdentity(
+        parts[2],
+        parts[3],
+        str(names[0]),
+        str(uids[0]),
+        account_uid if isinstance(account_uid, str) else "",
+    )
 
 
 class TokenReviewer:
@@ -119,6 +131,19 @@ class TokenReviewer:
     def _note(self, what: str) -> None:
         if self.observe is not None:
             self.observe(what)
+
+    def forget(self, namespace: str, service_account: str) -> int:
+        """Drop the cached successes of this ServiceAccount; returns how many."""
+        gone = [
+            digest
+            for digest, (_, result) in self._cache.items()
+            if isinstance(result, TokenIdentity)
+            and result.namespace == namespace
+            and result.service_account == service_account
+        ]
+        for digest in gone:
+            del self._cache[digest]
+        return len(gone)
 
     async def review(self, token: str) -> TokenIdentity | TokenRejected:
         if not token:

@@ -7,7 +7,8 @@ An ApiKey's sealed versions live in Secret ``<name>.sealed`` (type
 integrity tag of each entry in the ``securekeys.io/blob-tags`` annotation. The Secret is
 the controller's for one ApiKey when it carries a controller owner reference to the
 ApiKey's uid (or, after an orphaning delete removed it, the uid label written beside it),
-the type and the managed-by label.
+the type and the managed-by label. (The controller's other Secret, its keys, has its
+format in ``keysformat``.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 BLOB_SECRET_TYPE = "securekeys.io/sealed-versions"  # noqa: S105 - a Secret type
-CONTROLLER_KEYS_TYPE = "securekeys.io/controller-keys"
 LABEL_APIKEY = "securekeys.io/apikey-uid"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "secure-keys"
@@ -86,16 +86,3 @@ def foreign_reason(secret: Mapping[str, Any], uid: str) -> str | None:
     if (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
         return f"it lacks the {LABEL_MANAGED_BY}={MANAGED_BY} label"
     return None
-
-
-def owned_by_controller(secret: Mapping[str, Any]) -> bool:
-    """Whether a Secret is one of the controller's own (blobs, its keys, anything it labels).
-
-    A ``secretRef`` may never name one: sealing the controller's own material under a
-    user's ApiKey would hand it to whoever the user binds to that key.
-    """
-    metadata = secret.get("metadata") or {}
-    return (
-        secret.get("type") in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE)
-        or (metadata.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
-    )

@@ -73,6 +73,12 @@ class Backoff:
             wanted = max(wanted, retry_after)
         return min(wanted, self.maximum) * (1 + self.jitter * unit_random)
 
+    def after(self, failures: int, exc: BaseException) -> float:
+        """The delay before the next attempt, after ``failures`` failed ones and this
+        ``exc``: an API error's Retry-After is honoured, the jitter drawn here."""
+        retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+        return self.delay(failures, retry_after, random.random())  # noqa: S311 - jitter
+
 
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
     metadata = obj.get("metadata") or {}
@@ -211,8 +217,7 @@ async def informer(
             _log.info("informer.relist", reason="watch expired (410)", **what)
             resource_version = None
         except Exception as exc:  # an informer outlives any one failure
-            retry_after = exc.retry_after if isinstance(exc, ApiError) else None
-            delay = backoff.delay(failures, retry_after, random.random())  # noqa: S311
+            delay = backoff.after(failures, exc)
             failures += 1
             # Only an API error's own text is logged: other exceptions may quote data.
             _log.warning(

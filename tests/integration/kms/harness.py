@@ -37,7 +37,7 @@ __all__ = [
     "server_module",
 ]
 
-PROVIDERS = ("local", "aws", "gcp", "pkcs11")
+PROVIDERS = ("local", "aws", "gcp", "pkcs11", "azure")
 """Every provider the contract suite runs against, in a stable order."""
 
 KEYS = ("primary", "other")

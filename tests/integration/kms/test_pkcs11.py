@@ -182,7 +182,7 @@ def test_rotation_by_the_admin_command_reaches_a_running_provider(server: SoftHs
     cached_at = time.monotonic()
     assert old.key_version == "1"
     command = [
-        sys.executable, "-m", "secure_keys.core.kms.pkcs11", "generate-key",
+        sys.executable, "-m", "secure_keys.cli", "pkcs11", "generate-key",
         "--library", LIBRARY, "--token", server.token_label, "--label", "primary",
         "--pin-file", str(server.pin_file),
     ]  # fmt: skip

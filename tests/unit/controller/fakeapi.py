@@ -153,15 +153,15 @@ class FakeApi:
                 if op["op"] == "test":
                     value: Any = obj
                     for part in path:
-                        value = value[part]
+                        value = value[int(part)] if isinstance(value, list) else value[part]
                     if value != op["value"]:
                         raise ApiError(409, "Conflict", "test operation failed")
             for op in patch:
-                if op["op"] == "replace":
+                if op["op"] in ("replace", "add"):  # add: onto a member (not list append)
                     *parents, last = op["path"].strip("/").split("/")
                     target = obj
                     for part in parents:
-                        target = target[part]
+                        target = target[int(part)] if isinstance(target, list) else target[part]
                     target[last] = copy.deepcopy(op["value"])
         else:
             wanted = (patch.get("metadata") or {}).get("resourceVersion")

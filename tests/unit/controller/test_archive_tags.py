@@ -24,23 +24,24 @@ from secure_keys.controller import rotation
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import ROTATE_ANNOTATION
-from secure_keys.controller.rotation import VersionRecord
+from secure_keys.controller.reconciler import Outcome, Reconciler, blob_secret_name
+from secure_keys.controller.records import ArchiveTrust, State, VersionRecord
 from secure_keys.controller.schedule import RotationPolicy
-from secure_keys.controller.service import Outcome, Reconciler, blob_secret_name
 from secure_keys.core.integrity import archived_tag, destroyed_tag, tag_valid
 from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.core.stamps import format_stamp
 from secure_keys.kube.client import APIKEYS, SECRETS, KubeApi, Resource
-from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_hardening import events
-from tests.unit.controller.test_reconcile_properties import STATUS_SCHEMA, schema_errors
-from tests.unit.controller.test_service import (
+from tests.support.crd_schema import STATUS_SCHEMA, schema_errors
+from tests.support.reconciler import (
     NS,
     add_apikey,
     blobs,
+    events,
     ready_reason,
     states,
     status,
 )
+from tests.unit.controller.fakeapi import FakeApi
 
 T0 = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
 GRACE = datetime.timedelta(hours=1)
@@ -113,7 +114,7 @@ def edit_record(api: FakeApi, name: str, version: int, **fields: str | None) -> 
 
 
 def stamp(when: datetime.datetime) -> str:
-    return rotation.format_stamp(when)
+    return format_stamp(when)
 
 
 def rotated_once(world: World, name: str = "k", at: datetime.datetime = T0) -> None:
@@ -262,7 +263,7 @@ def test_an_archived_tag_is_not_a_destroyed_tag_for_the_same_fields() -> None:
     assert archived_tag(key, "uid", 1, when) != archived_tag(key, "uid", 1, stamp(T0 + SECOND))
 
 
-def _record(version: int, state: rotation.State, **fields: Any) -> VersionRecord:
+def _record(version: int, state: State, **fields: Any) -> VersionRecord:
     created = T0 - 2 * GRACE
     return VersionRecord(
         version=version,
@@ -277,7 +278,7 @@ def _record(version: int, state: rotation.State, **fields: Any) -> VersionRecord
     )
 
 
-def _state(trust: rotation.ArchiveTrust) -> rotation.KeyState:
+def _state(trust: ArchiveTrust) -> rotation.KeyState:
     back_dated = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
     archived = _record(1, "Archived", archived_at=back_dated, archive_trust=trust)
     active = _record(2, "Active")
@@ -302,7 +303,7 @@ def _state(trust: rotation.ArchiveTrust) -> rotation.KeyState:
     ],
 )
 def test_only_a_trusted_archived_at_ends_a_grace_period(
-    trust: rotation.ArchiveTrust, step: rotation.Step
+    trust: ArchiveTrust, step: rotation.Step
 ) -> None:
     state = _state(trust)
     assert rotation.plan(state, T0) == step

@@ -20,12 +20,13 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import ApiKey
 from secure_keys.controller.projection import records_of
-from secure_keys.controller.service import Reconciler, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.errors import InvalidEnvelope, KmsDenied, KmsUnavailable
-from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
+from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.kms.local import from_config
+from secure_keys.core.kms.observed import ObservedKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.kube.client import APIKEYS, SECRETS, KubeApi
@@ -34,56 +35,17 @@ from tests.unit.controller.fakeapi import FakeApi
 NS = "team"
 
 
-class CountingKms:
-    """The real local provider, counting unwraps; ``down``/``denied`` play the KMS."""
-
-    def __init__(self, inner: KmsProvider) -> None:
-        self.inner = inner
-        self.unwraps = 0
-        self.down = False
-        self.denied = False
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def key_version(self) -> str:
-        return self.inner.key_version()
-
-    def health(self) -> HealthStatus:
-        return self.inner.health()
-
-    def _gate(self) -> None:
-        if self.down:
-            raise KmsUnavailable(self.name, self.key_id, "stopped")
-        if self.denied:
-            raise KmsDenied(self.name, self.key_id, "disabled")
-
-    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
-        self._gate()
-        return self.inner.wrap(dek, context)
-
-    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
-        self.unwraps += 1
-        self._gate()
-        return self.inner.unwrap(wrapped, context)
-
-
 @pytest.fixture
-def counted() -> list[CountingKms]:
+def counted() -> list[ObservedKms]:
     return []
 
 
 @pytest.fixture
-def rec(api: FakeApi, kms_config: Path, counted: list[CountingKms]) -> Reconciler:
+def rec(api: FakeApi, kms_config: Path, counted: list[ObservedKms]) -> Reconciler:
     registry = KmsRegistry()
 
     def factory(config: KmsConfig) -> KmsProvider:
-        provider = CountingKms(from_config(config.key_id, config.options))
+        provider = ObservedKms(from_config(config.key_id, config.options))
         counted.append(provider)
         return provider
 
@@ -124,7 +86,7 @@ def sealed(api: FakeApi, rec: Reconciler) -> None:
 
 @pytest.mark.usefixtures("sealed")
 def test_a_second_read_of_the_same_version_makes_no_kms_call(
-    api: FakeApi, rec: Reconciler, counted: list[CountingKms]
+    api: FakeApi, rec: Reconciler, counted: list[ObservedKms]
 ) -> None:
     [kms] = counted
     _cache_of(api, rec).clear()  # start cold (the seal itself cached the key: see below)
@@ -141,7 +103,7 @@ def test_a_second_read_of_the_same_version_makes_no_kms_call(
 
 @pytest.mark.usefixtures("sealed")
 def test_the_version_just_sealed_is_read_without_a_kms_call(
-    api: FakeApi, rec: Reconciler, counted: list[CountingKms]
+    api: FakeApi, rec: Reconciler, counted: list[ObservedKms]
 ) -> None:
     [kms] = counted
     before = kms.unwraps
@@ -158,7 +120,7 @@ def _cache_of(api: FakeApi, rec: Reconciler) -> DekCache:
 
 @pytest.mark.usefixtures("sealed")
 def test_a_cached_version_is_still_read_while_the_kms_is_down(
-    api: FakeApi, rec: Reconciler, counted: list[CountingKms]
+    api: FakeApi, rec: Reconciler, counted: list[ObservedKms]
 ) -> None:
     [kms] = counted
     plaintext = _read_v1(api, rec)
@@ -177,7 +139,7 @@ def test_a_cached_version_is_still_read_while_the_kms_is_down(
 
 @pytest.mark.usefixtures("sealed")
 def test_a_refusal_from_the_kms_empties_the_cache(
-    api: FakeApi, rec: Reconciler, counted: list[CountingKms]
+    api: FakeApi, rec: Reconciler, counted: list[ObservedKms]
 ) -> None:
     [kms] = counted
     _read_v1(api, rec)

@@ -1,6 +1,6 @@
 """The holes a hostile review found in the reconciler, each closed (hardening issue items).
 
-Like test_service.py these run the real reconciler, local KMS, envelopes and planner
+Like test_reconciler.py these run the real reconciler, local KMS, envelopes and planner
 against ``FakeApi``, an in-memory API server (the e2e suite repeats the important ones
 against a real one): a fake lets a test stage exactly the hostile state it needs.
 """
@@ -17,17 +17,17 @@ from typing import Any, cast
 
 import pytest
 
-from secure_keys.controller.service import Reconciler, Retry, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
 from secure_keys.core.kms.registry import KmsRegistry
-from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS
-from tests.unit.controller.fakeapi import FakeApi
-from tests.unit.controller.test_service import (
+from secure_keys.kube.client import APIKEYS, SECRETS
+from tests.support.reconciler import (
     NS,
     add_apikey,
     blobs,
+    events,
     ready_reason,
     reconcile,
     reconciler,
@@ -35,16 +35,9 @@ from tests.unit.controller.test_service import (
     states,
     status,
 )
+from tests.unit.controller.fakeapi import FakeApi
 
 CANARY = b"sk_live_CANARY_hardening_0123456789"
-
-
-def events(api: FakeApi, reason: str | None = None) -> list[dict[str, Any]]:
-    return [
-        obj
-        for (plural, _, _), obj in api.objects.items()
-        if plural == EVENTS.plural and (reason is None or obj.get("reason") == reason)
-    ]
 
 
 def fingerprints(api: FakeApi, name: str) -> dict[int, str]:

@@ -13,7 +13,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from secure_keys.controller.keyroles import LIST_PAGE, KeyRoleReconciler, selection_of
+from secure_keys.controller.keyrole_status import LIST_PAGE, KeyRoleReconciler, selection_of
 from secure_keys.controller.operator import ControllerOptions, Runtime
 from secure_keys.kube.client import APIKEYS, KEYROLES
 from tests.unit.controller.fakeapi import FakeApi

@@ -15,7 +15,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from secure_keys.controller.keyroles import LIST_PAGE, KeyRoleReconciler
+from secure_keys.controller.keyrole_status import LIST_PAGE, KeyRoleReconciler
 from secure_keys.controller.operator import ControllerOptions, Runtime
 from secure_keys.kube.client import APIKEYS, KEYROLES, Resource
 from tests.unit.controller.fakeapi import FakeApi

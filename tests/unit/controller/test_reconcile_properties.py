@@ -30,14 +30,13 @@ import json
 import os
 import re
 import traceback
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import structlog
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +44,7 @@ from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import FINALIZER, ROTATE_ANNOTATION, ApiKey, InvalidSpec
 from secure_keys.controller.models import source_digest as spec_source_digest
-from secure_keys.controller.service import Outcome, Reconciler, Retry, blob_secret_name
+from secure_keys.controller.reconciler import Outcome, Reconciler, Retry, blob_secret_name
 from secure_keys.core import envelope
 from secure_keys.core.binding import MAX_VERSION, KeyBinding
 from secure_keys.core.envelope import MAX_PLAINTEXT_SIZE
@@ -54,6 +53,7 @@ from secure_keys.core.sealing import RecipientPrivateKey, seal_to_recipient
 from secure_keys.kube.client import APIKEYS, EVENTS, SECRETS, KubeApi
 from secure_keys_dev.localkms import write_local_kms
 from tests.conftest import CANARY
+from tests.support.crd_schema import STATUS_SCHEMA, is_stamp, schema_errors
 from tests.unit.controller.fakeapi import FakeApi
 
 NS = "team"
@@ -62,7 +62,6 @@ SOURCE = "src"
 SOURCE_KEY = "k"
 LONG_NAME = "k" * 253
 NAMES = ("k", "stripe-live", LONG_NAME)
-CRD = Path(__file__).parents[3] / "crds" / "apikeys.securekeys.io.yaml"
 CAMEL_CASE = re.compile(r"[A-Z][A-Za-z0-9]*")
 OVERSIZED_REASONS = frozenset({"SourceInvalid"})
 """Reasons that say "the source value is unusable as it is" (the lead picks the name)."""
@@ -547,79 +546,6 @@ def cases(draw: st.DrawFn, env: Env) -> Case:
     return Case(name, body, blobs, source, size)
 
 
-# -- the CRD's status schema, checked the way the API server would --------------------------
-
-
-def _status_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD.read_text())
-    version = crd["spec"]["versions"][0]
-    return cast(dict[str, Any], version["schema"]["openAPIV3Schema"]["properties"]["status"])
-
-
-STATUS_SCHEMA = _status_schema()
-
-
-def _is_stamp(value: str) -> bool:
-    try:
-        parsed = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return "T" in value and parsed.tzinfo is not None
-
-
-def schema_errors(value: Any, schema: Mapping[str, Any], where: str = "status") -> list[str]:
-    """What a structural schema (the keywords the ApiKey CRD uses) says is wrong.
-
-    ``None`` under an object is a merge-patch deletion and always allowed.
-    """
-    kind = schema.get("type")
-    checks = {
-        "object": lambda v: isinstance(v, dict),
-        "array": lambda v: isinstance(v, list),
-        "string": lambda v: isinstance(v, str),
-        "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    }
-    if kind in checks and not checks[kind](value):
-        return [f"{where}: not {kind}"]
-    errors: list[str] = []
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{where}: {value!r} not in enum")
-    if isinstance(value, str):
-        if len(value) > schema.get("maxLength", len(value)):
-            errors.append(f"{where}: longer than {schema['maxLength']}")
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{where}: shorter than {schema['minLength']}")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{where}: does not match {schema['pattern']}")
-        if schema.get("format") == "date-time" and not _is_stamp(value):
-            errors.append(f"{where}: not a date-time")
-    if isinstance(value, int) and "minimum" in schema and value < schema["minimum"]:
-        errors.append(f"{where}: below {schema['minimum']}")
-    if isinstance(value, int) and abs(value) >= 2**63:
-        errors.append(f"{where}: beyond int64")
-    if isinstance(value, dict):
-        for required in schema.get("required", ()):
-            if value.get(required) is None:
-                errors.append(f"{where}: {required} missing")
-        for key, item in value.items():
-            sub = schema.get("properties", {}).get(key)
-            if sub is not None and item is not None:
-                errors.extend(schema_errors(item, sub, f"{where}.{key}"))
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            errors.extend(schema_errors(item, schema.get("items", {}), f"{where}[{index}]"))
-        keys = schema.get("x-kubernetes-list-map-keys")
-        if keys:
-            seen = [
-                json.dumps([i.get(k) for k in keys], default=str)
-                for i in value
-                if isinstance(i, dict)
-            ]
-            if len(seen) != len(set(seen)):
-                errors.append(f"{where}: duplicate list-map keys {keys}")
-    return errors
-
-
 # -- running a reconcile ---------------------------------------------------------------------
 
 
@@ -733,7 +659,7 @@ def check_well_formed(api: FakeApi, case: Case, done: Pass, status_was_valid: bo
     assert ready.get("observedGeneration") == generation, "Ready is about another generation"
     stamp = ready.get("lastTransitionTime")
     assert isinstance(stamp, str), f"lastTransitionTime {stamp!r}"
-    assert _is_stamp(stamp), f"lastTransitionTime {stamp!r}"
+    assert is_stamp(stamp), f"lastTransitionTime {stamp!r}"
     if done.retry is not None:
         assert ready["status"] == "False", f"Retry({done.retry}) left Ready=True"
     if ready["status"] == "False":

@@ -13,9 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from secure_keys.controller import records as transitions
 from secure_keys.controller import rotation
-from secure_keys.controller.rotation import (
+from secure_keys.controller.records import (
     STATES,
+    State,
+    VersionRecord,
+    destroy,
+    live_versions,
+    promote,
+    record_pending,
+)
+from secure_keys.controller.rotation import (
     Adopt,
     DeleteBlobs,
     Destroy,
@@ -25,21 +34,14 @@ from secure_keys.controller.rotation import (
     NewVersion,
     Promote,
     Rewrap,
-    State,
     Step,
-    VersionRecord,
-    destroy,
     expired,
-    format_stamp,
     grace_versions,
-    live_versions,
-    parse_stamp,
     plan,
-    promote,
-    record_pending,
     wake_time,
 )
 from secure_keys.controller.schedule import RotationPolicy
+from secure_keys.core.stamps import format_stamp, parse_stamp
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2030, 1, 1, tzinfo=UTC)
@@ -659,21 +661,21 @@ def test_from_status_defaults_and_errors() -> None:
 def test_prune_destroyed_keeps_live_records_and_the_newest_destroyed() -> None:
     now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
-    def record(version: int, state: rotation.State) -> rotation.VersionRecord:
-        return rotation.VersionRecord(version, state, now, "hs256:x", "local", "k", "1")
+    def record(version: int, state: State) -> VersionRecord:
+        return VersionRecord(version, state, now, "hs256:x", "local", "k", "1")
 
     records = (
         *tuple(record(v, "Destroyed") for v in range(1, 14)),
         record(14, "Archived"),
         record(15, "Active"),
     )
-    pruned = rotation.prune_destroyed(records, keep=10)
+    pruned = transitions.prune_destroyed(records, keep=10)
     assert [r.version for r in pruned] == list(range(4, 16))
-    assert rotation.prune_destroyed(records[-3:], keep=10) == records[-3:]
+    assert transitions.prune_destroyed(records[-3:], keep=10) == records[-3:]
 
 
 def test_rewrapped_sets_the_key_version_of_only_those_versions() -> None:
     records = (rec(1, "Archived"), rec(2, "Active"))
-    moved = rotation.rewrapped(records, {2: "5"})
+    moved = transitions.rewrapped(records, {2: "5"})
     assert [r.kms_key_version for r in moved] == ["1", "5"]
     assert moved[1].fingerprint == records[1].fingerprint

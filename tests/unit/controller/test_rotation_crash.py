@@ -31,7 +31,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from secure_keys.controller import records as transitions
 from secure_keys.controller import rotation
+from secure_keys.controller.reconciler import MAX_STEPS
+from secure_keys.controller.records import State, VersionRecord
 from secure_keys.controller.rotation import (
     Adopt,
     DeleteBlobs,
@@ -40,12 +43,9 @@ from secure_keys.controller.rotation import (
     KeyState,
     NewVersion,
     Promote,
-    State,
     Step,
-    VersionRecord,
 )
 from secure_keys.controller.schedule import RotationPolicy
-from secure_keys.controller.service import MAX_STEPS
 
 T0 = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
 TICK = datetime.timedelta(microseconds=1)
@@ -172,9 +172,12 @@ class CrashModel(RuleBasedStateMachine):
         if isinstance(step, DeleteBlobs):
             return [("blobs", dict.fromkeys(step.versions))]
         if isinstance(step, Promote):
-            return [("status", {"versions": rotation.promote(state.records, step.version, now)})]
+            promoted = transitions.promote(state.records, step.version, now)
+            return [("status", {"versions": promoted})]
         if isinstance(step, Destroy):
-            return [("status", {"versions": rotation.destroy(state.records, step.versions, now)})]
+            return [
+                ("status", {"versions": transitions.destroy(state.records, step.versions, now)})
+            ]
         if isinstance(step, Adopt):
             adopted = []
             for version in step.versions:
@@ -191,7 +194,7 @@ class CrashModel(RuleBasedStateMachine):
                         archived_at=None if pending else now,
                     )
                 )
-            adopted_status: dict[str, Any] = {"versions": rotation.adopt(state.records, adopted)}
+            adopted_status: dict[str, Any] = {"versions": transitions.adopt(state.records, adopted)}
             if step.pending is not None:
                 adopted_status.update(self.stores.blobs[step.pending].intent)
             return [("status", adopted_status)]
@@ -217,7 +220,7 @@ class CrashModel(RuleBasedStateMachine):
             kms_key_id="default",
             kms_key_version="1",
         )
-        status: dict[str, Any] = {"versions": rotation.record_pending(state.records, record)}
+        status: dict[str, Any] = {"versions": transitions.record_pending(state.records, record)}
         status.update(intent)
         return [("blobs", {step.version: blob}), ("status", status)]
 
@@ -314,7 +317,7 @@ class CrashModel(RuleBasedStateMachine):
         active = [r for r in records if r.state == "Active"]
         assert len(active) == 1, records
         assert not [r for r in records if r.state == "Pending"]
-        assert set(self.stores.blobs) == rotation.live_versions(records)
+        assert set(self.stores.blobs) == transitions.live_versions(records)
         assert self.stores.status.get("sourceDigest") == self._digest()
         deferred = self.request and self.stores.status.get("lastRotationRequest") != self.request
         if deferred:

@@ -24,8 +24,8 @@ from secure_keys.core.delivery import HeldVersions, StateMessage, StreamRequest
 from secure_keys.core.fingerprint import fingerprint
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.core.integrity import archived_tag, blob_tag
-from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.local import LocalKeyring, LocalKms
+from secure_keys.core.kms.observed import ObservedKms
 from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.sealing import RecipientPrivateKey
@@ -44,6 +44,7 @@ NS = "payments"
 CTRL_NS = "secure-keys-system"
 KEY_UID = "uid-stripe"
 POD_UID = "uid-pod-a"
+SA_UID = "uid-sa-app"
 CANARY = b"sk_live_CANARY_7f3a9c"
 CANARY2 = b"sk_live_CANARY_second_2b8e"
 PASSWORD = "broker-test-password"
@@ -53,28 +54,7 @@ _keyring = LocalKeyring.create("default", PASSWORD, iterations=MIN_ITERATIONS)
 _FK = bytearray(range(32))
 
 
-class CountingKms:
-    def __init__(self, inner: KmsProvider) -> None:
-        self.inner = inner
-        self.unwraps = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def unwrap(self, wrapped: Any, context: Any) -> bytearray:
-        self.unwraps += 1
-        return self.inner.unwrap(wrapped, context)
-
-
-KMS = CountingKms(LocalKms.unlock(_keyring, [PASSWORD]))
+KMS = ObservedKms(LocalKms.unlock(_keyring, [PASSWORD]))
 
 
 def _seal(plaintext: bytes, namespace: str, name: str, version: int) -> bytes:
@@ -128,7 +108,9 @@ def blob_secret(entries: dict[int, bytes]) -> JsonObject:
     }
 
 
-def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+def injected_pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> JsonObject:
+    """A pod the webhook injected, as the broker reads it (not one to admit: see
+    helpers.pod)."""
     return {
         "metadata": {
             "name": name,
@@ -138,6 +120,10 @@ def pod(name: str = "web-a", uid: str = POD_UID, keys: str = "stripe-live") -> J
         },
         "spec": {"serviceAccountName": "app"},
     }
+
+
+def account(uid: str = SA_UID) -> JsonObject:
+    return {"metadata": {"name": "app", "namespace": NS, "uid": uid}}
 
 
 def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> JsonObject:
@@ -151,15 +137,18 @@ def keyrole(name: str = "readers", access: dict[str, Any] | None = None) -> Json
     return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
-def review(
+def token_review(
     pod_name: str, pod_uid: str, audiences: tuple[str, ...] = ("securekeys.io",)
 ) -> JsonObject:
+    """The API server's TokenReview answer for a pod-bound token (not an AdmissionReview:
+    see helpers.review)."""
     return {
         "status": {
             "authenticated": True,
             "audiences": list(audiences),
             "user": {
                 "username": f"system:serviceaccount:{NS}:app",
+                "uid": SA_UID,
                 "extra": {
                     "authentication.kubernetes.io/pod-name": [pod_name],
                     "authentication.kubernetes.io/pod-uid": [pod_uid],
@@ -172,9 +161,9 @@ def review(
 class Reviews:
     def __init__(self) -> None:
         self.by_token: dict[str, JsonObject] = {
-            "token-a": review("web-a", POD_UID),
-            "token-b": review("web-b", "uid-pod-b"),
-            "token-wrong-aud": review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
+            "token-a": token_review("web-a", POD_UID),
+            "token-b": token_review("web-b", "uid-pod-b"),
+            "token-wrong-aud": token_review("web-a", POD_UID, ("https://kubernetes.default.svc",)),
         }
         self.calls = 0
 
@@ -224,8 +213,9 @@ class World:
             cache.apply(LISTED)
         self.apply("apikeys", apikey([(1, "Active", CANARY, None)], 1))
         self.apply("roles", keyrole())
-        self.apply("pods", pod())
-        self.apply("pods", pod("web-b", "uid-pod-b", keys="other"))
+        self.apply("pods", injected_pod())
+        self.apply("pods", injected_pod("web-b", "uid-pod-b", keys="other"))
+        self.apply("accounts", account())
 
     def apply(self, cache: str, obj: JsonObject, kind: str = "ADDED") -> None:
         getattr(self.broker.caches, cache).apply(InformerEvent(kind, obj))  # type: ignore[arg-type]
@@ -369,7 +359,7 @@ def test_rotation_and_revocation_are_pushed() -> None:
             assert revoked.revoked == ("stripe-live",)
             assert revoked.keys == {}
             # The pod is deleted: the stream ends with an error line.
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             last = await anext(lines)
             assert isinstance(last, delivery.ErrorMessage)
             assert last.reason == "PodNotFound"
@@ -428,9 +418,9 @@ def test_a_deleted_pod_a_replaced_pod_and_an_unbound_key_are_refused() -> None:
             assert await status_of() == (403, "KeyNotGranted")
             world.apply("roles", keyrole(access={"requireMFA": True}))
             assert await status_of() == (403, "MfaRequired")
-            world.apply("pods", pod(uid="another-uid"), "MODIFIED")
+            world.apply("pods", injected_pod(uid="another-uid"), "MODIFIED")
             assert await status_of() == (403, "PodUidMismatch")
-            world.apply("pods", pod(), "DELETED")
+            world.apply("pods", injected_pod(), "DELETED")
             assert await status_of() == (403, "PodNotFound")
 
     world = _run(test)
@@ -474,5 +464,198 @@ def test_a_blob_without_a_valid_tag_is_not_served() -> None:
         ):
             assert resp.status == 403
             assert delivery.parse_refusal(await resp.read()).reason == "BlobTagInvalid"
+
+    _run(test)
+
+
+# -- what a hostile user found (issue 16) ------------------------------------------------
+
+
+async def _open_stream(
+    http: aiohttp.ClientSession, url: str, keys: tuple[str, ...] = ("stripe-live",)
+) -> tuple[aiohttp.ClientResponse, AsyncIterator[delivery.Message]]:
+    resp = await http.post(
+        url + "/v1/stream",
+        data=_body(RecipientPrivateKey.generate(), keys),
+        headers={"Authorization": "Bearer token-a"},
+    )
+    assert resp.status == 200
+    lines = _lines(resp)
+    assert isinstance(await anext(lines), StateMessage)
+    return resp, lines
+
+
+async def _next_not_heartbeat(lines: AsyncIterator[delivery.Message]) -> delivery.Message:
+    while True:
+        line = await anext(lines)
+        if not isinstance(line, delivery.HeartbeatMessage):
+            return line
+
+
+@pytest.mark.parametrize("replaced", [False, True])
+def test_a_deleted_or_replaced_service_account_ends_its_streams_and_cached_reviews(
+    replaced: bool,
+) -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url)
+            assert world.reviews.calls == 1
+            world.apply("accounts", account(), "DELETED")
+            if replaced:
+                world.apply("accounts", account("uid-sa-new"))
+            started = asyncio.get_running_loop().time()
+            revoke = await _next_not_heartbeat(lines)
+            assert isinstance(revoke, StateMessage)
+            assert revoke.revoked == ("stripe-live",)  # the files go by push
+            last = await _next_not_heartbeat(lines)
+            assert isinstance(last, delivery.ErrorMessage)
+            assert last.reason == (
+                "ServiceAccountReplaced" if replaced else "ServiceAccountNotFound"
+            )
+            assert asyncio.get_running_loop().time() - started < 1
+            resp.release()
+            # The same token again: asked about afresh (the cached review went), refused.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 403
+                reason = delivery.parse_refusal(await again.read()).reason
+                assert reason == last.reason
+            assert world.reviews.calls == 2
+
+    _run(test)
+
+
+def test_a_key_removed_from_the_annotation_is_revoked_by_push_and_the_rest_keep_flowing() -> None:
+    async def test(world: World, url: str) -> None:
+        world.apply("apikeys", _other_key(world))
+        world.apply("roles", _role_for_both(), "MODIFIED")
+        world.apply("pods", injected_pod(keys="stripe-live,other"), "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url, ("stripe-live", "other"))
+            world.apply("pods", injected_pod(keys="other"), "MODIFIED")
+            revoke = await _next_not_heartbeat(lines)
+            assert isinstance(revoke, StateMessage)
+            assert revoke.revoked == ("stripe-live",)
+            # The stream goes on for the key still asked for.
+            beat = await anext(lines)
+            assert isinstance(beat, delivery.HeartbeatMessage)
+            resp.release()
+            # The sidecar reconnects asking for both (its settings): it gets the other,
+            # and the dropped one revoked in the first line.
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate(), ("stripe-live", "other")),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 200
+                first = await anext(_lines(again))
+                assert isinstance(first, StateMessage)
+                assert list(first.keys) == ["other"]
+                assert first.revoked == ("stripe-live",)
+
+    world = _run(test)
+    revoked = [r for r in world.records if r["event_type"] == "key.revoked"]
+    assert [r["key_id"] for r in revoked] == [f"{NS}/stripe-live"]
+
+
+def _other_key(world: World) -> JsonObject:
+    """ApiKey ``other`` (version 1, CANARY2) and its blob Secret in ``world``."""
+    uid = "uid-other"
+    sealed = envelope.seal(CANARY2, KeyBinding(NS, "other", 1), KMS).to_bytes()
+    world.secrets.table[(NS, "other.sealed")] = {
+        "type": "securekeys.io/sealed-versions",
+        "metadata": {
+            "name": "other.sealed",
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "secure-keys"},
+            "ownerReferences": [{"kind": "ApiKey", "uid": uid, "controller": True}],
+            "annotations": {
+                "securekeys.io/blob-tags": json.dumps({"v1": blob_tag(_FK, uid, 1, sealed)})
+            },
+        },
+        "data": {"v1": base64.b64encode(sealed).decode()},
+    }
+    fp = fingerprint(_FK, CANARY2, namespace=NS, name="other", uid=uid)
+    return {
+        "metadata": {"name": "other", "namespace": NS, "uid": uid},
+        "spec": {"source": {}, "delivery": {"format": "raw"}},
+        "status": {
+            "currentVersion": 1,
+            "versions": [{"version": 1, "state": "Active", "fingerprint": fp}],
+        },
+    }
+
+
+def _role_for_both() -> JsonObject:
+    role = keyrole()
+    role["spec"]["keys"]["names"] = ["stripe-live", "other"]
+    return role
+
+
+def test_draining_tells_open_streams_to_reconnect_and_refuses_new_ones() -> None:
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            resp, lines = await _open_stream(http, url)
+            drained = asyncio.create_task(world.broker.drain(3.0))
+            last = await _next_not_heartbeat(lines)
+            assert last == delivery.ReconnectMessage("BrokerStopping")
+            resp.release()
+            await asyncio.wait_for(drained, 3.5)
+            assert not any(world.broker.sessions.values())
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert again.status == 503
+                assert again.headers["Retry-After"] == "1"
+                assert delivery.parse_refusal(await again.read()).reason == "BrokerStopping"
+
+    _run(test)
+
+
+def test_a_shared_process_namespace_is_refused_unless_the_pod_accepts_it() -> None:
+    async def test(world: World, url: str) -> None:
+        shared = injected_pod()
+        shared["spec"]["shareProcessNamespace"] = True
+        world.apply("pods", shared, "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp:
+                assert resp.status == 403
+                refusal = delivery.parse_refusal(await resp.read())
+                assert refusal.reason == "SharedProcessNamespace"
+            shared["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = "true"
+            world.apply("pods", shared, "MODIFIED")
+            resp, _ = await _open_stream(http, url)
+            resp.release()
+
+    _run(test)
+
+
+def test_the_injected_mark_is_not_asked_for_the_keyrole_is_the_gate() -> None:
+    """Anyone who writes pods can write ``securekeys.io/injected``: the broker ignores it
+    (docs/gateway.md, "What the broker trusts"); an unbound ServiceAccount is refused."""
+
+    async def test(world: World, url: str) -> None:
+        unmarked = injected_pod()
+        del unmarked["metadata"]["annotations"]["securekeys.io/injected"]
+        world.apply("pods", unmarked, "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            resp, _ = await _open_stream(http, url)
+            resp.release()
+            world.apply("roles", keyrole(), "DELETED")
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as again:
+                assert delivery.parse_refusal(await again.read()).reason == "KeyNotGranted"
 
     _run(test)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import copy
 
-from secure_keys.controller import blobs, controller_keys
+from secure_keys.controller import blobs
 from secure_keys.core.auditchain import AuditChain, derive_audit_key, verify
 from secure_keys.gateway import material
-from secure_keys.kube import names
+from secure_keys.kube import keysformat, names
 
 KEY = derive_audit_key(bytes(range(32)))
 
@@ -61,6 +61,6 @@ def test_material_mirrors_the_controller_names() -> None:
     assert material.MANAGED_BY == blobs.MANAGED_BY
     assert material.TAGS_ANNOTATION == blobs.TAGS_ANNOTATION
     assert material.KEYS_SECRET == names.KEYS_SECRET
-    assert material.FINGERPRINT_SLOT == controller_keys._FINGERPRINT_SLOT
+    assert material.FINGERPRINT_SLOT == keysformat.FINGERPRINT_SLOT
     for name in ("short", "x" * 250):
         assert material.blob_secret_name(name) == blobs.blob_secret_name(name)

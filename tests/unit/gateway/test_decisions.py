@@ -212,6 +212,7 @@ def _alternatives() -> dict[str, Any]:
         "has_volumes": False,
         "run_as_user": 1000,
         "run_as_group": 1000,
+        "share_process_namespace": True,
     }
 
 

@@ -342,7 +342,7 @@ DENIED = [
         pod(annotations={"securekeys.io/keys": "a,b,a"}),
         outcome="denied",
         code=400,
-        messages=("names a more than once",),
+        messages=("names 'a' more than once",),
     ),
     Case(
         "bad-mode",
@@ -413,7 +413,7 @@ DENIED = [
         pod(annotations={"securekeys.io/keys": "stripe-live", "securekeys.io/key": "x"}),
         outcome="denied",
         code=400,
-        messages=("unknown annotation securekeys.io/key",),
+        messages=("unknown annotation 'securekeys.io/key'",),
     ),
     Case(
         "missing-container",
@@ -456,7 +456,7 @@ DENIED = [
         ),
         outcome="denied",
         code=400,
-        messages=("container app already mounts something at /var/run/secrets/securekeys",),
+        messages=("container 'app' already mounts something at /var/run/secrets/securekeys",),
     ),
     Case(
         "no-containers",

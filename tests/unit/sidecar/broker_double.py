@@ -26,6 +26,7 @@ from secure_keys.core.delivery import (
     ErrorMessage,
     HeartbeatMessage,
     KeyState,
+    ReconnectMessage,
     Refusal,
     StateMessage,
     StreamRequest,
@@ -134,7 +135,7 @@ class BrokerDouble:
         for conn in list(self.connections):
             self._loop.call_soon_threadsafe(conn.queue.put_nowait, ("revoke", names))
 
-    def end(self, error: ErrorMessage | None = None) -> None:
+    def end(self, error: ErrorMessage | ReconnectMessage | None = None) -> None:
         for conn in list(self.connections):
             self._loop.call_soon_threadsafe(conn.queue.put_nowait, ("end", error))
 

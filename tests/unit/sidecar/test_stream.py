@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from secure_keys.core.delivery import ErrorMessage, Refusal
+from secure_keys.core.delivery import ErrorMessage, ReconnectMessage, Refusal
 from secure_keys_dev import pki
 from tests.unit.sidecar.broker_double import NAMESPACE, BrokerDouble, FakeKey, fingerprint
 
@@ -165,6 +165,24 @@ def test_reconnect_sends_have_reads_the_new_token_and_uses_a_fresh_key(
     assert os.stat(key).st_ino == first_inode
     assert read(key) == CANARY
     assert "stream-error" in sidecar.events()
+
+
+def test_a_reconnect_line_reconnects_at_once_and_keeps_the_files(
+    broker: BrokerDouble, start: Callable[..., Sidecar]
+) -> None:
+    """A broker shutting down (SIGTERM) says ``reconnect``: the sidecar connects again
+    within a second, with no backoff, and serves its files all along."""
+    sidecar = start()
+    key = sidecar.dir / "stripe-live"
+    wait_for(lambda: read(key) == CANARY, what="first delivery")
+    broker.end(ReconnectMessage("BrokerStopping"))
+    ended = time.monotonic()
+    wait_for(lambda: len(broker.requests) == 2, what="reconnect")
+    assert time.monotonic() - ended < 2.0  # RECONNECT_JITTER (1 s), generous when loaded
+    assert read(key) == CANARY
+    assert broker.requests[1].request.have["stripe-live"].current == 1
+    wait_for(lambda: "reconnect" in sidecar.events(), what="the reconnect log line")
+    assert "protocol-error" not in sidecar.events()
 
 
 def test_files_are_kept_while_the_gateway_is_down_then_removed_when_the_lease_ends(

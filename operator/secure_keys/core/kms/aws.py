@@ -47,8 +47,8 @@ from botocore.config import Config  # type: ignore[import-untyped]
 
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.errors import KmsCorrupt, KmsDenied, KmsError, KmsUnavailable
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, zero
+from secure_keys.core.kms.base import HealthStatus, WrappedKey, probe_health
+from secure_keys.core.memory import zero
 
 __all__ = ["CONTEXT_KEY_ID", "PROVIDER", "AwsKms", "AwsOptions", "KmsClient", "from_config"]
 
@@ -345,21 +345,7 @@ class AwsKms:
 
     def health(self) -> HealthStatus:
         """Round-trip a throwaway key through Encrypt and Decrypt. Never raises."""
-        probe = random_secret(DEK_SIZE)
-        context = WrapContext((("securekeys.io/health", "probe"),))
-        version = ""
-        try:
-            wrapped = self.wrap(probe, context)
-            version = wrapped.key_version
-            back = self.unwrap(wrapped, context)
-            healthy = back == probe
-            zero(back)
-        except KmsError as exc:
-            return HealthStatus(False, PROVIDER, self._key_id, version, exc.detail)
-        finally:
-            zero(probe)
-        detail = "" if healthy else "round trip returned a different key"
-        return HealthStatus(healthy, PROVIDER, self._key_id, version, detail)
+        return probe_health(self, lambda: "")
 
 
 def from_config(key_id: str, options: Mapping[str, object]) -> AwsKms:

@@ -7,16 +7,19 @@ version of its key new wraps use, so callers can tell when a rewrap is due.
 
 Errors are ``secure_keys.core.errors.KmsError`` subclasses: ``KmsUnavailable`` (retry),
 ``KmsDenied`` (do not retry) and ``KmsCorrupt`` (the wrapped key or its context is bad).
+``probe_health`` is every provider's ``health()``: one round trip of a throwaway key.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 from secure_keys.core.binding import WrapContext
-from secure_keys.core.memory import zero
+from secure_keys.core.errors import KmsError
+from secure_keys.core.memory import random_secret, zero
 
 __all__ = [
     "PROVIDER_NAME",
@@ -24,6 +27,7 @@ __all__ = [
     "KmsProvider",
     "ReencryptingProvider",
     "WrappedKey",
+    "probe_health",
     "rewrap",
 ]
 
@@ -148,3 +152,35 @@ def rewrap(provider: KmsProvider, wrapped: WrappedKey, context: WrapContext) -> 
         return provider.wrap(dek, context)
     finally:
         zero(dek)
+
+
+HEALTH_CONTEXT = WrapContext((("securekeys.io/health", "probe"),))
+"""The context a health probe wraps under: no real data key is ever wrapped with it."""
+PROBE_SIZE = 32
+"""A probe is a throwaway key of a data key's size (256 bits)."""
+
+
+def probe_health(provider: KmsProvider, version_if_failed: Callable[[], str]) -> HealthStatus:
+    """Round-trip a throwaway key through ``provider``'s wrap and unwrap. Never raises a
+    KMS error: a failure is reported in the status, with the KMS's own short detail.
+
+    The key version reported is the one the probe was wrapped under; when the wrap itself
+    failed, ``version_if_failed()`` (what the provider last knew, or ``""``). The probe and
+    what came back are zeroed whatever happens.
+    """
+    probe = random_secret(PROBE_SIZE)
+    version = ""
+    try:
+        wrapped = provider.wrap(probe, HEALTH_CONTEXT)
+        version = wrapped.key_version
+        back = provider.unwrap(wrapped, HEALTH_CONTEXT)
+        healthy = back == probe
+        zero(back)
+    except KmsError as exc:
+        return HealthStatus(
+            False, provider.name, provider.key_id, version or version_if_failed(), exc.detail
+        )
+    finally:
+        zero(probe)
+    detail = "" if healthy else "round trip returned a different key"
+    return HealthStatus(healthy, provider.name, provider.key_id, version, detail)

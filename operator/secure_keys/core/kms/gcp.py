@@ -60,8 +60,8 @@ from google.cloud.kms_v1.services.key_management_service.transports import (
 from secure_keys.core.aead import KEY_SIZE
 from secure_keys.core.binding import WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied, KmsError, KmsUnavailable
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, zero
+from secure_keys.core.kms.base import HealthStatus, WrappedKey, probe_health
+from secure_keys.core.memory import zero
 
 __all__ = ["PROVIDER", "GcpKms", "GcpKmsOptions", "crc32c", "from_config"]
 
@@ -507,21 +507,7 @@ class GcpKms:
 
     def health(self) -> HealthStatus:
         """Round-trip a throwaway key under the primary version. Never raises."""
-        probe = random_secret(KEY_SIZE)
-        context = WrapContext((("securekeys.io/health", "probe"),))
-        version = ""
-        try:
-            wrapped = self.wrap(probe, context)
-            version = wrapped.key_version
-            back = self.unwrap(wrapped, context)
-            healthy = back == probe
-            zero(back)
-        except KmsError as exc:
-            return HealthStatus(False, PROVIDER, self._key_id, self._primary or "", exc.detail)
-        finally:
-            zero(probe)
-        detail = "" if healthy else "round trip returned a different key"
-        return HealthStatus(healthy, PROVIDER, self._key_id, version, detail)
+        return probe_health(self, lambda: self._primary or "")
 
 
 def _client_for(

@@ -32,8 +32,8 @@ from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, Authe
 from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, KdfParams, KeyHierarchy
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, read_secret_file, zero
+from secure_keys.core.kms.base import HealthStatus, WrappedKey, probe_health
+from secure_keys.core.memory import read_secret_file, zero
 
 __all__ = ["PROVIDER", "KekVersion", "LocalKeyring", "LocalKms"]
 
@@ -111,6 +111,23 @@ class LocalKeyring:
     ) -> LocalKeyring:
         """A new keyring whose version 1 derives from ``password``."""
         return cls(key_id, (_derive_version(1, password, iterations),))
+
+    @classmethod
+    def from_params(
+        cls,
+        key_id: str,
+        password: str | bytes | bytearray,
+        params: KdfParams,
+        created: str,
+    ) -> LocalKeyring:
+        """A one-version keyring from given KDF parameters: the same inputs always give
+        the same keyring, so it can be kept as its inputs (the Helm chart keeps the
+        password, the salt and the date in a Secret and derives this at pod start)."""
+        hierarchy = KeyHierarchy.derive(password, params)
+        try:
+            return cls(key_id, (KekVersion(1, params, hierarchy.verifier(), created),))
+        finally:
+            hierarchy.wipe()
 
     @property
     def newest(self) -> KekVersion:
@@ -320,19 +337,8 @@ class LocalKms:
             ) from None
 
     def health(self) -> HealthStatus:
-        """Round-trip a throwaway key under the newest KEK."""
-        probe = random_secret(KEY_SIZE)
-        context = WrapContext((("securekeys.io/health", "probe"),))
-        try:
-            back = self.unwrap(self.wrap(probe, context), context)
-            healthy = back == probe
-            zero(back)
-        except (KmsCorrupt, KmsDenied) as exc:
-            return HealthStatus(False, PROVIDER, self._key_id, self.key_version(), exc.detail)
-        finally:
-            zero(probe)
-        detail = "" if healthy else "round trip returned a different key"
-        return HealthStatus(healthy, PROVIDER, self._key_id, self.key_version(), detail)
+        """Round-trip a throwaway key under the newest KEK. Never raises."""
+        return probe_health(self, self.key_version)
 
 
 def from_config(key_id: str, options: Mapping[str, str]) -> LocalKms:

@@ -56,15 +56,13 @@ wrap as ``bytes``: those two short-lived copies cannot be zeroed (see docs/memor
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
 import struct
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,11 +73,10 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
-from secure_keys.core import logs
 from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied, KmsUnavailable
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
-from secure_keys.core.memory import random_secret, read_secret_file, zero
+from secure_keys.core.kms.base import HealthStatus, WrappedKey, probe_health
+from secure_keys.core.memory import read_secret_file, zero
 
 __all__ = [
     "PROVIDER",
@@ -88,7 +85,6 @@ __all__ = [
     "destroy_key",
     "from_config",
     "generate_key_version",
-    "main",
     "set_key_enabled",
 ]
 
@@ -697,21 +693,9 @@ class Pkcs11Kms:
 
     def health(self) -> HealthStatus:
         """Round-trip a throwaway key under the newest version. Never raises a KMS error."""
-        probe = random_secret(KEY_SIZE)
-        context = WrapContext((("securekeys.io/health", "probe"),))
-        try:
-            wrapped = self.wrap(probe, context)
-            back = self.unwrap(wrapped, context)
-            healthy = back == probe
-            zero(back)
-        except (KmsUnavailable, KmsDenied, KmsCorrupt) as exc:
-            return HealthStatus(False, PROVIDER, self.key_id, self._last_version, exc.detail)
-        finally:
-            zero(probe)
-        detail = "" if healthy else "round trip returned a different key"
-        return HealthStatus(healthy, PROVIDER, self.key_id, wrapped.key_version, detail)
+        return probe_health(self, lambda: self._last_version)
 
-    # -- administration (rotation, disable, destroy): used by the CLI below and by tests
+    # -- administration (rotation, disable, destroy): used by ``secure-keys pkcs11`` and tests
 
     def _generate(self, session: Any) -> int:
         found = self._find_versions(session)
@@ -795,39 +779,3 @@ def destroy_key(options: Pkcs11Options) -> list[int]:
     """Destroy every version of the key. Unrecoverable."""
     with _admin(options) as kms:
         return kms._call("destroying the key", kms._destroy)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m secure_keys.core.kms.pkcs11 {generate-key,disable-key,enable-key} ...``"""
-    parser = argparse.ArgumentParser(
-        prog="python -m secure_keys.core.kms.pkcs11",
-        description="Manage secure-keys KEKs in a PKCS#11 token (the PIN is read from a file).",
-    )
-    parser.add_argument(
-        "command",
-        choices=["generate-key", "disable-key", "enable-key"],
-        help="generate-key makes the next KEK version (a new key, or a rotation)",
-    )
-    parser.add_argument("--library", required=True, help="path of the PKCS#11 module (.so)")
-    parser.add_argument("--token", required=True, help="token label")
-    parser.add_argument("--label", required=True, help="KEK label (the provider's key id)")
-    parser.add_argument("--pin-file", required=True, help="file holding the user PIN")
-    args = parser.parse_args(argv)
-    logs.configure()  # to stderr: stdout carries only the result
-    options = Pkcs11Options.parse(
-        args.label, {"library": args.library, "tokenLabel": args.token, "pinFile": args.pin_file}
-    )
-    try:
-        if args.command == "generate-key":
-            print(generate_key_version(options))
-        else:
-            versions = set_key_enabled(options, args.command == "enable-key")
-            print(" ".join(map(str, versions)))
-    except (KmsUnavailable, KmsDenied) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -96,7 +96,7 @@ def _local_factory(config: KmsConfig) -> KmsProvider:
 
 
 LAZY_PROVIDERS: Mapping[str, str] = MappingProxyType(
-    {"aws": "aws", "gcp": "gcp", "pkcs11": "pkcs11"}
+    {"aws": "aws", "gcp": "gcp", "pkcs11": "pkcs11", "azure": "azure", "keychain": "keychain"}
 )
 """Provider name -> the extra (``pip install 'secure-keys[<extra>]'``) its SDK comes with."""
 

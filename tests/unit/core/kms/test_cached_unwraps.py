@@ -12,48 +12,14 @@ import os
 import pytest
 
 from secure_keys.core import envelope
-from secure_keys.core.binding import KeyBinding, WrapContext
+from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import KmsDenied
-from secure_keys.core.kms.base import HealthStatus, WrappedKey
+from secure_keys.core.kms.base import WrappedKey
 from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.kms.local import LocalKms
+from secure_keys.core.kms.observed import ObservedReencryptingKms
 
 BINDING = KeyBinding("payments", "stripe-live", 1)
-
-
-class Reencrypting:
-    """The local provider plus a ``reencrypt`` that records it was asked (and works)."""
-
-    def __init__(self, inner: LocalKms) -> None:
-        self.inner = inner
-        self.reencrypted = 0
-        self.unwraps = 0
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def key_version(self) -> str:
-        return self.inner.key_version()
-
-    def health(self) -> HealthStatus:
-        return self.inner.health()
-
-    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
-        return self.inner.wrap(dek, context)
-
-    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
-        self.unwraps += 1
-        return self.inner.unwrap(wrapped, context)
-
-    def reencrypt(self, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
-        self.reencrypted += 1
-        dek = self.inner.unwrap(wrapped, context)
-        return self.inner.wrap(dek, context)
 
 
 def _keks() -> tuple[bytes, bytes]:
@@ -77,9 +43,9 @@ def test_rewrap_behind_the_cache_keeps_the_ciphertext_and_uses_the_cache() -> No
 def test_a_reencrypting_provider_is_asked_to_reencrypt_even_behind_the_cache() -> None:
     one, two = _keks()
     sealed = envelope.seal(b"value", BINDING, LocalKms._from_keks("k", {1: one}))
-    inner = Reencrypting(LocalKms._from_keks("k", {1: one, 2: two}))
+    inner = ObservedReencryptingKms(LocalKms._from_keks("k", {1: one, 2: two}))
     moved = envelope.rewrap(sealed, BINDING, CachedUnwraps(inner, DekCache()))
-    assert inner.reencrypted == 1
+    assert inner.reencrypts == 1
     assert moved.wrapped.key_version == "2"
     assert moved.ciphertext == sealed.ciphertext
 

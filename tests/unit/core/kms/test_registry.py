@@ -26,7 +26,7 @@ def test_default_registry_builds_the_local_provider(
     (tmp_path / "ring.json").write_text(keyring.to_json())
     (tmp_path / "pw").write_text(keyring_password)
     registry = default_registry()
-    assert registry.names() == ("aws", "gcp", "local", "pkcs11")
+    assert registry.names() == ("aws", "azure", "gcp", "keychain", "local", "pkcs11")
     provider = registry.create(
         KmsConfig(
             "local",
@@ -48,7 +48,8 @@ def test_duplicates_are_refused(kms: LocalKms) -> None:
 
 def test_unknown_provider_lists_the_known_ones() -> None:
     with pytest.raises(
-        UnknownProviderError, match=r"'vault' \(registered: aws, gcp, local, pkcs11\)"
+        UnknownProviderError,
+        match=r"'vault' \(registered: aws, azure, gcp, keychain, local, pkcs11\)",
     ):
         default_registry().create(KmsConfig("vault", "k"))
 

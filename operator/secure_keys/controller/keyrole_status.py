@@ -1,17 +1,18 @@
-"""KeyRoles: which ApiKeys a role grants, checked against what exists.
+"""KeyRole status: which ApiKeys a role grants, checked against what exists.
 
-``resolve`` is pure (shared with the gateway: ``secure_keys.kube.keyroles``): given the
-role's ``spec.keys`` (names and/or a label selector) and the ApiKeys in its namespace,
-it returns the keys granted and the names that do not
-exist. ``KeyRoleReconciler`` writes that to the KeyRole's status (``resolvedKeys``,
-``missingKeys``, a Ready condition) and emits an Event when keys go missing. Who may
-read what is enforced where keys are delivered (the gateway); this only keeps the
-role's status honest. ``roles_to_requeue`` decides which roles an ApiKey event can
-affect (only a change of existence or labels can), so the watch does not fan every
-ApiKey write out to every role of the namespace. Resolution lists the namespace's ApiKeys
-a page at a time as metadata only (``KubeApi.list(..., metadata_only=True)``: a
-``PartialObjectMetadataList``), so the sealed sources and statuses it has no use for are
-never sent to the controller, and it keeps only names and labels.
+The role semantics (parsing ``spec.keys``, ``resolve``) are pure and shared with the
+gateway in ``secure_keys.kube.keyroles``; this module is the controller's side of them:
+given the role's ``spec.keys`` (names and/or a label selector) and the ApiKeys in its
+namespace, ``KeyRoleReconciler`` writes the keys granted and the names that do not exist
+to the KeyRole's status (``resolvedKeys``, ``missingKeys``, a Ready condition) and emits
+an Event when keys go missing. Who may read what is enforced where keys are delivered
+(the gateway); this only keeps the role's status honest. ``roles_to_requeue`` decides
+which roles an ApiKey event can affect (only a change of existence or labels can), so the
+watch does not fan every ApiKey write out to every role of the namespace. Resolution
+lists the namespace's ApiKeys a page at a time as metadata only
+(``KubeApi.list(..., metadata_only=True)``: a ``PartialObjectMetadataList``), so the
+sealed sources and statuses it has no use for are never sent to the controller, and it
+keeps only names and labels.
 """
 
 from __future__ import annotations

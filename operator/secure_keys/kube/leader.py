@@ -1,7 +1,9 @@
 """Leader election on a coordination.k8s.io Lease, as client-go's leaderelection does.
 
-Only the holder of the Lease runs reconcile workers; other replicas wait. This module owns
-the Lease record's arithmetic (pure) and the acquire/renew loop (I/O).
+Shared by the controller (only the holder of its Lease runs reconcile workers; other
+replicas wait) and the gateway (only the holder of its certificates Lease issues and
+renews the serving certificate: ``gateway/certs.py``). This module owns the Lease record's
+arithmetic (pure) and the acquire/renew loop (I/O).
 
 Expiry is judged only by this replica's own monotonic clock, never by comparing the
 holder's ``renewTime`` with the local wall clock (the two machines' clocks may disagree
@@ -38,7 +40,7 @@ import structlog
 from secure_keys.kube.client import ApiError, KubeApi, Resource
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
-_log = structlog.get_logger("secure_keys.controller")
+_log = structlog.get_logger("secure_keys.kube.leader")
 
 # What one acquire/renew attempt may fail with and still be worth retrying: an error
 # status, a transport failure, or our own per-attempt timeout (a TimeoutError).

@@ -1,8 +1,10 @@
-"""The last delivery cases on real pods: a deleted ApiKey leaves the pod, and the
-classic mode (an init container plus a regular sidecar) delivers and refreshes.
+"""Delivery on real pods when the ApiKey is deleted, and in classic mode: a deleted ApiKey
+leaves the pod, and the classic mode (an init container plus a regular sidecar) delivers
+and refreshes.
 
-Same stack as ``tests/e2e/test_delivery.py`` and ``tests/e2e/test_delivery_more.py``
-(their helpers are reused): the controller (session fixture) seals the keys, the gateway
+Same stack as ``tests/e2e/test_delivery.py`` and
+``tests/e2e/test_delivery_tokens_outage_jobs_audit.py`` (the shared helpers are in
+``tests/support/delivery.py``): the controller (session fixture) seals the keys, the gateway
 runs the webhook and the key broker as a subprocess under its shipped RBAC, and the
 webhook injects the real sidecar from the project image into pods on the local node. The
 test reads what the app container sees with ``kubectl exec``.
@@ -27,19 +29,25 @@ from secure_keys_dev.stack import (
     request_rotation,
 )
 from tests.e2e.conftest import KEYS, SIDECAR, PodEnvironment, Target
-from tests.e2e.test_delivery import _current, _seal
-from tests.e2e.test_delivery_more import _exec, _pod, _setup, _start
+from tests.support.delivery import (
+    current_version,
+    exec_in,
+    injected_pod,
+    seal_for_cluster,
+    setup_keys,
+    start_injected_pod,
+)
 
 
 def _files(kube: Target, namespace: str, pod: str) -> list[str]:
     """The key volume's entries as the app sees them (the atomic-write ``..`` names
     left out)."""
-    return _exec(kube, namespace, pod, "app", f"ls -A {KEYS} | grep -v '^\\.\\.' || true").split()
+    return exec_in(kube, namespace, pod, "app", f"ls -A {KEYS} | grep -v '^\\.\\.' || true").split()
 
 
 def _version(kube: Target, namespace: str, pod: str, key: str) -> int:
 
-    meta = json.loads(_exec(kube, namespace, pod, "app", f"cat {KEYS}/{key}.meta.json"))
+    meta = json.loads(exec_in(kube, namespace, pod, "app", f"cat {KEYS}/{key}.meta.json"))
     version: int = meta["version"]
     return version
 
@@ -51,7 +59,7 @@ def _rotate(admin_api: client.ApiClient, namespace: str, name: str, old: int) ->
         obj = get_apikey(admin_api, namespace, name)
         return obj if (obj.get("status") or {}).get("currentVersion", 0) > old else None
 
-    version, _ = _current(eventually(rotated, 60, f"the controller to rotate {name}"))
+    version, _ = current_version(eventually(rotated, 60, f"the controller to rotate {name}"))
     return version
 
 
@@ -66,9 +74,9 @@ def test_deleted_apikey_leaves_the_pod_with_a_warning_event(
     gateway: GatewayProcess,
 ) -> None:
     core = client.CoreV1Api(admin_api)
-    _setup(admin_api, namespace, {"alpha": None})
-    _start(core, namespace, _pod(pods, "holder", "alpha"))
-    old, _ = _current(get_apikey(admin_api, namespace, "alpha"))
+    setup_keys(admin_api, namespace, {"alpha": None})
+    start_injected_pod(core, namespace, injected_pod(pods, "holder", "alpha"))
+    old, _ = current_version(get_apikey(admin_api, namespace, "alpha"))
     new = _rotate(admin_api, namespace, "alpha", old)
     eventually(lambda: _version(kube, namespace, "holder", "alpha") == new, 20, "the rotation")
     # The positive control: all three files are there before the deletion.
@@ -93,8 +101,12 @@ def test_deleted_apikey_leaves_the_pod_with_a_warning_event(
 
     messages = eventually(denied, 20, "a KeyDenied Warning Event on the pod")
     assert any(m.startswith("KeyNotFound") and '"alpha"' in m for m in messages), messages
-    sidecar = core.read_namespaced_pod_log("holder", namespace, container=SIDECAR)
-    assert '"revoked"' in sidecar, sidecar[-2000:]
+    # The sidecar logs the revocation after it removes the files: wait for the line.
+    eventually(
+        lambda: '"revoked"' in core.read_namespaced_pod_log("holder", namespace, container=SIDECAR),
+        20,
+        "the sidecar's revoked log line",
+    )
     # The pod itself keeps running; only its keys are gone.
     pod = core.read_namespaced_pod("holder", namespace)
     assert any(s.name == "app" and s.state.running for s in pod.status.container_statuses)
@@ -114,11 +126,11 @@ def test_classic_mode_fetches_once_then_keeps_the_file_fresh(
     core = client.CoreV1Api(admin_api)
 
     canary = f"sk_classic_{secrets.token_hex(16)}"
-    manifest = _seal(kube, admin_api, namespace, "canary", canary, tmp_path)
-    _setup(admin_api, namespace, {"canary": json.dumps(manifest), "rotating": None})
-    body = _pod(pods, "classic", "canary,rotating", mode="classic")
+    manifest = seal_for_cluster(kube, admin_api, namespace, "canary", canary, tmp_path)
+    setup_keys(admin_api, namespace, {"canary": json.dumps(manifest), "rotating": None})
+    body = injected_pod(pods, "classic", "canary,rotating", mode="classic")
     started = time.monotonic()
-    _start(core, namespace, body)
+    start_injected_pod(core, namespace, body)
     print(f"classic app running {time.monotonic() - started:.1f} s after admission was ready")
 
     pod = core.read_namespaced_pod("classic", namespace)
@@ -133,10 +145,10 @@ def test_classic_mode_fetches_once_then_keeps_the_file_fresh(
     assert init_status.state.terminated.exit_code == 0
 
     # The app reads its key file (the sealed canary, equal to its plaintext).
-    assert _exec(kube, namespace, "classic", "app", f"cat {KEYS}/canary") == canary
-    old, _ = _current(get_apikey(admin_api, namespace, "rotating"))
+    assert exec_in(kube, namespace, "classic", "app", f"cat {KEYS}/canary") == canary
+    old, _ = current_version(get_apikey(admin_api, namespace, "rotating"))
     assert _version(kube, namespace, "classic", "rotating") == old
-    before = _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
+    before = exec_in(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
 
     # A rotation reaches the file: the regular sidecar keeps it fresh.
     def sidecar_running() -> bool:
@@ -152,8 +164,8 @@ def test_classic_mode_fetches_once_then_keeps_the_file_fresh(
         "the rotation in the classic pod",
     )
     print(f"rotation in the classic pod {time.monotonic() - rotated_at:.2f} s after status")
-    after = _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
+    after = exec_in(kube, namespace, "classic", "app", f"cat {KEYS}/rotating")
     assert after != before
-    assert _exec(kube, namespace, "classic", "app", f"cat {KEYS}/rotating.previous") == before
+    assert exec_in(kube, namespace, "classic", "app", f"cat {KEYS}/rotating.previous") == before
     init_log = core.read_namespaced_pod_log("classic", namespace, container="securekeys-init")
     assert canary not in init_log

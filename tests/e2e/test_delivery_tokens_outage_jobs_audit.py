@@ -1,13 +1,14 @@
-"""More of the delivery path on real pods: token misuse, a gateway outage, Jobs and
-init-only pods, and the audit log's chain.
+"""Delivery on real pods when something goes wrong or ends: token misuse, a gateway
+outage, Jobs and init-only pods, and the audit log's chain.
 
-Same stack as ``tests/e2e/test_delivery.py`` (its helpers are reused): the controller
-(session fixture) seals the keys, the gateway runs the webhook and the key broker as a
-subprocess under its shipped RBAC, and the webhook injects the real sidecar from the
-project image into pods on the local node. The misuse cases talk to the broker from this
-process with the wire protocol (``secure_keys.core.delivery``) and real tokens: read from
-a pod's projected token file with ``kubectl exec``, or made with TokenRequest bound to
-the pod. Every refusal is looked up in the gateway's log, where the audit records are.
+Same stack as ``tests/e2e/test_delivery.py`` (the shared helpers are in
+``tests/support/delivery.py``): the controller (session fixture) seals the keys, the
+gateway runs the webhook and the key broker as a subprocess under its shipped RBAC, and
+the webhook injects the real sidecar from the project image into pods on the local node.
+The misuse cases talk to the broker from this process with the wire protocol
+(``secure_keys.core.delivery``) and real tokens: read from a pod's projected token file
+with ``kubectl exec``, or made with TokenRequest bound to the pod. Every refusal is
+looked up in the gateway's log, where the audit records are.
 
 The module's gateway is stopped and started again by the outage test, so its log holds
 two audit chains; the audit test verifies the whole log with the key derived from the
@@ -49,16 +50,21 @@ from secure_keys.gateway.material import CachedProviders, MaterialSource
 from secure_keys.kube.client import JsonObject
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
-    GROUP,
-    VERSION,
     GatewayProcess,
     eventually,
     get_apikey,
     request_rotation,
 )
-from tests.e2e.conftest import IDLE, KEYS, SIDECAR, PodEnvironment, Target
-from tests.e2e.test_delivery import _create, _current, _ready, _seal
-from tests.e2e.test_node import kubectl
+from tests.e2e.conftest import KEYS, SIDECAR, PodEnvironment, Target
+from tests.support.delivery import (
+    current_version,
+    exec_in,
+    injected_pod,
+    seal_for_cluster,
+    setup_keys,
+    start_injected_pod,
+    wait_admission_ready,
+)
 
 TOKEN = "/var/run/secrets/securekeys.io/serviceaccount/token"
 
@@ -66,124 +72,8 @@ TOKEN = "/var/run/secrets/securekeys.io/serviceaccount/token"
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _setup(admin_api: client.ApiClient, namespace: str, keys: Mapping[str, str | None]) -> None:
-    """ServiceAccount ``app``, one ApiKey per name (generated, or the given plaintext
-    sealed by the CLI: the manifests come from ``_seal``) and a KeyRole granting them."""
-    core = client.CoreV1Api(admin_api)
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="app"))
-    )
-    for name, body in keys.items():
-        manifest: dict[str, Any] = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": name},
-            "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
-        }
-        _create(admin_api, namespace, "apikeys", manifest if body is None else json.loads(body))
-    _create(
-        admin_api,
-        namespace,
-        "keyroles",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "KeyRole",
-            "metadata": {"name": "app-keys"},
-            "spec": {
-                "subjects": [{"kind": "ServiceAccount", "name": "app"}],
-                "keys": {"names": list(keys)},
-                "permissions": ["read"],
-            },
-        },
-    )
-    for name in keys:
-        _ready(admin_api, namespace, name)
-
-
-def _pod_spec(pods: PodEnvironment, script: str, *, restart: str = "Always") -> dict[str, Any]:
-    return {
-        "serviceAccountName": "app",
-        "hostNetwork": pods.host_network,
-        "terminationGracePeriodSeconds": 5,
-        "restartPolicy": restart,
-        "containers": [
-            {
-                "name": "app",
-                "image": pods.busybox_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["/bin/sh", "-c", script],
-            }
-        ],
-    }
-
-
-def _pod(
-    pods: PodEnvironment,
-    name: str,
-    keys: str,
-    *,
-    mode: str | None = None,
-    script: str = IDLE,
-    restart: str = "Always",
-) -> dict[str, Any]:
-    annotations = {"securekeys.io/keys": keys}
-    if mode is not None:
-        annotations["securekeys.io/mode"] = mode
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {"securekeys.io/inject": "true"},
-            "annotations": annotations,
-        },
-        "spec": _pod_spec(pods, script, restart=restart),
-    }
-
-
-def _admission_ready(core: client.CoreV1Api, namespace: str, body: dict[str, Any]) -> None:
-    """Wait until a server-side dry run of ``body`` comes back injected: the webhook is
-    in the chain and the gateway's caches hold this namespace's objects."""
-    seen: list[str] = []
-
-    def attempt() -> bool:
-        try:
-            created = core.create_namespaced_pod(namespace, body, dry_run="All")
-        except ApiException as exc:
-            if exc.status == 403 and "secure-keys:" in exc.body:
-                seen.append(str(exc.body)[:300])
-                return False
-            raise
-        if "securekeys.io/injected" in (created.metadata.annotations or {}):
-            return True
-        seen.append("admitted without injection")
-        return False
-
-    eventually(attempt, 30, f"a dry run injected (last: {seen[-1:]})")
-
-
-def _start(core: client.CoreV1Api, namespace: str, body: dict[str, Any]) -> None:
-    """Create an injected pod and wait for its app container to run (keys on disk)."""
-    _admission_ready(core, namespace, body)
-    created = core.create_namespaced_pod(namespace, body)
-    assert "securekeys.io/injected" in (created.metadata.annotations or {})
-    name = body["metadata"]["name"]
-
-    def running() -> bool:
-        pod = core.read_namespaced_pod(name, namespace)
-        return any(s.name == "app" and s.state.running for s in pod.status.container_statuses or [])
-
-    eventually(running, 120, f"pod {name}'s app running (keys on disk)")
-
-
-def _exec(kube: Target, namespace: str, pod: str, container: str, script: str) -> str:
-    done = kubectl(kube, "exec", "-n", namespace, pod, "-c", container, "--", "sh", "-c", script)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 def _version_in_pod(kube: Target, namespace: str, pod: str, key: str) -> int:
-    meta = json.loads(_exec(kube, namespace, pod, "app", f"cat {KEYS}/{key}.meta.json"))
+    meta = json.loads(exec_in(kube, namespace, pod, "app", f"cat {KEYS}/{key}.meta.json"))
     version: int = meta["version"]
     return version
 
@@ -275,13 +165,13 @@ def test_misused_tokens_are_refused_and_audited(
     gateway: GatewayProcess,
 ) -> None:
     core = client.CoreV1Api(admin_api)
-    _setup(admin_api, namespace, {"alpha": None, "beta": None})
-    _start(core, namespace, _pod(pods, "pod-a", "alpha"))
-    _start(core, namespace, _pod(pods, "pod-b", "beta"))
+    setup_keys(admin_api, namespace, {"alpha": None, "beta": None})
+    start_injected_pod(core, namespace, injected_pod(pods, "pod-a", "alpha"))
+    start_injected_pod(core, namespace, injected_pod(pods, "pod-b", "beta"))
     uid_a = core.read_namespaced_pod("pod-a", namespace).metadata.uid
     uid_b = core.read_namespaced_pod("pod-b", namespace).metadata.uid
-    token_a = _exec(kube, namespace, "pod-a", SIDECAR, f"cat {TOKEN}").strip()
-    token_b = _exec(kube, namespace, "pod-b", SIDECAR, f"cat {TOKEN}").strip()
+    token_a = exec_in(kube, namespace, "pod-a", SIDECAR, f"cat {TOKEN}").strip()
+    token_b = exec_in(kube, namespace, "pod-b", SIDECAR, f"cat {TOKEN}").strip()
     assert token_a
     assert token_b
     assert token_a != token_b
@@ -352,17 +242,17 @@ def test_gateway_outage_keeps_files_refuses_new_pods_and_catches_up(
     gateway: GatewayProcess,
 ) -> None:
     core = client.CoreV1Api(admin_api)
-    _setup(admin_api, namespace, {"alpha": None})
-    _start(core, namespace, _pod(pods, "steady", "alpha"))
-    before = _exec(kube, namespace, "steady", "app", f"cat {KEYS}/alpha")
-    old_version, _ = _current(get_apikey(admin_api, namespace, "alpha"))
+    setup_keys(admin_api, namespace, {"alpha": None})
+    start_injected_pod(core, namespace, injected_pod(pods, "steady", "alpha"))
+    before = exec_in(kube, namespace, "steady", "app", f"cat {KEYS}/alpha")
+    old_version, _ = current_version(get_apikey(admin_api, namespace, "alpha"))
     assert _version_in_pod(kube, namespace, "steady", "alpha") == old_version
 
     gateway.stop()
     try:
         # A new opted-in pod is refused at admission, naming the webhook and the cause.
         with pytest.raises(ApiException) as refused:
-            core.create_namespaced_pod(namespace, _pod(pods, "newcomer", "alpha"))
+            core.create_namespaced_pod(namespace, injected_pod(pods, "newcomer", "alpha"))
         message = str(refused.value.body)
         assert 'failed calling webhook \\"inject.securekeys.io\\"' in message or (
             'failed calling webhook "inject.securekeys.io"' in message
@@ -377,14 +267,20 @@ def test_gateway_outage_keeps_files_refuses_new_pods_and_catches_up(
             obj = get_apikey(admin_api, namespace, "alpha")
             return obj if (obj.get("status") or {}).get("currentVersion", 0) > old_version else None
 
-        new_version, _ = _current(eventually(rotated, 60, "the controller to rotate"))
+        new_version, _ = current_version(eventually(rotated, 60, "the controller to rotate"))
 
         # The running pod keeps what it has.
         time.sleep(3)
-        assert _exec(kube, namespace, "steady", "app", f"cat {KEYS}/alpha") == before
+        assert exec_in(kube, namespace, "steady", "app", f"cat {KEYS}/alpha") == before
         assert _version_in_pod(kube, namespace, "steady", "alpha") == old_version
-        sidecar = core.read_namespaced_pod_log("steady", namespace, container=SIDECAR)
-        assert '"unreachable"' in sidecar or '"disconnected"' in sidecar, sidecar[-2000:]
+        eventually(
+            lambda: any(
+                word in core.read_namespaced_pod_log("steady", namespace, container=SIDECAR)
+                for word in ('"unreachable"', '"disconnected"')
+            ),
+            20,
+            "the sidecar to log that the broker is gone",
+        )
     finally:
         if gateway.exited() is not None:
             gateway.start(timeout=90)
@@ -396,11 +292,11 @@ def test_gateway_outage_keeps_files_refuses_new_pods_and_catches_up(
         "the rotation made during the outage in the pod",
     )
     print(f"rotation in the pod {time.monotonic() - back:.1f} s after the gateway was back")
-    after = _exec(kube, namespace, "steady", "app", f"cat {KEYS}/alpha")
+    after = exec_in(kube, namespace, "steady", "app", f"cat {KEYS}/alpha")
     assert after != before
-    assert _exec(kube, namespace, "steady", "app", f"cat {KEYS}/alpha.previous") == before
+    assert exec_in(kube, namespace, "steady", "app", f"cat {KEYS}/alpha.previous") == before
     # And admission works again.
-    _admission_ready(core, namespace, _pod(pods, "newcomer", "alpha"))
+    wait_admission_ready(core, namespace, injected_pod(pods, "newcomer", "alpha"))
 
 
 # -- 3. a Job with a native sidecar, and init-only ---------------------------------------
@@ -412,7 +308,7 @@ def _sealed_key(
     """A sealed ApiKey manifest (JSON) and the SHA-256 of its plaintext, which only
     this test knows: the app prints the hash, never the key."""
     value = f"sk_job_{secrets.token_hex(16)}"
-    manifest = _seal(kube, admin_api, namespace, name, value, tmp)
+    manifest = seal_for_cluster(kube, admin_api, namespace, name, value, tmp)
     return json.dumps(manifest), hashlib.sha256(value.encode()).hexdigest()
 
 
@@ -433,12 +329,12 @@ def test_job_with_native_sidecar_completes_and_init_only_delivers(
 ) -> None:
     core = client.CoreV1Api(admin_api)
     manifest, digest = _sealed_key(kube, admin_api, namespace, "canary", tmp_path)
-    _setup(admin_api, namespace, {"canary": manifest})
+    setup_keys(admin_api, namespace, {"canary": manifest})
     script = f"sha256sum {KEYS}/canary | cut -d' ' -f1"
 
     # (a) A Job: its pod gets the native sidecar; the Job completes once the app exits.
-    template = _pod(pods, "job-probe", "canary", script=script, restart="Never")
-    _admission_ready(core, namespace, template)
+    template = injected_pod(pods, "job-probe", "canary", script=script, restart="Never")
+    wait_admission_ready(core, namespace, template)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -470,8 +366,8 @@ def test_job_with_native_sidecar_completes_and_init_only_delivers(
     assert _app_log(core, namespace, job_pod.metadata.name) == digest
 
     # (b) init-only: the key is fetched once before the app starts, no sidecar stays.
-    body = _pod(pods, "once", "canary", mode="init-only", script=script, restart="Never")
-    _admission_ready(core, namespace, body)
+    body = injected_pod(pods, "once", "canary", mode="init-only", script=script, restart="Never")
+    wait_admission_ready(core, namespace, body)
     created = core.create_namespaced_pod(namespace, body)
     assert created.metadata.annotations["securekeys.io/injected"] == "init-only"
     assert all(c.restart_policy != "Always" for c in created.spec.init_containers or [])

@@ -15,7 +15,8 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from secure_keys.controller.leader import (
+from secure_keys.kube.client import ApiError, KubeApi
+from secure_keys.kube.leader import (
     LEASES,
     LeaderElector,
     LeaseRecord,
@@ -25,7 +26,6 @@ from secure_keys.controller.leader import (
     expired,
     observe,
 )
-from secure_keys.kube.client import ApiError, KubeApi
 from tests.unit.controller.fakeapi import FakeApi
 
 T0 = datetime.datetime(2026, 11, 28, 12, 0, 0, tzinfo=datetime.UTC)

@@ -1,0 +1,42 @@
+"""The local encrypted store for developers: keys on a laptop, without a cluster.
+
+``~/.config/secure-keys/`` (``$XDG_CONFIG_HOME/secure-keys/``) holds ``config.json``
+(nothing secret), ``keys.db`` (SQLite; one AES-256-GCM envelope per key version, the same
+envelope as the cluster's, its data key wrapped by a provider from the KMS registry),
+``keys.db.lock`` (serialises writers) and ``audit.log`` (HMAC-chained records). The CLI's
+``--store local`` and ``KeyManager(store="local")`` both use ``LocalStore``.
+
+This layer sits beside the CLI's: it imports ``secure_keys.core`` only, never the
+controller, the gateway or the Kubernetes client (``.importlinter``).
+"""
+
+from secure_keys.store.errors import (
+    AuthenticationFailed,
+    KeyExists,
+    KeyNotFound,
+    StoreCorrupt,
+    StoreError,
+    StoreExists,
+    StoreNotFound,
+    StorePermissions,
+)
+from secure_keys.store.layout import StoreLayout, default_store_dir
+from secure_keys.store.local import KeyInfo, LocalStore, VersionInfo
+from secure_keys.store.manager import KeyManager
+
+__all__ = [
+    "AuthenticationFailed",
+    "KeyExists",
+    "KeyInfo",
+    "KeyManager",
+    "KeyNotFound",
+    "LocalStore",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreExists",
+    "StoreLayout",
+    "StoreNotFound",
+    "StorePermissions",
+    "VersionInfo",
+    "default_store_dir",
+]
