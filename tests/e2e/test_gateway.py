@@ -485,7 +485,7 @@ def test_keyrole_without_read_is_denied(
         ),
         (
             {"securekeys.io/keys": "stripe-live", "securekeys.io/key": "typo"},
-            "unknown annotation securekeys.io/key",
+            "unknown annotation 'securekeys.io/key'",
         ),
     ],
     ids=["no-keys", "bad-mode", "unknown-annotation"],
