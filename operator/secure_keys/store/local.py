@@ -792,8 +792,8 @@ def _begin_attempt(db: Database, clock: Clock) -> int:
     Counting first, under the writers' lock, is what makes the delay hold against
     attempts in parallel: each one sees the count and the time its predecessors left,
     so N processes started together get one KDF between them, not N."""
-    now = clock()
     with db.write() as conn:
+        now = clock()  # under the lock: a wait for it must not make the time stale
         meta = dict(
             conn.execute(
                 "SELECT key, value FROM meta WHERE key IN (?, ?)",
