@@ -19,6 +19,7 @@ from secure_keys.store.errors import (
     StoreExists,
     StoreNotFound,
     StorePermissions,
+    TooManyAttempts,
 )
 from secure_keys.store.layout import StoreLayout, default_store_dir
 from secure_keys.store.local import KeyInfo, LocalStore, VersionInfo
@@ -37,6 +38,7 @@ __all__ = [
     "StoreLayout",
     "StoreNotFound",
     "StorePermissions",
+    "TooManyAttempts",
     "VersionInfo",
     "default_store_dir",
 ]

@@ -26,7 +26,9 @@ from secure_keys.store.layout import FILE_MODE
 
 __all__ = ["SCHEMA_VERSION", "Database"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: each version row carries ``mac`` (``store.rowmac``). Version 1 (no MAC) lived for a
+day in development and is not migrated: such a store is refused with "run init again"."""
 BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = """
@@ -47,6 +49,7 @@ CREATE TABLE versions (
     kms_key_id      TEXT    NOT NULL,
     kms_key_version TEXT    NOT NULL,
     envelope        BLOB,
+    mac             BLOB    NOT NULL CHECK (length(mac) = 32),
     PRIMARY KEY (name, version),
     CHECK ((state = 'Destroyed') = (envelope IS NULL))
 ) WITHOUT ROWID;
@@ -98,6 +101,12 @@ class Database:
             conn = cls._connect(path)
             try:
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
+                if version == 1:
+                    raise StoreCorrupt(
+                        f"{path} was made by a development build of secure-keys whose version "
+                        "rows carry no MAC (schema 1); it is not upgraded. Move the store "
+                        "directory away, run `init` again and `add` the keys again."
+                    )
                 if version != SCHEMA_VERSION:
                     raise _corrupt(path, f"schema version {version}, expected {SCHEMA_VERSION}")
                 problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]

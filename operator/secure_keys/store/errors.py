@@ -16,6 +16,7 @@ __all__ = [
     "StoreExists",
     "StoreNotFound",
     "StorePermissions",
+    "TooManyAttempts",
 ]
 
 
@@ -56,6 +57,15 @@ class AuthenticationFailed(StoreError):
 
 class MfaRequired(AuthenticationFailed):
     """The store asks for a TOTP code and none was given."""
+
+
+class TooManyAttempts(AuthenticationFailed):
+    """Refused before the password was checked: too many wrong ones in a row, and the
+    next attempt is not allowed yet. ``retry_after``: seconds until it is."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class KeyNotFound(StoreError):

@@ -8,10 +8,13 @@ secret, is kept in ``keys.db``) or any provider of the registry (``core.kms.regi
 the OS keychain, AWS, Google Cloud, Azure, PKCS#11), as ``config.json`` says.
 
 Opening the store unwraps its own secret key (sealed the same way, in ``keys.db``); the
-audit log's key comes from it. A wrong password is refused after the KDF; from the third
-failure in a row each attempt first waits (1 s, 2 s, 4 s, ... up to 30 s), and the count
-survives across processes in ``keys.db``. With TOTP on, a code is checked (and a code
-already used is refused) after the password.
+audit log's key comes from it. A wrong password is refused after the KDF. Guessing is
+throttled across processes (``_begin_attempt``): under the writers' lock, each attempt
+is counted in ``keys.db`` *before* its KDF runs and sets the earliest time of the next
+one (from the third in a row: 1 s, 2 s, 4 s, ... up to 30 s later); an attempt before
+that time is refused at once (``TooManyAttempts``, saying when to retry), nothing is
+slept on, and a right password (and TOTP code) resets the count. With TOTP on, a code
+is checked (and a code already used is refused) after the password.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -49,10 +51,12 @@ from secure_keys.store.errors import (
     StoreCorrupt,
     StoreError,
     StoreExists,
+    TooManyAttempts,
     quoted,
 )
 from secure_keys.store.layout import FILE_MODE, StoreLayout
 from secure_keys.store.lifecycle import VersionRow
+from secure_keys.store.rowmac import derive_row_key, row_mac, row_mac_valid
 
 __all__ = ["KeyInfo", "LocalStore", "VersionInfo", "failure_delay"]
 
@@ -63,6 +67,7 @@ _STORE_KEY = "store-key"
 _TOTP_SECRET = "totp-secret"  # noqa: S105 - the name of a meta row
 _META_KEYRING = "keyring"
 _META_FAILURES = "auth.failures"
+_META_NOT_BEFORE = "auth.not-before"
 _META_TOTP_STEP = "totp.last-step"
 _COLUMNS = (
     "name, version, state, created_at, activated_at, archived_at, destroyed_at, "
@@ -70,9 +75,12 @@ _COLUMNS = (
 )
 
 
+MAX_DELAY = 30.0
+
+
 def failure_delay(failures: int) -> float:
-    """Seconds to wait before checking a password after ``failures`` wrong ones in a row."""
-    return 0.0 if failures < 3 else float(min(2 ** (failures - 3), 30))
+    """Seconds before the next attempt is allowed after ``failures`` in a row."""
+    return 0.0 if failures < 3 else float(min(2 ** (failures - 3), MAX_DELAY))
 
 
 def _utcnow() -> dt.datetime:
@@ -185,6 +193,7 @@ class LocalStore:
         self._kms = kms
         self._clock = clock
         audit_key = derive_audit_key(store_key)
+        self._row_key = derive_row_key(store_key)
         zero(store_key)
         self._audit = AuditLog(layout.audit_log, audit_key, db.lock)
         zero(audit_key)
@@ -205,6 +214,7 @@ class LocalStore:
 
     def close(self) -> None:
         self._db.close()
+        zero(self._row_key)
 
     # Creating and opening ------------------------------------------------------------
 
@@ -300,32 +310,43 @@ class LocalStore:
         mfa_token: str | None = None,
         registry: KmsRegistry | None = None,
         clock: Clock = _utcnow,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> LocalStore:
-        """Open the store in ``directory``: check modes and the file, unlock, check TOTP."""
+        """Open the store in ``directory``: check modes and the file, unlock, check TOTP.
+
+        When a password or a TOTP code is checked, the attempt is counted first and may be
+        refused at once (``TooManyAttempts``): see the module's docstring."""
         layout = StoreLayout(directory)
         layout.check()
         config = _read_config(layout)
+        local = config.kms_provider == LOCAL_PROVIDER
+        if local and password is None:
+            raise AuthenticationFailed(
+                "this store needs its password (--password-file, or a prompt)"
+            )
+        if config.mfa and mfa_token is None:
+            raise MfaRequired("this store asks for a TOTP code (from your authenticator app)")
         db = Database.open(layout.database, layout.lock)
         try:
+            gated = local or config.mfa
+            failures = _begin_attempt(db, clock) if gated else 0
             with db.read() as conn:
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            failures = _int_meta(meta, _META_FAILURES, db.path)
             sealed_store_key = meta.get(_STORE_KEY)
             if not isinstance(sealed_store_key, bytes):
                 raise StoreCorrupt(f"{db.path} has no store key: not a complete store")
-            if config.kms_provider == LOCAL_PROVIDER:
-                kms: KmsProvider = _unlock_local(db, meta, password, failures, sleep)
+            if local:
+                assert password is not None  # noqa: S101 - checked above
+                kms: KmsProvider = _unlock_local(db, meta, password)
             else:
                 kms = _registry_kms(
                     registry, config.kms_provider, config.kms_key_id, config.kms_options
                 )
             store_key = _open_internal(config.store_id, _STORE_KEY, sealed_store_key, kms)
             if config.mfa:
-                _check_totp(db, config, meta, kms, mfa_token, failures, sleep, clock)
-            if failures:
-                with db.write() as conn:
-                    _set_meta(conn, _META_FAILURES, b"0")
+                assert mfa_token is not None  # noqa: S101 - checked above
+                _check_totp(db, config, meta, kms, mfa_token, clock)
+            if gated:
+                _end_attempts(db)
             store = cls(layout, config, db, kms, store_key, clock=clock)
         except BaseException:
             db.close()
@@ -356,20 +377,34 @@ class LocalStore:
         except KmsError as exc:
             raise _kms_error(exc) from None
 
-    def _rows(self, conn: sqlite3.Connection, name: str) -> list[VersionRow]:
-        cursor = conn.execute(
-            f"SELECT {_COLUMNS} FROM versions WHERE name = ? ORDER BY version",  # noqa: S608
-            (name,),
-        )
+    def _checked(self, values: Sequence[Any]) -> VersionRow:
+        """A row read with ``_COLUMNS`` and then ``mac``, parsed and its MAC checked."""
         try:
-            return [_row(values) for values in cursor]
+            row = _row(values[:-1])
         except (ValueError, TypeError) as exc:
             raise StoreCorrupt(f"{self._db.path}: a version row is malformed ({exc})") from None
+        if not row_mac_valid(self._row_key, self.config.store_id, row, values[-1]):
+            raise StoreCorrupt(
+                f"{self._db.path}: key {quoted(row.name)} version {row.version} fails its "
+                "integrity check (its state or times were changed outside secure-keys); "
+                "nothing was returned. Restore keys.db from a backup."
+            )
+        return row
+
+    def _rows(self, conn: sqlite3.Connection, name: str) -> list[VersionRow]:
+        cursor = conn.execute(
+            f"SELECT {_COLUMNS}, mac FROM versions WHERE name = ? ORDER BY version",  # noqa: S608
+            (name,),
+        )
+        return [self._checked(values) for values in cursor]
+
+    def _mac(self, row: VersionRow) -> bytes:
+        return row_mac(self._row_key, self.config.store_id, row)
 
     def _insert(self, conn: sqlite3.Connection, row: VersionRow, sealed: envelope.Envelope) -> None:
         conn.execute(
-            f"INSERT INTO versions ({_COLUMNS}, envelope) "  # noqa: S608
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO versions ({_COLUMNS}, envelope, mac) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.name,
                 row.version,
@@ -382,22 +417,26 @@ class LocalStore:
                 row.kms_key_id,
                 row.kms_key_version,
                 sealed.to_bytes(),
+                self._mac(row),
             ),
         )
 
     def _update(self, conn: sqlite3.Connection, rows: Sequence[VersionRow]) -> None:
+        """Write the new state and times of ``rows`` (each read and checked before), with
+        their new MAC, in the caller's transaction."""
         for row in rows:
             destroyed = row.state == "Destroyed"
             conn.execute(
                 "UPDATE versions SET state = ?, activated_at = ?, archived_at = ?, "
-                "destroyed_at = ?, envelope = CASE WHEN ? THEN NULL ELSE envelope END "
-                "WHERE name = ? AND version = ?",
+                "destroyed_at = ?, envelope = CASE WHEN ? THEN NULL ELSE envelope END, "
+                "mac = ? WHERE name = ? AND version = ?",
                 (
                     row.state,
                     _stamp(row.activated_at),
                     _stamp(row.archived_at),
                     _stamp(row.destroyed_at),
                     destroyed,
+                    self._mac(row),
                     row.name,
                     row.version,
                 ),
@@ -516,12 +555,9 @@ class LocalStore:
         """Every key with a version that is not Destroyed, by name."""
         with self._db.read() as conn:
             cursor = conn.execute(
-                f"SELECT {_COLUMNS} FROM versions ORDER BY name, version"  # noqa: S608
+                f"SELECT {_COLUMNS}, mac FROM versions ORDER BY name, version"  # noqa: S608
             )
-            try:
-                rows = [_row(values) for values in cursor]
-            except (ValueError, TypeError) as exc:
-                raise StoreCorrupt(f"{self._db.path}: a version row is malformed ({exc})") from None
+            rows = [self._checked(values) for values in cursor]
         keys: dict[str, list[VersionRow]] = {}
         for row in rows:
             keys.setdefault(row.name, []).append(row)
@@ -568,16 +604,24 @@ class LocalStore:
             if first is not None:
                 first(conn)
             cursor = conn.execute(
-                "SELECT name, version, envelope FROM versions WHERE envelope IS NOT NULL"
+                f"SELECT envelope, {_COLUMNS}, mac FROM versions "  # noqa: S608
+                "WHERE envelope IS NOT NULL"
             )
-            for name, version, blob in cursor.fetchall():
-                binding = self._binding(name, version)
-                new = self._rewrap_one(blob, binding, kms)
+            for blob, *values in cursor.fetchall():
+                row = self._checked(values)  # never re-MAC a row that was altered
+                new = self._rewrap_one(blob, self._binding(row.name, row.version), kms)
                 if new is not None:
+                    moved_row = replace(row, kms_key_version=new.wrapped.key_version)
                     conn.execute(
-                        "UPDATE versions SET envelope = ?, kms_key_version = ? "
+                        "UPDATE versions SET envelope = ?, kms_key_version = ?, mac = ? "
                         "WHERE name = ? AND version = ?",
-                        (new.to_bytes(), new.wrapped.key_version, name, version),
+                        (
+                            new.to_bytes(),
+                            moved_row.kms_key_version,
+                            self._mac(moved_row),
+                            row.name,
+                            row.version,
+                        ),
                     )
                     moved += 1
             for meta_key in (_STORE_KEY, _TOTP_SECRET):
@@ -740,30 +784,68 @@ def _parse_keyring(found: Any, path: Path) -> LocalKeyring:
         raise StoreCorrupt(f"{path}: the keyring is invalid ({exc})") from None
 
 
-def _record_failure(db: Database, failures: int) -> None:
+def _begin_attempt(db: Database, clock: Clock) -> int:
+    """Count one attempt at the password (or TOTP code) before it is checked; return
+    how many failed in a row before it. Refuses at once, holding nothing afterwards,
+    when the previous attempt's delay has not run out.
+
+    Counting first, under the writers' lock, is what makes the delay hold against
+    attempts in parallel: each one sees the count and the time its predecessors left,
+    so N processes started together get one KDF between them, not N."""
     with db.write() as conn:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_FAILURES,)).fetchone()
-        current = _int_meta({"n": row[0]} if row else {}, "n", db.path)
-        _set_meta(conn, _META_FAILURES, str(max(current, failures) + 1).encode())
+        now = clock()  # under the lock: a wait for it must not make the time stale
+        meta = dict(
+            conn.execute(
+                "SELECT key, value FROM meta WHERE key IN (?, ?)",
+                (_META_FAILURES, _META_NOT_BEFORE),
+            ).fetchall()
+        )
+        failures = _int_meta(meta, _META_FAILURES, db.path)
+        not_before = _stamp_meta(meta, _META_NOT_BEFORE, db.path)
+        if not_before is not None and now < not_before:
+            # A clock set back never makes the wait longer than the schedule's.
+            wait = min((not_before - now).total_seconds(), failure_delay(failures))
+            if wait > 0:
+                retry = now + dt.timedelta(seconds=wait)
+                raise TooManyAttempts(
+                    f"{failures} wrong attempts in a row: the next one is allowed at "
+                    f"{_precise_stamp(retry)} (in {wait:.1f} s); the password was not checked",
+                    retry_after=wait,
+                )
+        counted = failures + 1
+        _set_meta(conn, _META_FAILURES, str(counted).encode())
+        allowed = now + dt.timedelta(seconds=failure_delay(counted))
+        _set_meta(conn, _META_NOT_BEFORE, _precise_stamp(allowed).encode())
+    return failures
 
 
-def _unlock_local(
-    db: Database,
-    meta: dict[str, Any],
-    password: Password | None,
-    failures: int,
-    sleep: Callable[[float], None],
-) -> LocalKms:
-    if password is None:
-        raise AuthenticationFailed("this store needs its password (--password-file, or a prompt)")
+def _end_attempts(db: Database) -> None:
+    """A right password (and TOTP code): the count starts again from zero."""
+    with db.write() as conn:
+        _set_meta(conn, _META_FAILURES, b"0")
+        conn.execute("DELETE FROM meta WHERE key = ?", (_META_NOT_BEFORE,))
+
+
+def _precise_stamp(value: dt.datetime) -> str:
+    # format_stamp is to the second; a delay of 1 s needs a finer time.
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _stamp_meta(meta: dict[str, Any], key: str, path: Path) -> dt.datetime | None:
+    raw = meta.get(key)
+    if raw is None:
+        return None
+    try:
+        return parse_stamp(bytes(raw).decode("ascii"))
+    except (TypeError, ValueError, UnicodeDecodeError):
+        raise StoreCorrupt(f"{path}: meta {key} is malformed") from None
+
+
+def _unlock_local(db: Database, meta: dict[str, Any], password: Password) -> LocalKms:
     keyring = _parse_keyring((meta.get(_META_KEYRING),), db.path)
-    delay = failure_delay(failures)
-    if delay:
-        sleep(delay)
     try:
         return LocalKms.unlock(keyring, [password])
     except KmsDenied:
-        _record_failure(db, failures)
         raise AuthenticationFailed("wrong password") from None
     except ValueError:
         raise AuthenticationFailed("the password is empty") from None
@@ -774,20 +856,12 @@ def _check_totp(
     config: StoreConfig,
     meta: dict[str, Any],
     kms: KmsProvider,
-    code: str | None,
-    failures: int,
-    sleep: Callable[[float], None],
+    code: str,
     clock: Clock,
 ) -> None:
-    if code is None:
-        raise MfaRequired("this store asks for a TOTP code (from your authenticator app)")
     sealed = meta.get(_TOTP_SECRET)
     if not isinstance(sealed, bytes):
         raise StoreCorrupt(f"{db.path}: TOTP is on in config.json but keys.db has no secret")
-    if config.kms_provider != LOCAL_PROVIDER:
-        delay = failure_delay(failures)  # the password path already waited
-        if delay:
-            sleep(delay)
     secret = _open_internal(config.store_id, _TOTP_SECRET, sealed, kms)
     try:
         last = _int_meta(meta, _META_TOTP_STEP, db.path)
@@ -795,7 +869,6 @@ def _check_totp(
     finally:
         zero(secret)
     if step is None or step <= last:
-        _record_failure(db, failures)
         raise AuthenticationFailed("wrong or already used TOTP code")
     with db.write() as conn:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_TOTP_STEP,)).fetchone()

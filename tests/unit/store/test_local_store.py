@@ -20,6 +20,7 @@ from secure_keys.store import (
     StoreExists,
     StoreNotFound,
     StorePermissions,
+    TooManyAttempts,
     default_store_dir,
 )
 from secure_keys.store.local import failure_delay
@@ -165,22 +166,56 @@ def test_a_wrong_password_is_refused(store: LocalStore, store_dir: Path) -> None
         LocalStore.open(store_dir)
 
 
-def test_repeated_wrong_passwords_are_slowed_and_reset_by_a_right_one(
-    store: LocalStore, store_dir: Path
+def test_repeated_wrong_passwords_are_refused_until_their_delay_ran_out(
+    store: LocalStore, store_dir: Path, clock: Clock
 ) -> None:
-    waits: list[float] = []
-    for _ in range(5):
+    def attempt(password: str) -> str:
+        try:
+            LocalStore.open(store_dir, password=password, clock=clock).close()
+        except TooManyAttempts as exc:
+            return f"refused {exc.retry_after:g}"
+        except AuthenticationFailed:
+            return "wrong"
+        return "opened"
+
+    # The count is kept in keys.db, so separate openings add up; from the third
+    # failure in a row the next attempt is allowed only 1 s, 2 s, 4 s ... later, and an
+    # attempt before that is refused without running the KDF.
+    assert [attempt("guess") for _ in range(3)] == ["wrong"] * 3
+    assert attempt("guess") == "refused 1"
+    assert attempt(PASSWORD) == "refused 1", "even the right password waits its turn"
+    clock.advance(seconds=1)
+    assert attempt("guess") == "wrong"
+    assert attempt("guess") == "refused 2"
+    clock.advance(seconds=1.5)
+    assert attempt("guess") == "refused 0.5"
+    clock.advance(seconds=0.5)
+    assert attempt(PASSWORD) == "opened"
+    assert attempt("guess") == "wrong", "a right password resets the count"
+    events = [r for r in store.audit_records() if r["event"] == "auth.failures"]
+    assert [r["count"] for r in events] == [4]
+
+
+def test_a_refusal_names_the_time_to_retry(
+    store: LocalStore, store_dir: Path, clock: Clock
+) -> None:
+    for _ in range(3):
+        with pytest.raises(AuthenticationFailed, match="wrong password"):
+            LocalStore.open(store_dir, password="guess", clock=clock)
+    with pytest.raises(TooManyAttempts, match=r"allowed at 2026-12-01T12:00:01\.000\+00:00"):
+        LocalStore.open(store_dir, password="guess", clock=clock)
+
+
+def test_a_clock_set_back_never_lengthens_the_wait(
+    store: LocalStore, store_dir: Path, clock: Clock
+) -> None:
+    for _ in range(3):
         with pytest.raises(AuthenticationFailed):
-            LocalStore.open(store_dir, password="guess", sleep=waits.append)
-    # The count is kept in keys.db, so separate processes add up; from the third
-    # failure each attempt waits before the KDF runs.
-    assert waits == [1.0, 2.0]
-    LocalStore.open(store_dir, password=PASSWORD, sleep=waits.append).close()
-    assert waits == [1.0, 2.0, 4.0]
-    LocalStore.open(store_dir, password=PASSWORD, sleep=waits.append).close()
-    assert waits == [1.0, 2.0, 4.0], "a right password resets the count"
-    events = [r["event"] for r in store.audit_records()]
-    assert "auth.failures" in events
+            LocalStore.open(store_dir, password="guess", clock=clock)
+    clock.advance(days=-1)
+    with pytest.raises(TooManyAttempts) as refused:
+        LocalStore.open(store_dir, password=PASSWORD, clock=clock)
+    assert refused.value.retry_after == 1.0
 
 
 def test_the_failure_delay_is_capped() -> None:

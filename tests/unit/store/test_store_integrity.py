@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from secure_keys.store import LocalStore, StoreCorrupt
-from tests.unit.store.conftest import PASSWORD
+from tests.unit.store.conftest import PASSWORD, Clock
 
 
 def _envelope(store_dir: Path, name: str, version: int) -> bytes:
@@ -110,3 +110,98 @@ def test_a_malformed_config_is_refused(store: LocalStore, store_dir: Path, text:
     (store_dir / "config.json").write_text(text)
     with pytest.raises(StoreCorrupt, match=r"config\.json"):
         LocalStore.open(store_dir, password=PASSWORD)
+
+
+def _sql(store_dir: Path, statement: str, *args: object) -> None:
+    with sqlite3.connect(store_dir / "keys.db") as conn:
+        conn.execute(statement, args)
+
+
+def test_a_revoked_version_cannot_be_brought_back_by_editing_states(
+    store: LocalStore, store_dir: Path
+) -> None:
+    # The hostile review's attack: swap the states so that `get` serves the old value.
+    store.add("k", b"old, revoked value")
+    store.rotate("k", b"current value")
+    _sql(store_dir, "UPDATE versions SET state = 'Pending' WHERE name = 'k' AND version = 2")
+    _sql(store_dir, "UPDATE versions SET state = 'Active' WHERE name = 'k' AND version = 1")
+    with pytest.raises(StoreCorrupt, match=r"'k' version \d fails its integrity check"):
+        store.get("k")
+    with pytest.raises(StoreCorrupt, match="integrity check"):
+        store.list_keys()
+    with LocalStore.open(store_dir, password=PASSWORD) as other, pytest.raises(StoreCorrupt):
+        other.get("k")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "archived_at = '2099-01-01T00:00:00Z'",  # stretch the grace period of --previous
+        "created_at = '2000-01-01T00:00:00Z'",
+        "kms_key_version = '0'",
+        "mac = zeroblob(32)",
+    ],
+)
+def test_any_edit_of_a_version_row_is_refused(
+    store: LocalStore, store_dir: Path, edit: str
+) -> None:
+    store.add("k", b"v1")
+    store.rotate("k", b"v2")
+    _sql(store_dir, f"UPDATE versions SET {edit} WHERE name = 'k' AND version = 1")  # noqa: S608
+    with pytest.raises(StoreCorrupt, match="integrity check"):
+        store.get("k", previous=True)
+
+
+def test_a_row_copied_to_another_key_or_version_is_refused(
+    store: LocalStore, store_dir: Path
+) -> None:
+    store.add("a", b"a1")
+    store.add("b", b"b1")
+    store.rotate("b", b"b2")
+    with sqlite3.connect(store_dir / "keys.db") as conn:
+        (mac,) = conn.execute("SELECT mac FROM versions WHERE name = 'a'").fetchone()
+        conn.execute("UPDATE versions SET mac = ? WHERE name = 'b' AND version = 2", (mac,))
+    with pytest.raises(StoreCorrupt, match="integrity check"):
+        store.get("b")
+
+
+def test_a_tampered_row_is_not_laundered_by_a_rewrap(store: LocalStore, store_dir: Path) -> None:
+    store.add("k", b"v1")
+    store.rotate("k", b"v2")
+    _sql(store_dir, "UPDATE versions SET archived_at = '2099-01-01T00:00:00Z' WHERE version = 1")
+    with pytest.raises(StoreCorrupt, match="integrity check"):
+        store.change_password(PASSWORD, "another password", iterations=100_000)
+    with pytest.raises(StoreCorrupt, match="integrity check"):
+        store.get("k")
+
+
+def test_a_store_of_the_schema_without_macs_says_to_run_init_again(
+    store: LocalStore, store_dir: Path
+) -> None:
+    store.close()
+    _sql(store_dir, "PRAGMA user_version = 1")
+    with pytest.raises(StoreCorrupt, match="run `init` again"):
+        LocalStore.open(store_dir, password=PASSWORD)
+
+
+def test_every_legitimate_transition_rewrites_the_mac(
+    store: LocalStore, store_dir: Path, clock: Clock
+) -> None:
+    store.add("k", b"v1")
+    store.rotate("k", b"v2", stage=True)
+    store.promote("k")  # v1 Archived
+    clock.advance(seconds=601)
+    store.rotate("k", b"v3")  # v2 Archived, v1 past its grace and beyond retain: Destroyed
+    store.add("gone", b"x")
+    store.remove("gone")
+    store.rewrap()
+    store.change_password(PASSWORD, "new password", iterations=100_000)
+    store.close()
+    with LocalStore.open(store_dir, password="new password", clock=clock) as reopened:
+        states = {k.name: [v.state for v in k.versions] for k in reopened.list_keys()}
+        assert states == {"k": ["Destroyed", "Archived", "Active"]}
+        assert reopened.get("k") == b"v3"
+        assert reopened.get("k", previous=True) == b"v2"
+        with sqlite3.connect(store_dir / "keys.db") as conn:
+            rows = conn.execute("SELECT name, state FROM versions ORDER BY name").fetchall()
+        assert ("gone", "Destroyed") in rows

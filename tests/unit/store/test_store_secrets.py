@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 import secure_keys
 from secure_keys.core.hierarchy import MIN_ITERATIONS
 from secure_keys.store import AuthenticationFailed, KeyManager, LocalStore, StoreError
-from secure_keys.store.errors import MfaRequired
+from secure_keys.store.errors import MfaRequired, TooManyAttempts
 from tests.conftest import CANARY
 from tests.unit.store.conftest import PASSWORD, Clock
 
@@ -73,6 +73,22 @@ def test_totp_is_asked_for_checked_and_not_replayed(store_dir: Path, clock: Cloc
         assert opened.get("k") == b"v"
     # The TOTP secret is sealed like a key value: not in any file as it was given.
     assert secret.encode() not in _all_bytes(store_dir)
+
+
+def test_wrong_totp_codes_are_throttled_like_wrong_passwords(store_dir: Path, clock: Clock) -> None:
+    secret = pyotp.random_base32(32)
+    LocalStore.init(
+        store_dir, password=PASSWORD, iterations=MIN_ITERATIONS, totp_secret=secret, clock=clock
+    ).close()
+    code = pyotp.TOTP(secret).at(clock.now)
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    for _ in range(3):  # the right password, a wrong code: still a failure
+        with pytest.raises(AuthenticationFailed, match="TOTP"):
+            LocalStore.open(store_dir, password=PASSWORD, mfa_token=wrong, clock=clock)
+    with pytest.raises(TooManyAttempts):
+        LocalStore.open(store_dir, password=PASSWORD, mfa_token=code, clock=clock)
+    clock.advance(seconds=1)
+    LocalStore.open(store_dir, password=PASSWORD, mfa_token=code, clock=clock).close()
 
 
 def test_key_manager_authenticates_and_hands_out_zeroable_values(
