@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -45,7 +46,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys_dev import access, chart, image
-from secure_keys_dev.cluster import LocalCluster
+from secure_keys_dev.cluster import Binaries, LocalCluster
 from secure_keys_dev.node import NodeUnavailable
 from secure_keys_dev.stack import GROUP, VERSION, eventually, get_apikey, request_rotation
 from tests.e2e.conftest import IDLE, KEYS, Target
@@ -145,7 +146,7 @@ def _install(cluster: Cluster, name: str, namespace: str, values: Path) -> float
 def cluster(kube: Target) -> Iterator[Cluster]:
     """A local cluster of the module's own with a pod network, or the given cluster."""
     if kube.cluster is None:
-        kubectl = kube.kubectl("version", "--client").args[0]
+        kubectl = shutil.which("kubectl") or str(Binaries.find().kubectl)
         with kube.admin() as api:
             yield Cluster(kube.kubeconfig, kubectl, kube.scratch, api)
         return
