@@ -129,7 +129,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(BIN)/python bench/local_store.py
 	$(DEV) bench/pod_network.py
 
-demo: $(STAMP) control-plane node
+demo: $(STAMP) control-plane node helm
 	$(DEV) -m secure_keys_dev.demo
 
 clean:
