@@ -320,9 +320,14 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
     rotated_at = time.monotonic()
     for pod in deployed.pods:
         eventually(
-            lambda pod=pod: _meta(kube, namespace, pod, "rotating")["version"] == new_version,  # type: ignore[misc]
+            # The new version and .previous may arrive in two pushes (the blob's watch
+            # event can come before the status that archives the old version).
+            lambda pod=pod: (  # type: ignore[misc]
+                (meta := _meta(kube, namespace, pod, "rotating"))["version"] == new_version
+                and meta.get("previousVersion") == old_version
+            ),
             10,
-            f"the new version in {pod}",
+            f"the new version and the previous one in {pod}",
         )
     print(f"rotation in all {REPLICAS} pods {time.monotonic() - rotated_at:.2f} s after status")
     for pod in deployed.pods:
