@@ -1,6 +1,6 @@
 """Owns the sidecar's configuration: flags and environment parsed once into ``Settings``.
 
-The environment is the contract with the webhook (``secure_keys/gateway/patch.py``, which
+The environment is the contract with the webhook (``secure_keys/gateway/webhook/patch.py``, which
 sets ``SECUREKEYS_KEYS``, ``SECUREKEYS_FILES``, ``SECUREKEYS_DIR``,
 ``SECUREKEYS_TOKEN_FILE``, ``SECUREKEYS_MODE``, ``POD_NAMESPACE``, ``POD_NAME``,
 ``POD_UID`` and, with ``--broker-url``, ``SECUREKEYS_GATEWAY_URL``; and the argument

@@ -18,8 +18,8 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 from secure_keys.core.logs import configure  # noqa: E402
 from secure_keys.gateway import certs  # noqa: E402
-from secure_keys.gateway.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
 from secure_keys.gateway.server import BrokerOptions, GatewayOptions, serve  # noqa: E402
+from secure_keys.gateway.webhook.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
 
 
 def log_dumps(value: Any, **options: Any) -> bytes:

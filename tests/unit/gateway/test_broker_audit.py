@@ -1,5 +1,5 @@
 """The audit chain (``core.auditchain``) and the broker's copies of the controller's names
-(``gateway.material`` may not import the controller)."""
+(``gateway.broker.material`` may not import the controller)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 
 from secure_keys.controller import blobs
 from secure_keys.core.auditchain import AuditChain, derive_audit_key, verify
-from secure_keys.gateway import material
+from secure_keys.gateway.broker import material
 from secure_keys.kube import keysformat, names
 
 KEY = derive_audit_key(bytes(range(32)))

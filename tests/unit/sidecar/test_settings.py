@@ -1,5 +1,5 @@
 """The sidecar's settings, and the contract with the webhook: the sidecar accepts exactly
-the command, arguments and environment that ``gateway.patch.build_patch`` injects."""
+the command, arguments and environment that ``gateway.webhook.patch.build_patch`` injects."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from secure_keys.core.delivery import HeldVersions
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.gateway import injection, patch
-from secure_keys.gateway.pod import pod_view
+from secure_keys.gateway.webhook import injection, patch
+from secure_keys.gateway.webhook.pod import pod_view
 from secure_keys_sidecar.agent import Backoff, have_from, updates_from_state
 from secure_keys_sidecar.files import HeldKey, HeldVersion
 from secure_keys_sidecar.settings import SettingsError, parse_settings

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.injection import (
+from secure_keys.gateway.webhook.injection import (
     CA_FILE_NAME,
     CA_MOUNT_PATH,
     CA_VOLUME,
@@ -43,7 +42,8 @@ from secure_keys.gateway.injection import (
     InjectionConfig,
     targets,
 )
-from secure_keys.gateway.pod import PodView
+from secure_keys.gateway.webhook.pod import PodView
+from secure_keys.kube import annotations as ann
 
 
 class PatchOp(TypedDict):

@@ -25,8 +25,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 from urllib.parse import urlsplit
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.pod import ContainerView, PodView
+from secure_keys.gateway.webhook.pod import ContainerView, PodView
+from secure_keys.kube import annotations as ann
 
 Mode = Literal["native", "classic", "init-only"]
 MODES: tuple[Mode, ...] = ("native", "classic", "init-only")

@@ -44,7 +44,7 @@ from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.kms.registry import KmsRegistry, default_registry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
-from secure_keys.gateway.broker_policy import DeliveryKeyView
+from secure_keys.gateway.broker.policy import DeliveryKeyView
 from secure_keys.kube.blobformat import (
     BLOB_SECRET_TYPE,
     LABEL_APIKEY,

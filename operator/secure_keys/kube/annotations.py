@@ -1,5 +1,9 @@
 """The pod label and annotations the gateway reads and writes: each spelled once, here.
 
+Both of the gateway's apps read them (the webhook parses and writes them, the broker
+checks what a pod asked for at admission), and they may not import each other, so the
+names live in ``kube``, below both.
+
 Every key is documented in ``docs/gateway.md``. A ``securekeys.io/`` annotation on an
 opted-in pod that is not listed in ``POD_ANNOTATIONS`` is refused (a typo such as
 ``securekeys.io/key`` must not silently do nothing).

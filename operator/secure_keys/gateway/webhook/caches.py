@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from secure_keys.gateway.authorize import ApiKeyView, KeyRoleView
+from secure_keys.gateway.webhook.authorize import ApiKeyView, KeyRoleView
 from secure_keys.kube.cache import WatchCache
 from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
 from secure_keys.kube.keyroles import (
