@@ -50,6 +50,7 @@ from secure_keys.gateway.webhook.review import (
     encode,
 )
 from secure_keys.kube.client import Credentials, KubeApi
+from secure_keys.kube.informer import Backoff
 
 _log = structlog.get_logger("secure_keys.gateway")
 
@@ -275,14 +276,14 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     broker.ready = False
 
     async def open_keys() -> None:
-        delay = 0.5
+        backoff, failures = Backoff(), 0
         while True:
             try:
                 key = await material.fingerprint_key()
             except Exception as exc:  # retried: the KMS or the keys Secret may come later
                 _log.warning("broker.keys_unavailable", error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff.after(failures, exc))
+                failures += 1
                 continue
             audit_key = derive_audit_key(key)
             broker.audit = AuditLog(AuditChain(audit_key))

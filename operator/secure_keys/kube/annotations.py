@@ -88,3 +88,17 @@ POD_ANNOTATIONS = frozenset(
     }
 )
 """Every ``securekeys.io/`` annotation a pod may carry."""
+
+MAX_KEYS = 64
+"""The most ApiKeys one pod may name in ``KEYS``."""
+MAX_NAME = 253
+"""The longest ApiKey name (a Kubernetes object name)."""
+MAX_KEYS_TEXT = MAX_KEYS * (MAX_NAME + 8)
+"""The longest ``KEYS`` value read item by item, with some room for blanks: the webhook
+refuses a longer one, and the broker reads it as naming nothing."""
+
+
+def split_names(text: str) -> list[str]:
+    """A comma-separated annotation value's names, stripped, blanks dropped (``KEYS`` and
+    ``CONTAINERS``). Callers bound the text's length first."""
+    return [name for name in map(str.strip, text.split(",")) if name]

@@ -18,6 +18,7 @@ from secure_keys.gateway.broker.policy import (
     project_pod,
     project_role,
 )
+from secure_keys.kube import annotations as ann
 from secure_keys.kube.cache import WatchCache
 from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
 from secure_keys.kube.informer import InformerEvent, object_key
@@ -25,7 +26,7 @@ from secure_keys.kube.keyroles import service_account_identities, subject_identi
 
 PODS = Resource("", "v1", "pods")
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
-INJECT_SELECTOR = "securekeys.io/inject=true"
+INJECT_SELECTOR = f"{ann.INJECT_LABEL}=true"
 
 T = TypeVar("T")
 
