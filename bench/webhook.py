@@ -19,7 +19,7 @@ ServiceAccounts).
    * ``replicas`` (the representative one): the pods of one Deployment as the API
      server sends them, each with its own request uid and its own token volume name
      (``kube-api-access-xxxxx``). The gateway reuses one answer for them
-     (``gateway.decisions``).
+     (``gateway.webhook.answers``).
    * ``distinct``: 1,000 pods of 1,000 different Deployments, more shapes than the
      gateway keeps, so every answer is computed afresh: the pipeline's own cost.
 2. Pod create latency through the API server (sequential creates of an opted-in pod,

@@ -1,12 +1,13 @@
 """Owns the sidecar's configuration: flags and environment parsed once into ``Settings``.
 
-The environment is the contract with the webhook (``secure_keys/gateway/patch.py``, which
-sets ``SECUREKEYS_KEYS``, ``SECUREKEYS_FILES``, ``SECUREKEYS_DIR``,
-``SECUREKEYS_TOKEN_FILE``, ``SECUREKEYS_MODE``, ``POD_NAMESPACE``, ``POD_NAME``,
-``POD_UID`` and, with ``--broker-url``, ``SECUREKEYS_GATEWAY_URL``; and the argument
-``--once`` for init containers). Two more are read if present: ``SECUREKEYS_CA_FILE``
-(the gateway's serving CA; else the system's trust store) and ``SECUREKEYS_RELOAD_URL``
-(a localhost URL POSTed after each rotation). A flag overrides its variable. Pure:
+The environment is the contract with the webhook (``secure_keys/gateway/webhook/
+patch.py``), spelled once in ``secure_keys.core.sidecarenv``: the webhook sets
+``SECUREKEYS_KEYS``, ``SECUREKEYS_FILES``, ``SECUREKEYS_DIR``, ``SECUREKEYS_TOKEN_FILE``,
+``SECUREKEYS_MODE``, ``POD_NAMESPACE``, ``POD_NAME``, ``POD_UID`` and, with
+``--broker-url``, ``SECUREKEYS_GATEWAY_URL``; and the argument ``--once`` for init
+containers. Two more are read if present: ``SECUREKEYS_CA_FILE`` (the gateway's serving
+CA; else the system's trust store) and ``SECUREKEYS_RELOAD_URL`` (a localhost URL POSTed
+after each rotation). A flag overrides its variable. Pure:
 ``parse_settings`` takes argv and the environment as arguments.
 """
 
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from secure_keys.core import sidecarenv
+
 __all__ = ["DEFAULT_CA_FILE", "DEFAULT_DIR", "DEFAULT_TOKEN_FILE", "Settings", "parse_settings"]
 
-DEFAULT_DIR = "/var/run/secrets/securekeys"
-DEFAULT_TOKEN_FILE = "/var/run/secrets/securekeys.io/serviceaccount/token"  # noqa: S105
-DEFAULT_CA_FILE = "/var/run/secrets/securekeys.io/ca/ca.crt"
+DEFAULT_DIR = sidecarenv.KEYS_DIR
+DEFAULT_TOKEN_FILE = sidecarenv.TOKEN_PATH
+DEFAULT_CA_FILE = sidecarenv.CA_PATH
 _MODES = ("native", "classic", "init-only")
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -66,16 +69,14 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         description="Deliver this pod's keys from the secure-keys gateway into its tmpfs.",
     )
     parser.add_argument("--once", action="store_true", help="fetch every key once, then exit 0")
-    parser.add_argument("--gateway-url", default=env.get("SECUREKEYS_GATEWAY_URL", ""))
-    parser.add_argument("--keys", default=env.get("SECUREKEYS_KEYS", ""))
-    parser.add_argument("--files", default=env.get("SECUREKEYS_FILES", ""))
-    parser.add_argument("--dir", default=env.get("SECUREKEYS_DIR", DEFAULT_DIR))
-    parser.add_argument(
-        "--token-file", default=env.get("SECUREKEYS_TOKEN_FILE", DEFAULT_TOKEN_FILE)
-    )
-    parser.add_argument("--mode", default=env.get("SECUREKEYS_MODE", "native"))
-    parser.add_argument("--ca-file", default=env.get("SECUREKEYS_CA_FILE", DEFAULT_CA_FILE))
-    parser.add_argument("--reload-url", default=env.get("SECUREKEYS_RELOAD_URL", ""))
+    parser.add_argument("--gateway-url", default=env.get(sidecarenv.GATEWAY_URL, ""))
+    parser.add_argument("--keys", default=env.get(sidecarenv.KEYS, ""))
+    parser.add_argument("--files", default=env.get(sidecarenv.FILES, ""))
+    parser.add_argument("--dir", default=env.get(sidecarenv.DIR, DEFAULT_DIR))
+    parser.add_argument("--token-file", default=env.get(sidecarenv.TOKEN_FILE, DEFAULT_TOKEN_FILE))
+    parser.add_argument("--mode", default=env.get(sidecarenv.MODE, "native"))
+    parser.add_argument("--ca-file", default=env.get(sidecarenv.CA_FILE, DEFAULT_CA_FILE))
+    parser.add_argument("--reload-url", default=env.get(sidecarenv.RELOAD_URL, ""))
     try:
         args = parser.parse_args(list(argv))
     except SystemExit as exc:
@@ -84,26 +85,26 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     url = urlsplit(args.gateway_url)
     if url.scheme != "https" or not url.hostname:
         raise SettingsError(
-            "SECUREKEYS_GATEWAY_URL (--gateway-url) must be an https:// URL of the gateway; "
+            f"{sidecarenv.GATEWAY_URL} (--gateway-url) must be an https:// URL of the gateway; "
             "the webhook sets it from the gateway's --broker-url"
         )
     keys = _split(args.keys)
     if not keys:
-        raise SettingsError("SECUREKEYS_KEYS (--keys) names no key")
+        raise SettingsError(f"{sidecarenv.KEYS} (--keys) names no key")
     files = _split(args.files) or keys
     if len(files) != len(keys):
-        raise SettingsError("SECUREKEYS_FILES must name one file per key in SECUREKEYS_KEYS")
+        raise SettingsError(f"{sidecarenv.FILES} must name one file per key in {sidecarenv.KEYS}")
     if args.mode not in _MODES:
-        raise SettingsError(f"SECUREKEYS_MODE must be one of {', '.join(_MODES)}")
-    namespace = env.get("POD_NAMESPACE", "")
+        raise SettingsError(f"{sidecarenv.MODE} must be one of {', '.join(_MODES)}")
+    namespace = env.get(sidecarenv.POD_NAMESPACE, "")
     if not namespace:
-        raise SettingsError("POD_NAMESPACE is not set (the downward API sets it)")
+        raise SettingsError(f"{sidecarenv.POD_NAMESPACE} is not set (the downward API sets it)")
     reload_url = args.reload_url or None
     if reload_url is not None:
         target = urlsplit(reload_url)
         if target.scheme != "http" or target.hostname not in _LOCAL_HOSTS:
             raise SettingsError(
-                "SECUREKEYS_RELOAD_URL must be an http:// URL on localhost, 127.0.0.1 or [::1]"
+                f"{sidecarenv.RELOAD_URL} must be an http:// URL on localhost, 127.0.0.1 or [::1]"
             )
     ca_file = Path(args.ca_file) if args.ca_file else None
     return Settings(
@@ -114,8 +115,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         token_file=Path(args.token_file),
         mode=args.mode,
         namespace=namespace,
-        pod_name=env.get("POD_NAME", ""),
-        pod_uid=env.get("POD_UID", ""),
+        pod_name=env.get(sidecarenv.POD_NAME, ""),
+        pod_uid=env.get(sidecarenv.POD_UID, ""),
         ca_file=ca_file,
         reload_url=reload_url,
         once=args.once or args.mode == "init-only",

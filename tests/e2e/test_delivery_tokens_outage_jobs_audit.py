@@ -46,7 +46,7 @@ from secure_keys.core.delivery import (
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.gateway.material import CachedProviders, MaterialSource
+from secure_keys.gateway.broker.material import CachedProviders, MaterialSource
 from secure_keys.kube.client import JsonObject
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,

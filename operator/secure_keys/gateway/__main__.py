@@ -18,8 +18,9 @@ sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 from secure_keys.core.logs import configure  # noqa: E402
 from secure_keys.gateway import certs  # noqa: E402
-from secure_keys.gateway.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
 from secure_keys.gateway.server import BrokerOptions, GatewayOptions, serve  # noqa: E402
+from secure_keys.gateway.webhook.injection import MODES, SYSTEM_NAMESPACES, GatewaySettings  # noqa: E402
+from secure_keys.kube import annotations as ann  # noqa: E402
 
 
 def log_dumps(value: Any, **options: Any) -> bytes:
@@ -71,7 +72,7 @@ def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOpti
         "--default-mode",
         choices=MODES,
         default="native",
-        help="mode for pods without securekeys.io/mode ('classic' for clusters before 1.29)",
+        help=f"mode for pods without {ann.MODE} ('classic' for clusters before 1.29)",
     )
     parser.add_argument(
         "--skip-namespaces",

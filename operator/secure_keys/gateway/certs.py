@@ -5,7 +5,7 @@ One replica, elected through a Lease (``secure_keys.kube.leader``), issues a CA 
 serving certificate into one Secret, writes the CA bundle into the ``caBundle`` of the
 gateway's MutatingWebhookConfiguration, and renews both before they expire. Every replica
 copies the serving pair from the Secret to the files it serves from, which
-``server.CertificateReloader`` picks up without a restart.
+``tls.CertificateReloader`` picks up without a restart.
 
 The guarantee (docs/gateway.md, "Certificates"): the CA is long-lived and the serving
 certificates short-lived. Renewing a serving certificate changes nothing anyone trusts.

@@ -1,7 +1,7 @@
 """The gateway's edge: an aiohttp application over TLS, and the process around it.
 
 * ``POST /mutate``: one AdmissionReview in, one out (``mutate.admit`` decides, through
-  ``decisions``, which reuses the answer for pods of the same shape). A body
+  ``webhook.answers``, which reuses the answer for pods of the same shape). A body
   that is not an AdmissionReview gets HTTP 400; everything else gets 200 with a
   well-formed AdmissionReview echoing the request's uid, even if the pipeline fails
   unexpectedly (then it is denied, code 500: an opted-in pod never starts unchecked).
@@ -9,7 +9,7 @@
 * ``GET /healthz``: the process is serving. ``GET /readyz``: 200 only once the ApiKey,
   KeyRole and ServiceAccount caches have listed once; until then admission fails closed.
 * TLS: certificate and key are read from files and re-read when either changes
-  (``CertificateReloader``), so certificates rotate without a restart. A pair that fails
+  (``tls.CertificateReloader``), so certificates rotate without a restart. A pair that fails
   to load (say, the key written before the certificate) is ignored until the next
   change; the previous pair keeps serving.
 * Prometheus metrics on a separate plain-HTTP port (``metrics.py``).
@@ -26,7 +26,6 @@ import contextlib
 import gc
 import os
 import signal
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,12 +36,13 @@ from aiohttp import web
 
 from secure_keys.core.delivery import STREAM_PATH
 from secure_keys.gateway import metrics
-from secure_keys.gateway.broker import Broker
-from secure_keys.gateway.caches import GatewayCaches
-from secure_keys.gateway.decisions import Decisions
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.mutate import Outcome
-from secure_keys.gateway.review import (
+from secure_keys.gateway.broker.stream import Broker
+from secure_keys.gateway.tls import CertificateReloader
+from secure_keys.gateway.webhook.answers import Decisions
+from secure_keys.gateway.webhook.caches import GatewayCaches
+from secure_keys.gateway.webhook.injection import GatewaySettings
+from secure_keys.gateway.webhook.mutate import Outcome
+from secure_keys.gateway.webhook.review import (
     AdmissionRequest,
     AdmissionResponse,
     NotAdmissionReview,
@@ -50,6 +50,7 @@ from secure_keys.gateway.review import (
     encode,
 )
 from secure_keys.kube.client import Credentials, KubeApi
+from secure_keys.kube.informer import Backoff
 
 _log = structlog.get_logger("secure_keys.gateway")
 
@@ -59,65 +60,6 @@ MUTATE_PATH = "/mutate"
 DRAIN_SECONDS = 3.0
 SHUTDOWN_SECONDS = 2.0
 _JSON = "application/json"
-
-
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    return context
-
-
-def _signature(path: Path) -> tuple[int, int, int]:
-    # stat follows symlinks: a Secret volume's atomic ..data swap gives a new inode.
-    info = path.stat()
-    return (info.st_ino, info.st_mtime_ns, info.st_size)
-
-
-class CertificateReloader:
-    """A TLS server context whose certificate follows two files.
-
-    The context given to the listener stays the same object; each handshake is moved to
-    the newest successfully loaded context by the SNI callback (which OpenSSL calls with
-    or without SNI: the API server sends none when it dials an IP address).
-    """
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        self.cert, self.key = cert, key
-        self.context = server_context(cert, key)
-        self._current = self.context
-        self._seen = (_signature(cert), _signature(key))
-        self.context.sni_callback = self._pick
-
-    def _pick(self, connection: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
-        if self._current is not self.context:
-            connection.context = self._current
-
-    def check(self) -> bool:
-        """Reload if the files changed; True if a new pair is now served."""
-        try:
-            seen = (_signature(self.cert), _signature(self.key))
-        except OSError:
-            return False  # mid-swap: look again next time
-        if seen == self._seen:
-            return False
-        try:
-            fresh = server_context(self.cert, self.key)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            # Only the error's class: OpenSSL's text can quote the file it read.
-            metrics.TLS_RELOADS.labels("failed").inc()
-            _log.warning("tls.reload_failed", error=type(exc).__name__)
-            return False
-        self._seen = seen
-        self._current = fresh
-        metrics.TLS_RELOADS.labels("ok").inc()
-        _log.info("tls.reloaded", cert=str(self.cert))
-        return True
-
-    async def watch(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.check()
 
 
 @dataclass(frozen=True)
@@ -305,10 +247,10 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     # Imported here: a webhook-only gateway needs none of the KMS machinery.
     from secure_keys.core.auditchain import AuditChain, derive_audit_key
     from secure_keys.core.kms.settings import KmsSettings
-    from secure_keys.gateway.audit import AuditLog, PodEvents
-    from secure_keys.gateway.broker import BrokerSettings
-    from secure_keys.gateway.material import CachedProviders, KubeSecrets, MaterialSource
-    from secure_keys.gateway.tokenreview import KubeTokenReviews, TokenReviewer
+    from secure_keys.gateway.broker.audit import AuditLog, PodEvents
+    from secure_keys.gateway.broker.material import CachedProviders, KubeSecrets, MaterialSource
+    from secure_keys.gateway.broker.stream import BrokerSettings
+    from secure_keys.gateway.broker.tokenreview import KubeTokenReviews, TokenReviewer
     from secure_keys.kube.client import EVENTS
 
     class _Events:
@@ -334,14 +276,14 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     broker.ready = False
 
     async def open_keys() -> None:
-        delay = 0.5
+        backoff, failures = Backoff(), 0
         while True:
             try:
                 key = await material.fingerprint_key()
             except Exception as exc:  # retried: the KMS or the keys Secret may come later
                 _log.warning("broker.keys_unavailable", error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(backoff.after(failures, exc))
+                failures += 1
                 continue
             audit_key = derive_audit_key(key)
             broker.audit = AuditLog(AuditChain(audit_key))

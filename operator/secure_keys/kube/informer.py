@@ -80,6 +80,12 @@ class Backoff:
         return self.delay(failures, retry_after, random.random())  # noqa: S311 - jitter
 
 
+def metadata_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """``obj``'s metadata, or an empty one if it is missing or not an object (pure)."""
+    metadata = obj.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
+
+
 def object_key(obj: Mapping[str, Any]) -> ObjectKey:
     metadata = obj.get("metadata") or {}
     return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from secure_keys.gateway.authorize import ApiKeyView, KeyRoleView
+from secure_keys.gateway.webhook.authorize import ApiKeyView, KeyRoleView
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
 
 NS = "payments"

@@ -30,13 +30,14 @@ from secure_keys.core.kms.registry import KmsConfig, KmsRegistry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.core.stamps import format_stamp
-from secure_keys.gateway.audit import AuditLog, PodEvents
-from secure_keys.gateway.broker import Broker, RateLimits
-from secure_keys.gateway.caches import GatewayCaches
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.material import CachedProviders, MaterialSource
+from secure_keys.gateway.broker.audit import AuditLog, PodEvents
+from secure_keys.gateway.broker.limits import RateLimits
+from secure_keys.gateway.broker.material import CachedProviders, MaterialSource
+from secure_keys.gateway.broker.stream import Broker
+from secure_keys.gateway.broker.tokenreview import TokenReviewer
 from secure_keys.gateway.server import build_app
-from secure_keys.gateway.tokenreview import TokenReviewer
+from secure_keys.gateway.webhook.caches import GatewayCaches
+from secure_keys.gateway.webhook.injection import GatewaySettings
 from secure_keys.kube.client import JsonObject
 from secure_keys.kube.informer import LISTED, InformerEvent
 

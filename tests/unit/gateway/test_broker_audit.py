@@ -1,5 +1,5 @@
 """The audit chain (``core.auditchain``) and the broker's copies of the controller's names
-(``gateway.material`` may not import the controller)."""
+(``gateway.broker.material`` may not import the controller)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import copy
 
 from secure_keys.controller import blobs
 from secure_keys.core.auditchain import AuditChain, derive_audit_key, verify
-from secure_keys.gateway import material
-from secure_keys.kube import keysformat, names
+from secure_keys.gateway.broker import material
+from secure_keys.kube import names
 
 KEY = derive_audit_key(bytes(range(32)))
 
@@ -61,6 +61,5 @@ def test_material_mirrors_the_controller_names() -> None:
     assert material.MANAGED_BY == blobs.MANAGED_BY
     assert material.TAGS_ANNOTATION == blobs.TAGS_ANNOTATION
     assert material.KEYS_SECRET == names.KEYS_SECRET
-    assert material.FINGERPRINT_SLOT == keysformat.FINGERPRINT_SLOT
     for name in ("short", "x" * 250):
         assert material.blob_secret_name(name) == blobs.blob_secret_name(name)

@@ -1,4 +1,4 @@
-"""``gateway.broker_policy``: what a KeyRole's ``access`` means for a pod, and grace."""
+"""``gateway.broker.policy``: what a KeyRole's ``access`` means for a pod, and grace."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from secure_keys.core.integrity import archived_tag
 from secure_keys.core.stamps import format_stamp
-from secure_keys.gateway.broker_policy import (
+from secure_keys.gateway.broker.policy import (
     DeliveryKeyView,
     Grant,
     Refusal,

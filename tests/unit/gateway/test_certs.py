@@ -3,7 +3,7 @@
 What is specified: the Secret's state over a CA's whole life (serving renewals, the two
 steps of a CA rotation, expired CAs leaving the bundle); the guarantee that no certificate
 any replica serves is ever unknown to the API server or to a pod admitted within half the
-overlap; the same over real TLS (``server.CertificateReloader``: new handshakes succeed
+overlap; the same over real TLS (``tls.CertificateReloader``: new handshakes succeed
 across a rotation and an open connection keeps flowing); and the leader's writes through
 FakeApi (the Secret, the webhook's caBundle, the rolling restart only when the bundle
 changes). FakeApi stands in for the API server because these interleavings and a CA's
@@ -39,7 +39,7 @@ from secure_keys.gateway.certs import (
     bundle_digest,
     plan,
 )
-from secure_keys.gateway.server import CertificateReloader
+from secure_keys.gateway.tls import CertificateReloader
 from secure_keys.kube.client import SECRETS, ApiError, KubeApi
 from tests.unit.controller.fakeapi import FakeApi
 

@@ -1,4 +1,4 @@
-"""Reused admission answers (``gateway.decisions``): the same bytes, never a stale one.
+"""Reused admission answers (``gateway.webhook.answers``): the same bytes, never a stale one.
 
 The pods of one Deployment differ, as the API server sends them, in the request's uid
 and in the name of their ServiceAccount token volume (``kube-api-access-xxxxx``; seen
@@ -17,18 +17,18 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.decisions import (
+from secure_keys.gateway.webhook.answers import (
     MAX_KEPT_BODY,
     MAX_KEPT_ITEMS,
     Decisions,
     _for,
     pod_shape,
 )
-from secure_keys.gateway.injection import KEYS_VOLUME, GatewaySettings
-from secure_keys.gateway.mutate import Outcome, admit
-from secure_keys.gateway.pod import ContainerView, PodView, pod_view
-from secure_keys.gateway.review import AdmissionResponse, decode, encode
+from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.webhook.injection import KEYS_VOLUME, GatewaySettings
+from secure_keys.gateway.webhook.mutate import Outcome, admit
+from secure_keys.gateway.webhook.pod import ContainerView, PodView, pod_view
+from secure_keys.gateway.webhook.review import AdmissionResponse, decode, encode
 from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, body, pod, review
 

@@ -1,4 +1,4 @@
-"""Hostile inputs against the answer-reuse cache (``gateway.decisions``).
+"""Hostile inputs against the answer-reuse cache (``gateway.webhook.answers``).
 
 Each test plays a user of the cluster (or a peer that reaches the gateway's port) who
 tries to get an answer out of ``Decisions`` that the pipeline, computed afresh on the
@@ -21,11 +21,16 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.decisions import DEFAULT_CAPACITY, Decisions
-from secure_keys.gateway.injection import CA_VOLUME, KEYS_VOLUME, TOKEN_VOLUME, GatewaySettings
-from secure_keys.gateway.mutate import Outcome, admit
-from secure_keys.gateway.review import decode, encode, read_json
+from secure_keys.gateway.webhook.answers import DEFAULT_CAPACITY, Decisions
+from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.webhook.injection import (
+    CA_VOLUME,
+    KEYS_VOLUME,
+    TOKEN_VOLUME,
+    GatewaySettings,
+)
+from secure_keys.gateway.webhook.mutate import Outcome, admit
+from secure_keys.gateway.webhook.review import decode, encode, read_json
 from secure_keys.kube.cache import WatchCache
 from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, apply_patch, body, pod, review

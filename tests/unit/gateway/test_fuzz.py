@@ -14,7 +14,7 @@ Properties, for every body:
 * a 200 is a well-formed AdmissionReview echoing the request's apiVersion and uid; a
   denial carries a code >= 400 and a message; a patch decodes to ``add`` operations
   that apply (RFC 6902, strictly) to the pod that was sent;
-* the handler reuses answers between pods of the same shape (``decisions``), and every
+* the handler reuses answers between pods of the same shape (``webhook.answers``), and every
   answer, reused or not, is byte for byte what the pipeline gives that body afresh.
 """
 
@@ -29,13 +29,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.decisions import Decisions
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.mutate import admit
-from secure_keys.gateway.review import decode, encode
 from secure_keys.gateway.server import handle_body
+from secure_keys.gateway.webhook.answers import Decisions
+from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.webhook.injection import GatewaySettings
+from secure_keys.gateway.webhook.mutate import admit
+from secure_keys.gateway.webhook.review import decode, encode
+from secure_keys.kube import annotations as ann
 from secure_keys.kube.informer import LISTED, InformerEvent
 from tests.unit.gateway.helpers import NS, apply_patch
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.mutate import Outcome, admit
-from secure_keys.gateway.review import decode
+from secure_keys.gateway.webhook.injection import GatewaySettings
+from secure_keys.gateway.webhook.mutate import Outcome, admit
+from secure_keys.gateway.webhook.review import decode
 from tests.unit.gateway.helpers import NS, Table, body, bound_table, key, pod, review
 
 BIG = 3 * 1024 * 1024

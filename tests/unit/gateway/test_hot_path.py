@@ -20,17 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from secure_keys.gateway import metrics
-from secure_keys.gateway.caches import GatewayCaches
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.patch import PatchOp
-from secure_keys.gateway.review import (
+from secure_keys.gateway.server import build_app
+from secure_keys.gateway.webhook.caches import GatewayCaches
+from secure_keys.gateway.webhook.injection import GatewaySettings
+from secure_keys.gateway.webhook.patch import PatchOp
+from secure_keys.gateway.webhook.review import (
     AdmissionResponse,
     compact_json,
     encode,
     read_json,
     template,
 )
-from secure_keys.gateway.server import build_app
 from secure_keys.kube.informer import LISTED
 from tests.unit.gateway.helpers import body, pod, review
 

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secure_keys.gateway.caches import GatewayCaches
+from secure_keys.gateway.webhook.caches import GatewayCaches
 from secure_keys.kube.informer import InformerEvent
 from secure_keys.kube.keyroles import binds_service_account
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway.injection import GatewaySettings, quantity
-from secure_keys.gateway.mutate import admit
-from secure_keys.gateway.review import decode
+from secure_keys.gateway.webhook.injection import GatewaySettings, quantity
+from secure_keys.gateway.webhook.mutate import admit
+from secure_keys.gateway.webhook.review import decode
 from tests.unit.gateway.helpers import (
     NS,
     Table,

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway import injection
-from secure_keys.gateway.injection import (
+from secure_keys.gateway.webhook import injection
+from secure_keys.gateway.webhook.injection import (
     DEFAULT_VOLUME_SIZE,
     MAX_VOLUME_SIZE,
     GatewaySettings,
@@ -25,8 +24,9 @@ from secure_keys.gateway.injection import (
     parse,
     quantity,
 )
-from secure_keys.gateway.mutate import admit
-from secure_keys.gateway.review import decode
+from secure_keys.gateway.webhook.mutate import admit
+from secure_keys.gateway.webhook.review import decode
+from secure_keys.kube import annotations as ann
 from tests.unit.gateway.helpers import body, bound_table, pod, review
 
 SETTINGS = GatewaySettings()

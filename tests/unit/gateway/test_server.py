@@ -17,9 +17,10 @@ from aiohttp import web
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from secure_keys.gateway.caches import GatewayCaches, project_apikey, project_keyrole
-from secure_keys.gateway.injection import GatewaySettings
-from secure_keys.gateway.server import CertificateReloader, build_app
+from secure_keys.gateway.server import build_app
+from secure_keys.gateway.tls import CertificateReloader
+from secure_keys.gateway.webhook.caches import GatewayCaches, project_apikey, project_keyrole
+from secure_keys.gateway.webhook.injection import GatewaySettings
 from secure_keys.kube.informer import LISTED, InformerEvent
 from secure_keys_dev import pki
 from tests.unit.gateway.helpers import NS, body, pod, review

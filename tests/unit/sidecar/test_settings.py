@@ -1,5 +1,5 @@
 """The sidecar's settings, and the contract with the webhook: the sidecar accepts exactly
-the command, arguments and environment that ``gateway.patch.build_patch`` injects."""
+the command, arguments and environment that ``gateway.webhook.patch.build_patch`` injects."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from secure_keys.core import sidecarenv
 from secure_keys.core.delivery import HeldVersions
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.gateway import injection, patch
-from secure_keys.gateway.pod import pod_view
+from secure_keys.gateway.webhook import injection, patch
+from secure_keys.gateway.webhook.pod import pod_view
+from secure_keys.kube import annotations as ann
 from secure_keys_sidecar.agent import Backoff, have_from, updates_from_state
 from secure_keys_sidecar.files import HeldKey, HeldVersion
 from secure_keys_sidecar.settings import SettingsError, parse_settings
@@ -151,3 +153,71 @@ def test_buffers_opened_before_a_bad_blob_are_zeroed(monkeypatch: pytest.MonkeyP
         updates_from_state(private, "payments", keys)
     assert len(opened) == 1
     assert opened[0] == bytearray(len(b"first-secret"))
+
+
+class _Recorded(dict[str, str]):
+    """An environment that records every variable asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_the_patch_sets_exactly_the_environment_the_sidecar_parses(full: bool) -> None:
+    """The variables are spelled once (``core.sidecarenv``); this ties both ends to it:
+    the key container gets every variable of the contract and nothing else, and the
+    sidecar asks for exactly those, each of which changes what it runs with."""
+    annotations = {ann.KEYS: "stripe-live"}
+    if full:
+        annotations[ann.RELOAD_URL] = "http://127.0.0.1:9000/reload"
+    settings = injection.GatewaySettings(
+        broker_url="https://gateway.secure-keys-system.svc:8443" if full else "",
+        broker_ca_pem="-----BEGIN CERTIFICATE-----\n" if full else "",
+    )
+    config = injection.parse(annotations, settings)
+    ops = patch.build_patch(
+        config, pod_view(pod(annotations=annotations), "payments"), settings, ("k",)
+    )
+    containers = [
+        item
+        for op in ops
+        for item in (op["value"] if isinstance(op["value"], list) else [op["value"]])
+        if isinstance(item, dict) and "env" in item
+    ]
+    assert containers
+    expected = set(sidecarenv.WEBHOOK_SETS) | (set(sidecarenv.WEBHOOK_MAY_SET) if full else set())
+    for container in containers:
+        names = [e["name"] for e in container["env"]]
+        assert len(names) == len(set(names))
+        assert set(names) == expected
+    if not full:
+        return
+    env = {e["name"]: e.get("value", "") for e in containers[0]["env"]}
+    env.update(POD_NAMESPACE="payments", POD_NAME="web", POD_UID="u")  # the downward API
+    recorded = _Recorded(env)
+    parsed = parse_settings([], recorded)
+    assert recorded.asked == expected
+    for name in sorted(expected):  # each one is read: changing it changes the settings
+        changed = {**env, name: _other_value(name, env[name])}
+        assert parse_settings([], changed) != parsed, name
+
+
+def _other_value(name: str, value: str) -> str:
+    if name == sidecarenv.GATEWAY_URL:
+        return "https://elsewhere.invalid:8443"
+    if name == sidecarenv.RELOAD_URL:
+        return "http://127.0.0.1:9001/reload"
+    if name == sidecarenv.MODE:
+        return "classic" if value != "classic" else "native"
+    if name in (sidecarenv.KEYS, sidecarenv.FILES):
+        return "other"
+    return value + "x"

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from secure_keys.gateway.patch import PatchOp
+from secure_keys.gateway.webhook.patch import PatchOp
 
 API_VERSIONS = frozenset({"admission.k8s.io/v1", "admission.k8s.io/v1beta1"})
 MAX_UID = 128

@@ -18,42 +18,40 @@ the cache holds it (its TTL is the broker's ``--dek-cache-ttl``). Every KMS call
 every envelope open runs in a thread pool, never on the event loop.
 
 The blob Secret's format comes from ``secure_keys.kube.blobformat``, which the controller
-writes by, and the controller keys Secret's name from ``secure_keys.kube.names``: the
-gateway may not import the controller (same layer), so both read one definition.
+writes by; the entry checks and the opening from ``secure_keys.kube.blobcheck``
+(``checked_blob``, ``open_blob``), and the controller keys Secret's format from
+``secure_keys.kube.keysformat``, which the controller uses too: the gateway may not import
+the controller (same layer), so both read one definition.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
-from secure_keys.core.envelope import Envelope, EnvelopeFormatError
 from secure_keys.core.errors import InvalidEnvelope, KmsError
 from secure_keys.core.fingerprint import fingerprint, fingerprints_match
-from secure_keys.core.integrity import blob_tag, tag_valid
 from secure_keys.core.kms.base import KmsProvider
 from secure_keys.core.kms.cache import CachedUnwraps, DekCache
 from secure_keys.core.kms.registry import KmsRegistry, default_registry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
-from secure_keys.gateway.broker_policy import DeliveryKeyView
+from secure_keys.gateway.broker.policy import DeliveryKeyView
+from secure_keys.kube import keysformat
+from secure_keys.kube.blobcheck import BlobRefused, checked_blob, open_blob
+from secure_keys.kube.blobcheck import Refusal as BlobRefusal
 from secure_keys.kube.blobformat import (
     BLOB_SECRET_TYPE,
     LABEL_APIKEY,
     LABEL_MANAGED_BY,
     MANAGED_BY,
     TAGS_ANNOTATION,
-    blob_key,
     blob_secret_name,
-    blob_tags,
     foreign_reason,
 )
 from secure_keys.kube.client import SECRETS, ApiError, JsonObject
@@ -72,8 +70,12 @@ __all__ = [
     "blob_secret_name",
 ]
 
-FINGERPRINT_SLOT = "fingerprint"
-FINGERPRINT_KEY_SIZE = 32
+_REFUSED: dict[BlobRefusal, tuple[str, str, bool]] = {
+    "missing": ("BlobMissing", "no blob entry", True),
+    "garbled": ("BlobInvalid", "garbled entry", False),
+    "untagged": ("BlobTagInvalid", "the blob's integrity tag is missing or wrong", False),
+}
+"""What ``kube.blobcheck``'s refusals mean for the broker: reason, message, retry."""
 
 
 class MaterialUnavailable(Exception):
@@ -191,7 +193,7 @@ class MaterialSource:
                 return self._fingerprint_key
             secret = await self._secrets.get_secret(self._namespace, KEYS_SECRET)
             data = (secret or {}).get("data") or {}
-            if FINGERPRINT_SLOT not in data:
+            if keysformat.FINGERPRINT_SLOT not in data:
                 raise MaterialUnavailable(
                     "ControllerKeysUnavailable",
                     f"Secret {self._namespace}/{KEYS_SECRET} is missing or incomplete",
@@ -201,18 +203,17 @@ class MaterialSource:
             return self._fingerprint_key
 
     def _open_fingerprint_key(self, data: Mapping[str, str]) -> bytearray:
-        binding = KeyBinding(self._namespace, f"controller-{FINGERPRINT_SLOT}", 1)
         try:
-            key = envelope.open(
-                base64.b64decode(data[FINGERPRINT_SLOT]), binding, self._providers.default()
+            key = keysformat.open_slot(
+                self._providers.default(), self._namespace, keysformat.FINGERPRINT_SLOT, data
             )
-        except (InvalidEnvelope, KmsError, binascii.Error) as exc:
+        except (InvalidEnvelope, KmsError, ValueError) as exc:
             raise MaterialUnavailable(
                 "ControllerKeysUnavailable",
                 f"the controller's fingerprint key did not open ({type(exc).__name__})",
                 retry=True,
             ) from None
-        if len(key) != FINGERPRINT_KEY_SIZE:
+        if len(key) != keysformat.FINGERPRINT_KEY_SIZE:
             zero(key)
             raise MaterialUnavailable(
                 "ControllerKeysUnavailable", "the fingerprint key has the wrong size", retry=False
@@ -234,23 +235,11 @@ class MaterialSource:
             raise MaterialUnavailable(
                 "BlobForeign", f"{where}: blob Secret is not ours ({why})", retry=False
             )
-        encoded = (secret.get("data") or {}).get(f"v{version}")
-        if not isinstance(encoded, str):
-            raise MaterialUnavailable("BlobMissing", f"{where}: no blob entry", retry=True)
         try:
-            blob = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise MaterialUnavailable(
-                "BlobInvalid", f"{where}: garbled entry", retry=False
-            ) from None
-        if not tag_valid(
-            blob_tag(tag_key, view.uid, version, blob), blob_tags(secret).get(blob_key(version))
-        ):
-            raise MaterialUnavailable(
-                "BlobTagInvalid",
-                f"{where}: the blob's integrity tag is missing or wrong",
-                retry=False,
-            )
+            blob = checked_blob(secret, view.uid, version, tag_key)
+        except BlobRefused as exc:
+            reason, message, retry = _REFUSED[exc.reason]
+            raise MaterialUnavailable(reason, f"{where}: {message}", retry=retry) from None
         self._blobs[slot] = blob
         while len(self._blobs) > self._max_blobs:
             self._blobs.popitem(last=False)
@@ -261,14 +250,11 @@ class MaterialSource:
     ) -> bytearray:
         where = f"ApiKey {view.namespace}/{view.name} v{version}"
         try:
-            wrapped = Envelope.from_bytes(blob).wrapped
-        except EnvelopeFormatError:
-            raise MaterialUnavailable(
-                "BlobInvalid", f"{where}: malformed envelope", retry=False
-            ) from None
-        kms = self._providers.provider(wrapped.provider, wrapped.key_id)
-        try:
-            plaintext = envelope.open(blob, KeyBinding(view.namespace, view.name, version), kms)
+            plaintext = open_blob(
+                blob,
+                KeyBinding(view.namespace, view.name, version),
+                lambda wrapped: self._providers.provider(wrapped.provider, wrapped.key_id),
+            )
         except InvalidEnvelope as exc:
             raise MaterialUnavailable("BlobInvalid", str(exc), retry=False) from None
         except KmsError as exc:

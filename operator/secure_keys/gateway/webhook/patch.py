@@ -26,8 +26,8 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.injection import (
+from secure_keys.core import sidecarenv
+from secure_keys.gateway.webhook.injection import (
     CA_FILE_NAME,
     CA_MOUNT_PATH,
     CA_VOLUME,
@@ -43,7 +43,8 @@ from secure_keys.gateway.injection import (
     InjectionConfig,
     targets,
 )
-from secure_keys.gateway.pod import PodView
+from secure_keys.gateway.webhook.pod import PodView
+from secure_keys.kube import annotations as ann
 
 
 class PatchOp(TypedDict):
@@ -91,21 +92,24 @@ def _container(
     native: bool,
 ) -> dict[str, Any]:
     env = [
-        {"name": "SECUREKEYS_KEYS", "value": ",".join(config.keys)},
-        {"name": "SECUREKEYS_FILES", "value": ",".join(files)},
-        {"name": "SECUREKEYS_DIR", "value": SIDECAR_KEYS_PATH},
-        {"name": "SECUREKEYS_TOKEN_FILE", "value": f"{TOKEN_MOUNT_PATH}/token"},
-        {"name": "SECUREKEYS_MODE", "value": config.mode},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": sidecarenv.KEYS, "value": ",".join(config.keys)},
+        {"name": sidecarenv.FILES, "value": ",".join(files)},
+        {"name": sidecarenv.DIR, "value": SIDECAR_KEYS_PATH},
+        {"name": sidecarenv.TOKEN_FILE, "value": sidecarenv.TOKEN_PATH},
+        {"name": sidecarenv.MODE, "value": config.mode},
+        {"name": sidecarenv.POD_NAME, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {
+            "name": sidecarenv.POD_NAMESPACE,
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
+        {"name": sidecarenv.POD_UID, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
     ]
     if settings.broker_url:
-        env.append({"name": "SECUREKEYS_GATEWAY_URL", "value": settings.broker_url})
+        env.append({"name": sidecarenv.GATEWAY_URL, "value": settings.broker_url})
     if settings.broker_ca_pem:
-        env.append({"name": "SECUREKEYS_CA_FILE", "value": f"{CA_MOUNT_PATH}/{CA_FILE_NAME}"})
+        env.append({"name": sidecarenv.CA_FILE, "value": sidecarenv.CA_PATH})
     if config.reload_url is not None:
-        env.append({"name": "SECUREKEYS_RELOAD_URL", "value": config.reload_url})
+        env.append({"name": sidecarenv.RELOAD_URL, "value": config.reload_url})
     mounts = [
         {"name": KEYS_VOLUME, "mountPath": SIDECAR_KEYS_PATH},
         {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT_PATH, "readOnly": True},

@@ -1,5 +1,9 @@
 """The pod label and annotations the gateway reads and writes: each spelled once, here.
 
+Both of the gateway's apps read them (the webhook parses and writes them, the broker
+checks what a pod asked for at admission), and they may not import each other, so the
+names live in ``kube``, below both.
+
 Every key is documented in ``docs/gateway.md``. A ``securekeys.io/`` annotation on an
 opted-in pod that is not listed in ``POD_ANNOTATIONS`` is refused (a typo such as
 ``securekeys.io/key`` must not silently do nothing).
@@ -84,3 +88,17 @@ POD_ANNOTATIONS = frozenset(
     }
 )
 """Every ``securekeys.io/`` annotation a pod may carry."""
+
+MAX_KEYS = 64
+"""The most ApiKeys one pod may name in ``KEYS``."""
+MAX_NAME = 253
+"""The longest ApiKey name (a Kubernetes object name)."""
+MAX_KEYS_TEXT = MAX_KEYS * (MAX_NAME + 8)
+"""The longest ``KEYS`` value read item by item, with some room for blanks: the webhook
+refuses a longer one, and the broker reads it as naming nothing."""
+
+
+def split_names(text: str) -> list[str]:
+    """A comma-separated annotation value's names, stripped, blanks dropped (``KEYS`` and
+    ``CONTAINERS``). Callers bound the text's length first."""
+    return [name for name in map(str.strip, text.split(",")) if name]

@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from secure_keys.gateway.authorize import ApiKeyView, KeyRoleView
+from secure_keys.gateway.webhook.authorize import ApiKeyView, KeyRoleView
 from secure_keys.kube.cache import WatchCache
 from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
+from secure_keys.kube.informer import metadata_of
 from secure_keys.kube.keyroles import (
     Identity,
     KeyRoleRules,
@@ -32,13 +33,8 @@ from secure_keys.kube.keyroles import (
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
 
 
-def _metadata(obj: JsonObject) -> dict[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def project_apikey(obj: JsonObject) -> ApiKeyView | None:
-    metadata = _metadata(obj)
+    metadata = metadata_of(obj)
     name = metadata.get("name")
     if not isinstance(name, str):
         return None
@@ -55,7 +51,7 @@ def project_apikey(obj: JsonObject) -> ApiKeyView | None:
 
 
 def project_keyrole(obj: JsonObject) -> KeyRoleView | None:
-    metadata = _metadata(obj)
+    metadata = metadata_of(obj)
     name, namespace = metadata.get("name"), metadata.get("namespace")
     if not isinstance(name, str) or not isinstance(namespace, str):
         return None
@@ -72,7 +68,7 @@ def _identities(role: KeyRoleView) -> list[Identity]:
 
 
 def project_service_account(obj: JsonObject) -> bool | None:
-    return True if isinstance(_metadata(obj).get("name"), str) else None
+    return True if isinstance(metadata_of(obj).get("name"), str) else None
 
 
 class GatewayCaches:

@@ -42,13 +42,10 @@ from pydantic import ValidationError
 
 from secure_keys.core.integrity import archived_tag, tag_valid
 from secure_keys.core.stamps import format_stamp
+from secure_keys.kube import annotations as ann
+from secure_keys.kube.informer import metadata_of
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
 
-KEYS_ANNOTATION = "securekeys.io/keys"
-SHARED_PROCESSES_ANNOTATION = "securekeys.io/all-containers-may-read-keys"
-MAX_KEYS_TEXT = 64 * (253 + 8)
-"""A longer ``securekeys.io/keys`` is not read (the webhook refuses it): the pod asked for
-nothing, whatever a hand-built sidecar asks."""
 DEFAULT_LEASE = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=1)
 """The controller's default grace period (``controller/schedule.py``), when none is set."""
@@ -103,13 +100,8 @@ def _dict(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    metadata = obj.get("metadata")
-    return metadata if isinstance(metadata, dict) else {}
-
-
 def project_pod(obj: Mapping[str, Any]) -> PodView | None:
-    metadata = _metadata(obj)
+    metadata = metadata_of(obj)
     name, namespace, uid = metadata.get("name"), metadata.get("namespace"), metadata.get("uid")
     if not (isinstance(name, str) and isinstance(namespace, str) and isinstance(uid, str)):
         return None
@@ -118,10 +110,12 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
     if not isinstance(annotations, dict):
         annotations = {}
     spec = spec if isinstance(spec, dict) else {}
-    raw_keys = annotations.get(KEYS_ANNOTATION)
+    raw_keys = annotations.get(ann.KEYS)
     keys: frozenset[str] = frozenset()
-    if isinstance(raw_keys, str) and len(raw_keys) <= MAX_KEYS_TEXT:
-        keys = frozenset(k.strip() for k in raw_keys.split(",") if k.strip())
+    if isinstance(raw_keys, str) and len(raw_keys) <= ann.MAX_KEYS_TEXT:
+        # A longer value is not read (the webhook refuses it): the pod asked for
+        # nothing, whatever a hand-built sidecar asks.
+        keys = frozenset(ann.split_names(raw_keys))
     phase = (obj.get("status") or {}).get("phase")
     return PodView(
         namespace=namespace,
@@ -131,7 +125,7 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
         keys=keys,
         terminating=bool(metadata.get("deletionTimestamp")) or phase in ("Succeeded", "Failed"),
         shares_processes=spec.get("shareProcessNamespace") is True
-        and annotations.get(SHARED_PROCESSES_ANNOTATION) != "true",
+        and annotations.get(ann.SHARED_PROCESSES) != "true",
     )
 
 
@@ -202,7 +196,7 @@ def _default_env_name(name: str) -> str:
 
 
 def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
-    metadata = _metadata(obj)
+    metadata = metadata_of(obj)
     name, namespace, uid = metadata.get("name"), metadata.get("namespace"), metadata.get("uid")
     if not (isinstance(name, str) and isinstance(namespace, str) and isinstance(uid, str)):
         return None
@@ -314,7 +308,7 @@ def _windows(raw: object) -> tuple[TimeWindow, ...] | None:
 
 
 def project_role(obj: Mapping[str, Any]) -> BrokerRole | None:
-    metadata = _metadata(obj)
+    metadata = metadata_of(obj)
     name, namespace = metadata.get("name"), metadata.get("namespace")
     spec = obj.get("spec")
     if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(spec, dict):
@@ -374,14 +368,13 @@ def check_pod(pod: PodView | None, *, name: str, uid: str, keys: Iterable[str]) 
         return Refusal(
             "SharedProcessNamespace",
             f'pod "{name}" shares its process namespace without accepting that every '
-            f"container may read its keys ({SHARED_PROCESSES_ANNOTATION})",
+            f"container may read its keys ({ann.SHARED_PROCESSES})",
         )
     extra = [k for k in keys if k not in pod.keys]
     if extra:
         return Refusal(
             "KeyNotRequested",
-            f'pod "{name}" did not ask for ApiKey {", ".join(extra)} in its '
-            f"{KEYS_ANNOTATION} annotation",
+            f'pod "{name}" did not ask for ApiKey {", ".join(extra)} in its {ann.KEYS} annotation',
         )
     return None
 

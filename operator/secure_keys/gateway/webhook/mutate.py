@@ -22,9 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.authorize import Snapshot, authorize
-from secure_keys.gateway.injection import (
+from secure_keys.gateway.webhook.authorize import Snapshot, authorize
+from secure_keys.gateway.webhook.injection import (
     RESERVED_VOLUMES,
     GatewaySettings,
     InvalidAnnotations,
@@ -34,9 +33,10 @@ from secure_keys.gateway.injection import (
     should_inject,
     validate,
 )
-from secure_keys.gateway.patch import build_patch
-from secure_keys.gateway.pod import MalformedPod, PodView, ephemeral_mounts, pod_view
-from secure_keys.gateway.review import AdmissionRequest, AdmissionResponse
+from secure_keys.gateway.webhook.patch import build_patch
+from secure_keys.gateway.webhook.pod import MalformedPod, PodView, ephemeral_mounts, pod_view
+from secure_keys.gateway.webhook.review import AdmissionRequest, AdmissionResponse
+from secure_keys.kube import annotations as ann
 
 DENIED_PREFIX = "secure-keys: "
 MAX_PROBLEMS = 8
@@ -119,7 +119,7 @@ def admit_pod(
     """The answer to a pod CREATE (request ``uid``) whose pod reads as ``pod``.
 
     Nothing else of the request is read: the answer is a function of ``pod``, the
-    snapshot and the settings (``decisions`` relies on that to reuse it).
+    snapshot and the settings (``answers`` relies on that to reuse it).
     """
     skip = should_inject(pod, settings)
     if skip is not None:

@@ -34,11 +34,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-from secure_keys.gateway.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.injection import RESERVED_VOLUMES, GatewaySettings
-from secure_keys.gateway.mutate import Outcome, admit, admit_pod
-from secure_keys.gateway.pod import MalformedPod, PodView, pod_view
-from secure_keys.gateway.review import (
+from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
+from secure_keys.gateway.webhook.injection import RESERVED_VOLUMES, GatewaySettings
+from secure_keys.gateway.webhook.mutate import Outcome, admit, admit_pod
+from secure_keys.gateway.webhook.pod import MalformedPod, PodView, pod_view
+from secure_keys.gateway.webhook.review import (
     AdmissionRequest,
     AdmissionResponse,
     ReviewTemplate,

@@ -25,24 +25,25 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 from urllib.parse import urlsplit
 
-from secure_keys.gateway import annotations as ann
-from secure_keys.gateway.pod import ContainerView, PodView
+from secure_keys.core import sidecarenv
+from secure_keys.gateway.webhook.pod import ContainerView, PodView
+from secure_keys.kube import annotations as ann
 
 Mode = Literal["native", "classic", "init-only"]
 MODES: tuple[Mode, ...] = ("native", "classic", "init-only")
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
-DEFAULT_MOUNT_PATH = "/var/run/secrets/securekeys"
+DEFAULT_MOUNT_PATH = sidecarenv.KEYS_DIR
 """Where app containers see the keys unless the pod says otherwise."""
-SIDECAR_KEYS_PATH = "/var/run/secrets/securekeys"
+SIDECAR_KEYS_PATH = sidecarenv.KEYS_DIR
 """Where the key container writes them (fixed: the pod's choice does not move it)."""
-TOKEN_MOUNT_PATH = "/var/run/secrets/securekeys.io/serviceaccount"  # noqa: S105 - a path
+TOKEN_MOUNT_PATH = sidecarenv.TOKEN_DIR
 TOKEN_AUDIENCE = "securekeys.io"  # noqa: S105 - an audience
 TOKEN_EXPIRATION_SECONDS = 600
 """The kubelet's minimum; it refreshes the token at 80 % of its life."""
 
-CA_MOUNT_PATH = "/var/run/secrets/securekeys.io/ca"
-CA_FILE_NAME = "ca.crt"
+CA_MOUNT_PATH = sidecarenv.CA_DIR
+CA_FILE_NAME = sidecarenv.CA_FILE_NAME
 """The gateway's serving CA in the key container (the sidecar's default CA file)."""
 
 KEYS_VOLUME = "securekeys-keys"
@@ -53,7 +54,7 @@ INIT_CONTAINER = "securekeys-init"
 RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME, CA_VOLUME})
 RESERVED_CONTAINERS = frozenset({SIDECAR_CONTAINER, INIT_CONTAINER})
 
-MAX_KEYS = 64
+MAX_KEYS = ann.MAX_KEYS
 MAX_RELOAD_URL = 256
 RELOAD_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 """Where a reload URL may point: the pod's own loopback, nothing else."""
@@ -198,10 +199,6 @@ def quote(text: str) -> str:
     return f"{text[:QUOTED]!r}... ({len(text)} characters)"
 
 
-def _names(text: str) -> list[str]:
-    return [name for name in map(str.strip, text.split(",")) if name]
-
-
 def _list_text(key: str, text: str, most: int, longest: int, problems: list[str]) -> bool:
     """Whether a comma-separated annotation is short enough to read item by item: at most
     ``most`` items of ``longest`` characters each, with some room for blanks. Checked
@@ -218,9 +215,9 @@ def _list_text(key: str, text: str, most: int, longest: int, problems: list[str]
 
 
 def _parse_keys(text: str | None, problems: list[str]) -> tuple[str, ...]:
-    if text is not None and not _list_text(ann.KEYS, text, MAX_KEYS, 253, problems):
+    if text is not None and not _list_text(ann.KEYS, text, MAX_KEYS, ann.MAX_NAME, problems):
         return ()
-    keys = _names(text) if text is not None else []
+    keys = ann.split_names(text) if text is not None else []
     if not keys:
         problems.append(f"annotation {ann.KEYS} must name at least one ApiKey (a,b,...)")
         return ()
@@ -249,7 +246,7 @@ MAX_CONTAINERS = 64
 def _parse_containers(text: str, problems: list[str]) -> tuple[str, ...]:
     if not _list_text(ann.CONTAINERS, text, MAX_CONTAINERS, 63, problems):
         return ()
-    containers = tuple(_names(text))
+    containers = tuple(ann.split_names(text))
     if not containers:
         problems.append(f"annotation {ann.CONTAINERS} must name at least one container")
     elif len(containers) > MAX_CONTAINERS:

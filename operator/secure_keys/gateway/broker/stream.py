@@ -11,7 +11,7 @@ also becomes an aggregated Warning Event on the pod):
    terminating, not sharing its process namespace unless it accepts what that means,
    asks for every requested key: 403; and the token's ServiceAccount still exists with
    the uid the token was issued for: 403;
-5. each key (``broker_policy.grant``): KeyRole ``read`` for the ServiceAccount, its
+5. each key (``policy.grant``): KeyRole ``read`` for the ServiceAccount, its
    ``access`` conditions: 403; material that cannot be served now (KMS down, blob
    missing or failing its integrity checks): 503.
 
@@ -38,10 +38,10 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -63,9 +63,11 @@ from secure_keys.core.delivery import (
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import Recipient
 from secure_keys.gateway import metrics
-from secure_keys.gateway.audit import AuditLog, PodEvents
-from secure_keys.gateway.broker_policy import (
-    BrokerRole,
+from secure_keys.gateway.broker.audit import AuditLog, PodEvents
+from secure_keys.gateway.broker.caches import BrokerCaches
+from secure_keys.gateway.broker.limits import RateLimits
+from secure_keys.gateway.broker.material import MaterialSource, MaterialUnavailable
+from secure_keys.gateway.broker.policy import (
     DeliveryKeyView,
     PodView,
     Refusal,
@@ -73,164 +75,14 @@ from secure_keys.gateway.broker_policy import (
     check_pod,
     grant,
     next_wake,
-    project_delivery_key,
-    project_pod,
-    project_role,
 )
-from secure_keys.gateway.material import MaterialSource, MaterialUnavailable
-from secure_keys.gateway.tokenreview import TokenIdentity, TokenRejected, TokenReviewer
-from secure_keys.kube.cache import WatchCache
-from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
-from secure_keys.kube.informer import InformerEvent, object_key
-from secure_keys.kube.keyroles import service_account_identities, subject_identities
+from secure_keys.gateway.broker.tokenreview import TokenIdentity, TokenRejected, TokenReviewer
 
 _log = structlog.get_logger("secure_keys.gateway.broker")
 
-PODS = Resource("", "v1", "pods")
-SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts")
-INJECT_SELECTOR = "securekeys.io/inject=true"
 MATERIAL_RETRY = 5.0
 POD_WAIT = 2.0
 """How long a stream waits for the pod cache to see a pod just created."""
-
-T = TypeVar("T")
-
-
-class NotifyingCache(WatchCache[T], Generic[T]):
-    """A ``WatchCache`` that calls ``on_change(namespace)`` after every object event."""
-
-    def __init__(
-        self,
-        resource: Resource,
-        project: Callable[[JsonObject], T | None],
-        on_change: Callable[[str], None],
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(resource, project, **kwargs)
-        self.on_change = on_change
-
-    def apply(self, event: InformerEvent) -> None:
-        super().apply(event)
-        if event.type != "LISTED":
-            self.on_change(object_key(event.object)[0])
-
-
-def project_account_uid(obj: JsonObject) -> str | None:
-    metadata = obj.get("metadata")
-    uid = metadata.get("uid") if isinstance(metadata, dict) else None
-    return uid if isinstance(uid, str) else None
-
-
-class AccountCache(NotifyingCache[str]):
-    """ServiceAccounts (their uids); ``on_account(namespace, name)`` after every event
-    of one, so its cached TokenReviews go with it."""
-
-    def __init__(
-        self, on_change: Callable[[str], None], on_account: Callable[[str, str], None]
-    ) -> None:
-        super().__init__(SERVICEACCOUNTS, project_account_uid, on_change)
-        self.on_account = on_account
-
-    def apply(self, event: InformerEvent) -> None:
-        if event.type != "LISTED":
-            namespace, name = object_key(event.object)
-            before = self.get(namespace, name)
-            super().apply(event)
-            if before is not None and self.get(namespace, name) != before:
-                self.on_account(namespace, name)
-            return
-        super().apply(event)
-
-
-def _role_identities(role: BrokerRole) -> list[Hashable]:
-    return [i for s in role.rules.subjects for i in subject_identities(s, role.namespace)]
-
-
-class BrokerCaches:
-    """ApiKeys (with status and delivery), KeyRoles (with access), opted-in pods,
-    ServiceAccounts (uids)."""
-
-    def __init__(
-        self,
-        on_change: Callable[[str], None],
-        on_account: Callable[[str, str], None] = lambda _namespace, _name: None,
-    ) -> None:
-        self.apikeys: NotifyingCache[DeliveryKeyView] = NotifyingCache(
-            APIKEYS, project_delivery_key, on_change
-        )
-        self.roles: NotifyingCache[BrokerRole] = NotifyingCache(
-            KEYROLES, project_role, on_change, index=_role_identities
-        )
-        self.pods: NotifyingCache[PodView] = NotifyingCache(
-            PODS, project_pod, on_change, label_selector=INJECT_SELECTOR
-        )
-        self.accounts = AccountCache(on_change, on_account)
-
-    @property
-    def all(self) -> tuple[WatchCache[Any], ...]:
-        return (self.apikeys, self.roles, self.pods, self.accounts)
-
-    @property
-    def synced(self) -> bool:
-        return all(c.synced for c in self.all)
-
-    async def run(self, api: KubeApi) -> None:
-        await asyncio.gather(*(c.run(api) for c in self.all))
-
-    def roles_for(self, pod: PodView) -> list[BrokerRole]:
-        found: dict[str, BrokerRole] = {}
-        for identity in service_account_identities(pod.namespace, pod.service_account):
-            found.update(self.roles.indexed(pod.namespace, identity))
-        return list(found.values())
-
-
-class TokenBucket:
-    """``capacity`` requests at once, refilled at ``rate`` per second."""
-
-    def __init__(self, capacity: float, rate: float, clock: Callable[[], float]) -> None:
-        self.capacity, self.rate, self._clock = capacity, rate, clock
-        self.tokens, self.at = capacity, clock()
-
-    def take(self) -> float:
-        """0 if allowed (a token is spent), else the seconds until one is available."""
-        now = self._clock()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-@dataclass
-class RateLimits:
-    pod_capacity: float = 10
-    pod_rate: float = 0.2
-    sa_capacity: float = 100
-    sa_rate: float = 5
-    clock: Callable[[], float] = time.monotonic
-    _buckets: dict[tuple[str, ...], TokenBucket] = field(default_factory=dict)
-
-    def check(self, identity: TokenIdentity) -> tuple[str, float] | None:
-        """``None`` if allowed, else (which limit, seconds to wait)."""
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()  # bounded memory; a reset only forgives
-        for scope, key, capacity, rate in (
-            ("pod", ("pod", identity.pod_uid), self.pod_capacity, self.pod_rate),
-            (
-                "serviceaccount",
-                ("sa", identity.namespace, identity.service_account),
-                self.sa_capacity,
-                self.sa_rate,
-            ),
-        ):
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = TokenBucket(capacity, rate, self.clock)
-            wait = bucket.take()
-            if wait > 0:
-                return scope, wait
-        return None
 
 
 @dataclass(frozen=True)
