@@ -425,6 +425,44 @@ def test_an_ephemeral_container_may_not_mount_our_volumes(
     assert names == ["debugger"]
 
 
+def test_an_ephemeral_container_may_not_target_a_container_that_reads_the_keys(
+    kube: Target,
+    admin_api: client.ApiClient,
+    namespace: str,
+    pods: PodEnvironment,
+    gateway: GatewayProcess,
+    attacker: MakeAttacker,
+) -> None:
+    """The attack a second review found: ``kubectl debug --target=app`` as root with
+    SYS_PTRACE mounts nothing, yet reads the app's key files through /proc/1/root."""
+    _setup(admin_api, namespace, {"alpha": None})
+    core = client.CoreV1Api(admin_api)
+    _admission_ready(core, namespace, "alpha", pods)
+    debugger = attacker(namespace, "mallory-debug", DEBUGGER_RULES)
+    as_debugger = client.CoreV1Api(debugger.api)
+    as_debugger.create_namespaced_pod(namespace, _pod(pods, "target", "alpha"))
+    _running(core, namespace, "target")
+
+    def debug(name: str, target: str | None) -> object:
+        script = f"cat /proc/1/root/var/run/secrets/securekeys/alpha ; {IDLE}"
+        container = _container(pods, name, script, None)
+        if target is not None:
+            container["targetContainerName"] = target
+            container["securityContext"] = {"runAsUser": 0, "capabilities": {"add": ["SYS_PTRACE"]}}
+        patch = {"spec": {"ephemeralContainers": [container]}}
+        return as_debugger.patch_namespaced_pod_ephemeralcontainers("target", namespace, patch)
+
+    for target in ("app", "securekeys-sidecar"):
+        status, message = _denied(lambda target=target: debug("spy", target))  # type: ignore[misc]
+        assert status == 403, message
+        assert f"ephemeral container 'spy' may not target container {target!r}" in message
+    debug("debugger", None)  # the positive control: debugging without a target works
+    names = [
+        c.name for c in core.read_namespaced_pod("target", namespace).spec.ephemeral_containers
+    ]
+    assert names == ["debugger"]
+
+
 # -- 5, 6, 7. revoke by annotation, two keys in one file, mount paths ---------------------
 
 

@@ -43,3 +43,15 @@ TOKEN_PATH = f"{TOKEN_DIR}/token"
 CA_DIR = "/var/run/secrets/securekeys.io/ca"
 CA_FILE_NAME = "ca.crt"
 CA_PATH = f"{CA_DIR}/{CA_FILE_NAME}"
+
+
+KEYS_VOLUME = "securekeys-keys"
+"""The pod's tmpfs (emptyDir, medium Memory) the key container writes the keys into."""
+TOKEN_VOLUME = "securekeys-token"  # noqa: S105 - a volume's name
+"""The projected ServiceAccount token (audience securekeys.io) of the key container."""
+CA_VOLUME = "securekeys-ca"
+"""The gateway's serving CA, for the key container."""
+RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME, CA_VOLUME})
+"""A container that mounts one of these reads the pod's keys or the key container's
+credentials: the webhook refuses ephemeral containers that mount or target one, and the
+broker delivers nothing to a pod whose ephemeral containers target one."""

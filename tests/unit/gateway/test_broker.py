@@ -640,6 +640,36 @@ def test_a_shared_process_namespace_is_refused_unless_the_pod_accepts_it() -> No
     _run(test)
 
 
+def test_a_debug_container_aimed_at_a_key_reader_stops_delivery_unless_the_pod_accepts_it() -> None:
+    """Even past the webhook: an ephemeral container targeting the app (which mounts the
+    keys) reads them through /proc/<pid>/root, so the pod gets nothing."""
+
+    async def test(world: World, url: str) -> None:
+        debugged = injected_pod()
+        debugged["spec"]["containers"] = [
+            {"name": "app", "volumeMounts": [{"name": "securekeys-keys", "mountPath": "/k"}]}
+        ]
+        debugged["spec"]["ephemeralContainers"] = [{"name": "spy", "targetContainerName": "app"}]
+        world.apply("pods", debugged, "MODIFIED")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                url + "/v1/stream",
+                data=_body(RecipientPrivateKey.generate()),
+                headers={"Authorization": "Bearer token-a"},
+            ) as resp:
+                assert resp.status == 403
+                refusal = delivery.parse_refusal(await resp.read())
+                assert refusal.reason == "SharedProcessNamespace"
+            debugged["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = (
+                "true"
+            )
+            world.apply("pods", debugged, "MODIFIED")
+            resp, _ = await _open_stream(http, url)
+            resp.release()
+
+    _run(test)
+
+
 def test_the_injected_mark_is_not_asked_for_the_keyrole_is_the_gate() -> None:
     """Anyone who writes pods can write ``securekeys.io/injected``: the broker ignores it
     (docs/gateway.md, "What the broker trusts"); an unbound ServiceAccount is refused."""

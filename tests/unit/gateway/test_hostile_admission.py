@@ -233,6 +233,61 @@ def test_an_ephemeral_container_without_our_volumes_is_allowed() -> None:
     assert outcome.response.allowed
 
 
+def _debugging(target: str, accepts_all: bool = False) -> Any:
+    """``kubectl debug --target=TARGET`` on an injected pod whose app reads the keys and
+    whose sidecar holds the token; ``tools`` mounts neither."""
+    annotations = {"securekeys.io/injected": "native"}
+    if accepts_all:
+        annotations["securekeys.io/all-containers-may-read-keys"] = "true"
+    obj = _with(
+        annotations,
+        containers=[
+            {
+                "name": "app",
+                "image": "x",
+                "volumeMounts": [{"name": "securekeys-keys", "mountPath": "/var/run/keys"}],
+            },
+            {"name": "tools", "image": "x"},
+        ],
+        init_containers=[
+            {
+                "name": "securekeys-sidecar",
+                "image": "x",
+                "restartPolicy": "Always",
+                "volumeMounts": [{"name": "securekeys-token", "mountPath": "/var/run/token"}],
+            }
+        ],
+    )
+    obj["spec"]["ephemeralContainers"] = [
+        {"name": "spy", "image": "busybox", "targetContainerName": target}
+    ]
+    request = review(obj, operation="UPDATE")
+    request["request"]["subResource"] = "ephemeralcontainers"
+    return admit(decode(body(request)), bound_table(), GatewaySettings(), synced=True)
+
+
+@pytest.mark.parametrize("target", ["app", "securekeys-sidecar"])
+def test_an_ephemeral_container_may_not_target_a_container_that_reads_the_keys(
+    target: str,
+) -> None:
+    # The attack a review found: no mount at all, yet /proc/1/root of the target is the
+    # target's filesystem, keys included.
+    outcome = _debugging(target)
+    assert outcome.outcome == "denied"
+    assert outcome.response.reason == "EphemeralTargetDenied"
+    assert f"ephemeral container 'spy' may not target container {target!r}" in (
+        outcome.response.message
+    )
+
+
+def test_an_ephemeral_container_may_target_a_container_without_keys() -> None:
+    assert _debugging("tools").response.allowed
+
+
+def test_a_pod_that_accepts_every_container_reading_its_keys_may_be_debugged_anywhere() -> None:
+    assert _debugging("app", accepts_all=True).response.allowed
+
+
 def test_a_plain_pod_update_is_still_ignored() -> None:
     outcome = _admit(_debugged("securekeys-keys"), operation="UPDATE")
     assert outcome.outcome == "ignored"

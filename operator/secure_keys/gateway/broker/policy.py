@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import ValidationError
 
+from secure_keys.core import sidecarenv
 from secure_keys.core.integrity import archived_tag, tag_valid
 from secure_keys.core.stamps import format_stamp
 from secure_keys.kube import annotations as ann
@@ -124,9 +125,36 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
         service_account=str(spec.get("serviceAccountName") or "default"),
         keys=keys,
         terminating=bool(metadata.get("deletionTimestamp")) or phase in ("Succeeded", "Failed"),
-        shares_processes=spec.get("shareProcessNamespace") is True
-        and annotations.get(ann.SHARED_PROCESSES) != "true",
+        shares_processes=annotations.get(ann.SHARED_PROCESSES) != "true"
+        and (spec.get("shareProcessNamespace") is True or _debugger_targets_a_reader(spec)),
     )
+
+
+def _items(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _debugger_targets_a_reader(spec: Mapping[str, Any]) -> bool:
+    """Whether an ephemeral container targets (``targetContainerName``) a container that
+    mounts the keys or the key container's credentials: it shares that container's
+    processes, so it reads those files through /proc/<pid>/root. The webhook refuses
+    such a container; this holds even if the webhook was bypassed. Linear in the pod."""
+    targets = set()
+    for item in _items(spec.get("ephemeralContainers")):
+        target = _dict(item).get("targetContainerName")
+        if isinstance(target, str):
+            targets.add(target)
+    if not targets:
+        return False
+    for field in ("containers", "initContainers"):
+        for item in _items(spec.get(field)):
+            container = _dict(item)
+            if container.get("name") not in targets:
+                continue
+            for mount in _items(container.get("volumeMounts")):
+                if _dict(mount).get("name") in sidecarenv.RESERVED_VOLUMES:
+                    return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,8 +395,9 @@ def check_pod(pod: PodView | None, *, name: str, uid: str, keys: Iterable[str]) 
     if pod.shares_processes:
         return Refusal(
             "SharedProcessNamespace",
-            f'pod "{name}" shares its process namespace without accepting that every '
-            f"container may read its keys ({ann.SHARED_PROCESSES})",
+            f'pod "{name}" shares its process namespace, or a debug container targets a '
+            "container that reads its keys, without accepting that every container may "
+            f"read its keys ({ann.SHARED_PROCESSES})",
         )
     extra = [k for k in keys if k not in pod.keys]
     if extra:

@@ -46,12 +46,12 @@ CA_MOUNT_PATH = sidecarenv.CA_DIR
 CA_FILE_NAME = sidecarenv.CA_FILE_NAME
 """The gateway's serving CA in the key container (the sidecar's default CA file)."""
 
-KEYS_VOLUME = "securekeys-keys"
-TOKEN_VOLUME = "securekeys-token"  # noqa: S105 - a name
-CA_VOLUME = "securekeys-ca"
+KEYS_VOLUME = sidecarenv.KEYS_VOLUME
+TOKEN_VOLUME = sidecarenv.TOKEN_VOLUME
+CA_VOLUME = sidecarenv.CA_VOLUME
 SIDECAR_CONTAINER = "securekeys-sidecar"
 INIT_CONTAINER = "securekeys-init"
-RESERVED_VOLUMES = frozenset({KEYS_VOLUME, TOKEN_VOLUME, CA_VOLUME})
+RESERVED_VOLUMES = sidecarenv.RESERVED_VOLUMES
 RESERVED_CONTAINERS = frozenset({SIDECAR_CONTAINER, INIT_CONTAINER})
 
 MAX_KEYS = ann.MAX_KEYS

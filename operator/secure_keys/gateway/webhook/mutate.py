@@ -34,7 +34,7 @@ from secure_keys.gateway.webhook.injection import (
     validate,
 )
 from secure_keys.gateway.webhook.patch import build_patch
-from secure_keys.gateway.webhook.pod import MalformedPod, PodView, ephemeral_mounts, pod_view
+from secure_keys.gateway.webhook.pod import MalformedPod, PodView, ephemeral_view, pod_view
 from secure_keys.gateway.webhook.review import AdmissionRequest, AdmissionResponse
 from secure_keys.kube import annotations as ann
 
@@ -86,9 +86,12 @@ def admit(
 
 def admit_ephemeral(request: AdmissionRequest) -> Outcome:
     """An ephemeral container added to an opted-in pod (``kubectl debug``) may not mount
-    the keys, the key container's token or its CA: it would read them in its logs."""
+    the keys, the key container's token or its CA: it would read them in its logs. Nor
+    may it target (``targetContainerName``, ``kubectl debug --target``) a container that
+    mounts them, whose files it would read through /proc/<pid>/root, unless the pod
+    accepts that every container may read its keys."""
     try:
-        mounts = ephemeral_mounts(request.object)
+        view = ephemeral_view(request.object, RESERVED_VOLUMES)
     except MalformedPod as exc:
         return _deny(request.uid, 400, "MalformedPod", [f"cannot read the pod: {exc}"], "")
     name = ""
@@ -96,14 +99,26 @@ def admit_ephemeral(request: AdmissionRequest) -> Outcome:
         metadata = request.object.get("metadata")
         name = metadata.get("name", "") if isinstance(metadata, dict) else ""
     name = name if isinstance(name, str) else ""
-    taken = [(c, v) for c, v in mounts if v in RESERVED_VOLUMES]
+    taken = [(c, v) for c, v in view.mounts if v in RESERVED_VOLUMES]
     if taken:
         problems = [
             f"ephemeral container {quote(c)} may not mount volume {v}, which holds the "
             "pod's keys or the key container's credentials"
-            for c, v in taken
+            for c, v in taken[:MAX_PROBLEMS]
         ]
         return _deny(request.uid, 403, "EphemeralMountDenied", problems, name[:253])
+    if view.annotations.get(ann.SHARED_PROCESSES) != "true":
+        aimed = [(c, t) for c, t in view.targets if t in view.readers]
+        if aimed:
+            problems = [
+                f"ephemeral container {quote(c)} may not target container {quote(t)}, "
+                "which reads the pod's keys or holds the key container's credentials: it "
+                "would read them through /proc/<pid>/root; debug another container, or "
+                f'set {ann.SHARED_PROCESSES}: "true" to accept that every container of '
+                "the pod may read its keys"
+                for c, t in aimed[:MAX_PROBLEMS]
+            ]
+            return _deny(request.uid, 403, "EphemeralTargetDenied", problems, name[:253])
     response = AdmissionResponse(request.uid, allowed=True)
     return Outcome(response, "allowed", "ephemeral-container", pod=name[:253])
 

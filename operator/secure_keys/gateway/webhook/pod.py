@@ -160,22 +160,62 @@ def pod_view(obj: Mapping[str, Any] | None, namespace: str) -> PodView:
     )
 
 
-def ephemeral_mounts(obj: Mapping[str, Any] | None) -> list[tuple[str, str]]:
-    """(container, volume) for every volume mount of the pod's ephemeral containers.
+@dataclass(frozen=True)
+class EphemeralView:
+    """What an ephemeral containers update (``kubectl debug``) could reach."""
+
+    mounts: tuple[tuple[str, str], ...]
+    """(ephemeral container, volume) for each of their volume mounts."""
+    targets: tuple[tuple[str, str], ...]
+    """(ephemeral container, ``targetContainerName``): the ephemeral container joins
+    that container's process namespace, so it reads its files through /proc/<pid>/root."""
+    readers: frozenset[str]
+    """The pod's containers and init containers that mount any of ``volumes``."""
+    annotations: Mapping[str, str]
+
+
+def _volume_names(container: Mapping[str, Any], what: str) -> list[str]:
+    names = []
+    for position, mount in enumerate(_list(container.get("volumeMounts"), f"{what}.volumeMounts")):
+        volume = _mapping(mount, f"{what}.volumeMounts[{position}]").get("name")
+        if isinstance(volume, str):
+            names.append(volume)
+    return names
+
+
+def ephemeral_view(obj: Mapping[str, Any] | None, volumes: frozenset[str]) -> EphemeralView:
+    """The pod's ephemeral containers, and which of its containers mount ``volumes``.
 
     Raises ``MalformedPod`` as ``pod_view`` does. Linear in the pod.
     """
     if obj is None:
         raise MalformedPod("the request carries no pod")
+    metadata = _mapping(obj.get("metadata"), "metadata")
     spec = _mapping(obj.get("spec"), "spec")
-    found: list[tuple[str, str]] = []
+    readers = set()
+    for field in ("containers", "initContainers"):
+        what = f"spec.{field}"
+        for index, item in enumerate(_list(spec.get(field), what)):
+            container = _mapping(item, f"{what}[{index}]")
+            name = container.get("name")
+            if isinstance(name, str) and volumes.intersection(
+                _volume_names(container, f"{what}[{index}]")
+            ):
+                readers.add(name)
+    mounts: list[tuple[str, str]] = []
+    targets: list[tuple[str, str]] = []
     what = "spec.ephemeralContainers"
     for index, item in enumerate(_list(spec.get("ephemeralContainers"), what)):
         container = _mapping(item, f"{what}[{index}]")
         name = container.get("name")
-        mounts = _list(container.get("volumeMounts"), f"{what}[{index}].volumeMounts")
-        for position, mount in enumerate(mounts):
-            volume = _mapping(mount, f"{what}[{index}].volumeMounts[{position}]").get("name")
-            if isinstance(volume, str):
-                found.append((name if isinstance(name, str) else "", volume))
-    return found
+        name = name if isinstance(name, str) else ""
+        mounts.extend((name, v) for v in _volume_names(container, f"{what}[{index}]"))
+        target = container.get("targetContainerName")
+        if isinstance(target, str) and target:
+            targets.append((name, target))
+    return EphemeralView(
+        mounts=tuple(mounts),
+        targets=tuple(targets),
+        readers=frozenset(readers),
+        annotations=_strings(metadata.get("annotations"), "metadata.annotations"),
+    )
