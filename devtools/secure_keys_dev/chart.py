@@ -39,6 +39,8 @@ DEPLOYED = {
     "gateway-broker-rbac.yaml": "templates/gateway-broker-rbac.yaml",
     "gateway-webhook.yaml": "templates/gateway-webhook.yaml",
     "secretref-policy.yaml": "templates/secretref-policy.yaml",
+    "secret-types-policy.yaml": "templates/secret-types-policy.yaml",
+    "gateway-self-policy.yaml": "templates/gateway-self-policy.yaml",
 }
 """deploy/ file -> the chart template it is rendered from."""
 

@@ -81,6 +81,11 @@ def install_secretref_policy(api: client.ApiClient) -> None:
     """Create or replace the ValidatingAdmissionPolicy (and its binding) that makes a
     secretRef require the requester's own access to the Secret. The API server enforces it
     within a second or so of this returning (its admission plugin learns of it by watch)."""
+    install_admission_policy(api, SECRETREF_POLICY)
+
+
+def install_admission_policy(api: client.ApiClient, path: Path) -> None:
+    """Create or replace each ValidatingAdmissionPolicy and binding in ``path``."""
     admission = client.AdmissionregistrationV1Api(api)
     kinds: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
         "ValidatingAdmissionPolicy": (
@@ -94,7 +99,7 @@ def install_secretref_policy(api: client.ApiClient) -> None:
             admission.replace_validating_admission_policy_binding,
         ),
     }
-    for document in yaml.safe_load_all(SECRETREF_POLICY.read_text()):
+    for document in yaml.safe_load_all(path.read_text()):
         if not document:
             continue
         create, read, replace = kinds[document["kind"]]

@@ -22,10 +22,23 @@ When the bundle changes, the leader restarts the gateway Deployment (one replica
 time: the chart's rolling update keeps every replica available) so that every replica
 injects the new bundle into the pods it admits.
 
-Secret format (type ``Opaque``): ``ca.crt``/``ca.key`` (the signing CA), ``tls.crt``/
-``tls.key`` (the serving pair), ``bundle.crt`` (every trusted CA, PEM, signing CA first)
-and, between the two steps of a CA rotation, ``next.crt``/``next.key``. Keys are ECDSA
-P-256 in PKCS#8 PEM. Nothing here logs key material; the Secret is the gateway's own.
+The Secret is made (empty, of type ``GATEWAY_CERTS_TYPE``) by the Helm chart, never by
+the gateway: its ServiceAccount may get and update that one Secret and create none (a
+Secret writer that can also read Secrets could otherwise mint service-account tokens).
+A missing Secret, or one of another type, is a clear error and nothing is served.
+
+Secret format: ``ca.crt``/``ca.key`` (the signing CA), ``tls.crt``/``tls.key`` (the
+serving pair), ``bundle.crt`` (every trusted CA, PEM, signing CA first), between the two
+steps of a CA rotation ``next.crt``/``next.key``, and after one ``previous.crt`` (the CA
+that signed before, until it expires; no key). The bundle is always rebuilt from these
+CAs and nothing else: a Secret whose bundle holds any other certificate, or whose keys do
+not match their certificates, is refused (hand-editing cannot plant a trusted CA). Keys
+are ECDSA P-256 in PKCS#8 PEM. Nothing here logs key material.
+
+Emergency replacement (``securekeys.io/replace-ca``): for a CA whose key may have leaked,
+a new CA signs at once and every older CA leaves the bundle in the same write. The cost is
+stated in docs/gateway.md: pods admitted before trust only the old CAs, so their key
+container fails its TLS handshakes with the gateway until they are restarted.
 """
 
 from __future__ import annotations
@@ -68,14 +81,24 @@ ROTATE_CA_ANNOTATION = "securekeys.io/rotate-ca"
 ``ca_overlap / 2`` apart): ``kubectl annotate secret ... securekeys.io/rotate-ca=1``."""
 ROTATED_CA_ANNOTATION = "securekeys.io/rotated-ca"
 """Written by the gateway: the ``rotate-ca`` value it has honoured."""
+REPLACE_CA_ANNOTATION = "securekeys.io/replace-ca"
+"""On the certificates Secret: a new value replaces the CA at once (the emergency mode for
+a compromised CA): a new CA signs and the bundle holds it alone."""
+REPLACED_CA_ANNOTATION = "securekeys.io/replaced-ca"
+"""Written by the gateway: the ``replace-ca`` value it has honoured."""
+GATEWAY_CERTS_TYPE = "securekeys.io/gateway-certs"
+"""The certificates Secret's type (the chart makes it; the secret-types policy admits it)."""
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 TLS_CERT, TLS_KEY = "tls.crt", "tls.key"
 NEXT_CERT, NEXT_KEY = "next.crt", "next.key"
+PREVIOUS_CERT = "previous.crt"
 BUNDLE = "bundle.crt"
+_FIELDS = (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, BUNDLE)
 _BACKDATE = datetime.timedelta(minutes=5)  # tolerate clocks a little behind ours
 _PEM_END = b"-----END CERTIFICATE-----"
 HOUR = datetime.timedelta(hours=1)
+_ORGANIZATION = "secure-keys"
 
 
 @dataclass(frozen=True)
@@ -119,9 +142,19 @@ class CertState:
     ca: Authority
     tls_cert_pem: bytes
     tls_key_pem: bytes = field(repr=False)
-    bundle: tuple[bytes, ...]
-    """Every trusted CA certificate (PEM), the signing CA first."""
     next: Authority | None = None
+    previous: bytes | None = None
+    """The CA certificate that signed before ``ca`` (PEM), trusted until it expires."""
+
+    @property
+    def bundle(self) -> tuple[bytes, ...]:
+        """Every trusted CA certificate (PEM): the signing CA, its successor, its
+        predecessor; made from these alone."""
+        return tuple(p for p in (self.ca.cert_pem, self.next_pem, self.previous) if p)
+
+    @property
+    def next_pem(self) -> bytes | None:
+        return self.next.cert_pem if self.next is not None else None
 
     @property
     def bundle_pem(self) -> bytes:
@@ -138,6 +171,8 @@ class CertState:
         }
         if self.next is not None:
             raw[NEXT_CERT], raw[NEXT_KEY] = self.next.cert_pem, self.next.key_pem
+        if self.previous is not None:
+            raw[PREVIOUS_CERT] = self.previous
         return {k: base64.b64encode(v).decode() for k, v in raw.items()}
 
     @classmethod
@@ -148,32 +183,65 @@ class CertState:
             if not isinstance(value, str):
                 raise ValueError(f"{name} is not a string")
             raw[name] = base64.b64decode(value, validate=True)
-        missing = [k for k in (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY, BUNDLE) if k not in raw]
+        missing = [k for k in _FIELDS if k not in raw]
         if missing:
             raise ValueError(f"missing {missing}")
+        unknown = sorted(set(raw) - {*_FIELDS, NEXT_CERT, NEXT_KEY, PREVIOUS_CERT})
+        if unknown:
+            raise ValueError(f"unknown fields {[u[:32] for u in unknown[:4]]}")
+        if (NEXT_CERT in raw) != (NEXT_KEY in raw):
+            raise ValueError("next.crt and next.key go together")
         nxt = None
-        if NEXT_CERT in raw and NEXT_KEY in raw:
+        if NEXT_CERT in raw:
             nxt = Authority(raw[NEXT_CERT], raw[NEXT_KEY])
         state = cls(
             Authority(raw[CA_CERT], raw[CA_KEY]),
             raw[TLS_CERT],
             raw[TLS_KEY],
-            split_bundle(raw[BUNDLE]),
             nxt,
+            raw.get(PREVIOUS_CERT),
         )
         state.check()
+        # Compared as parsed certificates (PEM whitespace is not a difference).
+        stored = [x509.load_pem_x509_certificate(p) for p in split_bundle(raw[BUNDLE])]
+        ours = [x509.load_pem_x509_certificate(p) for p in state.bundle]
+        if stored != ours:
+            raise ValueError(
+                "bundle.crt is not exactly ca.crt, next.crt and previous.crt"
+                " (a certificate was added or removed by hand)"
+            )
         return state
 
     def check(self) -> None:
-        """Every part parses and the serving pair belongs together; else ValueError."""
-        for authority in filter(None, (self.ca, self.next)):
-            _load_key(authority.key_pem)
-            authority.certificate  # noqa: B018 - parses
-        for pem in self.bundle:
-            x509.load_pem_x509_certificate(pem)
+        """Every part parses, each CA is one we issue (self-signed, a CA) and its key
+        matches it, and the serving pair belongs together; else ValueError."""
+        for field_name, authority in ((CA_CERT, self.ca), (NEXT_CERT, self.next)):
+            if authority is not None:
+                _check_ca(field_name, authority.certificate)
+                if _load_key(authority.key_pem).public_key() != authority.certificate.public_key():
+                    raise ValueError(f"the key does not match {field_name}")
+        if self.previous is not None:
+            _check_ca(PREVIOUS_CERT, x509.load_pem_x509_certificate(self.previous))
         cert = x509.load_pem_x509_certificate(self.tls_cert_pem)
         if _load_key(self.tls_key_pem).public_key() != cert.public_key():
             raise ValueError("tls.key does not match tls.crt")
+
+
+def _check_ca(field_name: str, cert: x509.Certificate) -> None:
+    """ValueError unless ``cert`` has the shape ``issue_ca`` gives: a self-signed CA
+    certificate of this project (a CA from elsewhere is refused, not trusted)."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    organization = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if (
+        constraints is None
+        or not constraints.ca
+        or [a.value for a in organization] != [_ORGANIZATION]
+        or not _signed_by(cert, cert)
+    ):
+        raise ValueError(f"{field_name} is not a secure-keys gateway CA")
 
 
 def split_bundle(pem: bytes) -> tuple[bytes, ...]:
@@ -206,7 +274,7 @@ def issue_ca(now: datetime.datetime, validity: datetime.timedelta) -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "secure-keys"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
             x509.NameAttribute(NameOID.COMMON_NAME, f"secure-keys-gateway-ca-{now:%Y%m%d%H%M%S}"),
         ]
     )
@@ -301,6 +369,7 @@ def plan(
     policy: CertPolicy,
     *,
     rotate_ca: bool = False,
+    replace_ca: bool = False,
 ) -> CertState:
     """The state the Secret should hold at ``now``; ``state`` itself when nothing is due.
 
@@ -311,33 +380,31 @@ def plan(
     3. successor published ``ca_overlap / 2`` ago, or CA within ``ca_overlap / 2`` of
        expiry: the successor signs from now on (made here if step 2 never ran, which only
        a lapse of the gateway for that long allows);
-    4. CAs that have expired leave the bundle;
+    4. the previous CA leaves the bundle when it expires;
     5. a serving certificate not signed by the signing CA, near its expiry, or for other
        names is reissued.
+    ``replace_ca`` (the emergency mode) skips the overlap: a new CA signs now, and the old
+    ones (signing, successor, previous) are dropped from the bundle at once.
+    The bundle is never stored apart: it is ``ca``, ``next`` and ``previous``.
     """
-    if state is None:
+    if state is None or replace_ca:
         ca = issue_ca(now, policy.ca_validity)
         cert, key = issue_server(ca, now, policy)
-        return CertState(ca, cert, key, (ca.cert_pem,))
+        return CertState(ca, cert, key)
     new = state
     remaining = new.ca.certificate.not_valid_after_utc - now
     if (remaining <= policy.ca_overlap or rotate_ca) and new.next is None:
-        successor = issue_ca(now, policy.ca_validity)
-        new = replace(new, next=successor, bundle=(*new.bundle, successor.cert_pem))
+        new = replace(new, next=issue_ca(now, policy.ca_validity))
     if new.next is not None and (
         remaining <= policy.ca_overlap / 2
         or now - (new.next.certificate.not_valid_before_utc + _BACKDATE) >= policy.ca_overlap / 2
     ):
-        promoted, old = new.next, new.ca
-        others = tuple(p for p in new.bundle if p not in (promoted.cert_pem, old.cert_pem))
-        new = replace(
-            new, ca=promoted, next=None, bundle=(promoted.cert_pem, old.cert_pem, *others)
-        )
-    live = tuple(
-        p for p in new.bundle if x509.load_pem_x509_certificate(p).not_valid_after_utc > now
-    )
-    if live != new.bundle:
-        new = replace(new, bundle=live or (new.ca.cert_pem,))
+        new = replace(new, ca=new.next, next=None, previous=new.ca.cert_pem)
+    if (
+        new.previous is not None
+        and x509.load_pem_x509_certificate(new.previous).not_valid_after_utc <= now
+    ):
+        new = replace(new, previous=None)
     if not _server_current(new, now, policy):
         cert, key = issue_server(new.ca, now, policy)
         new = replace(new, tls_cert_pem=cert, tls_key_pem=key)
@@ -376,6 +443,11 @@ class CertOptions:
     lease_timing: LeaseTiming = field(default_factory=LeaseTiming)
 
 
+class UnusableSecret(RuntimeError):
+    """The certificates Secret is missing or refused; the message says which and why
+    (names and short prefixes only, never key material)."""
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -399,52 +471,62 @@ class CertManager:
         self.leading = False
         self.served: CertState | None = None
 
-    async def read(self) -> tuple[CertState | None, dict[str, Any] | None]:
-        """The Secret's state (None if absent or unusable) and the Secret itself."""
+    async def read(self) -> tuple[CertState | None, dict[str, Any]]:
+        """The Secret's state (None while it is still empty, as the chart made it) and the
+        Secret itself; ``UnusableSecret`` if it is missing, of another type, or holds
+        anything ``CertState.from_data`` refuses (nothing is served from it)."""
+        where = f"{self.options.namespace}/{self.options.secret}"
         try:
             body = await self.api.get(SECRETS, self.options.namespace, self.options.secret)
         except ApiError as exc:
             if exc.not_found:
-                return None, None
+                raise UnusableSecret(
+                    f"Secret {where} does not exist: it is made by the Helm chart"
+                    " (templates/gateway-tls-secret.yaml), never by the gateway"
+                ) from None
             raise
-        try:
-            return CertState.from_data(body.get("data") or {}), body
-        except (ValueError, TypeError) as exc:
-            _log.warning("certs.unusable", secret=self.options.secret, error=str(exc)[:80])
+        if body.get("type") != GATEWAY_CERTS_TYPE:
+            raise UnusableSecret(
+                f"Secret {where} is of type {str(body.get('type'))[:64]!r},"
+                f" not {GATEWAY_CERTS_TYPE}"
+            )
+        data = body.get("data") or {}
+        if not data:
             return None, body
+        try:
+            return CertState.from_data(data), body
+        except (ValueError, TypeError) as exc:
+            raise UnusableSecret(
+                f"Secret {where} is refused: {str(exc)[:160]}; to start over with a new CA,"
+                " empty its data (pods admitted before must then be restarted)"
+            ) from None
 
     async def reconcile(self) -> CertState:
         """As the leader: bring the Secret, the webhook's caBundle and the Deployment's
         bundle annotation to the planned state; returns it."""
         current, body = await self.read()
-        annotations = ((body or {}).get("metadata") or {}).get("annotations") or {}
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
         asked = str(annotations.get(ROTATE_CA_ANNOTATION, ""))[:64]
         rotate_ca = bool(asked) and asked != annotations.get(ROTATED_CA_ANNOTATION)
-        wanted = plan(current, self.clock(), self.options.policy, rotate_ca=rotate_ca)
-        if wanted is not current or rotate_ca:
-            data = wanted.to_data()
-            if body is not None and rotate_ca:
-                body["metadata"].setdefault("annotations", {})[ROTATED_CA_ANNOTATION] = asked
+        emergency = str(annotations.get(REPLACE_CA_ANNOTATION, ""))[:64]
+        replace_ca = bool(emergency) and emergency != annotations.get(REPLACED_CA_ANNOTATION)
+        wanted = plan(
+            current,
+            self.clock(),
+            self.options.policy,
+            rotate_ca=rotate_ca,
+            replace_ca=replace_ca and current is not None,
+        )
+        if wanted is not current or rotate_ca or replace_ca:
+            written = body["metadata"].setdefault("annotations", {})
+            if rotate_ca:
+                written[ROTATED_CA_ANNOTATION] = asked
                 _log.info("certs.ca_rotation_requested", secret=self.options.secret)
-            if body is None:
-                await self.api.create(
-                    SECRETS,
-                    self.options.namespace,
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Secret",
-                        "type": "Opaque",
-                        "metadata": {
-                            "name": self.options.secret,
-                            "namespace": self.options.namespace,
-                            "labels": {"app.kubernetes.io/part-of": "secure-keys"},
-                        },
-                        "data": data,
-                    },
-                )
-            else:
-                body["data"] = data  # carries its resourceVersion: a race is a 409
-                await self.api.replace(SECRETS, self.options.namespace, self.options.secret, body)
+            if replace_ca:
+                written[REPLACED_CA_ANNOTATION] = emergency
+                _log.warning("certs.ca_replaced", secret=self.options.secret)
+            body["data"] = wanted.to_data()  # carries its resourceVersion: a race is a 409
+            await self.api.replace(SECRETS, self.options.namespace, self.options.secret, body)
             _log.info(
                 "certs.written",
                 secret=self.options.secret,
@@ -528,6 +610,9 @@ class CertManager:
             await asyncio.sleep(self.options.interval)
             try:
                 state, _ = await self.read()
+            except UnusableSecret as exc:  # the pair already served keeps serving
+                _log.error("certs.secret_refused", error=str(exc))
+                continue
             except Exception as exc:  # retried next round; the old pair keeps serving
                 _log.warning("certs.read_failed", error=type(exc).__name__)
                 continue
@@ -547,6 +632,8 @@ class CertManager:
                     try:
                         state = await self.reconcile()
                         self.serve_files(state)
+                    except UnusableSecret as exc:  # written by nobody; the next round retries
+                        _log.error("certs.secret_refused", error=str(exc))
                     except Exception as exc:  # the next round retries
                         _log.warning("certs.reconcile_failed", error=type(exc).__name__)
                     with contextlib.suppress(TimeoutError):

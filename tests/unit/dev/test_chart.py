@@ -23,6 +23,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from secure_keys.controller import metrics as controller_metrics
 from secure_keys.gateway import metrics as gateway_metrics
+from secure_keys.gateway.certs import GATEWAY_CERTS_TYPE
+from secure_keys.kube.blobformat import BLOB_SECRET_TYPE
+from secure_keys.kube.keysformat import CONTROLLER_KEYS_TYPE
 from secure_keys_dev import chart
 
 HELM = chart.helm_binary()
@@ -225,11 +228,46 @@ def test_the_user_roles_grant_no_plaintext_path_and_aggregate_where_they_fit() -
 
 def test_the_local_kms_secret_is_kept_and_made_once() -> None:
     secrets = [d for d in rendered() if d["kind"] == "Secret"]
+    secrets = [s for s in secrets if s["metadata"]["name"] != "secure-keys-gateway-tls"]
     assert [s["metadata"]["name"] for s in secrets] == ["secure-keys-kms-local"]
     assert secrets[0]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert set(secrets[0]["data"]) == {"password", "salt", "created"}
     template = (chart.CHART / "templates" / "kms-local-secret.yaml").read_text()
     assert "lookup" in template  # an upgrade keeps what the install made
+
+
+def test_the_gateway_tls_secret_is_the_charts_empty_kept_and_of_the_gateways_type() -> None:
+    """The gateway creates no Secret (it has no `create` on Secrets): the chart makes its
+    certificates Secret, with no data (an upgrade never touches what the gateway wrote)."""
+    (tls,) = [
+        d
+        for d in rendered()
+        if d["kind"] == "Secret" and d["metadata"]["name"] == "secure-keys-gateway-tls"
+    ]
+    assert tls["type"] == GATEWAY_CERTS_TYPE
+    assert "data" not in tls
+    assert "stringData" not in tls
+    assert tls["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    for document in rendered():
+        if (
+            document["kind"] in ("Role", "ClusterRole")
+            and "gateway" in document["metadata"]["name"]
+        ):
+            for rule in document["rules"]:
+                if "secrets" in rule["resources"]:
+                    assert "create" not in rule["verbs"], document["metadata"]["name"]
+
+
+def test_the_secret_types_policy_admits_exactly_the_project_types() -> None:
+    (policy,) = [
+        d
+        for d in rendered()
+        if d["kind"] == "ValidatingAdmissionPolicy"
+        and d["metadata"]["name"] == "secure-keys-secret-types"
+    ]
+    expression = policy["spec"]["validations"][0]["expression"]
+    admitted = set(re.findall(r"'([^']+)'", expression.partition(" in ")[2]))
+    assert admitted == {BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE, GATEWAY_CERTS_TYPE}
 
 
 def test_the_helm_pin_is_v4() -> None:

@@ -29,6 +29,9 @@ from cryptography import x509
 from secure_keys.gateway.certs import (
     BUNDLE_ANNOTATION,
     DEPLOYMENTS,
+    GATEWAY_CERTS_TYPE,
+    REPLACE_CA_ANNOTATION,
+    REPLACED_CA_ANNOTATION,
     ROTATE_CA_ANNOTATION,
     ROTATED_CA_ANNOTATION,
     WEBHOOKS,
@@ -36,7 +39,10 @@ from secure_keys.gateway.certs import (
     CertOptions,
     CertPolicy,
     CertState,
+    UnusableSecret,
     bundle_digest,
+    issue_ca,
+    issue_server,
     plan,
 )
 from secure_keys.gateway.tls import CertificateReloader
@@ -261,7 +267,17 @@ async def test_a_ca_rotation_over_real_tls_breaks_no_handshake_and_no_open_strea
 # -- the leader's writes -----------------------------------------------------------------
 
 
+def _empty_secret(api: FakeApi) -> None:
+    """The certificates Secret as the chart makes it: typed, no data."""
+    api.put(
+        SECRETS,
+        NS,
+        {"metadata": {"name": "secure-keys-gateway-tls"}, "type": GATEWAY_CERTS_TYPE},
+    )
+
+
 def _webhook(api: FakeApi) -> None:
+    _empty_secret(api)
     api.put(
         WEBHOOKS,
         None,
@@ -380,8 +396,8 @@ async def test_replicas_bootstrap_from_the_one_secret_the_lease_holder_made(
         assert (directory / "tls.crt").read_bytes() == states[-1].tls_cert_pem
         assert (directory / "tls.key").stat().st_mode & 0o077 == 0
     assert states[0] == states[1]
-    creates = [c for c in api.calls if c[0] == "create" and c[1] == "secrets"]
-    assert len(creates) == 1
+    writes = [c for c in api.calls if c[1] == "secrets" and c[0] in ("create", "replace")]
+    assert [c[0] for c in writes] == ["replace"]  # filled once; never created
     _ = KubeApi  # the type FakeApi stands in for
 
 
@@ -426,3 +442,145 @@ async def test_a_rotation_request_on_the_secret_is_honoured_once(tmp_path: Path)
     assert promoted.ca == asked.next
     now[0] = T0 + 12 * H
     assert (await manager.reconcile()).next is None  # no second rotation
+
+
+# -- what the Secret may hold -------------------------------------------------------------
+
+
+def _rotated() -> CertState:
+    """A state with a signing CA and its predecessor (after a rotation's second step)."""
+    state = plan(plan(None, T0, POLICY), T0 + 81 * H, POLICY)
+    state = plan(state, T0 + 91 * H, POLICY)
+    assert state.previous is not None
+    return state
+
+
+def _b64(pem: bytes) -> str:
+    return base64.b64encode(pem).decode()
+
+
+def test_the_bundle_is_made_only_from_the_signing_ca_its_successor_and_its_predecessor() -> None:
+    state = _rotated()
+    assert state.bundle == (state.ca.cert_pem, state.previous)
+    assert CertState.from_data(state.to_data()) == state
+    expired = plan(state, T0 + 101 * H, POLICY)  # the predecessor expired at T0 + 100 h
+    assert expired.previous is None
+    assert expired.bundle == (expired.ca.cert_pem,)
+
+
+def test_a_certificate_planted_in_the_bundle_is_refused_not_kept() -> None:
+    """Hand-editing bundle.crt cannot add a CA the API server or new pods would trust."""
+    state = _rotated()
+    planted = issue_ca(T0, 1000 * H)  # a CA of the same shape, made by someone else
+    data = state.to_data()
+    data["bundle.crt"] = _b64(state.bundle_pem + planted.cert_pem)
+    with pytest.raises(ValueError, match=r"bundle\.crt is not exactly"):
+        CertState.from_data(data)
+    data["bundle.crt"] = _b64(state.ca.cert_pem)  # the predecessor dropped by hand
+    with pytest.raises(ValueError, match=r"bundle\.crt is not exactly"):
+        CertState.from_data(data)
+
+
+def test_a_ca_key_that_does_not_match_its_certificate_is_refused() -> None:
+    state = plan(None, T0, POLICY)
+    other = issue_ca(T0, 100 * H)
+    data = state.to_data()
+    data["ca.key"] = _b64(other.key_pem)
+    with pytest.raises(ValueError, match=r"does not match ca\.crt") as caught:
+        CertState.from_data(data)
+    assert "PRIVATE" not in str(caught.value)
+
+
+def test_a_ca_that_is_not_ours_is_refused_as_ca_next_or_previous() -> None:
+    """A leaf certificate (not a CA) stands in for a foreign one in each place."""
+    state = _rotated()
+    leaf, leaf_key = issue_server(state.ca, T0 + 91 * H, POLICY)
+    for field, value in (("ca.crt", leaf), ("previous.crt", leaf)):
+        data = state.to_data()
+        data[field] = _b64(value)
+        if field == "ca.crt":
+            data["ca.key"] = _b64(leaf_key)
+        with pytest.raises(ValueError, match="not a secure-keys gateway CA"):
+            CertState.from_data(data)
+
+
+def test_unknown_fields_and_a_half_successor_are_refused() -> None:
+    data = plan(None, T0, POLICY).to_data()
+    with pytest.raises(ValueError, match="unknown fields"):
+        CertState.from_data({**data, "extra.crt": data["ca.crt"]})
+    with pytest.raises(ValueError, match="go together"):
+        CertState.from_data({**data, "next.crt": data["ca.crt"]})
+
+
+def test_the_emergency_replacement_signs_with_a_new_ca_and_trusts_nothing_older() -> None:
+    """``replace_ca``: no overlap. The new CA signs at once and is the whole bundle; a
+    pod admitted before (trusting the old CAs only) no longer accepts the gateway."""
+    state = plan(_rotated(), T0 + 92 * H, POLICY, rotate_ca=True)  # mid-rotation, too
+    assert state.next is not None
+    assert state.previous is not None
+    old = state.bundle
+    replaced = plan(state, T0 + 93 * H, POLICY, replace_ca=True)
+    assert replaced.bundle == (replaced.ca.cert_pem,)
+    assert replaced.ca.cert_pem not in old
+    assert trusted_by(replaced.tls_cert_pem, replaced.bundle, T0 + 93 * H)
+    assert not trusted_by(replaced.tls_cert_pem, old, T0 + 93 * H)  # the stated cost
+
+
+@synchronous
+async def test_the_gateway_never_creates_its_secret_and_says_so_when_it_is_missing(
+    tmp_path: Path,
+) -> None:
+    api = FakeApi()
+    now = [T0]
+    with pytest.raises(UnusableSecret, match="made by the Helm chart"):
+        await _manager(api, tmp_path, now).reconcile()
+    api.put(SECRETS, NS, {"metadata": {"name": "secure-keys-gateway-tls"}, "type": "Opaque"})
+    with pytest.raises(UnusableSecret, match=r"not securekeys\.io/gateway-certs"):
+        await _manager(api, tmp_path, now).reconcile()
+    assert not [c for c in api.calls if c[0] != "get"]
+
+
+@synchronous
+async def test_a_refused_secret_is_neither_served_nor_rewritten(tmp_path: Path) -> None:
+    api = FakeApi()
+    _webhook(api)
+    now = [T0]
+    manager = _manager(api, tmp_path, now)
+    await manager.reconcile()
+    secret = api.stored(SECRETS, NS, "secure-keys-gateway-tls")
+    planted = issue_ca(T0, 1000 * H)
+    secret["data"]["bundle.crt"] = _b64(
+        base64.b64decode(secret["data"]["bundle.crt"]) + planted.cert_pem
+    )
+    calls = len(api.calls)
+    with pytest.raises(UnusableSecret, match="refused") as caught:
+        await manager.reconcile()
+    assert "PRIVATE" not in str(caught.value)
+    assert [c[0] for c in api.calls[calls:]] == ["get"]
+    hook = api.stored(WEBHOOKS, None, "secure-keys-gateway")["webhooks"][0]
+    assert planted.cert_pem not in base64.b64decode(hook["clientConfig"]["caBundle"])
+
+
+@synchronous
+async def test_an_emergency_replacement_on_the_secret_is_honoured_once(tmp_path: Path) -> None:
+    api = FakeApi()
+    _webhook(api)
+    now = [T0]
+    manager = _manager(api, tmp_path, now)
+    first = await manager.reconcile()
+    secret = api.stored(SECRETS, NS, "secure-keys-gateway-tls")
+    secret["metadata"]["annotations"] = {REPLACE_CA_ANNOTATION: "leak-2026-12"}
+    now[0] = T0 + H
+    replaced = await manager.reconcile()
+    assert replaced.ca != first.ca
+    assert replaced.bundle == (replaced.ca.cert_pem,)
+    stored = api.stored(SECRETS, NS, "secure-keys-gateway-tls")["metadata"]["annotations"]
+    assert stored[REPLACED_CA_ANNOTATION] == "leak-2026-12"
+    hook = api.stored(WEBHOOKS, None, "secure-keys-gateway")["webhooks"][0]
+    assert base64.b64decode(hook["clientConfig"]["caBundle"]) == replaced.bundle_pem
+    template = api.stored(DEPLOYMENTS, NS, "secure-keys-gateway")["spec"]["template"]
+    assert template["metadata"]["annotations"][BUNDLE_ANNOTATION] == bundle_digest(
+        replaced.bundle_pem
+    )
+    now[0] = T0 + 2 * H
+    assert (await manager.reconcile()).ca == replaced.ca  # asked once, done once

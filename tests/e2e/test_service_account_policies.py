@@ -1,0 +1,438 @@
+"""The chart's policies on its own ServiceAccounts, against the real API server, as the
+controller's and the gateway's ServiceAccounts (impersonated by the session's admin):
+deploy/secret-types-policy.yaml, then deploy/gateway-self-policy.yaml.
+
+The attack it closes: either ServiceAccount, holding Secret write rights and Secret read
+rights, creates a Secret of type ``kubernetes.io/service-account-token`` annotated
+``kubernetes.io/service-account.name: <another ServiceAccount>``; the
+kube-controller-manager writes that ServiceAccount's token into it, and the writer reads
+it. The policy admits, from these two users only, Secrets of the project's own types and
+never the service-account annotations. Each ServiceAccount is granted ample RBAC in a
+fresh namespace here, so every refusal below is the policy's, not RBAC's; and
+``test_without_the_binding_the_token_secret_is_admitted`` shows the same request passes
+once the policy's binding is gone. Attack requests are dry runs: the policy is enforced
+on them, and no token is ever minted.
+
+The gateway may patch its MutatingWebhookConfiguration and its Deployment (RBAC, by
+name); gateway-self-policy.yaml lets it change only each webhook's caBundle and the
+restart annotation of its pod template. The tests write those two (what certs.py does)
+and then each way a compromised gateway would widen its reach, on a test webhook
+configuration that can match no pod and a Deployment with no replicas.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from secure_keys.gateway.certs import GATEWAY_CERTS_TYPE
+from secure_keys.kube.blobformat import BLOB_SECRET_TYPE
+from secure_keys.kube.keysformat import CONTROLLER_KEYS_TYPE
+from secure_keys_dev.stack import REPO, eventually, install_admission_policy
+
+POLICY_FILE = REPO / "deploy" / "secret-types-policy.yaml"
+SYSTEM = "secure-keys-system"
+CONTROLLER = "secure-keys-controller"
+GATEWAY = "secure-keys-gateway"
+TOKEN_TYPE = "kubernetes.io/service-account-token"
+SA_ANNOTATION = "kubernetes.io/service-account.name"
+
+
+def _user(account: str) -> str:
+    return f"system:serviceaccount:{SYSTEM}:{account}"
+
+
+def _policy_name() -> str:
+    docs = [d for d in yaml.safe_load_all(POLICY_FILE.read_text()) if d]
+    return str(docs[0]["metadata"]["name"])
+
+
+@pytest.fixture(scope="module")
+def policy(admin_api: client.ApiClient) -> Iterator[str]:
+    """The rendered policy and binding, installed for this module and removed after."""
+    install_admission_policy(admin_api, POLICY_FILE)
+    name = _policy_name()
+    yield name
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    admission.delete_validating_admission_policy_binding(name)
+    admission.delete_validating_admission_policy(name)
+
+
+def _as(admin: client.ApiClient, account: str) -> client.ApiClient:
+    """The admin's connection, impersonating a ServiceAccount (the API server adds its
+    groups, as for the real token)."""
+    return client.ApiClient(
+        admin.configuration, header_name="Impersonate-User", header_value=_user(account)
+    )
+
+
+@pytest.fixture(params=[CONTROLLER, GATEWAY])
+def writer(
+    request: pytest.FixtureRequest, admin_api: client.ApiClient, namespace: str, policy: str
+) -> Iterator[tuple[str, client.CoreV1Api]]:
+    """One of the two ServiceAccounts, allowed by RBAC every Secret write in ``namespace``."""
+    account: str = request.param
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    rule = {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": "writer"}, "rules": [rule]})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "writer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "writer"},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": SYSTEM}],
+        },
+    )
+    api = _as(admin_api, account)
+    core = client.CoreV1Api(api)
+    # Ready once the grant and the policy both act: a plain Secret is refused (by the
+    # policy, 403 with its message) rather than unauthorized.
+    eventually(
+        lambda: "secure-keys Secret types" in _refused(lambda: _create(core, namespace, "Opaque")),
+        what="the grant and the policy to take effect",
+    )
+    yield account, core
+    api.close()
+
+
+def _secret(name: str, type_: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "annotations": annotations or {}},
+        "type": type_,
+        "data": {"x": "eA=="},
+    }
+
+
+def _create(
+    core: client.CoreV1Api,
+    namespace: str,
+    type_: str,
+    annotations: dict[str, str] | None = None,
+    *,
+    name: str = "s",
+    dry_run: bool = True,
+) -> Any:
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return core.create_namespaced_secret(namespace, _secret(name, type_, annotations), **kwargs)
+
+
+def _refused(call: Callable[[], Any]) -> str:
+    """The message of a request the API server must refuse with 403 ('' if it is
+    accepted, the status first if refused otherwise)."""
+    try:
+        call()
+    except ApiException as exc:
+        message = str(json.loads(exc.body).get("message", ""))
+        return message if exc.status == 403 else f"HTTP {exc.status}: {message}"
+    return ""
+
+
+def test_minting_a_token_for_another_service_account_is_refused(
+    writer: tuple[str, client.CoreV1Api], namespace: str
+) -> None:
+    """The exact attack: a service-account-token Secret naming the controller (from the
+    gateway) or a kube-system controller (from the controller)."""
+    account, core = writer
+    target = CONTROLLER if account == GATEWAY else "generic-garbage-collector"
+    message = _refused(lambda: _create(core, namespace, TOKEN_TYPE, {SA_ANNOTATION: target}))
+    assert "may write only secure-keys Secret types" in message
+    assert TOKEN_TYPE in message
+    # The annotation alone, on a Secret of an allowed type, is refused too.
+    message = _refused(lambda: _create(core, namespace, BLOB_SECRET_TYPE, {SA_ANNOTATION: target}))
+    assert "kubernetes.io/service-account.name" in message
+
+
+def test_an_existing_foreign_secret_cannot_be_rewritten_either(
+    writer: tuple[str, client.CoreV1Api], admin_api: client.ApiClient, namespace: str
+) -> None:
+    _, core = writer
+    client.CoreV1Api(admin_api).create_namespaced_secret(namespace, _secret("plain", "Opaque"))
+    secret = core.read_namespaced_secret("plain", namespace)
+    secret.metadata.annotations = {SA_ANNOTATION: CONTROLLER}
+    message = _refused(lambda: core.replace_namespaced_secret("plain", namespace, secret))
+    assert "may write only secure-keys Secret types" in message
+
+
+def test_the_project_secret_types_are_still_written(
+    writer: tuple[str, client.CoreV1Api], admin_api: client.ApiClient, namespace: str
+) -> None:
+    """What the controller (blob Secrets, its keys) and the gateway (its certificates
+    Secret, made by the chart and updated by the gateway) do every day."""
+    _, core = writer
+    for type_ in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE):
+        made = _create(core, namespace, type_, name=type_.split("/")[1], dry_run=False)
+        made.data = {"x": "eQ=="}
+        core.replace_namespaced_secret(made.metadata.name, namespace, made)
+    client.CoreV1Api(admin_api).create_namespaced_secret(
+        namespace, _secret("gateway-tls", GATEWAY_CERTS_TYPE)
+    )
+    tls = core.read_namespaced_secret("gateway-tls", namespace)
+    tls.data = {"ca.crt": "eQ=="}
+    tls.metadata.annotations = {"securekeys.io/rotated-ca": "1"}
+    assert core.replace_namespaced_secret("gateway-tls", namespace, tls).data == tls.data
+
+
+def test_other_users_are_not_matched(
+    admin_api: client.ApiClient, namespace: str, policy: str
+) -> None:
+    core = client.CoreV1Api(admin_api)
+    _create(core, namespace, "Opaque")
+    _create(core, namespace, TOKEN_TYPE, {SA_ANNOTATION: "default"})
+
+
+def test_without_the_binding_the_token_secret_is_admitted(
+    writer: tuple[str, client.CoreV1Api], admin_api: client.ApiClient, namespace: str
+) -> None:
+    """What gives the tests above their power: the same request, once the policy is
+    unbound, is admitted (a dry run, so no token is minted), and refused again after."""
+    _, core = writer
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    name = _policy_name()
+    admission.delete_validating_admission_policy_binding(name)
+    try:
+
+        def admitted() -> bool:
+            try:
+                _create(core, namespace, TOKEN_TYPE, {SA_ANNOTATION: CONTROLLER})
+            except ApiException:
+                return False
+            return True
+
+        eventually(admitted, what="the token Secret admitted without the binding")
+    finally:
+        install_admission_policy(admin_api, POLICY_FILE)
+    eventually(
+        lambda: _refused(lambda: _create(core, namespace, TOKEN_TYPE, {SA_ANNOTATION: CONTROLLER})),
+        what="the policy enforced again",
+    )
+
+
+# -- what the gateway may change in its webhook configuration and its Deployment ----------
+
+SELF_POLICY_FILE = REPO / "deploy" / "gateway-self-policy.yaml"
+MARK = "securekeys.io/ca-bundle-sha256"
+
+
+@pytest.fixture(scope="module")
+def self_policy(admin_api: client.ApiClient) -> Iterator[None]:
+    install_admission_policy(admin_api, SELF_POLICY_FILE)
+    yield
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    for document in yaml.safe_load_all(SELF_POLICY_FILE.read_text()):
+        if document and document["kind"] == "ValidatingAdmissionPolicyBinding":
+            admission.delete_validating_admission_policy_binding(document["metadata"]["name"])
+        elif document:
+            admission.delete_validating_admission_policy(document["metadata"]["name"])
+
+
+@pytest.fixture
+def gateway(
+    admin_api: client.ApiClient, namespace: str, self_policy: None
+) -> Iterator[client.ApiClient]:
+    """The gateway's ServiceAccount, allowed by RBAC (as gateway-certs-rbac.yaml allows it,
+    plus `update`) to rewrite a test webhook configuration and a Deployment."""
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    name = f"gateway-self-{namespace}"
+    rbac.create_cluster_role(
+        {
+            "metadata": {"name": name},
+            "rules": [
+                {
+                    "apiGroups": ["admissionregistration.k8s.io"],
+                    "resources": ["mutatingwebhookconfigurations"],
+                    "resourceNames": [namespace],
+                    "verbs": ["get", "patch", "update"],
+                },
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["deployments"],
+                    "verbs": ["get", "patch", "update"],
+                },
+            ],
+        }
+    )
+    rbac.create_cluster_role_binding(
+        {
+            "metadata": {"name": name},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": name,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": SYSTEM}],
+        }
+    )
+    admission = client.AdmissionregistrationV1Api(admin_api)
+    admission.create_mutating_webhook_configuration(
+        {
+            "metadata": {"name": namespace},
+            "webhooks": [
+                {
+                    "name": "inject.securekeys.io",
+                    "clientConfig": {"url": "https://127.0.0.1:1/inject"},
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["pods"],
+                        }
+                    ],
+                    # Nothing carries this label: the webhook is never called.
+                    "objectSelector": {"matchLabels": {"securekeys.io/never": namespace}},
+                    "namespaceSelector": {
+                        "matchExpressions": [
+                            {
+                                "key": "kubernetes.io/metadata.name",
+                                "operator": "NotIn",
+                                "values": ["kube-system"],
+                            }
+                        ]
+                    },
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "failurePolicy": "Fail",
+                }
+            ],
+        }
+    )
+    client.AppsV1Api(admin_api).create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "gateway"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "gateway"}},
+                "template": {
+                    "metadata": {"labels": {"app": "gateway"}, "annotations": {"keep": "me"}},
+                    "spec": {"containers": [{"name": "gateway", "image": "gateway:test"}]},
+                },
+            },
+        },
+    )
+    api = _as(admin_api, GATEWAY)
+    yield api
+    api.close()
+    admission.delete_mutating_webhook_configuration(namespace)
+    rbac.delete_cluster_role_binding(name)
+    rbac.delete_cluster_role(name)
+
+
+def _patch_webhook(
+    api: client.ApiClient, name: str, ops: list[dict[str, Any]], *, dry_run: bool = False
+) -> Any:
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return client.AdmissionregistrationV1Api(api).patch_mutating_webhook_configuration(
+        name, ops, **kwargs
+    )
+
+
+def _accepted(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+    except ApiException:
+        return False
+    return True
+
+
+def test_the_gateway_may_write_only_the_ca_bundle_of_its_webhook(
+    gateway: client.ApiClient, namespace: str
+) -> None:
+    bundle = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="
+    set_bundle = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}]
+    # What certs.py does; accepted once the RBAC grant acts.
+    eventually(
+        lambda: _accepted(lambda: _patch_webhook(gateway, namespace, set_bundle)),
+        what="the caBundle write accepted",
+    )
+    attacks: dict[str, list[dict[str, Any]]] = {
+        "drop the namespaceSelector": [{"op": "remove", "path": "/webhooks/0/namespaceSelector"}],
+        "drop the objectSelector": [{"op": "remove", "path": "/webhooks/0/objectSelector"}],
+        "repoint clientConfig": [
+            {"op": "replace", "path": "/webhooks/0/clientConfig/url", "value": "https://x.example/"}
+        ],
+        "fail open": [{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}],
+        "add a webhook": [
+            {
+                "op": "add",
+                "path": "/webhooks/-",
+                "value": {
+                    "name": "more.securekeys.io",
+                    "clientConfig": {"url": "https://x.example/"},
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                },
+            }
+        ],
+        "relabel it": [{"op": "add", "path": "/metadata/labels", "value": {"x": "y"}}],
+    }
+    # Attacks are dry runs (the policy judges them; nothing changes), the first one
+    # repeated until the API server's admission plugin has loaded the policy.
+    first = next(iter(attacks.values()))
+    eventually(
+        lambda: (
+            "caBundle" in _refused(lambda: _patch_webhook(gateway, namespace, first, dry_run=True))
+        ),
+        what="the policy enforced",
+    )
+    for what, ops in attacks.items():
+        message = _refused(
+            lambda ops=ops: _patch_webhook(gateway, namespace, ops, dry_run=True)  # type: ignore[misc]
+        )
+        assert "only webhooks[*].clientConfig.caBundle" in message, what
+    _patch_webhook(gateway, namespace, set_bundle)  # still allowed after all that
+
+
+def _patch_deployment(
+    api: client.ApiClient, namespace: str, patch: dict[str, Any], *, dry_run: bool = False
+) -> Any:
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return client.AppsV1Api(api).patch_namespaced_deployment("gateway", namespace, patch, **kwargs)
+
+
+def _template(patch: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"template": patch}}
+
+
+def test_the_gateway_may_only_restart_its_deployment(
+    gateway: client.ApiClient, namespace: str
+) -> None:
+    restart = _template({"metadata": {"annotations": {MARK: "0123abcd"}}})
+    eventually(
+        lambda: _accepted(lambda: _patch_deployment(gateway, namespace, restart)),
+        what="the restart annotation accepted",
+    )
+    attacks: dict[str, dict[str, Any]] = {
+        "run as the controller": _template({"spec": {"serviceAccountName": CONTROLLER}}),
+        "another image": _template(
+            {"spec": {"containers": [{"name": "gateway", "image": "other:test"}]}}
+        ),
+        "another pod annotation": _template({"metadata": {"annotations": {"x": "y"}}}),
+        "drop a pod annotation": _template({"metadata": {"annotations": {"keep": None}}}),
+        "relabel the pods": _template({"metadata": {"labels": {"extra": "y"}}}),
+        "scale": {"spec": {"replicas": 3}},
+        "relabel it": {"metadata": {"labels": {"x": "y"}}},
+    }
+    first = next(iter(attacks.values()))
+    eventually(
+        lambda: (
+            "only the pod template"
+            in _refused(lambda: _patch_deployment(gateway, namespace, first, dry_run=True))
+        ),
+        what="the policy enforced",
+    )
+    for what, patch in attacks.items():
+        message = _refused(
+            lambda p=patch: _patch_deployment(gateway, namespace, p, dry_run=True)  # type: ignore[misc]
+        )
+        assert "only the pod template annotation" in message, what
+    changed = _template({"metadata": {"annotations": {MARK: "4567cdef"}}})
+    _patch_deployment(gateway, namespace, changed)  # a second restart, still allowed
