@@ -392,6 +392,21 @@ def test_with_the_opt_in_the_sidecar_token_stays_its_own(
 # -- 4. ephemeral containers ---------------------------------------------------------------
 
 
+def _debug_target(
+    admin_api: client.ApiClient, namespace: str, pods: PodEnvironment, attacker: MakeAttacker
+) -> client.CoreV1Api:
+    """A running injected pod ``target`` reading ``alpha``, made by mallory-debug (who may
+    also patch pods/ephemeralcontainers, no exec); her API, to debug it with."""
+    _setup(admin_api, namespace, {"alpha": None})
+    core = client.CoreV1Api(admin_api)
+    _admission_ready(core, namespace, "alpha", pods)
+    debugger = attacker(namespace, "mallory-debug", DEBUGGER_RULES)
+    as_debugger = client.CoreV1Api(debugger.api)
+    as_debugger.create_namespaced_pod(namespace, _pod(pods, "target", "alpha"))
+    _running(core, namespace, "target")
+    return as_debugger
+
+
 @pytest.mark.parametrize("volume", ["securekeys-keys", "securekeys-token"])
 def test_an_ephemeral_container_may_not_mount_our_volumes(
     kube: Target,
@@ -402,13 +417,8 @@ def test_an_ephemeral_container_may_not_mount_our_volumes(
     attacker: MakeAttacker,
     volume: str,
 ) -> None:
-    _setup(admin_api, namespace, {"alpha": None})
     core = client.CoreV1Api(admin_api)
-    _admission_ready(core, namespace, "alpha", pods)
-    debugger = attacker(namespace, "mallory-debug", DEBUGGER_RULES)
-    as_debugger = client.CoreV1Api(debugger.api)
-    as_debugger.create_namespaced_pod(namespace, _pod(pods, "target", "alpha"))
-    _running(core, namespace, "target")
+    as_debugger = _debug_target(admin_api, namespace, pods, attacker)
 
     def debug(mounts: list[dict[str, Any]], name: str) -> object:
         container = {**_container(pods, name, f"cat /x/* ; {IDLE}", None), "volumeMounts": mounts}
@@ -435,13 +445,8 @@ def test_an_ephemeral_container_may_not_target_a_container_that_reads_the_keys(
 ) -> None:
     """The attack a second review found: ``kubectl debug --target=app`` as root with
     SYS_PTRACE mounts nothing, yet reads the app's key files through /proc/1/root."""
-    _setup(admin_api, namespace, {"alpha": None})
     core = client.CoreV1Api(admin_api)
-    _admission_ready(core, namespace, "alpha", pods)
-    debugger = attacker(namespace, "mallory-debug", DEBUGGER_RULES)
-    as_debugger = client.CoreV1Api(debugger.api)
-    as_debugger.create_namespaced_pod(namespace, _pod(pods, "target", "alpha"))
-    _running(core, namespace, "target")
+    as_debugger = _debug_target(admin_api, namespace, pods, attacker)
 
     def debug(name: str, target: str | None) -> object:
         script = f"cat /proc/1/root/var/run/secrets/securekeys/alpha ; {IDLE}"
