@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 from secure_keys.gateway.broker.policy import (
     BrokerRole,
     DeliveryKeyView,
-    PodView,
+    RunningPod,
     project_delivery_key,
     project_pod,
     project_role,
@@ -96,7 +96,7 @@ class BrokerCaches:
         self.roles: NotifyingCache[BrokerRole] = NotifyingCache(
             KEYROLES, project_role, on_change, index=_role_identities
         )
-        self.pods: NotifyingCache[PodView] = NotifyingCache(
+        self.pods: NotifyingCache[RunningPod] = NotifyingCache(
             PODS, project_pod, on_change, label_selector=INJECT_SELECTOR
         )
         self.accounts = AccountCache(on_change, on_account)
@@ -112,7 +112,7 @@ class BrokerCaches:
     async def run(self, api: KubeApi) -> None:
         await asyncio.gather(*(c.run(api) for c in self.all))
 
-    def roles_for(self, pod: PodView) -> list[BrokerRole]:
+    def roles_for(self, pod: RunningPod) -> list[BrokerRole]:
         found: dict[str, BrokerRole] = {}
         for identity in service_account_identities(pod.namespace, pod.service_account):
             found.update(self.roles.indexed(pod.namespace, identity))

@@ -1,6 +1,6 @@
 """The broker's decisions, pure: who may receive which key, which versions, until when.
 
-Inputs are small frozen projections of the watched objects (``PodView``,
+Inputs are small frozen projections of the watched objects (``RunningPod``,
 ``DeliveryKeyView``, ``BrokerRole``) and the time; outputs are a ``Refusal`` (a CamelCase
 reason and a message) or, per key, a ``Planned`` delivery: the versions to serve, the
 lease, and the next moment the answer can change by itself (a grace period or a lease
@@ -84,7 +84,10 @@ def _time(value: object) -> datetime | None:
 
 
 @dataclass(frozen=True, slots=True)
-class PodView:
+class RunningPod:
+    """A pod as it runs now, as the broker checks it on every stream (the webhook's
+    ``PodView`` is another thing: a pod at admission, before it has a uid)."""
+
     namespace: str
     name: str
     uid: str
@@ -101,7 +104,7 @@ def _dict(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def project_pod(obj: Mapping[str, Any]) -> PodView | None:
+def project_pod(obj: Mapping[str, Any]) -> RunningPod | None:
     metadata = metadata_of(obj)
     name, namespace, uid = metadata.get("name"), metadata.get("namespace"), metadata.get("uid")
     if not (isinstance(name, str) and isinstance(namespace, str) and isinstance(uid, str)):
@@ -118,7 +121,7 @@ def project_pod(obj: Mapping[str, Any]) -> PodView | None:
         # nothing, whatever a hand-built sidecar asks.
         keys = frozenset(ann.split_names(raw_keys))
     phase = (obj.get("status") or {}).get("phase")
-    return PodView(
+    return RunningPod(
         namespace=namespace,
         name=name,
         uid=uid,
@@ -379,7 +382,9 @@ class Grant:
     wake_at: datetime | None
 
 
-def check_pod(pod: PodView | None, *, name: str, uid: str, keys: Iterable[str]) -> Refusal | None:
+def check_pod(
+    pod: RunningPod | None, *, name: str, uid: str, keys: Iterable[str]
+) -> Refusal | None:
     """The token's pod must exist with that uid, be running, keep its containers apart,
     and ask (in its annotation, now) for every requested key.
 
@@ -422,7 +427,7 @@ def check_account(uid: str | None, *, name: str, token_uid: str) -> Refusal | No
 
 
 def grant(
-    pod: PodView,
+    pod: RunningPod,
     key: str,
     apikeys: Mapping[str, DeliveryKeyView],
     roles: Iterable[BrokerRole],

@@ -69,8 +69,8 @@ from secure_keys.gateway.broker.limits import RateLimits
 from secure_keys.gateway.broker.material import MaterialSource, MaterialUnavailable
 from secure_keys.gateway.broker.policy import (
     DeliveryKeyView,
-    PodView,
     Refusal,
+    RunningPod,
     check_account,
     check_pod,
     grant,
@@ -101,7 +101,7 @@ class Session:
         self,
         broker: Broker,
         identity: TokenIdentity,
-        pod: PodView,
+        pod: RunningPod,
         request: StreamRequest,
         ip: str,
         user_agent: str,
@@ -455,7 +455,7 @@ class Broker:
         request: web.Request,
         keys: Iterable[str] = (),
         retry_after: float | None = None,
-        pod: PodView | None = None,
+        pod: RunningPod | None = None,
     ) -> web.Response:
         self.audit_refusal(
             refusal,
@@ -591,7 +591,7 @@ class Broker:
                 self.sessions.pop(pod.namespace, None)
             metrics.BROKER_STREAMS.dec()
 
-    async def _pod(self, identity: TokenIdentity) -> PodView | None:
+    async def _pod(self, identity: TokenIdentity) -> RunningPod | None:
         deadline = time.monotonic() + POD_WAIT
         while True:
             pod = self.caches.pods.get(identity.namespace, identity.pod_name)
