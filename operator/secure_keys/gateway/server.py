@@ -38,7 +38,7 @@ from secure_keys.core.delivery import STREAM_PATH
 from secure_keys.gateway import metrics
 from secure_keys.gateway.broker.stream import Broker
 from secure_keys.gateway.tls import CertificateReloader
-from secure_keys.gateway.webhook.answers import Decisions
+from secure_keys.gateway.webhook.answers import AnswerCache
 from secure_keys.gateway.webhook.caches import GatewayCaches
 from secure_keys.gateway.webhook.injection import GatewaySettings
 from secure_keys.gateway.webhook.mutate import Outcome
@@ -74,7 +74,7 @@ class Handled:
     """The class of an unexpected exception (then the pod was denied with code 500)."""
 
 
-def handle_body(body: bytes, decisions: Decisions) -> Handled:
+def handle_body(body: bytes, decisions: AnswerCache) -> Handled:
     """The whole request, without HTTP.
 
     Raises only what the pipeline might raise unexpectedly; ``answer`` catches that. The
@@ -88,7 +88,7 @@ def handle_body(body: bytes, decisions: Decisions) -> Handled:
     return Handled(200, encoded, request, outcome)
 
 
-def answer(body: bytes, decisions: Decisions) -> Handled:
+def answer(body: bytes, decisions: AnswerCache) -> Handled:
     """``handle_body``, never raising: an unexpected failure denies the pod (code 500)."""
     try:
         return handle_body(body, decisions)
@@ -144,7 +144,7 @@ def build_app(
         reused: metrics.ADMISSION_ANSWERS.labels("reused" if reused else "computed").inc
         for reused in (True, False)
     }
-    decisions = Decisions(caches, settings, observe=lambda reused: sources[reused]())
+    decisions = AnswerCache(caches, settings, observe=lambda reused: sources[reused]())
 
     async def mutate(request: web.Request) -> web.Response:
         started = clock()

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from secure_keys.gateway.server import handle_body
-from secure_keys.gateway.webhook.answers import Decisions
+from secure_keys.gateway.webhook.answers import AnswerCache
 from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.webhook.injection import GatewaySettings
 from secure_keys.gateway.webhook.mutate import admit
@@ -107,7 +107,7 @@ def _caches() -> GatewayCaches:
 
 
 CACHES = _caches()
-DECISIONS = Decisions(CACHES, SETTINGS)
+DECISIONS = AnswerCache(CACHES, SETTINGS)
 
 GOOD_VALUES = {
     ann.KEYS: ["stripe-live", "stripe-live,internal-billing", "internal-billing"],

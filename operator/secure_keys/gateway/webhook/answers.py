@@ -5,7 +5,7 @@ that differ in the request's uid and in the name the API server gives each pod's
 ServiceAccount token volume (``kube-api-access-xxxxx``), a StatefulSet's in their names
 too; they arrive in bursts, when a workload scales or rolls out. The answer to each is a
 function of what ``mutate.admit_pod`` reads: the ``PodView``, the gateway's settings
-(fixed for the process) and what the caches hold. So ``Decisions`` keeps, per *shape*
+(fixed for the process) and what the caches hold. So ``AnswerCache`` keeps, per *shape*
 (the API version and the ``PodView`` without its name, which only the log line shows,
 and in which only the volume names the injection reserves count, since they are the only
 ones the pipeline looks at), the ``Outcome`` and the encoded answer with a slot for the
@@ -85,7 +85,7 @@ def pod_shape(pod: PodView) -> Hashable:
     )
 
 
-class Decisions:
+class AnswerCache:
     """The admission pipeline over the gateway's caches, reusing answers per pod shape."""
 
     def __init__(

@@ -1,7 +1,7 @@
 """Hostile inputs against the answer-reuse cache (``gateway.webhook.answers``).
 
 Each test plays a user of the cluster (or a peer that reaches the gateway's port) who
-tries to get an answer out of ``Decisions`` that the pipeline, computed afresh on the
+tries to get an answer out of ``AnswerCache`` that the pipeline, computed afresh on the
 same body over the same caches, would not give: another pod's patch, another request's
 uid, a stale verdict after a cache change, a shape that hashes and compares equal
 while meaning something else, or a gateway that runs out of memory. The safe behaviour
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from secure_keys.gateway.webhook.answers import DEFAULT_CAPACITY, Decisions
+from secure_keys.gateway.webhook.answers import DEFAULT_CAPACITY, AnswerCache
 from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.webhook.injection import (
     CA_VOLUME,
@@ -104,7 +104,7 @@ def _fresh(raw: bytes, caches: GatewayCaches, settings: GatewaySettings) -> tupl
     return outcome, encode(outcome.response, request.api_version)
 
 
-def _check(decisions: Decisions, raw: bytes, *truths: GatewayCaches) -> tuple[Outcome, bytes]:
+def _check(decisions: AnswerCache, raw: bytes, *truths: GatewayCaches) -> tuple[Outcome, bytes]:
     """Answer ``raw`` through ``decisions``; it must equal the fresh answer over each of
     ``truths`` (and over the decisions' own caches), outcome and bytes alike."""
     got = decisions.answer(decode(raw))
@@ -293,7 +293,7 @@ def _variant_caches() -> GatewayCaches:
 @pytest.mark.parametrize("order", ["forward", "backward", "twice"])
 def test_look_alike_pods_each_get_their_own_answer(order: str) -> None:
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     variants = list(_variants())
     if order == "backward":
         variants.reverse()
@@ -312,7 +312,7 @@ def test_look_alike_pods_each_get_their_own_answer(order: str) -> None:
 def test_the_shape_of_a_replica_with_other_volumes_still_applies() -> None:
     """Volume names outside the reserved ones do not count: the patch only appends."""
     caches = _variant_caches()
-    decisions = Decisions(caches, CA_SETTINGS)
+    decisions = AnswerCache(caches, CA_SETTINGS)
     for volumes in ([{"name": "a"}], [{"name": "b"}, {"name": "c"}], [{"name": "z"}] * 3):
         obj = pod(volumes=volumes)
         _check(decisions, _raw(obj))
@@ -354,7 +354,7 @@ def test_every_answer_carries_its_own_uid_byte_for_byte(
     settings: GatewaySettings, obj: dict[str, Any]
 ) -> None:
     caches = _variant_caches()
-    decisions = Decisions(caches, settings)
+    decisions = AnswerCache(caches, settings)
     for uid in ODD_UIDS:
         for api_version in ("admission.k8s.io/v1", "admission.k8s.io/v1beta1"):
             raw = _with_api_version(_raw(obj, uid=uid), api_version)
@@ -370,7 +370,7 @@ def test_the_same_pod_in_two_namespaces_does_not_share() -> None:
     objects = _objects()
     objects["keyroles"] = [_role(namespace=OTHER_NS)]
     caches = _build(objects)
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     assert _check(decisions, _raw(pod(), namespace=OTHER_NS))[0].outcome == "injected"
     assert _check(decisions, _raw(pod(), namespace=NS))[0].outcome == "denied"
     assert _check(decisions, _raw(pod(), namespace="kube-system"))[0].outcome == "skipped"
@@ -501,7 +501,7 @@ def test_every_cache_change_is_seen_by_the_next_pod_of_a_kept_shape() -> None:
     final objects (so a projection that compares equal when it should not shows too)."""
     objects = _objects()
     caches = _build(objects)
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     shapes = [
         pod(),
         pod(annotations={"securekeys.io/keys": "stripe-live", "securekeys.io/mode": "classic"}),
@@ -579,7 +579,7 @@ def test_read_json_reads_what_the_standard_library_reads(raw: bytes) -> None:
 def test_read_json_and_json_loads_give_the_same_pod_answer() -> None:
     """A body with both an integer past 64 bits and one below: read the same either way."""
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     for user in (2**63 - 1, 2**63, 2**64 + 1, -(2**63)):
         raw = _raw(pod(security_context={"runAsUser": user, "runAsGroup": 7}))
         assert read_json(raw) == json.loads(raw)
@@ -606,10 +606,10 @@ def test_kept_answers_do_not_pin_unbounded_memory() -> None:
     # 13.5 MiB for a 1 MiB body; 256 such pods (dry-run creates, or POSTs straight to
     # the gateway's port) would pin gigabytes, and an OOM-killed gateway blocks every
     # opted-in pod. Fixed: pods past MAX_KEPT_BODY or MAX_KEPT_ITEMS are never kept,
-    # and kept answers are weighed against a byte budget (test_decisions.py measures
+    # and kept answers are weighed against a byte budget (test_answers.py measures
     # the weights).
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     raws = [_large_pod(index, 25_000) for index in range(4)]
     size = len(raws[0])
     gc.collect()
@@ -638,7 +638,7 @@ def test_a_tiny_capacity_still_answers(capacity: int) -> None:
     # from an empty OrderedDict and raised KeyError, so every pod was denied with code
     # 500. Fixed: a capacity below 1 keeps nothing.
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS, capacity=capacity)
+    decisions = AnswerCache(caches, SETTINGS, capacity=capacity)
     for obj in (pod(), pod(service_account="batch"), pod()):
         _check(decisions, _raw(obj))
     assert len(decisions) <= capacity
@@ -648,7 +648,7 @@ def test_a_caller_scribbling_on_an_outcome_does_not_change_later_answers() -> No
     """The kept Outcome's patch holds dicts shared with the answers it is reused for;
     the bytes come from the template, so they stay right even if a caller edits it."""
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     outcome, _ = decisions.answer(decode(_raw(pod())))
     outcome.response.patch[0]["value"] = "scribbled"
     raw = _raw(pod())
@@ -658,7 +658,7 @@ def test_a_caller_scribbling_on_an_outcome_does_not_change_later_answers() -> No
 
 def test_nothing_is_kept_for_requests_that_are_not_readable_pod_creates() -> None:
     caches = _variant_caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     for raw in (
         _raw(pod(), operation="UPDATE"),
         _raw(pod(), kind="Deployment"),

@@ -20,7 +20,7 @@ import pytest
 from secure_keys.gateway.webhook.answers import (
     MAX_KEPT_BODY,
     MAX_KEPT_ITEMS,
-    Decisions,
+    AnswerCache,
     _for,
     pod_shape,
 )
@@ -86,7 +86,7 @@ def _response(raw: bytes) -> dict[str, Any]:
 
 def test_the_pods_of_a_deployment_share_one_answer_each_with_its_own_uid() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     replicas = [
         _replica("11111111-aaaa-4000-8000-000000000001", "kube-api-access-x7k2p"),
         _replica("22222222-bbbb-4000-8000-000000000002", "kube-api-access-9qzmv"),
@@ -105,7 +105,7 @@ def test_the_pods_of_a_deployment_share_one_answer_each_with_its_own_uid() -> No
 
 def test_a_removed_keyrole_denies_the_next_pod_of_a_kept_shape() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     first = _replica("uid-1", "kube-api-access-aaaaa")
     assert decisions.answer(decode(first))[0].outcome == "injected"
     caches.keyroles.apply(InformerEvent("DELETED", ROLE))
@@ -146,7 +146,7 @@ def test_a_removed_keyrole_denies_the_next_pod_of_a_kept_shape() -> None:
 )
 def test_every_cache_change_reaches_kept_shapes(change: Any, expected: str) -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     assert decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))[0].outcome == (
         "injected"
     )
@@ -158,7 +158,7 @@ def test_every_cache_change_reaches_kept_shapes(change: Any, expected: str) -> N
 def test_a_status_write_keeps_the_answers() -> None:
     """The controller writes ApiKey status often; the projection (and answers) stay."""
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))
     generation = caches.generation
     caches.apikeys.apply(InformerEvent("MODIFIED", _apikey(phase="Active", versions=[])))
@@ -174,7 +174,7 @@ def test_a_status_write_keeps_the_answers() -> None:
 
 def test_a_reserved_volume_name_is_part_of_the_shape() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     assert decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))[0].outcome == (
         "injected"
     )
@@ -184,7 +184,7 @@ def test_a_reserved_volume_name_is_part_of_the_shape() -> None:
 
 def test_pods_that_differ_in_what_the_pipeline_reads_do_not_share() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     plain = _replica("uid-1", "kube-api-access-a")
     other_mount = _replica(
         "uid-2",
@@ -230,7 +230,7 @@ def test_every_field_of_the_pod_view_but_the_name_is_in_the_shape() -> None:
 
 def test_a_statefulsets_pods_share_one_answer_each_logged_under_its_name() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     raws = [body(review(pod(name=f"db-{i}"), uid=f"uid-{i}")) for i in range(3)]
     outcomes = [decisions.answer(decode(raw)) for raw in raws]
     assert (decisions.misses, decisions.hits) == (1, 2)
@@ -247,7 +247,7 @@ def test_volume_names_outside_the_reserved_ones_do_not_count() -> None:
 
 def test_nothing_is_kept_before_the_caches_sync() -> None:
     caches = _caches(synced=False)
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     outcome, _ = decisions.answer(decode(_replica("uid-1", "kube-api-access-a")))
     assert outcome.reason == "NotReady"
     assert len(decisions) == 0
@@ -259,14 +259,14 @@ def test_nothing_is_kept_before_the_caches_sync() -> None:
 
 def test_at_most_capacity_shapes_are_kept() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS, capacity=3)
+    decisions = AnswerCache(caches, SETTINGS, capacity=3)
     for index in range(10):
         raw = _replica(f"uid-{index}", "kube-api-access-a", service_account=f"sa-{index}")
         assert decisions.answer(decode(raw))[1] == _fresh(raw, caches)
     assert len(decisions) == 3
 
 
-def _retained(decisions: Decisions, raws: list[bytes]) -> int:
+def _retained(decisions: AnswerCache, raws: list[bytes]) -> int:
     """Bytes still allocated after reading and answering ``raws`` (what the answers
     kept, including the parts of the decoded reviews that they hold on to)."""
     gc.collect()
@@ -306,7 +306,7 @@ def _hostile(index: int, kind: str) -> bytes:
 )
 def test_an_answer_weighs_at_least_what_it_keeps(kind: str) -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     if kind == "deployment":
         raws = [
             _replica(
@@ -327,7 +327,7 @@ def test_an_answer_weighs_at_least_what_it_keeps(kind: str) -> None:
 def test_a_flood_of_hostile_pods_keeps_no_more_than_the_budget() -> None:
     caches = _caches()
     budget = 1024 * 1024
-    decisions = Decisions(caches, SETTINGS, budget=budget)
+    decisions = AnswerCache(caches, SETTINGS, budget=budget)
     raws = [_hostile(i, kind) for i in range(60) for kind in ("tiny-labels", "mounts")]
     raws += [_hostile(i, "unknown-annotations") for i in range(60)]
     retained = _retained(decisions, raws)
@@ -338,7 +338,7 @@ def test_a_flood_of_hostile_pods_keeps_no_more_than_the_budget() -> None:
 
 def test_pods_past_the_limits_are_answered_and_never_kept() -> None:
     caches = _caches()
-    decisions = Decisions(caches, SETTINGS)
+    decisions = AnswerCache(caches, SETTINGS)
     big = {"securekeys.io/keys": "stripe-live", "note": "n" * (MAX_KEPT_BODY + 1)}
     many = {"securekeys.io/inject": "true"} | {f"l{i}": "v" for i in range(MAX_KEPT_ITEMS)}
     for raw in (body(review(pod(annotations=big))), body(review(pod(labels=many)))):
