@@ -172,9 +172,14 @@ class WebhookServer:
         response: dict[str, Any] = {"uid": review["request"]["uid"], "allowed": allowed}
         if not allowed:
             response["status"] = {"code": 403, "message": f"e2e webhook denies {name}"}
-        return web.json_response(
+        answer = web.json_response(
             {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
         )
+        # Say "Connection: close": a connection the server drops silently after each
+        # answer can be picked from the API server's idle pool as it closes ("use of
+        # closed network connection", seen once in CI).
+        answer.force_close()
+        return answer
 
     async def _start(self) -> None:
         app = web.Application()
