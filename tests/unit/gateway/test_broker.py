@@ -618,24 +618,30 @@ def test_draining_tells_open_streams_to_reconnect_and_refuses_new_ones() -> None
     _run(test)
 
 
+async def _refused_until_all_containers_may_read(world: World, url: str, pod: JsonObject) -> None:
+    """``pod`` is refused (SharedProcessNamespace) until it accepts that every container
+    may read its keys; then its stream opens."""
+    world.apply("pods", pod, "MODIFIED")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            url + "/v1/stream",
+            data=_body(RecipientPrivateKey.generate()),
+            headers={"Authorization": "Bearer token-a"},
+        ) as resp:
+            assert resp.status == 403
+            refusal = delivery.parse_refusal(await resp.read())
+            assert refusal.reason == "SharedProcessNamespace"
+        pod["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = "true"
+        world.apply("pods", pod, "MODIFIED")
+        resp, _ = await _open_stream(http, url)
+        resp.release()
+
+
 def test_a_shared_process_namespace_is_refused_unless_the_pod_accepts_it() -> None:
     async def test(world: World, url: str) -> None:
         shared = injected_pod()
         shared["spec"]["shareProcessNamespace"] = True
-        world.apply("pods", shared, "MODIFIED")
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                url + "/v1/stream",
-                data=_body(RecipientPrivateKey.generate()),
-                headers={"Authorization": "Bearer token-a"},
-            ) as resp:
-                assert resp.status == 403
-                refusal = delivery.parse_refusal(await resp.read())
-                assert refusal.reason == "SharedProcessNamespace"
-            shared["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = "true"
-            world.apply("pods", shared, "MODIFIED")
-            resp, _ = await _open_stream(http, url)
-            resp.release()
+        await _refused_until_all_containers_may_read(world, url, shared)
 
     _run(test)
 
@@ -650,22 +656,7 @@ def test_a_debug_container_aimed_at_a_key_reader_stops_delivery_unless_the_pod_a
             {"name": "app", "volumeMounts": [{"name": "securekeys-keys", "mountPath": "/k"}]}
         ]
         debugged["spec"]["ephemeralContainers"] = [{"name": "spy", "targetContainerName": "app"}]
-        world.apply("pods", debugged, "MODIFIED")
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
-                url + "/v1/stream",
-                data=_body(RecipientPrivateKey.generate()),
-                headers={"Authorization": "Bearer token-a"},
-            ) as resp:
-                assert resp.status == 403
-                refusal = delivery.parse_refusal(await resp.read())
-                assert refusal.reason == "SharedProcessNamespace"
-            debugged["metadata"]["annotations"]["securekeys.io/all-containers-may-read-keys"] = (
-                "true"
-            )
-            world.apply("pods", debugged, "MODIFIED")
-            resp, _ = await _open_stream(http, url)
-            resp.release()
+        await _refused_until_all_containers_may_read(world, url, debugged)
 
     _run(test)
 
