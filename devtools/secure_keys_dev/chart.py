@@ -41,6 +41,7 @@ DEPLOYED = {
     "secretref-policy.yaml": "templates/secretref-policy.yaml",
     "secret-types-policy.yaml": "templates/secret-types-policy.yaml",
     "gateway-self-policy.yaml": "templates/gateway-self-policy.yaml",
+    "access-policy.yaml": "templates/access-policy.yaml",
 }
 """deploy/ file -> the chart template it is rendered from."""
 

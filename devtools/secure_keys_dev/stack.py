@@ -72,9 +72,11 @@ def install_crds(api: client.ApiClient) -> None:
     for name in names:
         eventually(lambda n=name: established(n), what=f"CRD {name} Established")  # type: ignore[misc]
     install_secretref_policy(api)
+    install_access_policy(api)
 
 
 SECRETREF_POLICY = REPO / "deploy" / "secretref-policy.yaml"
+ACCESS_POLICY = REPO / "deploy" / "access-policy.yaml"
 
 
 def install_secretref_policy(api: client.ApiClient) -> None:
@@ -84,8 +86,26 @@ def install_secretref_policy(api: client.ApiClient) -> None:
     install_admission_policy(api, SECRETREF_POLICY)
 
 
+def install_access_policy(api: client.ApiClient) -> None:
+    """The chart's KeyAccessReview policy (dry runs only) and the reader ClusterRole bound
+    to every authenticated identity (deploy/access-policy.yaml)."""
+    policies = [d for d in yaml.safe_load_all(ACCESS_POLICY.read_text()) if d]
+    admission = [d for d in policies if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    for document in (d for d in policies if d not in admission):
+        try:
+            utils.create_from_dict(api, document)
+        except utils.FailToCreateError as exc:
+            if not all(e.status == 409 for e in exc.api_exceptions):
+                raise
+    _install_admission_documents(api, admission)
+
+
 def install_admission_policy(api: client.ApiClient, path: Path) -> None:
     """Create or replace each ValidatingAdmissionPolicy and binding in ``path``."""
+    _install_admission_documents(api, [d for d in yaml.safe_load_all(path.read_text()) if d])
+
+
+def _install_admission_documents(api: client.ApiClient, documents: list[dict[str, Any]]) -> None:
     admission = client.AdmissionregistrationV1Api(api)
     kinds: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]] = {
         "ValidatingAdmissionPolicy": (
@@ -99,9 +119,7 @@ def install_admission_policy(api: client.ApiClient, path: Path) -> None:
             admission.replace_validating_admission_policy_binding,
         ),
     }
-    for document in yaml.safe_load_all(path.read_text()):
-        if not document:
-            continue
+    for document in documents:
         create, read, replace = kinds[document["kind"]]
         name = document["metadata"]["name"]
         try:
@@ -438,7 +456,7 @@ def register_gateway_webhook(
     document["metadata"]["name"] = name
     for webhook in document["webhooks"]:
         webhook["clientConfig"] = {
-            "url": url.rstrip("/") + "/mutate",
+            "url": url.rstrip("/") + webhook["clientConfig"]["service"]["path"],
             "caBundle": base64.b64encode(ca_pem).decode(),
         }
     admission = client.AdmissionregistrationV1Api(api)

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from secure_keys.core import keyformat
 from secure_keys.core.memory import zero
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "render",
 ]
 
-Format = Literal["raw", "env", "json"]
+Format = keyformat.Format
 DATA_LINK = "..data"
 _DATA_TMP = "..data_tmp"
 _STAMP_PREFIX = ".."
@@ -64,12 +65,7 @@ _META_MODE = 0o444
 _DIR_MODE = 0o755
 _MODES = {"0400": 0o400, "0440": 0o440}
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}\Z")
 _STAMP = re.compile(r"\.\.\d{4}_\d\d_\d\d_\d\d_\d\d_\d\d\.[0-9a-f]{8,}\Z")
-# Bytes an env value may hold unquoted; anything else is single-quoted.
-_ENV_PLAIN = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-./+=:@,%^~"
-)
 
 
 class FileLayoutError(ValueError):
@@ -100,88 +96,15 @@ def check_file_name(name: str) -> str:
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _utf8_ok(data: bytearray | bytes) -> bool:
-    """Whether ``data`` is well-formed UTF-8, checked without building a ``str`` copy."""
-    i, size = 0, len(data)
-    while i < size:
-        lead = data[i]
-        if lead < 0x80:
-            i += 1
-            continue
-        if 0xC2 <= lead <= 0xDF:
-            need, low, high = 1, 0x80, 0xBF
-        elif 0xE0 <= lead <= 0xEF:
-            need = 2
-            low = 0xA0 if lead == 0xE0 else 0x80
-            high = 0x9F if lead == 0xED else 0xBF
-        elif 0xF0 <= lead <= 0xF4:
-            need = 3
-            low = 0x90 if lead == 0xF0 else 0x80
-            high = 0x8F if lead == 0xF4 else 0xBF
-        else:
-            return False
-        if i + need >= size:
-            return False
-        if not low <= data[i + 1] <= high:
-            return False
-        for j in range(i + 2, i + need + 1):
-            if not 0x80 <= data[j] <= 0xBF:
-                return False
-        i += need + 1
-    return True
-
-
 def render(
     fmt: Format, plaintext: bytearray, *, apikey: str, env_name: str | None, version: int
 ) -> bytearray:
-    """The file contents for one version, in a fresh ``bytearray`` the caller zeroes.
-
-    ``raw``: the key itself. ``env``: one ``NAME=value`` line, the value single-quoted
-    (``'`` written as ``'\\''``) unless it is made of shell-safe characters; a key holding
-    a newline or NUL cannot be an env line and is refused. ``json``: ``{"apiKey", "version",
-    "value"}`` with the key as a JSON string; it must be UTF-8. Refusals raise
-    ``FileLayoutError`` naming the rule, never the value.
-    """
-    out = bytearray()
-    if fmt == "raw":
-        out += plaintext
-        return out
-    if fmt == "env":
-        name = env_name or apikey.upper().replace("-", "_").replace(".", "_")
-        if not _ENV_NAME.match(name):
-            raise FileLayoutError("the env format needs a valid variable name")
-        if b"\n" in plaintext or b"\r" in plaintext or b"\x00" in plaintext:
-            raise FileLayoutError("a key with a newline or NUL cannot be written as an env line")
-        out += name.encode() + b"="
-        if plaintext and all(byte in _ENV_PLAIN for byte in plaintext):
-            out += plaintext
-        else:
-            out += b"'"
-            for byte in plaintext:
-                if byte == 0x27:
-                    out += b"'\\''"
-                else:
-                    out.append(byte)
-            out += b"'"
-        out += b"\n"
-        return out
-    if fmt == "json":
-        if not _utf8_ok(plaintext):
-            raise FileLayoutError("the json format needs a UTF-8 key")
-        out += b'{"apiKey":' + json.dumps(apikey).encode()
-        out += b',"version":' + str(version).encode() + b',"value":"'
-        for byte in plaintext:
-            if byte == 0x22:
-                out += b'\\"'
-            elif byte == 0x5C:
-                out += b"\\\\"
-            elif byte < 0x20 or byte == 0x7F:
-                out += b"\\u%04x" % byte
-            else:
-                out.append(byte)
-        out += b'"}\n'
-        return out
-    raise FileLayoutError("format must be raw, env or json")
+    """The file contents for one version (``core.keyformat.render``), in a fresh
+    ``bytearray`` the caller zeroes; a refusal raises ``FileLayoutError``."""
+    try:
+        return keyformat.render(fmt, plaintext, apikey=apikey, env_name=env_name, version=version)
+    except keyformat.KeyFormatError as exc:
+        raise FileLayoutError(str(exc)) from None
 
 
 # --- what is on disk ------------------------------------------------------------------------

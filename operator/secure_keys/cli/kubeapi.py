@@ -171,6 +171,11 @@ def _run(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
         ) from None
 
 
+def run_api(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
+    """Run ``operation`` with a client for ``target``; errors as the module says."""
+    return _run(target, operation)
+
+
 def fetch_recipient(kubeconfig: Path | None, controller_namespace: str) -> FetchedRecipient:
     """Read the recipient ConfigMap; its document is returned unparsed."""
     target = load_target(kubeconfig)

@@ -3,8 +3,9 @@
 The global ``--store local|cluster`` (or ``SECUREKEYS_STORE``; default ``cluster``) says
 which store the verbs work against. ``seal`` and ``rotate`` work against both (``seal``
 with ``--store local`` takes the plaintext from the local store); ``init``, ``add``,
-``rm`` and ``passwd`` belong to the local store; ``get``, ``list``, ``audit`` and ``run``
-work against the local store and are refused against the cluster, where they are not
+``rm`` and ``passwd`` belong to the local store; ``get``, ``list`` and ``run`` work
+against both (the cluster's through KeyAccessReviews, ``cli/access.py``); ``audit``
+works against the local store and is refused against the cluster, where it is not
 available yet.
 
 User errors end with one ``secure-keys: error: ...`` line and an exit status, never a
@@ -27,10 +28,12 @@ from pathlib import Path
 import structlog
 import yaml
 
+from secure_keys.cli import access as access_cmd
 from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import local as local_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
+from secure_keys.core.accessreview import ReviewInvalid
 from secure_keys.core.errors import SealedSourceInvalid
 from secure_keys.core.sealing import Recipient
 from secure_keys.kube.client import ApiError
@@ -70,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     local_parsers = local_cmd.add_arguments(commands)
+    access_cmd.add_cluster_arguments(local_parsers)
 
     seal = commands.add_parser(
         "seal",
@@ -174,6 +178,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
                 return local_cmd.COMMANDS[args.command](args)
         if args.command in local_cmd.LOCAL_ONLY:
             raise StoreError(f"`{args.command}` is a command of the local store: use --store local")
+        if args.command in access_cmd.COMMANDS:
+            return access_cmd.COMMANDS[args.command](args)
         if args.command in local_cmd.NOT_YET_ON_CLUSTER:
             _error(
                 f"`{args.command}` against the cluster is not available yet; "
@@ -208,6 +214,12 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
         return 1
     except (kubeapi.ApiUnreachable, kubeapi.RecipientUnpublished) as exc:
         _error(str(exc))
+        return 1
+    except access_cmd.AccessRefused as exc:
+        _error(f"refused: {exc}")
+        return 1
+    except ReviewInvalid as exc:
+        _error(f"the cluster's answer: {exc}")
         return 1
     except kubeapi.KubeconfigError as exc:
         _error(str(exc))

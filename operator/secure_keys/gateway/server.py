@@ -12,6 +12,8 @@
   (``tls.CertificateReloader``), so certificates rotate without a restart. A pair that fails
   to load (say, the key written before the certificate) is ignored until the next
   change; the previous pair keeps serving.
+* ``POST /v1/access`` (with the broker): KeyAccessReviews, the read path of people and
+  pipelines (``access/reviews.py``, docs/access.md).
 * Prometheus metrics on a separate plain-HTTP port (``metrics.py``).
 * SIGTERM or SIGINT: the listener closes at once (no new connection), the broker tells
   every open stream to reconnect elsewhere (``Broker.drain``, at most
@@ -36,6 +38,7 @@ from aiohttp import web
 
 from secure_keys.core.delivery import STREAM_PATH
 from secure_keys.gateway import metrics
+from secure_keys.gateway.access.reviews import ACCESS_PATH, AccessReviews
 from secure_keys.gateway.broker.stream import Broker
 from secure_keys.gateway.tls import CertificateReloader
 from secure_keys.gateway.webhook.answers import AnswerCache
@@ -138,6 +141,7 @@ def build_app(
     settings: GatewaySettings,
     clock: Callable[[], float] = time.perf_counter,
     broker: Broker | None = None,
+    access: AccessReviews | None = None,
 ) -> web.Application:
     children = _Children()
     sources = {
@@ -203,6 +207,8 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if broker is not None:
         app.router.add_post(STREAM_PATH, broker.handle)
+    if access is not None:
+        app.router.add_post(ACCESS_PATH, access.handle)
     return app
 
 
@@ -295,6 +301,18 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     return broker
 
 
+def _build_access(broker: Broker, api: KubeApi) -> AccessReviews:
+    """``POST /v1/access`` (KeyAccessReviews), on the broker's caches and material."""
+    from secure_keys.gateway.access.reviews import KeyEvents
+    from secure_keys.kube.client import EVENTS
+
+    class _Events:
+        async def create_event(self, namespace: str, body: dict[str, object]) -> None:
+            await api.create(EVENTS, namespace, body)
+
+    return AccessReviews(broker, KeyEvents(_Events()))
+
+
 async def serve(options: GatewayOptions) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     caches = GatewayCaches()
@@ -315,11 +333,12 @@ async def serve(options: GatewayOptions) -> None:
             asyncio.create_task(_track_caches(caches), name="synced"),
             asyncio.create_task(reloader.watch(options.cert_reload_interval), name="tls"),
         ]
-        broker = None
+        broker, access = None, None
         if options.broker is not None:
             broker = _build_broker(options.broker, api)
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
-        app = build_app(caches, options.settings, broker=broker)
+            access = _build_access(broker, api)
+        app = build_app(caches, options.settings, broker=broker, access=access)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()
         site = web.TCPSite(runner, options.address, options.port, ssl_context=reloader.context)

@@ -101,7 +101,8 @@ SERVICE_ACCOUNT_GROUPS = "system:serviceaccounts"
 _SERVICE_ACCOUNT_USER = "system:serviceaccount:"
 
 Identity = tuple[str, ...]
-"""("sa", namespace, name) or ("group", name): what a subject names, comparably."""
+"""("sa", namespace, name), ("user", name) or ("group", name): what a subject names,
+comparably."""
 
 
 def subject_identities(subject: Subject, role_namespace: str) -> tuple[Identity, ...]:
@@ -112,7 +113,7 @@ def subject_identities(subject: Subject, role_namespace: str) -> tuple[Identity,
         parts = subject.name.split(":")
         if subject.name.startswith(_SERVICE_ACCOUNT_USER) and len(parts) == 4:
             return (("sa", parts[2], parts[3]),)
-        return ()  # a person: never a pod's identity
+        return (("user", subject.name),)  # a person: never a pod's identity
     return (("group", subject.name),)
 
 
@@ -124,6 +125,25 @@ def service_account_identities(namespace: str, service_account: str) -> tuple[Id
         ("group", f"{SERVICE_ACCOUNT_GROUPS}:{namespace}"),
         ("group", "system:authenticated"),
     )
+
+
+def user_identities(username: str, groups: Sequence[str]) -> tuple[Identity, ...]:
+    """Everything a subject may name to mean an authenticated user, as RBAC matches it:
+    the user name, each of its groups, and for a ServiceAccount's user name
+    (``system:serviceaccount:<ns>:<name>``) the ServiceAccount itself. The groups are
+    the API server's (``system:authenticated`` among them), never the caller's claim."""
+    found: list[Identity] = [("user", username)]
+    found.extend(("group", group) for group in groups)
+    parts = username.split(":")
+    if username.startswith(_SERVICE_ACCOUNT_USER) and len(parts) == 4:
+        found.append(("sa", parts[2], parts[3]))
+    return tuple(found)
+
+
+def binds_user(subject: Subject, role_namespace: str, username: str, groups: Sequence[str]) -> bool:
+    """Whether ``subject`` of a KeyRole in ``role_namespace`` names this user."""
+    wanted = user_identities(username, groups)
+    return any(i in wanted for i in subject_identities(subject, role_namespace))
 
 
 def binds_service_account(

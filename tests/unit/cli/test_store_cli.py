@@ -99,14 +99,23 @@ def test_the_store_is_chosen_by_the_environment_too(
     assert "expected local or cluster" in err
 
 
-@pytest.mark.parametrize("verb", ["get", "list", "audit", "run"])
-def test_the_new_verbs_refuse_the_cluster_for_now(
-    run: Run, monkeypatch: pytest.MonkeyPatch, verb: str
-) -> None:
-    argv = {"get": ["get", "k"], "list": ["list"], "audit": ["audit"], "run": ["run"]}[verb]
-    code, out, err = run("--store", "cluster", *argv, monkeypatch=monkeypatch)
+def test_audit_refuses_the_cluster_for_now(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = run("--store", "cluster", "audit", monkeypatch=monkeypatch)
     assert (code, out) == (2, b"")
     assert "against the cluster is not available yet" in err
+
+
+@pytest.mark.parametrize("verb", ["get", "list", "run"])
+def test_the_read_verbs_go_to_the_cluster_and_need_a_kubeconfig(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, verb: str
+) -> None:
+    argv = {"get": ["get", "k"], "list": ["list"], "run": ["run", "--key", "k", "--", "true"]}
+    missing = tmp_path / "absent.kubeconfig"
+    code, out, err = run(
+        f"--kubeconfig={missing}", "--store", "cluster", *argv[verb], monkeypatch=monkeypatch
+    )
+    assert (code, out) == (2, b"")
+    assert f"kubeconfig {missing} does not exist" in err
 
 
 @pytest.mark.parametrize("verb", ["init", "add", "rm", "passwd"])

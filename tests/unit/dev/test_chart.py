@@ -226,6 +226,26 @@ def test_the_user_roles_grant_no_plaintext_path_and_aggregate_where_they_fit() -
     assert not any(k.startswith("rbac.authorization.k8s.io/") for k in labels["key-ci"])
 
 
+def test_every_authenticated_identity_may_only_dry_run_create_key_access_reviews() -> None:
+    """The reader's one Kubernetes permission (the KeyRole is the gate), and the policy
+    that keeps a KeyAccessReview from ever being stored."""
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in rendered()}
+    role = documents["ClusterRole", "secure-keys-key-reader"]
+    assert role["rules"] == [
+        {"apiGroups": ["securekeys.io"], "resources": ["keyaccessreviews"], "verbs": ["create"]}
+    ]
+    binding = documents["ClusterRoleBinding", "secure-keys-key-reader"]
+    assert [s["name"] for s in binding["subjects"]] == ["system:authenticated"]
+    policy = documents["ValidatingAdmissionPolicy", "secure-keys-access-reviews-dry-run"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert [v["expression"] for v in policy["spec"]["validations"]] == ["request.dryRun == true"]
+    webhook = documents["MutatingWebhookConfiguration", "secure-keys-gateway"]
+    access = next(w for w in webhook["webhooks"] if w["name"] == "access.securekeys.io")
+    assert access["failurePolicy"] == "Fail"
+    assert access["clientConfig"]["service"]["path"] == "/v1/access"
+    assert access["rules"][0]["resources"] == ["keyaccessreviews"]
+
+
 def test_the_local_kms_secret_is_kept_and_made_once() -> None:
     secrets = [d for d in rendered() if d["kind"] == "Secret"]
     secrets = [s for s in secrets if s["metadata"]["name"] != "secure-keys-gateway-tls"]

@@ -76,6 +76,7 @@ class AuditLog:
         user_agent: str,
         session_id: str,
         context: Mapping[str, Any],
+        action: str = "read",
     ) -> dict[str, Any]:
         record = self._chain.link(
             {
@@ -83,7 +84,7 @@ class AuditLog:
                 "event_type": event_type,
                 "user_id": user_id,
                 "key_id": key_id,
-                "action": "read",
+                "action": action,
                 "result": result,
                 "ip_address": ip_address,
                 "user_agent": user_agent,

@@ -1,0 +1,238 @@
+"""``secure-keys get``, ``list`` and ``run`` against the cluster: KeyAccessReviews.
+
+Each command makes one server-side dry-run create of a ``KeyAccessReview``
+(``core.accessreview``) with the kubeconfig's identity, whatever proves it (client
+certificate, exec plugin, token, in-cluster ServiceAccount): the API server
+authenticates, the gateway answers in the returned object's status, nothing is stored.
+For a read, a fresh X25519 key pair is made in this process for this one request; the
+key comes back sealed to it and is opened here into a ``bytearray`` that is zeroed once
+written (``get``) or handed to the child's environment (``run``).
+
+What goes where: the key (and only the key) on stdout for ``get``; everything else on
+stderr. A refusal is the cluster's answer: exit 1, with the gateway's message (which
+says what would grant it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from secure_keys.cli import kubeapi
+from secure_keys.core import accessreview as wire
+from secure_keys.core.keyformat import KeyFormatError, render
+from secure_keys.core.memory import zero
+from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.kube.client import KubeApi, Resource
+
+REVIEWS = Resource(wire.GROUP, wire.VERSION, wire.PLURAL)
+CLUSTER_COMMANDS = frozenset({"get", "list", "run"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+
+class AccessRefused(Exception):
+    """The gateway answered no: the message is its reason and what would grant it."""
+
+    def __init__(self, answer: wire.ReviewAnswer) -> None:
+        super().__init__(f"{answer.reason}: {answer.message}")
+        self.answer = answer
+
+
+class AccessUsageError(ValueError):
+    """A usage error of these commands (exit 2)."""
+
+
+def add_cluster_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
+    """The cluster options of ``get``, ``list`` and ``run`` (the local store's parsers)."""
+    for name in ("get", "list", "run"):
+        parsers[name].add_argument(
+            "-n", "--namespace", default=None, help="cluster: the key's namespace"
+        )
+    get = parsers["get"]
+    get.add_argument("--version", type=int, default=None, help="cluster: this version")
+    get.add_argument(
+        "--format",
+        choices=("raw", "env", "json"),
+        default="raw",
+        help="cluster: raw (the key), env (NAME=value) or json",
+    )
+    get.add_argument(
+        "-o", "--output", type=Path, default=None, help="cluster: write here (0600), not stdout"
+    )
+
+
+@dataclass(frozen=True)
+class ReadKey:
+    """A key read from the cluster: its plaintext (the caller zeroes it) and its answer."""
+
+    plaintext: bytearray
+    answer: wire.AnsweredKey
+    audit_id: str
+
+
+async def _create_review(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> dict[str, Any]:
+    return await api.request(
+        "POST",
+        REVIEWS.path(namespace),
+        body=wire.review_object(spec, namespace),
+        query={"dryRun": "All"},
+    )
+
+
+def review(target: kubeapi.Target, namespace: str, spec: wire.ReviewSpec) -> wire.ReviewAnswer:
+    """One KeyAccessReview, answered; raises ``AccessRefused`` if the answer is no."""
+    returned = kubeapi.run_api(target, lambda api: _create_review(api, namespace, spec))
+    answer = wire.parse_answer(returned.get("status"))
+    if not answer.allowed:
+        raise AccessRefused(answer)
+    return answer
+
+
+def read_key(
+    target: kubeapi.Target,
+    namespace: str,
+    name: str,
+    *,
+    version: int | None = None,
+    previous: bool = False,
+    client: str = "secure-keys-cli",
+) -> ReadKey:
+    """Read one key through a review; the plaintext is opened with a key pair made for
+    this request only, and the caller zeroes it."""
+    private = RecipientPrivateKey.generate()
+    spec = wire.ReviewSpec(
+        "read",
+        key=name,
+        version=version,
+        previous=previous,
+        recipient=private.public(),
+        client=client,
+    )
+    answer = review(target, namespace, spec)
+    key = answer.key
+    if key is None or key.name != name:
+        raise wire.ReviewInvalid("the gateway's answer holds no key")
+    plaintext = wire.open_answer(
+        private, key.sealed, namespace=namespace, apikey=key.name, version=key.version
+    )
+    return ReadKey(plaintext, key, answer.audit_id)
+
+
+def _write_private(path: Path, data: bytearray) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)
+
+
+def get(args: argparse.Namespace) -> int:
+    if args.previous and args.version is not None:
+        raise AccessUsageError("--previous and --version exclude each other")
+    target = kubeapi.load_target(args.kubeconfig)
+    namespace = args.namespace or target.namespace
+    read = read_key(
+        target,
+        namespace,
+        args.name,
+        version=args.version,
+        previous=args.previous,
+        client="secure-keys-cli/get",
+    )
+    rendered = bytearray()
+    try:
+        if args.format == "raw":
+            rendered += read.plaintext
+        else:
+            rendered = render(
+                args.format,
+                read.plaintext,
+                apikey=read.answer.name,
+                env_name=read.answer.env_name or None,
+                version=read.answer.version,
+            )
+        if args.output is not None:
+            _write_private(args.output, rendered)
+        else:
+            out = sys.stdout.buffer
+            out.write(rendered)
+            if args.format == "raw" and (args.newline or out.isatty()):
+                out.write(b"\n")
+            out.flush()
+    finally:
+        zero(rendered)
+        zero(read.plaintext)
+    where = f" to {args.output}" if args.output is not None else ""
+    print(
+        f"{namespace}/{read.answer.name} version {read.answer.version}{where} "
+        f"(audit {read.audit_id or '-'})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def list_keys(args: argparse.Namespace) -> int:
+    target = kubeapi.load_target(args.kubeconfig)
+    namespace = args.namespace or target.namespace
+    answer = review(target, namespace, wire.ReviewSpec("list", client="secure-keys-cli/list"))
+    if args.json:
+        import json
+
+        print(json.dumps([k.to_json() for k in answer.keys], indent=2))
+        return 0
+    if not answer.keys:
+        print(f"no key in namespace {namespace!r} that you may read or list", file=sys.stderr)
+        return 0
+    print("NAME\tCURRENT\tVERSIONS\tPERMISSIONS\tFINGERPRINT")
+    for key in answer.keys:
+        current = next((v for v in key.versions if v.version == key.current_version), None)
+        states = ",".join(f"v{v.version}:{v.state}" for v in key.versions if v.state != "Destroyed")
+        permissions = ",".join(key.permissions) + (" (MFA)" if key.require_mfa else "")
+        fingerprint = current.fingerprint[:24] if current is not None else "-"
+        print(f"{key.name}\tv{key.current_version}\t{states}\t{permissions}\t{fingerprint}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    command = list(args.command_line)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise AccessUsageError("run needs a command after --")
+    if not args.key:
+        raise AccessUsageError("run needs at least one --key NAME[=ENV_VAR]")
+    program = shutil.which(command[0])
+    if program is None:
+        raise AccessUsageError(f"command not found: {command[0][:64]!r}")
+    wanted: list[tuple[str, str]] = []
+    for item in args.key:
+        name, _, variable = item.partition("=")
+        variable = variable or name.upper().replace("-", "_").replace(".", "_")
+        if not _ENV_NAME.match(variable):
+            raise AccessUsageError(f"{variable[:64]!r} is not an environment variable name")
+        wanted.append((name, variable))
+    target = kubeapi.load_target(args.kubeconfig)
+    namespace = args.namespace or target.namespace
+    env: dict[bytes, bytes] = {os.fsencode(k): os.fsencode(v) for k, v in os.environ.items()}
+    for name, variable in wanted:
+        read = read_key(target, namespace, name, client="secure-keys-cli/run")
+        try:
+            if b"\x00" in read.plaintext:
+                raise AccessUsageError(
+                    f"key {name!r} holds a NUL byte: it cannot be in the environment"
+                )
+            env[variable.encode()] = bytes(read.plaintext)
+        finally:
+            zero(read.plaintext)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(program, command, env)  # noqa: S606 - the user's own command, by design
+
+
+COMMANDS = {"get": get, "list": list_keys, "run": run}
+__all__ = ["COMMANDS", "AccessRefused", "AccessUsageError", "KeyFormatError", "read_key"]

@@ -1,0 +1,304 @@
+"""Owns the KeyAccessReview wire format: what a reader asks and what the gateway answers.
+
+A person or a pipeline reads a key by a **server-side dry-run create** of a
+``KeyAccessReview`` (``securekeys.io/v1alpha1``) in the key's namespace. The API server
+authenticates the caller (client certificate, exec plugin, OIDC, ServiceAccount token),
+calls the gateway's mutating webhook with the identity in ``userInfo``, and returns the
+object as the gateway patched it; nothing is stored (docs/access.md).
+
+``spec`` (the caller's question):
+
+* ``operation``: ``read`` (one key) or ``list`` (the keys the caller may read or list);
+* ``key``, and optionally ``version`` or ``previous``, for ``read``;
+* ``recipientKey``: base64 of a 32-byte X25519 public key that exists only in the
+  caller's process, for ``read``: the material comes back sealed to it;
+* ``client``: what the caller says it is (``secure-keys-cli/get``), for the audit record.
+
+``status`` (the gateway's answer, patched in whole): ``allowed``, ``reason``
+(CamelCase), ``message`` (what would grant it, when refused), ``auditId`` (the audit
+record's ``<chain>:<seq>``), and ``key`` (one ``AnsweredKey`` with the sealed material)
+or ``keys`` (``ListedKey``s, never material).
+
+Both sides parse here, strictly and with size limits, into frozen objects. Sealing the
+answer uses ``core.sealing`` with the name ``<apikey>.v<version>`` in the key's
+namespace, as deliveries to sidecars do: a sealed answer opens only with the caller's
+ephemeral private key, and only as that key, version and namespace.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from secure_keys.core.delivery import sealed_name
+from secure_keys.core.sealing import Recipient, RecipientPrivateKey, open_sealed, seal_to_recipient
+
+GROUP = "securekeys.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "KeyAccessReview"
+PLURAL = "keyaccessreviews"
+
+Operation = Literal["read", "list"]
+OPERATIONS: tuple[Operation, ...] = ("read", "list")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+MAX_NAME = 253
+MAX_CLIENT = 64
+MAX_VERSION = 2**31 - 1
+
+
+class ReviewInvalid(ValueError):
+    """A review's spec (or an answer's status) is malformed; the message quotes no input
+    beyond a short prefix."""
+
+
+def _prefix(value: object) -> str:
+    return repr(value)[:40]
+
+
+def _key_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME or not _NAME.match(value):
+        raise ReviewInvalid(f"{where} must be an ApiKey name (got {_prefix(value)})")
+    return value
+
+
+def _recipient(value: object) -> Recipient:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ReviewInvalid("spec.recipientKey must be base64 of a 32-byte X25519 key")
+    try:
+        raw = base64.b64decode(value, validate=True)
+        return Recipient(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise ReviewInvalid(f"spec.recipientKey is not a usable X25519 key ({exc})") from None
+
+
+@dataclass(frozen=True)
+class ReviewSpec:
+    """What the caller asks: parsed once at the gateway's edge."""
+
+    operation: Operation
+    key: str = ""
+    version: int | None = None
+    previous: bool = False
+    recipient: Recipient | None = None
+    client: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"operation": self.operation}
+        if self.key:
+            spec["key"] = self.key
+        if self.version is not None:
+            spec["version"] = self.version
+        if self.previous:
+            spec["previous"] = True
+        if self.recipient is not None:
+            spec["recipientKey"] = base64.b64encode(self.recipient.public_key).decode()
+        if self.client:
+            spec["client"] = self.client
+        return spec
+
+
+def parse_spec(spec: object) -> ReviewSpec:
+    """The spec of a review object; raises ``ReviewInvalid``."""
+    if not isinstance(spec, Mapping):
+        raise ReviewInvalid("a KeyAccessReview needs a spec")
+    operation = spec.get("operation")
+    if operation not in OPERATIONS:
+        raise ReviewInvalid(f"spec.operation must be read or list (got {_prefix(operation)})")
+    client = spec.get("client", "")
+    if not isinstance(client, str) or len(client) > MAX_CLIENT:
+        raise ReviewInvalid(f"spec.client must be text of at most {MAX_CLIENT} characters")
+    client = "".join(c for c in client if c.isprintable())
+    if operation == "list":
+        return ReviewSpec("list", client=client)
+    key = _key_name(spec.get("key"), "spec.key")
+    version = spec.get("version")
+    if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
+        raise ReviewInvalid(f"spec.version must be a version number (got {_prefix(version)})")
+    previous = spec.get("previous", False)
+    if not isinstance(previous, bool):
+        raise ReviewInvalid("spec.previous must be true or false")
+    if previous and version is not None:
+        raise ReviewInvalid("spec.previous and spec.version exclude each other")
+    return ReviewSpec(
+        "read",
+        key=key,
+        version=version,
+        previous=previous,
+        recipient=_recipient(spec.get("recipientKey")),
+        client=client,
+    )
+
+
+def review_object(spec: ReviewSpec, namespace: str) -> dict[str, Any]:
+    """The object a client dry-run creates (a generated name: nothing is stored)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"generateName": f"{spec.operation}-", "namespace": namespace},
+        "spec": spec.to_json(),
+    }
+
+
+# --- the answer ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnsweredKey:
+    """One version of one key, its material sealed to the caller's ephemeral key."""
+
+    name: str
+    version: int
+    fingerprint: str
+    format: str
+    env_name: str
+    sealed: str
+    expires_at: str
+    """Until when the caller may keep it (the granting role's ``ttl``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "format": self.format,
+            "envName": self.env_name,
+            "sealed": self.sealed,
+            "expiresAt": self.expires_at,
+        }
+
+
+@dataclass(frozen=True)
+class ListedVersion:
+    version: int
+    state: str
+    fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "state": self.state, "fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
+class ListedKey:
+    """A key the caller may read or list: metadata only, never material."""
+
+    name: str
+    current_version: int
+    versions: tuple[ListedVersion, ...]
+    permissions: tuple[str, ...]
+    require_mfa: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "currentVersion": self.current_version,
+            "versions": [v.to_json() for v in self.versions],
+            "permissions": list(self.permissions),
+            "requireMFA": self.require_mfa,
+        }
+
+
+@dataclass(frozen=True)
+class ReviewAnswer:
+    allowed: bool
+    reason: str
+    message: str
+    audit_id: str = ""
+    key: AnsweredKey | None = None
+    keys: tuple[ListedKey, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "allowed": self.allowed,
+            "reason": self.reason,
+            "message": self.message,
+        }
+        if self.audit_id:
+            status["auditId"] = self.audit_id
+        if self.key is not None:
+            status["key"] = self.key.to_json()
+        if self.keys:
+            status["keys"] = [k.to_json() for k in self.keys]
+        return status
+
+
+def _str(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise ReviewInvalid(f"{where} is missing")
+    return value
+
+
+def _int(value: object, where: str) -> int:
+    if type(value) is not int:
+        raise ReviewInvalid(f"{where} is not a number")
+    return value
+
+
+def parse_answer(status: object) -> ReviewAnswer:
+    """The gateway's answer in a returned review's status; raises ``ReviewInvalid``."""
+    if not isinstance(status, Mapping) or not isinstance(status.get("allowed"), bool):
+        raise ReviewInvalid(
+            "the review came back unanswered: is the gateway's access webhook installed?"
+        )
+    key = None
+    raw_key = status.get("key")
+    if isinstance(raw_key, Mapping):
+        key = AnsweredKey(
+            name=_str(raw_key.get("name"), "status.key.name"),
+            version=_int(raw_key.get("version"), "status.key.version"),
+            fingerprint=_str(raw_key.get("fingerprint"), "status.key.fingerprint"),
+            format=_str(raw_key.get("format"), "status.key.format"),
+            env_name=str(raw_key.get("envName") or ""),
+            sealed=_str(raw_key.get("sealed"), "status.key.sealed"),
+            expires_at=str(raw_key.get("expiresAt") or ""),
+        )
+    keys = []
+    for item in status.get("keys") or ():
+        if not isinstance(item, Mapping):
+            raise ReviewInvalid("status.keys holds a non-object")
+        keys.append(
+            ListedKey(
+                name=_str(item.get("name"), "status.keys[].name"),
+                current_version=_int(item.get("currentVersion", 0), "currentVersion"),
+                versions=tuple(
+                    ListedVersion(
+                        _int(v.get("version"), "version"),
+                        str(v.get("state", "")),
+                        str(v.get("fingerprint", "")),
+                    )
+                    for v in item.get("versions") or ()
+                    if isinstance(v, Mapping)
+                ),
+                permissions=tuple(str(p) for p in item.get("permissions") or ()),
+                require_mfa=item.get("requireMFA") is True,
+            )
+        )
+    return ReviewAnswer(
+        allowed=status["allowed"],
+        reason=str(status.get("reason") or ""),
+        message=str(status.get("message") or ""),
+        audit_id=str(status.get("auditId") or ""),
+        key=key,
+        keys=tuple(keys),
+    )
+
+
+def seal_answer(
+    recipient: Recipient, plaintext: bytes | bytearray, *, namespace: str, apikey: str, version: int
+) -> str:
+    """Seal one version to the caller's ephemeral key; the caller zeroes ``plaintext``."""
+    return seal_to_recipient(
+        recipient, plaintext, namespace=namespace, name=sealed_name(apikey, version)
+    )
+
+
+def open_answer(
+    private: RecipientPrivateKey, sealed: str, *, namespace: str, apikey: str, version: int
+) -> bytearray:
+    """Open a sealed answer (a fresh buffer the caller zeroes); ``SealedSourceInvalid``
+    if it was sealed to another key, for another key, version or namespace, or altered."""
+    return open_sealed(private, sealed, namespace=namespace, name=sealed_name(apikey, version))

@@ -1,0 +1,203 @@
+"""Pure decisions for a person or pipeline: may this caller read or list a key, now.
+
+The caller is what the API server authenticated (``userInfo``: user name and groups);
+a KeyRole grants to it when a subject names the user, one of its groups or, for a
+ServiceAccount's user name, the ServiceAccount (``kube.keyroles.binds_user``), the role
+is in the key's namespace, covers the key and holds the permission (``read`` for a
+read; ``read`` or ``list`` for a list). ``access`` applies as for pods, with one
+difference: a role with ``requireMFA`` grants to a caller whose review carried a token
+that completed MFA (``Caller.mfa``), and to no one else.
+
+A refusal names what would grant it. It never says whether a key exists to a caller
+that no role names for that key (no existence oracle beyond what RBAC shows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from secure_keys.core.accessreview import ListedKey, ListedVersion, ReviewSpec
+from secure_keys.gateway.broker.policy import (
+    DEFAULT_LEASE,
+    BrokerRole,
+    DeliveryKeyView,
+    Refusal,
+    VersionView,
+)
+from secure_keys.kube.keyroles import binds_user
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated identity, as the API server put it in the AdmissionReview."""
+
+    username: str
+    groups: tuple[str, ...]
+    credential_id: str = ""
+    """``userInfo.extra['authentication.kubernetes.io/credential-id']`` when the API
+    server sets it (a certificate's digest, a token's JTI): the audit's session id."""
+    mfa: bool = False
+
+    def describe(self) -> str:
+        shown = [g for g in self.groups if g != "system:authenticated"][:5]
+        groups = f" (groups {', '.join(shown)})" if shown else ""
+        return f'user "{self.username}"{groups}'
+
+
+@dataclass(frozen=True)
+class ReadGrant:
+    view: DeliveryKeyView
+    version: VersionView
+    expires_at: datetime
+    roles: tuple[str, ...]
+    mfa_used: bool
+
+
+def _binding(role: BrokerRole, caller: Caller) -> bool:
+    return any(
+        binds_user(s, role.namespace, caller.username, caller.groups) for s in role.rules.subjects
+    )
+
+
+def roles_naming(
+    caller: Caller, namespace: str, key: str, labels: Mapping[str, str], roles: Iterable[BrokerRole]
+) -> list[BrokerRole]:
+    """The live roles of ``namespace`` that name the caller and cover the key."""
+    return [
+        role
+        for role in roles
+        if not role.deleting
+        and role.namespace == namespace
+        and role.rules.keys.covers(key, labels)
+        and _binding(role, caller)
+    ]
+
+
+def _lease(role: BrokerRole, now: datetime) -> datetime | None:
+    """Until when this role grants (its ``ttl``, cut at its window's close); ``None`` if
+    every window is closed."""
+    lease = now + (role.ttl or DEFAULT_LEASE)
+    if role.windows:
+        closes = [c for w in role.windows if (c := w.open_until(now)) is not None]
+        if not closes:
+            return None
+        lease = min(lease, max(closes))
+    return lease
+
+
+def _version(
+    spec: ReviewSpec, view: DeliveryKeyView, now: datetime, tag_key: bytes | bytearray
+) -> VersionView | Refusal:
+    where = f'ApiKey "{view.name}"'
+    if spec.previous:
+        previous = view.previous(now, tag_key)
+        if previous is None:
+            return Refusal(
+                "NoPreviousVersion", f"{where} has no previous version in its grace period"
+            )
+        return previous[0]
+    if spec.version is not None:
+        for record in view.versions:
+            if record.version == spec.version and record.state in ("Active", "Archived"):
+                return record
+        return Refusal(
+            "VersionUnavailable",
+            f"{where} has no readable version {spec.version} (only Active and Archived "
+            "versions are served)",
+        )
+    current = view.current()
+    if current is None:
+        return Refusal("KeyNotReady", f"{where} has no Active version yet")
+    return current
+
+
+def decide_read(
+    caller: Caller,
+    spec: ReviewSpec,
+    namespace: str,
+    apikeys: Mapping[str, DeliveryKeyView],
+    roles: Iterable[BrokerRole],
+    now: datetime,
+    tag_key: bytes | bytearray,
+) -> ReadGrant | Refusal:
+    """May ``caller`` read ``spec.key`` (and which version) now."""
+    view = apikeys.get(spec.key)
+    labels = view.labels if view is not None else {}
+    naming = roles_naming(caller, namespace, spec.key, labels, roles)
+    readers = [r for r in naming if "read" in r.rules.permissions]
+    if not readers:
+        extra = ""
+        if naming:
+            extra = f" (KeyRole {', '.join(sorted(r.name for r in naming))} names you without read)"
+        return Refusal(
+            "KeyNotGranted",
+            f'{caller.describe()} may not read ApiKey "{spec.key}" in namespace "{namespace}"'
+            f"{extra}: a KeyRole there with this user or one of its groups as a subject, "
+            f'"{spec.key}" in its keys and read in its permissions would grant it',
+        )
+    if view is None or view.deleting:
+        return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')
+    usable = [r for r in readers if caller.mfa or not r.require_mfa]
+    if not usable:
+        return Refusal(
+            "MfaRequired",
+            f'every KeyRole granting read of "{spec.key}" requires MFA '
+            f"({', '.join(sorted(r.name for r in readers))}): run `secure-keys login` "
+            "with a TOTP code, then try again",
+        )
+    leases = [(lease, r) for r in usable if (lease := _lease(r, now)) is not None]
+    if not leases:
+        return Refusal(
+            "OutsideTimeWindow",
+            f'no time window of a KeyRole granting "{spec.key}" is open now',
+        )
+    version = _version(spec, view, now, tag_key)
+    if isinstance(version, Refusal):
+        return version
+    expires = max(lease for lease, _ in leases)
+    return ReadGrant(
+        view=view,
+        version=version,
+        expires_at=expires,
+        roles=tuple(sorted(r.name for _, r in leases)),
+        mfa_used=caller.mfa and any(r.require_mfa for _, r in leases),
+    )
+
+
+def decide_list(
+    caller: Caller,
+    namespace: str,
+    apikeys: Mapping[str, DeliveryKeyView],
+    roles: Iterable[BrokerRole],
+) -> tuple[ListedKey, ...]:
+    """The keys of ``namespace`` some role lets the caller read or list (no material)."""
+    roles = [
+        r for r in roles if not r.deleting and r.namespace == namespace and _binding(r, caller)
+    ]
+    listed: list[ListedKey] = []
+    for name in sorted(apikeys):
+        view = apikeys[name]
+        if view.deleting:
+            continue
+        covering = [r for r in roles if r.rules.keys.covers(name, view.labels)]
+        permissions = sorted(
+            {p for r in covering for p in r.rules.permissions if p in ("read", "list")}
+        )
+        if not permissions:
+            continue
+        listed.append(
+            ListedKey(
+                name=name,
+                current_version=view.current_version,
+                versions=tuple(
+                    ListedVersion(v.version, v.state, v.fingerprint)
+                    for v in sorted(view.versions, key=lambda v: v.version)
+                ),
+                permissions=tuple(permissions),
+                require_mfa=all(r.require_mfa for r in covering if "read" in r.rules.permissions)
+                and any("read" in r.rules.permissions for r in covering),
+            )
+        )
+    return tuple(listed)

@@ -1,0 +1,467 @@
+"""The access webhook's edge: ``POST /v1/access``, one KeyAccessReview answered per call.
+
+The API server calls it for a CREATE of ``keyaccessreviews`` (the chart's
+MutatingWebhookConfiguration matches that resource only). In order:
+
+1. decode the AdmissionReview (``decode_review``; not one: HTTP 400);
+2. refuse the admission (the object is not created) unless it is a dry-run CREATE of a
+   KeyAccessReview: a review is never stored (the chart's ValidatingAdmissionPolicy
+   refuses it too);
+3. refuse (HTTP 503 in the admission status, so the client may retry) until the broker's
+   caches are synced and its keys are open; rate-limit per user (429);
+4. parse the spec (``core.accessreview``; malformed: admission refused, 400, audited);
+5. decide (``decide``), open the granted version (``broker.material``), seal it to the
+   caller's ephemeral key and zero the plaintext;
+6. write one chained audit record and an aggregated Event on the ApiKey, and answer with
+   a JSON patch that sets ``status``. Grants and refusals alike are *admitted*: the
+   answer is the status, as with a SelfSubjectAccessReview.
+
+Nothing here logs or raises with material: the plaintext lives in one ``bytearray``
+between ``MaterialSource.plaintext`` and the seal, and is zeroed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from secure_keys.core import accessreview as wire
+from secure_keys.core.memory import zero
+from secure_keys.core.stamps import format_stamp
+from secure_keys.gateway.access.decide import Caller, ReadGrant, decide_list, decide_read
+from secure_keys.gateway.broker.audit import EventSink
+from secure_keys.gateway.broker.limits import TokenBucket
+from secure_keys.gateway.broker.material import MaterialUnavailable
+from secure_keys.gateway.broker.policy import Refusal
+from secure_keys.gateway.broker.stream import Broker
+from secure_keys.gateway.webhook.review import API_VERSIONS, MAX_UID, compact_json, read_json
+
+ACCESS_PATH = "/v1/access"
+MAX_BODY = 256 * 1024
+"""A review's spec is a few hundred bytes; the API server adds the envelope."""
+CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
+
+_log = structlog.get_logger("secure_keys.gateway.access")
+
+
+class NotAdmissionReview(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """The parts of the AdmissionReview this endpoint reads, parsed once."""
+
+    uid: str
+    api_version: str
+    operation: str
+    dry_run: bool
+    namespace: str
+    group: str
+    resource: str
+    caller: Caller
+    spec: object = field(repr=False)
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: object, limit: int = 256) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value[:limit] if isinstance(v, str))
+
+
+def decode_review(body: bytes) -> ReviewRequest:
+    try:
+        document = read_json(body)
+    except (ValueError, RecursionError):
+        raise NotAdmissionReview("body is not JSON") from None
+    if not isinstance(document, dict) or document.get("kind") != "AdmissionReview":
+        raise NotAdmissionReview("not an AdmissionReview")
+    api_version = document.get("apiVersion")
+    request = document.get("request")
+    if api_version not in API_VERSIONS or not isinstance(request, dict):
+        raise NotAdmissionReview("not an admission.k8s.io/v1 AdmissionReview")
+    uid = request.get("uid")
+    if not isinstance(uid, str) or not uid or len(uid) > MAX_UID:
+        raise NotAdmissionReview("AdmissionReview request has no uid")
+    user = _dict(request.get("userInfo"))
+    extra = _dict(user.get("extra"))
+    credential = _strings(extra.get(CREDENTIAL_ID), 1)
+    resource = _dict(request.get("resource"))
+    obj = _dict(request.get("object"))
+    username = user.get("username")
+    return ReviewRequest(
+        uid=uid,
+        api_version=str(api_version),
+        operation=str(request.get("operation") or ""),
+        dry_run=request.get("dryRun") is True,
+        namespace=str(request.get("namespace") or ""),
+        group=str(resource.get("group") or ""),
+        resource=str(resource.get("resource") or ""),
+        caller=Caller(
+            username=username if isinstance(username, str) else "",
+            groups=_strings(user.get("groups")),
+            credential_id=credential[0][:128] if credential else "",
+        ),
+        spec=obj.get("spec"),
+    )
+
+
+def _admission(
+    review: ReviewRequest, *, status: Mapping[str, Any] | None, code: int = 200, message: str = ""
+) -> bytes:
+    """Admitted with ``status`` patched in, or (``status`` None) refused with ``message``."""
+    response: dict[str, Any] = {"uid": review.uid, "allowed": status is not None}
+    if status is not None:
+        patch = [{"op": "add", "path": "/status", "value": dict(status)}]
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(compact_json(patch)).decode("ascii")
+    else:
+        response["status"] = {"code": code, "message": message[:1024]}
+    return compact_json(
+        {"apiVersion": review.api_version, "kind": "AdmissionReview", "response": response}
+    )
+
+
+# --- Events on the ApiKey ---------------------------------------------------------------
+
+
+def apikey_event(
+    namespace: str, name: str, uid: str, type_: str, reason: str, message: str, now: datetime
+) -> dict[str, Any]:
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": wire.API_VERSION,
+            "kind": "ApiKey",
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": "secure-keys-gateway"},
+        "reportingComponent": "secure-keys-gateway",
+        "reportingInstance": "secure-keys-gateway",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+class KeyEvents:
+    """Events on ApiKeys, aggregated: ``KeyRead`` once per key, version and user per
+    ``interval``; Warning ``KeyReadDenied`` once per key, user and reason per
+    ``interval``. Fire-and-forget; a failure is logged, never raised."""
+
+    def __init__(
+        self,
+        sink: EventSink | None,
+        *,
+        interval: float = 600.0,
+        max_remembered: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink, self._interval, self._max, self._clock = sink, interval, max_remembered, clock
+        self._seen: OrderedDict[tuple[str, ...], float] = OrderedDict()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _first(self, key: tuple[str, ...]) -> bool:
+        now = self._clock()
+        last = self._seen.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        self._seen[key] = now
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+        return True
+
+    def post(
+        self,
+        key: tuple[str, str, str],
+        *,
+        user: str,
+        type_: str,
+        reason: str,
+        message: str,
+        aggregate_on: str,
+    ) -> None:
+        namespace, name, uid = key
+        if self._sink is None or not self._first((namespace, name, user, reason, aggregate_on)):
+            return
+        body = apikey_event(namespace, name, uid, type_, reason, message, datetime.now(UTC))
+        task = asyncio.get_running_loop().create_task(self._send(namespace, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            await self._sink.create_event(namespace, body)  # type: ignore[union-attr]
+        except Exception as exc:  # an Event is best effort
+            _log.warning("event.failed", error=type(exc).__name__, reason=body["reason"])
+
+
+# --- the endpoint -------------------------------------------------------------------------
+
+
+@dataclass
+class UserLimits:
+    """A token bucket per user name: ``capacity`` reviews at once, ``rate`` per second."""
+
+    capacity: float = 30
+    rate: float = 5
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+
+    def take(self, user: str) -> float:
+        if len(self._buckets) > 100_000:
+            self._buckets.clear()  # bounded memory; a reset only forgives
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            bucket = self._buckets[user] = TokenBucket(self.capacity, self.rate, self.clock)
+        return bucket.take()
+
+
+class AccessReviews:
+    """Answers KeyAccessReviews from the broker's caches and material source."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        events: KeyEvents,
+        *,
+        limits: UserLimits | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.broker = broker
+        self.events = events
+        self.limits = limits or UserLimits()
+        self.now = now
+
+    async def handle(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            return web.Response(status=413, text="body too large")
+        try:
+            review = decode_review(body)
+        except NotAdmissionReview as exc:
+            return web.Response(status=400, text=str(exc))
+        answer, outcome = await self.answer(review, started)
+        _log.info(
+            "access",
+            uid=review.uid,
+            namespace=review.namespace,
+            user=review.caller.username[:128],
+            outcome=outcome,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return web.Response(body=answer, content_type="application/json")
+
+    async def answer(self, review: ReviewRequest, started: float) -> tuple[bytes, str]:
+        """The AdmissionReview answer and a one-word outcome for the log line."""
+        if (
+            review.operation != "CREATE"
+            or review.group != wire.GROUP
+            or review.resource != wire.PLURAL
+        ):
+            return _admission(
+                review, status=None, code=400, message="not a KeyAccessReview create"
+            ), "not-a-review"
+        if not review.dry_run:
+            message = (
+                "a KeyAccessReview is never stored: create it as a server-side dry run "
+                "(dryRun=All; kubectl create --dry-run=server), as secure-keys does"
+            )
+            return _admission(review, status=None, code=400, message=message), "not-dry-run"
+        if not review.caller.username:
+            return _admission(
+                review, status=None, code=401, message="no authenticated user"
+            ), "anonymous"
+        broker = self.broker
+        if not broker.caches.synced or not broker.ready:
+            return _admission(
+                review, status=None, code=503, message="the gateway is not ready yet; try again"
+            ), "not-ready"
+        wait = self.limits.take(review.caller.username)
+        if wait > 0:
+            message = f"too many key access reviews for this user; try again in {wait:.0f} s"
+            self._audit(review, None, Refusal("RateLimited", message), started, "read")
+            return _admission(review, status=None, code=429, message=message), "rate-limited"
+        try:
+            spec = wire.parse_spec(review.spec)
+        except wire.ReviewInvalid as exc:
+            self._audit(review, None, Refusal("BadRequest", str(exc)), started, "read")
+            return _admission(review, status=None, code=400, message=str(exc)), "bad-request"
+        if spec.operation == "list":
+            return self._list(review, spec, started), "listed"
+        return await self._read(review, spec, started)
+
+    def _list(self, review: ReviewRequest, spec: wire.ReviewSpec, started: float) -> bytes:
+        caches = self.broker.caches
+        keys = decide_list(
+            review.caller,
+            review.namespace,
+            caches.apikeys.in_namespace(review.namespace),
+            caches.roles.in_namespace(review.namespace).values(),
+        )
+        record = self._audit(review, spec, None, started, "list", listed=len(keys))
+        answer = wire.ReviewAnswer(
+            True, "Listed", f"{len(keys)} keys", audit_id=_audit_id(record), keys=keys
+        )
+        return _admission(review, status=answer.to_json())
+
+    async def _read(
+        self, review: ReviewRequest, spec: wire.ReviewSpec, started: float
+    ) -> tuple[bytes, str]:
+        broker = self.broker
+        now = self.now()
+        try:
+            tag_key = await broker.material.fingerprint_key()
+        except MaterialUnavailable as exc:
+            return self._refused(review, spec, Refusal(exc.reason, str(exc)), started), exc.reason
+        decision = decide_read(
+            review.caller,
+            spec,
+            review.namespace,
+            broker.caches.apikeys.in_namespace(review.namespace),
+            broker.caches.roles.in_namespace(review.namespace).values(),
+            now,
+            tag_key,
+        )
+        if isinstance(decision, Refusal):
+            return self._refused(review, spec, decision, started), decision.reason
+        try:
+            sealed = await self._sealed(decision, spec)
+        except MaterialUnavailable as exc:
+            return self._refused(review, spec, Refusal(exc.reason, str(exc)), started), exc.reason
+        view, version = decision.view, decision.version
+        record = self._audit(review, spec, None, started, "read", grant=decision)
+        self.events.post(
+            (view.namespace, view.name, view.uid),
+            user=review.caller.username,
+            type_="Normal",
+            reason="KeyRead",
+            message=f"{review.caller.describe()} read version {version.version}",
+            aggregate_on=str(version.version),
+        )
+        answer = wire.ReviewAnswer(
+            True,
+            "Granted",
+            f"granted by KeyRole {', '.join(decision.roles)}",
+            audit_id=_audit_id(record),
+            key=wire.AnsweredKey(
+                name=view.name,
+                version=version.version,
+                fingerprint=version.fingerprint,
+                format=view.format,
+                env_name=view.env_name or "",
+                sealed=sealed,
+                expires_at=format_stamp(decision.expires_at),
+            ),
+        )
+        return _admission(review, status=answer.to_json()), "granted"
+
+    async def _sealed(self, grant: ReadGrant, spec: wire.ReviewSpec) -> str:
+        view, version = grant.view, grant.version
+        recipient = spec.recipient
+        if recipient is None:  # parse_spec gives every read one
+            raise MaterialUnavailable("BadRequest", "no recipient key", retry=False)
+        plaintext = await self.broker.material.plaintext(view, version.version, version.fingerprint)
+        try:
+            result: str = await self.broker.material.run_off_loop(
+                lambda: wire.seal_answer(
+                    recipient,
+                    plaintext,
+                    namespace=view.namespace,
+                    apikey=view.name,
+                    version=version.version,
+                )
+            )
+            return result
+        finally:
+            zero(plaintext)
+
+    def _refused(
+        self, review: ReviewRequest, spec: wire.ReviewSpec, refusal: Refusal, started: float
+    ) -> bytes:
+        record = self._audit(review, spec, refusal, started, spec.operation)
+        view = self.broker.caches.apikeys.get(review.namespace, spec.key) if spec.key else None
+        if view is not None:
+            self.events.post(
+                (view.namespace, view.name, view.uid),
+                user=review.caller.username,
+                type_="Warning",
+                reason="KeyReadDenied",
+                message=f"{review.caller.describe()}: {refusal.reason}",
+                aggregate_on=refusal.reason,
+            )
+        answer = wire.ReviewAnswer(False, refusal.reason, refusal.message, _audit_id(record))
+        return _admission(review, status=answer.to_json())
+
+    def _audit(
+        self,
+        review: ReviewRequest,
+        spec: wire.ReviewSpec | None,
+        refusal: Refusal | None,
+        started: float,
+        action: str,
+        *,
+        grant: ReadGrant | None = None,
+        listed: int | None = None,
+    ) -> dict[str, Any] | None:
+        if not self.broker.ready:
+            _log.info("access.unaudited", reason=refusal.reason if refusal else "")
+            return None
+        key = spec.key if spec is not None else ""
+        key_id = f"{review.namespace}/{key}" if key else review.namespace
+        if grant is not None:
+            key_id += f"@{grant.version.version}"
+        context: dict[str, Any] = {
+            "mfa_used": grant.mfa_used if grant is not None else review.caller.mfa,
+            "access_duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "review_uid": review.uid,
+            "groups": list(review.caller.groups[:16]),
+            "via": "kube-apiserver",
+        }
+        if refusal is not None:
+            context["reason"] = refusal.reason
+            context["message"] = refusal.message[:512]
+        if grant is not None:
+            context["roles"] = list(grant.roles)
+            context["expires_at"] = format_stamp(grant.expires_at)
+        if listed is not None:
+            context["listed"] = listed
+        event_type = {"read": "key.read", "list": "key.listed"}.get(action, "key.access")
+        return self.broker.audit.record(
+            event_type="key.refused" if refusal is not None else event_type,
+            user_id=review.caller.username[:256],
+            key_id=key_id,
+            result="denied" if refusal is not None else "success",
+            ip_address="",
+            user_agent=(spec.client if spec is not None else "")[:64],
+            session_id=review.caller.credential_id or review.uid,
+            context=context,
+            action=action,
+        )
+
+
+def _audit_id(record: Mapping[str, Any] | None) -> str:
+    return str(record.get("chain", "")) if record is not None else ""
