@@ -11,7 +11,9 @@ as a subprocess (``python -m secure_keys.cli``) with:
   kubeconfig), granted by a KeyRole subject of kind User, and another granted through
   a Group;
 * a kubeconfig whose exec credential plugin returns a ServiceAccount token (what EKS's
-  and GKE's plugins do with their own tokens), granted by a ServiceAccount subject.
+  and GKE's plugins do with their own tokens), granted by a ServiceAccount subject;
+* a ServiceAccount in a real pod running the project image's ``secure-keys get`` as a
+  CI job would (skipped where the cluster cannot run pods).
 
 Each reads the key it is bound to and is refused one it is not, with a message that
 says what would grant it; each read and refusal leaves an aggregated Event on the
@@ -23,6 +25,7 @@ gateway's log, or a process's argv.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -36,7 +39,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev import access, kubeconfig
+from secure_keys_dev import access, image, kubeconfig
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     GROUP,
@@ -44,7 +47,7 @@ from secure_keys_dev.stack import (
     GatewayProcess,
     eventually,
 )
-from tests.e2e.conftest import Target, delivery_gateway
+from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
 from tests.e2e.leaks import leaked
 from tests.support.delivery import create_object, seal_for_cluster, wait_ready
 
@@ -363,3 +366,68 @@ def test_the_canary_is_on_stdout_and_nowhere_else(
         for path in sorted(kube.cluster.etcd_data_dir.rglob("*")):
             if path.is_file():
                 assert not leaked(path.read_bytes(), canary), path
+
+
+def test_a_service_account_in_a_real_pod_reads_as_a_ci_job_would(
+    gateway: GatewayProcess,
+    kube: Target,
+    admin_api: client.ApiClient,
+    pods: PodEnvironment,
+    keys: str,
+    canary: str,
+) -> None:
+    """A pod of ServiceAccount ``pipeline`` runs the project image's ``secure-keys get``
+    with its in-cluster credentials (its projected token): the key it is bound to comes
+    back (the pod prints only its SHA-256, so the key is in no log), the other is
+    refused with the message. On the local node pods share the host's network, so the
+    pod is pointed at the API server's loopback address (kind needs no such override)."""
+    core = client.CoreV1Api(admin_api)
+    env = []
+    if kube.cluster is not None:
+        host, port = kube.cluster.server.removeprefix("https://").rsplit(":", 1)
+        env = [
+            {"name": "KUBERNETES_SERVICE_HOST", "value": host},
+            {"name": "KUBERNETES_SERVICE_PORT", "value": port},
+        ]
+    digest = "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"
+    script = (
+        f"secure-keys get {CANARY_NAME} | /opt/secure-keys/bin/python -c '{digest}'; "
+        f"secure-keys get {OTHER}; echo exit=$?"
+    )
+    core.create_namespaced_pod(
+        keys,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "ci-job"},
+            "spec": {
+                "serviceAccountName": "pipeline",
+                "hostNetwork": pods.host_network,
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "job",
+                        "image": image.PROJECT_REFERENCE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/bin/sh", "-c", script],
+                        "env": [*env, {"name": "SECUREKEYS_STORE", "value": "cluster"}],
+                    }
+                ],
+            },
+        },
+    )
+
+    def finished() -> str | None:
+        pod = core.read_namespaced_pod("ci-job", keys)
+        if pod.status.phase not in ("Succeeded", "Failed"):
+            return None
+        text: str = core.read_namespaced_pod_log("ci-job", keys, container="job")
+        return text
+
+    log = eventually(finished, 120, "the CI pod finished")
+    expected = hashlib.sha256(canary.encode()).hexdigest()
+    assert expected in log, log
+    assert "KeyNotGranted" in log, log
+    assert "exit=1" in log, log
+    assert "Traceback" not in log
+    assert not leaked(log.encode(), canary)

@@ -12,7 +12,17 @@ object as the gateway patched it; nothing is stored (docs/access.md).
 * ``key``, and optionally ``version`` or ``previous``, for ``read``;
 * ``recipientKey``: base64 of a 32-byte X25519 public key that exists only in the
   caller's process, for ``read``: the material comes back sealed to it;
-* ``client``: what the caller says it is (``secure-keys-cli/get``), for the audit record.
+* ``client``: what the caller says it is (``secure-keys-cli/get``), for the audit record;
+* ``sealedToken``: the access token from ``secure-keys login`` (any operation), and
+  ``sealedCode``: a TOTP code (``confirm``, ``login``). Both are sealed to the cluster's
+  recipient key (the controller's, which the gateway opens) for the purpose
+  ``access-request``, bound to the review's namespace and to ``recipientKey``
+  (``request_binding``): the API server's audit log holds only ciphertext, and a sealed
+  value copied into another review (another recipient key) does not open.
+
+Operations ``enroll`` (start an MFA enrolment: the ``otpauth://`` URI comes back sealed),
+``confirm`` (its first code) and ``login`` (a code: an access token comes back sealed)
+need a ``recipientKey``, as ``read`` does.
 
 ``status`` (the gateway's answer, patched in whole): ``allowed``, ``reason``
 (CamelCase), ``message`` (what would grant it, when refused), ``auditId`` (the audit
@@ -31,7 +41,7 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from secure_keys.core.delivery import sealed_name
@@ -43,8 +53,11 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "KeyAccessReview"
 PLURAL = "keyaccessreviews"
 
-Operation = Literal["read", "list"]
-OPERATIONS: tuple[Operation, ...] = ("read", "list")
+Operation = Literal["read", "list", "enroll", "confirm", "login"]
+OPERATIONS: tuple[Operation, ...] = ("read", "list", "enroll", "confirm", "login")
+MFA_OPERATIONS = frozenset({"enroll", "confirm", "login"})
+MAX_SEALED_INPUT = 8192
+"""A sealed TOTP code or access token (a token is under 1 KiB)."""
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_NAME = 253
 MAX_CLIENT = 64
@@ -76,6 +89,46 @@ def _recipient(value: object) -> Recipient:
         raise ReviewInvalid(f"spec.recipientKey is not a usable X25519 key ({exc})") from None
 
 
+def request_binding(recipient: Recipient) -> str:
+    """The name a client's sealed code or token is bound to: its review's recipient key."""
+    return "access-" + recipient.key_id_digest.hex()
+
+
+def seal_request_secret(
+    cluster: Recipient, value: bytes | bytearray, *, namespace: str, recipient: Recipient
+) -> str:
+    """Seal a TOTP code or token for the gateway (see the module docstring)."""
+    return seal_to_recipient(
+        cluster,
+        value,
+        namespace=namespace,
+        name=request_binding(recipient),
+        purpose="access-request",
+    )
+
+
+def open_request_secret(
+    cluster: RecipientPrivateKey, sealed: str, *, namespace: str, recipient: Recipient
+) -> bytearray:
+    """Open a client's sealed code or token; ``SealedSourceInvalid`` if it is not for
+    this namespace and recipient key, or altered."""
+    return open_sealed(
+        cluster,
+        sealed,
+        namespace=namespace,
+        name=request_binding(recipient),
+        purpose="access-request",
+    )
+
+
+def _sealed_input(value: object, where: str) -> str:
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or len(value) > MAX_SEALED_INPUT:
+        raise ReviewInvalid(f"{where} must be sealed text of at most {MAX_SEALED_INPUT} bytes")
+    return value
+
+
 @dataclass(frozen=True)
 class ReviewSpec:
     """What the caller asks: parsed once at the gateway's edge."""
@@ -86,6 +139,8 @@ class ReviewSpec:
     previous: bool = False
     recipient: Recipient | None = None
     client: str = ""
+    sealed_token: str = field(default="", repr=False)
+    sealed_code: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"operation": self.operation}
@@ -99,6 +154,10 @@ class ReviewSpec:
             spec["recipientKey"] = base64.b64encode(self.recipient.public_key).decode()
         if self.client:
             spec["client"] = self.client
+        if self.sealed_token:
+            spec["sealedToken"] = self.sealed_token
+        if self.sealed_code:
+            spec["sealedCode"] = self.sealed_code
         return spec
 
 
@@ -113,8 +172,24 @@ def parse_spec(spec: object) -> ReviewSpec:
     if not isinstance(client, str) or len(client) > MAX_CLIENT:
         raise ReviewInvalid(f"spec.client must be text of at most {MAX_CLIENT} characters")
     client = "".join(c for c in client if c.isprintable())
+    token = _sealed_input(spec.get("sealedToken"), "spec.sealedToken")
+    code = _sealed_input(spec.get("sealedCode"), "spec.sealedCode")
+    raw_recipient = spec.get("recipientKey")
     if operation == "list":
-        return ReviewSpec("list", client=client)
+        recipient = _recipient(raw_recipient) if raw_recipient is not None else None
+        if token and recipient is None:
+            raise ReviewInvalid("spec.sealedToken needs spec.recipientKey (its binding)")
+        return ReviewSpec("list", recipient=recipient, client=client, sealed_token=token)
+    if operation in MFA_OPERATIONS:
+        if operation != "enroll" and not code:
+            raise ReviewInvalid(f"spec.sealedCode is required for {operation}")
+        return ReviewSpec(
+            operation,
+            recipient=_recipient(raw_recipient),
+            client=client,
+            sealed_token=token,
+            sealed_code=code if operation != "enroll" else "",
+        )
     key = _key_name(spec.get("key"), "spec.key")
     version = spec.get("version")
     if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
@@ -129,8 +204,9 @@ def parse_spec(spec: object) -> ReviewSpec:
         key=key,
         version=version,
         previous=previous,
-        recipient=_recipient(spec.get("recipientKey")),
+        recipient=_recipient(raw_recipient),
         client=client,
+        sealed_token=token,
     )
 
 
@@ -202,6 +278,22 @@ class ListedKey:
         }
 
 
+SECRET_NAMES = {"enroll": "mfa-otpauth-uri", "login": "access-token"}
+"""What a sealed answer secret is bound to (its name), per operation."""
+
+
+@dataclass(frozen=True)
+class AnsweredSecret:
+    """An ``otpauth://`` URI (enroll) or an access token (login), sealed to the
+    caller's ephemeral key under the name ``SECRET_NAMES[operation]``."""
+
+    sealed: str
+    expires_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sealed": self.sealed, "expiresAt": self.expires_at}
+
+
 @dataclass(frozen=True)
 class ReviewAnswer:
     allowed: bool
@@ -210,6 +302,7 @@ class ReviewAnswer:
     audit_id: str = ""
     key: AnsweredKey | None = None
     keys: tuple[ListedKey, ...] = ()
+    secret: AnsweredSecret | None = None
 
     def to_json(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -223,6 +316,8 @@ class ReviewAnswer:
             status["key"] = self.key.to_json()
         if self.keys:
             status["keys"] = [k.to_json() for k in self.keys]
+        if self.secret is not None:
+            status["secret"] = self.secret.to_json()
         return status
 
 
@@ -277,6 +372,13 @@ def parse_answer(status: object) -> ReviewAnswer:
                 require_mfa=item.get("requireMFA") is True,
             )
         )
+    secret = None
+    raw_secret = status.get("secret")
+    if isinstance(raw_secret, Mapping):
+        secret = AnsweredSecret(
+            _str(raw_secret.get("sealed"), "status.secret.sealed"),
+            str(raw_secret.get("expiresAt") or ""),
+        )
     return ReviewAnswer(
         allowed=status["allowed"],
         reason=str(status.get("reason") or ""),
@@ -284,7 +386,22 @@ def parse_answer(status: object) -> ReviewAnswer:
         audit_id=str(status.get("auditId") or ""),
         key=key,
         keys=tuple(keys),
+        secret=secret,
     )
+
+
+def seal_secret(
+    recipient: Recipient, value: bytes | bytearray, *, namespace: str, operation: str
+) -> str:
+    """Seal an enrolment URI or access token to the caller's ephemeral key."""
+    return seal_to_recipient(recipient, value, namespace=namespace, name=SECRET_NAMES[operation])
+
+
+def open_secret(
+    private: RecipientPrivateKey, sealed: str, *, namespace: str, operation: str
+) -> bytearray:
+    """Open an answered secret (a fresh buffer the caller zeroes)."""
+    return open_sealed(private, sealed, namespace=namespace, name=SECRET_NAMES[operation])
 
 
 def seal_answer(

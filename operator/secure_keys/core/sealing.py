@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from hashlib import sha256
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
@@ -69,8 +69,15 @@ MAX_SEALED_TEXT_SIZE = 4 * -(-MAX_SEALED_SIZE // 3)
 MAX_RECIPIENT_JSON_SIZE = 1024
 
 _KEY_ID_LABEL = b"securekeys.io/v1/recipient-key-id\x00"
-_HKDF_INFO = b"securekeys.io/v1/sealed-source"
-_AAD_DOMAIN = b"securekeys.io/sealed-source\x00"
+Purpose = Literal["sealed-source", "access-request"]
+_DOMAINS: dict[str, tuple[bytes, bytes]] = {
+    "sealed-source": (b"securekeys.io/v1/sealed-source", b"securekeys.io/sealed-source\x00"),
+    "access-request": (b"securekeys.io/v1/access-request", b"securekeys.io/access-request\x00"),
+}
+"""Per purpose, the HKDF info and the AAD domain. A value sealed for one purpose never
+opens for another, though both go to the controller's recipient key: a TOTP code or
+token sealed for the gateway (``access-request``) cannot be replayed as an ApiKey's
+``spec.source.sealed``, nor the reverse."""
 _ZERO_SECRET = bytes(KEY_SIZE)
 # Any fixed scalar works for the low-order check in ``Recipient``: X25519 clamps every
 # scalar to a multiple of the cofactor 8, which sends each low-order point to zero.
@@ -226,9 +233,11 @@ def _check_identity(namespace: str, name: str) -> None:
     KeyBinding(namespace, name, 1)
 
 
-def _aad(format_version: int, key_id_digest: bytes, namespace: str, name: str) -> bytes:
+def _aad(
+    format_version: int, key_id_digest: bytes, namespace: str, name: str, purpose: Purpose
+) -> bytes:
     return (
-        _AAD_DOMAIN
+        _DOMAINS[purpose][1]
         + bytes((format_version,))
         + key_id_digest
         + length_prefixed(namespace)
@@ -237,7 +246,12 @@ def _aad(format_version: int, key_id_digest: bytes, namespace: str, name: str) -
 
 
 def _derive_cipher(
-    private: X25519PrivateKey, ephemeral_public: bytes, recipient_public: bytes, *, peer: bytes
+    private: X25519PrivateKey,
+    ephemeral_public: bytes,
+    recipient_public: bytes,
+    *,
+    peer: bytes,
+    purpose: Purpose = "sealed-source",
 ) -> AeadKey | None:
     """X25519 with ``peer``, then HKDF-SHA256; ``None`` if the shared secret is all zero."""
     try:
@@ -246,7 +260,7 @@ def _derive_cipher(
         return None
     if hmac.compare_digest(shared, _ZERO_SECRET):  # and in case a build does not
         return None
-    key = hkdf_sha256(shared, salt=ephemeral_public + recipient_public, info=_HKDF_INFO)
+    key = hkdf_sha256(shared, salt=ephemeral_public + recipient_public, info=_DOMAINS[purpose][0])
     del shared  # immutable bytes from cryptography: dropped, not overwritten
     try:
         return AeadKey(key)
@@ -255,7 +269,12 @@ def _derive_cipher(
 
 
 def seal_to_recipient(
-    recipient: Recipient, plaintext: bytes | bytearray, *, namespace: str, name: str
+    recipient: Recipient,
+    plaintext: bytes | bytearray,
+    *,
+    namespace: str,
+    name: str,
+    purpose: Purpose = "sealed-source",
 ) -> str:
     """Seal ``plaintext`` for the ApiKey ``namespace/name``; return padded standard base64.
 
@@ -270,6 +289,7 @@ def seal_to_recipient(
         name=name,
         ephemeral=RecipientPrivateKey.generate(),
         nonce=os.urandom(NONCE_SIZE),
+        purpose=purpose,
     )
 
 
@@ -281,6 +301,7 @@ def _seal_with(
     name: str,
     ephemeral: RecipientPrivateKey,
     nonce: bytes,
+    purpose: Purpose = "sealed-source",
 ) -> str:
     # Private seam: tests fix the ephemeral key and nonce to check known-answer vectors.
     # Production code goes through ``seal_to_recipient``, which draws both fresh.
@@ -291,11 +312,15 @@ def _seal_with(
         raise ValueError(f"nonce must be {NONCE_SIZE} bytes")
     ephemeral_public = ephemeral.public().public_key
     cipher = _derive_cipher(
-        ephemeral._key, ephemeral_public, recipient.public_key, peer=recipient.public_key
+        ephemeral._key,
+        ephemeral_public,
+        recipient.public_key,
+        peer=recipient.public_key,
+        purpose=purpose,
     )
     if cipher is None:  # unreachable for a Recipient, which refuses low-order points
         raise ValueError("the recipient key gives an all-zero shared secret")
-    aad = _aad(FORMAT_V1, recipient.key_id_digest, namespace, name)
+    aad = _aad(FORMAT_V1, recipient.key_id_digest, namespace, name, purpose)
     ciphertext = cipher.encrypt(nonce, plaintext, aad)
     blob = b"".join(
         (bytes((FORMAT_V1,)), recipient.key_id_digest, ephemeral_public, nonce, ciphertext)
@@ -303,7 +328,14 @@ def _seal_with(
     return base64.b64encode(blob).decode("ascii")
 
 
-def open_sealed(private: RecipientPrivateKey, blob: str, *, namespace: str, name: str) -> bytearray:
+def open_sealed(
+    private: RecipientPrivateKey,
+    blob: str,
+    *,
+    namespace: str,
+    name: str,
+    purpose: Purpose = "sealed-source",
+) -> bytearray:
     """Open a sealed source of the ApiKey ``namespace/name``; return its plaintext.
 
     The result is a fresh ``bytearray`` the caller must zero. Every failure raises
@@ -340,11 +372,11 @@ def open_sealed(private: RecipientPrivateKey, blob: str, *, namespace: str, name
     if not hmac.compare_digest(key_id_digest, recipient.key_id_digest):
         raise fail("wrong-recipient")
     cipher = _derive_cipher(
-        private._key, ephemeral_public, recipient.public_key, peer=ephemeral_public
+        private._key, ephemeral_public, recipient.public_key, peer=ephemeral_public, purpose=purpose
     )
     if cipher is None:
         raise fail("malformed")
-    aad = _aad(raw[0], key_id_digest, namespace, name)
+    aad = _aad(raw[0], key_id_digest, namespace, name, purpose)
     try:
         return cipher.decrypt(raw[nonce_at:HEADER_SIZE], raw[HEADER_SIZE:], aad)
     except AuthenticationFailed:

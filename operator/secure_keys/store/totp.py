@@ -1,70 +1,8 @@
-"""Owns the local store's optional second factor: TOTP codes (RFC 6238) with ``pyotp``.
-
-``pyotp`` comes with the ``totp`` extra and is imported only when a store has TOTP on.
-The secret is sealed in ``keys.db`` like a key value; a code is compared in constant time
-against the codes of the current 30-second step and one step either side, and the step
-it matched is returned so the store can refuse a code that was already used.
-
-What this is, honestly: a check that whoever opens the store also holds the
-authenticator, enforced by this program. Someone with ``keys.db`` and the password can
-unwrap the TOTP secret themselves; the password (and the KMS behind it) stays what
-protects the data at rest.
-"""
+"""The local store's second factor: TOTP as ``core.totp`` owns it (one owner of pyotp
+for the store and the gateway alike; see that module for what it promises)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import datetime as dt
-import hmac
-from typing import Any
+from secure_keys.core.totp import check_secret, matching_step, new_secret, provisioning_uri
 
 __all__ = ["check_secret", "matching_step", "new_secret", "provisioning_uri"]
-
-_DIGITS = 6
-_WINDOW = 1
-
-
-def _pyotp() -> Any:
-    try:
-        import pyotp
-    except ImportError:
-        raise ImportError("TOTP needs the 'totp' extra: pip install 'secure-keys[totp]'") from None
-    return pyotp
-
-
-def new_secret() -> str:
-    """A fresh base32 secret (160 bits, as RFC 4226 recommends)."""
-    secret: str = _pyotp().random_base32(32)
-    return secret
-
-
-def check_secret(secret: str) -> None:
-    """Raise ``ValueError`` unless ``secret`` is base32 of at least 128 bits."""
-    try:
-        raw = base64.b32decode(secret + "=" * (-len(secret) % 8), casefold=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("a TOTP secret must be base32") from None
-    if len(raw) < 16:
-        raise ValueError("a TOTP secret must be at least 128 bits")
-
-
-def provisioning_uri(secret: str, account: str) -> str:
-    """The ``otpauth://`` URI an authenticator app scans (it contains the secret)."""
-    uri: str = _pyotp().TOTP(secret).provisioning_uri(name=account, issuer_name="secure-keys")
-    return uri
-
-
-def matching_step(secret: bytearray, code: str, now: dt.datetime) -> int | None:
-    """The time step whose code equals ``code`` (now, or one step either side), else None."""
-    if len(code) != _DIGITS or not code.isascii() or not code.isdigit():
-        return None
-    totp = _pyotp().TOTP(secret.decode("ascii"))
-    current: int = totp.timecode(now)
-    found = None
-    for offset in range(-_WINDOW, _WINDOW + 1):
-        step = current + offset
-        expected: str = totp.generate_otp(step)
-        if hmac.compare_digest(expected.encode(), code.encode()):
-            found = step
-    return found

@@ -186,6 +186,20 @@ class MaterialSource:
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    @property
+    def controller_namespace(self) -> str:
+        return self._namespace
+
+    def default_kms(self) -> KmsProvider:
+        """The default KMS key, behind its DEK cache (blocking: call it off the loop)."""
+        return self._providers.default()
+
+    async def controller_keys(self) -> Mapping[str, str]:
+        """The controller keys Secret's entries (still sealed), read now."""
+        secret = await self._secrets.get_secret(self._namespace, KEYS_SECRET)
+        data: Mapping[str, str] = (secret or {}).get("data") or {}
+        return data
+
     async def fingerprint_key(self) -> bytearray:
         """The controller's fingerprint key, opened once under the default KMS key."""
         async with self._key_lock:
