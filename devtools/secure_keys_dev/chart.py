@@ -42,6 +42,7 @@ DEPLOYED = {
     "secret-types-policy.yaml": "templates/secret-types-policy.yaml",
     "gateway-self-policy.yaml": "templates/gateway-self-policy.yaml",
     "access-policy.yaml": "templates/access-policy.yaml",
+    "gateway-access-rbac.yaml": "templates/gateway-access-rbac.yaml",
 }
 """deploy/ file -> the chart template it is rendered from."""
 

@@ -134,13 +134,17 @@ def _install_admission_documents(api: client.ApiClient, documents: list[dict[str
 def apply_yaml(api: client.ApiClient, path: Path) -> None:
     """Create every object in a YAML file, tolerating ones that already exist."""
     for document in yaml.safe_load_all(path.read_text()):
-        if not document:
-            continue
-        try:
-            utils.create_from_dict(api, document)
-        except utils.FailToCreateError as exc:
-            if not all(e.status == 409 for e in exc.api_exceptions):
-                raise
+        if document:
+            apply_yaml_document(api, document)
+
+
+def apply_yaml_document(api: client.ApiClient, document: dict[str, Any]) -> None:
+    """Create one object, tolerating one that already exists."""
+    try:
+        utils.create_from_dict(api, document)
+    except utils.FailToCreateError as exc:
+        if not all(e.status == 409 for e in exc.api_exceptions):
+            raise
 
 
 def ensure_namespace(api: client.ApiClient, name: str) -> None:
@@ -393,6 +397,7 @@ def is_ready(obj: dict[str, Any]) -> bool:
 
 GATEWAY_RBAC = REPO / "deploy" / "gateway-rbac.yaml"
 GATEWAY_BROKER_RBAC = REPO / "deploy" / "gateway-broker-rbac.yaml"
+GATEWAY_ACCESS_RBAC = REPO / "deploy" / "gateway-access-rbac.yaml"
 GATEWAY_WEBHOOK = REPO / "deploy" / "gateway-webhook.yaml"
 
 
@@ -405,6 +410,30 @@ def bind_gateway_identity(api: client.ApiClient, user: str, *, broker: bool = Fa
     for path, role, binding in roles:
         apply_yaml(api, path)
         _bind_cluster_role(api, user, role, binding)
+    if broker:
+        # People's MFA Secrets, in the release namespace (deploy/gateway-access-rbac.yaml).
+        documents = [d for d in yaml.safe_load_all(GATEWAY_ACCESS_RBAC.read_text()) if d]
+        for document in documents:
+            if document["kind"] == "Role":
+                apply_yaml_document(api, document)
+        try:
+            client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
+                CONTROLLER_NAMESPACE,
+                {
+                    "metadata": {"name": f"e2e-{user}-access"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": "secure-keys-gateway-access",
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                    ],
+                },
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
 
 
 def _bind_cluster_role(api: client.ApiClient, user: str, role: str, binding: str) -> None:

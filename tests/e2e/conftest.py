@@ -247,7 +247,12 @@ def gateway(
 
 @contextlib.contextmanager
 def delivery_gateway(
-    kube: Target, admin_api: client.ApiClient, kms_config: Path, work: Path, name: str
+    kube: Target,
+    admin_api: client.ApiClient,
+    kms_config: Path,
+    work: Path,
+    name: str,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[GatewayProcess]:
     """The gateway with the webhook and the broker, registered with the API server.
 
@@ -268,7 +273,7 @@ def delivery_gateway(
         port=free_port(),
         host=kube.callback_host,
         kms_config=kms_config,
-        extra_args=("--image-pull-policy=Never",),
+        extra_args=("--image-pull-policy=Never", *extra_args),
     )
     process.start(timeout=90)
     admission = client.AdmissionregistrationV1Api(admin_api)

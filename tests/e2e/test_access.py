@@ -25,20 +25,26 @@ gateway's log, or a process's argv.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
+import pyotp
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from secure_keys.cli.login import cache_path
 from secure_keys_dev import access, image, kubeconfig
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
@@ -53,6 +59,10 @@ from tests.support.delivery import create_object, seal_for_cluster, wait_ready
 
 CANARY_NAME = "canary"
 OTHER = "other"
+GUARDED = "guarded"
+TOKEN_TTL = 20
+"""Seconds an access token lives here (15 minutes in production): long enough for a
+login and a read, short enough to see one expire."""
 
 
 def _keyrole(name: str, subjects: list[dict[str, str]], keys: list[str]) -> dict[str, Any]:
@@ -133,7 +143,25 @@ def keys(
         "keyroles",
         _keyrole("other-readers", [{"kind": "User", "name": "zed"}], [OTHER]),
     )
-    for name in (CANARY_NAME, OTHER):
+    create_object(
+        admin_api,
+        ns,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": GUARDED},
+            "spec": {"source": {"generate": {"length": 32}}},
+        },
+    )
+    guarded = _keyrole(
+        "guarded-readers",
+        [{"kind": "User", "name": "dave"}, {"kind": "User", "name": "alice"}],
+        [GUARDED],
+    )
+    guarded["spec"]["access"] = {"requireMFA": True}
+    create_object(admin_api, ns, "keyroles", guarded)
+    for name in (CANARY_NAME, OTHER, GUARDED):
         wait_ready(admin_api, ns, name)
     return ns
 
@@ -148,7 +176,14 @@ def gateway(
 ) -> Iterator[GatewayProcess]:
     """The gateway with the broker and the access webhook; no node needed."""
     work = tmp_path_factory.mktemp("access-gateway")
-    with delivery_gateway(kube, admin_api, controller_setup[1], work, "access") as process:
+    with delivery_gateway(
+        kube,
+        admin_api,
+        controller_setup[1],
+        work,
+        "access",
+        (f"--access-token-ttl={TOKEN_TTL}",),
+    ) as process:
         yield process
 
 
@@ -431,3 +466,181 @@ def test_a_service_account_in_a_real_pod_reads_as_a_ci_job_would(
     assert "exit=1" in log, log
     assert "Traceback" not in log
     assert not leaked(log.encode(), canary)
+
+
+# -- MFA: enrol, log in, read a requireMFA key ------------------------------------------
+
+
+def _step() -> int:
+    return int(time.time()) // 30
+
+
+def _code(secret: str, step: int) -> str:
+    """The code of one time step (RFC 6238's T), so a test knows which step it spends."""
+    return str(pyotp.TOTP(secret).generate_otp(step))
+
+
+def _cli_input(
+    config: Path, home: Path, stdin: str, *args: str, namespace: str
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(  # noqa: S603 - our interpreter and module
+        [sys.executable, "-m", "secure_keys.cli", f"--kubeconfig={config}", *args, "-n", namespace],
+        input=stdin.encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SECUREKEYS_STORE": "cluster", "XDG_CONFIG_HOME": str(home)},
+    )
+
+
+def _enroll(config: Path, home: Path, namespace: str) -> tuple[str, int]:
+    """``mfa enroll`` as a person does it: read the URI it prints, type the code. Returns
+    the secret and the step whose code confirmed it."""
+    argv = [sys.executable, "-m", "secure_keys.cli", f"--kubeconfig={config}"]
+    with subprocess.Popen(  # noqa: S603 - our interpreter and module
+        [*argv, "mfa", "enroll", "--no-qr", "-n", namespace],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "SECUREKEYS_STORE": "cluster", "XDG_CONFIG_HOME": str(home)},
+    ) as process:
+        assert process.stdout is not None
+        assert process.stdin is not None
+        assert process.stderr is not None
+        uri = ""
+        for raw in process.stdout:
+            if raw.startswith(b"otpauth://"):
+                uri = raw.decode().strip()
+                break
+        assert uri, process.stderr.read()
+        secret = parse_qs(urlparse(uri).query)["secret"][0]
+        step = _step()
+        process.stdin.write(f"{_code(secret, step)}\n".encode())
+        process.stdin.close()
+        assert process.wait(timeout=60) == 0, process.stderr.read()
+    return secret, step
+
+
+def test_mfa_enrol_login_and_read_a_key_that_requires_it(
+    gateway: GatewayProcess,
+    kube: Target,
+    admin_api: client.ApiClient,
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    dave = access.csr_user_kubeconfig(kube.kubeconfig, "dave", (), tmp_path / "dave")
+    home = tmp_path / "dave-home"
+    before = _cli_input(dave, home, "", "get", GUARDED, namespace=keys)
+    assert before.returncode == 1
+    assert b"MfaRequired" in before.stderr
+    assert b"secure-keys login" in before.stderr
+
+    secret, confirmed = _enroll(dave, home, keys)
+    again = _cli_input(dave, home, "", "mfa", "enroll", "--no-qr", namespace=keys)
+    assert again.returncode == 1
+    assert b"AlreadyEnrolled" in again.stderr
+
+    wrong_step = _cli_input(
+        dave, home, _code(secret, confirmed - 3) + "\n", "login", namespace=keys
+    )
+    assert wrong_step.returncode == 1
+    assert b"CodeInvalid" in wrong_step.stderr
+    # The next step's code: one step of clock skew is allowed, and the confirmation
+    # spent this step's.
+    login_step = confirmed + 1
+    code = _code(secret, login_step)
+    done = _cli_input(dave, home, code + "\n", "login", namespace=keys)
+    assert done.returncode == 0, done.stderr
+    cached = next((home / "secure-keys" / "tokens").glob("*.json"))
+    assert cached.stat().st_mode & 0o777 == 0o600
+    replayed = _cli_input(dave, home, code + "\n", "login", namespace=keys)
+    assert replayed.returncode == 1
+    assert b"CodeReplayed" in replayed.stderr
+
+    read = _cli_input(dave, home, "", "get", GUARDED, namespace=keys)
+    assert read.returncode == 0, read.stderr
+    assert len(read.stdout) == 32
+
+    # The token in another identity's hands: alice is granted too, but it is not hers.
+    alice = access.csr_user_kubeconfig(kube.kubeconfig, "alice", (), tmp_path / "alice")
+    alice_home = tmp_path / "alice-home"
+    theirs = alice_home / "secure-keys" / "tokens"
+    theirs.mkdir(parents=True, mode=0o700)
+    target = _target(alice)
+    shutil.copy(cached, theirs / cache_path(target).name)
+    (theirs / cache_path(target).name).chmod(0o600)
+    stolen = _cli_input(alice, alice_home, "", "get", GUARDED, namespace=keys)
+    assert stolen.returncode == 1
+    assert b"TokenNotYours" in stolen.stderr
+
+    # Expired: the gateway's clock decides, whatever the cached file claims.
+    data = json.loads(cached.read_text())
+    data["expiresAt"] = "2999-01-01T00:00:00Z"
+    cached.write_text(json.dumps(data))
+    time.sleep(TOKEN_TTL + 1)
+    expired = _cli_input(dave, home, "", "get", GUARDED, namespace=keys)
+    assert expired.returncode == 1
+    assert b"TokenExpired" in expired.stderr
+
+    # Logout forgets it: the requireMFA key is refused as before the login.
+    assert _cli_input(dave, home, "", "logout", namespace=keys).returncode == 0
+    assert not cached.exists()
+    assert b"MfaRequired" in _cli_input(dave, home, "", "get", GUARDED, namespace=keys).stderr
+
+    # One code, two logins at once: accepted once (the MFA Secret is written with a
+    # resourceVersion precondition, as two replicas would race).
+    while _step() < login_step:
+        time.sleep(1)
+    racing = _code(secret, _step() + 1)
+    argv = [sys.executable, "-m", "secure_keys.cli", f"--kubeconfig={dave}", "login", "-n", keys]
+    environment = {**os.environ, "SECUREKEYS_STORE": "cluster", "XDG_CONFIG_HOME": str(home)}
+    racers = [
+        subprocess.Popen(  # noqa: S603 - our interpreter and module
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=environment,
+        )
+        for _ in range(2)
+    ]
+    outcomes = [racer.communicate(f"{racing}\n".encode(), timeout=60) for racer in racers]
+    codes = sorted(racer.returncode for racer in racers)
+    assert codes == [0, 1], outcomes
+    assert any(b"CodeReplayed" in err for _, err in outcomes), outcomes
+
+    # Lockout: five wrong codes in a row, then even a right one is refused.
+    for _ in range(5):
+        _cli_input(dave, home, "000000\n", "login", namespace=keys)
+    locked = _cli_input(dave, home, _code(secret, _step() + 1) + "\n", "login", namespace=keys)
+    assert locked.returncode == 1
+    assert b"MfaLocked" in locked.stderr
+    core = client.CoreV1Api(admin_api)
+    eventually(
+        lambda: any(
+            e.reason == "MfaLocked" for e in core.list_namespaced_event(CONTROLLER_NAMESPACE).items
+        ),
+        30,
+        "a Warning MfaLocked Event",
+    )
+
+    # What the cluster holds of it: the TOTP secret sealed, never plain.
+    log = gateway.log()
+    for event_type in ("auth.login", "auth.code_refused", "mfa.enrolled", "key.read"):
+        assert f'"{event_type}"' in log, event_type
+    assert secret not in log
+    stored = json.dumps(
+        admin_api.sanitize_for_serialization(core.list_namespaced_secret(CONTROLLER_NAMESPACE))
+    )
+    assert secret not in stored
+    assert base64.b64encode(secret.encode()).decode()[:20] not in stored
+    if kube.cluster is not None:
+        for path in sorted(kube.cluster.etcd_data_dir.rglob("*")):
+            if path.is_file():
+                assert secret.encode() not in path.read_bytes(), path
+
+
+def _target(config: Path) -> Any:
+    from secure_keys.cli.kubeapi import load_target
+
+    return load_target(config)

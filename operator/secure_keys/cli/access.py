@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from secure_keys.cli import kubeapi
+from secure_keys.cli import kubeapi, login
 from secure_keys.core import accessreview as wire
 from secure_keys.core.keyformat import KeyFormatError, render
 from secure_keys.core.memory import zero
@@ -113,6 +113,7 @@ def read_key(
         previous=previous,
         recipient=private.public(),
         client=client,
+        sealed_token=login.sealed_token(target, namespace, private.public()),
     )
     answer = review(target, namespace, spec)
     key = answer.key
@@ -179,7 +180,15 @@ def get(args: argparse.Namespace) -> int:
 def list_keys(args: argparse.Namespace) -> int:
     target = kubeapi.load_target(args.kubeconfig)
     namespace = args.namespace or target.namespace
-    answer = review(target, namespace, wire.ReviewSpec("list", client="secure-keys-cli/list"))
+    binding = RecipientPrivateKey.generate().public()
+    token = login.sealed_token(target, namespace, binding)
+    spec = wire.ReviewSpec(
+        "list",
+        recipient=binding if token else None,
+        client="secure-keys-cli/list",
+        sealed_token=token,
+    )
+    answer = review(target, namespace, spec)
     if args.json:
         import json
 

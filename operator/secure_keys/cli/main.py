@@ -31,6 +31,7 @@ import yaml
 from secure_keys.cli import access as access_cmd
 from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import local as local_cmd
+from secure_keys.cli import login as login_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.accessreview import ReviewInvalid
@@ -132,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     pkcs11_key.add_parser(commands)
+    login_cmd.add_arguments(commands)
     return parser
 
 
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             raise StoreError(f"`{args.command}` is a command of the local store: use --store local")
         if args.command in access_cmd.COMMANDS:
             return access_cmd.COMMANDS[args.command](args)
+        if args.command in login_cmd.COMMANDS:
+            return login_cmd.COMMANDS[args.command](args)
         if args.command in local_cmd.NOT_YET_ON_CLUSTER:
             _error(
                 f"`{args.command}` against the cluster is not available yet; "

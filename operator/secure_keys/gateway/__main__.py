@@ -108,6 +108,12 @@ def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOpti
     parser.add_argument(
         "--dek-cache-ttl", type=float, default=24 * 3600.0, help="seconds a data key stays cached"
     )
+    parser.add_argument(
+        "--access-token-ttl",
+        type=float,
+        default=900.0,
+        help="seconds an access token from `secure-keys login` lives (default 15 minutes)",
+    )
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     certs.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -154,6 +160,7 @@ def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOpti
             controller_namespace=args.controller_namespace,
             heartbeat_seconds=args.heartbeat_seconds,
             dek_cache_ttl=args.dek_cache_ttl,
+            access_token_ttl=args.access_token_ttl,
         ),
     )
     return options, cert_options

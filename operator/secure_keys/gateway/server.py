@@ -247,6 +247,8 @@ class BrokerOptions:
     controller_namespace: str = "secure-keys-system"
     heartbeat_seconds: int = 10
     dek_cache_ttl: float = 24 * 3600.0
+    access_token_ttl: float = 900.0
+    """Seconds an access token from ``secure-keys login`` lives (15 minutes)."""
 
 
 def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
@@ -301,8 +303,12 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     return broker
 
 
-def _build_access(broker: Broker, api: KubeApi) -> AccessReviews:
-    """``POST /v1/access`` (KeyAccessReviews), on the broker's caches and material."""
+def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> AccessReviews:
+    """``POST /v1/access`` (KeyAccessReviews), on the broker's caches and material, with
+    the MFA Secrets in the controller's (the release's) namespace."""
+    from datetime import timedelta
+
+    from secure_keys.gateway.access.mfa import MfaStore
     from secure_keys.gateway.access.reviews import KeyEvents
     from secure_keys.kube.client import EVENTS
 
@@ -310,7 +316,14 @@ def _build_access(broker: Broker, api: KubeApi) -> AccessReviews:
         async def create_event(self, namespace: str, body: dict[str, object]) -> None:
             await api.create(EVENTS, namespace, body)
 
-    return AccessReviews(broker, KeyEvents(_Events()))
+    material = broker.material
+    mfa = MfaStore(api, material.controller_namespace, material.default_kms, material.run_off_loop)
+    return AccessReviews(
+        broker,
+        KeyEvents(_Events()),
+        mfa=mfa,
+        token_lifetime=timedelta(seconds=options.access_token_ttl),
+    )
 
 
 async def serve(options: GatewayOptions) -> None:
@@ -337,7 +350,7 @@ async def serve(options: GatewayOptions) -> None:
         if options.broker is not None:
             broker = _build_broker(options.broker, api)
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
-            access = _build_access(broker, api)
+            access = _build_access(broker, api, options.broker)
         app = build_app(caches, options.settings, broker=broker, access=access)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()

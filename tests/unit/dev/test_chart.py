@@ -23,6 +23,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from secure_keys.controller import metrics as controller_metrics
 from secure_keys.gateway import metrics as gateway_metrics
+from secure_keys.gateway.access.mfa import MFA_SECRET_TYPE
 from secure_keys.gateway.certs import GATEWAY_CERTS_TYPE
 from secure_keys.kube.blobformat import BLOB_SECRET_TYPE
 from secure_keys.kube.keysformat import CONTROLLER_KEYS_TYPE
@@ -257,7 +258,8 @@ def test_the_local_kms_secret_is_kept_and_made_once() -> None:
 
 
 def test_the_gateway_tls_secret_is_the_charts_empty_kept_and_of_the_gateways_type() -> None:
-    """The gateway creates no Secret (it has no `create` on Secrets): the chart makes its
+    """The gateway creates no certificates Secret (its only `create` on Secrets is the
+    namespaced one for MFA enrolments, in gateway-access-rbac.yaml): the chart makes its
     certificates Secret, with no data (an upgrade never touches what the gateway wrote)."""
     (tls,) = [
         d
@@ -274,8 +276,9 @@ def test_the_gateway_tls_secret_is_the_charts_empty_kept_and_of_the_gateways_typ
             and "gateway" in document["metadata"]["name"]
         ):
             for rule in document["rules"]:
-                if "secrets" in rule["resources"]:
-                    assert "create" not in rule["verbs"], document["metadata"]["name"]
+                if "secrets" in rule["resources"] and "create" in rule["verbs"]:
+                    assert document["kind"] == "Role", document["metadata"]["name"]
+                    assert document["metadata"]["name"] == "secure-keys-gateway-access"
 
 
 def test_the_secret_types_policy_admits_exactly_the_project_types() -> None:
@@ -287,7 +290,13 @@ def test_the_secret_types_policy_admits_exactly_the_project_types() -> None:
     ]
     expression = policy["spec"]["validations"][0]["expression"]
     admitted = set(re.findall(r"'([^']+)'", expression.partition(" in ")[2]))
-    assert admitted == {BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE, GATEWAY_CERTS_TYPE}
+    assert admitted == {BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE, GATEWAY_CERTS_TYPE, MFA_SECRET_TYPE}
+    gateway_only = policy["spec"]["validations"][1]["expression"]
+    assert "secure-keys-gateway" in gateway_only
+    assert set(re.findall(r"'(securekeys\.io/[^']+)'", gateway_only)) == {
+        GATEWAY_CERTS_TYPE,
+        MFA_SECRET_TYPE,
+    }
 
 
 def test_the_helm_pin_is_v4() -> None:

@@ -24,26 +24,33 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from secure_keys.core import accessreview as wire
+from secure_keys.core.errors import InvalidEnvelope, KmsError, SealedSourceInvalid
 from secure_keys.core.memory import zero
+from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.access.decide import Caller, ReadGrant, decide_list, decide_read
+from secure_keys.gateway.access.mfa import MfaStore
+from secure_keys.gateway.access.mfa import secret_name as mfa_secret_name
+from secure_keys.gateway.access.tokens import DEFAULT_LIFETIME, AccessTokens, TokenRefused
 from secure_keys.gateway.broker.audit import EventSink
 from secure_keys.gateway.broker.limits import TokenBucket
 from secure_keys.gateway.broker.material import MaterialUnavailable
 from secure_keys.gateway.broker.policy import Refusal
 from secure_keys.gateway.broker.stream import Broker
 from secure_keys.gateway.webhook.review import API_VERSIONS, MAX_UID, compact_json, read_json
+from secure_keys.kube import keysformat
 
 ACCESS_PATH = "/v1/access"
 MAX_BODY = 256 * 1024
@@ -139,7 +146,14 @@ def _admission(
 
 
 def apikey_event(
-    namespace: str, name: str, uid: str, type_: str, reason: str, message: str, now: datetime
+    namespace: str,
+    name: str,
+    uid: str,
+    type_: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    kind: str = "ApiKey",
 ) -> dict[str, Any]:
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
@@ -147,11 +161,11 @@ def apikey_event(
         "kind": "Event",
         "metadata": {"generateName": f"{name}.", "namespace": namespace},
         "involvedObject": {
-            "apiVersion": wire.API_VERSION,
-            "kind": "ApiKey",
+            "apiVersion": wire.API_VERSION if kind == "ApiKey" else "v1",
+            "kind": kind,
             "name": name,
             "namespace": namespace,
-            "uid": uid,
+            **({"uid": uid} if uid else {}),
         },
         "type": type_,
         "reason": reason,
@@ -202,11 +216,12 @@ class KeyEvents:
         reason: str,
         message: str,
         aggregate_on: str,
+        kind: str = "ApiKey",
     ) -> None:
         namespace, name, uid = key
         if self._sink is None or not self._first((namespace, name, user, reason, aggregate_on)):
             return
-        body = apikey_event(namespace, name, uid, type_, reason, message, datetime.now(UTC))
+        body = apikey_event(namespace, name, uid, type_, reason, message, datetime.now(UTC), kind)
         task = asyncio.get_running_loop().create_task(self._send(namespace, body))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -249,11 +264,98 @@ class AccessReviews:
         *,
         limits: UserLimits | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        mfa: MfaStore | None = None,
+        token_lifetime: timedelta = DEFAULT_LIFETIME,
     ) -> None:
         self.broker = broker
         self.events = events
         self.limits = limits or UserLimits()
         self.now = now
+        self.mfa = mfa
+        self.token_lifetime = token_lifetime
+        self._tokens: AccessTokens | None = None
+        self._cluster_key: RecipientPrivateKey | None = None
+        self._keys_lock = asyncio.Lock()
+
+    async def tokens(self) -> AccessTokens:
+        """The token issuer, keyed by the controller's fingerprint key (opened once)."""
+        if self._tokens is None:
+            root = await self.broker.material.fingerprint_key()
+            self._tokens = AccessTokens(root, lifetime=self.token_lifetime)
+        return self._tokens
+
+    async def cluster_key(self) -> RecipientPrivateKey:
+        """The controller's recipient private key, which opens what clients seal for the
+        gateway (purpose ``access-request`` only), opened once under the default KMS."""
+        async with self._keys_lock:
+            if self._cluster_key is None:
+                material = self.broker.material
+                data = await material.controller_keys()
+
+                def open_key() -> RecipientPrivateKey:
+                    raw = keysformat.open_slot(
+                        material.default_kms(),
+                        material.controller_namespace,
+                        keysformat.RECIPIENT_SLOT,
+                        data,
+                    )
+                    try:
+                        return RecipientPrivateKey.from_raw(raw)
+                    finally:
+                        zero(raw)
+
+                try:
+                    self._cluster_key = await material.run_off_loop(open_key)
+                except (InvalidEnvelope, KmsError, ValueError) as exc:
+                    raise MaterialUnavailable(
+                        "ControllerKeysUnavailable",
+                        f"the cluster's recipient key did not open ({type(exc).__name__})",
+                        retry=True,
+                    ) from None
+            return self._cluster_key
+
+    async def _open_request_secret(
+        self, review: ReviewRequest, spec: wire.ReviewSpec, sealed: str, what: str
+    ) -> bytearray | Refusal:
+        if spec.recipient is None:
+            return Refusal("BadRequest", f"a sealed {what} needs spec.recipientKey")
+        try:
+            key = await self.cluster_key()
+        except MaterialUnavailable as exc:
+            return Refusal(exc.reason, str(exc))
+        try:
+            return wire.open_request_secret(
+                key, sealed, namespace=review.namespace, recipient=spec.recipient
+            )
+        except SealedSourceInvalid:
+            return Refusal(
+                "SealedInputInvalid",
+                f"the sealed {what} does not open for this review (sealed to another key, "
+                "for another review or namespace, or altered)",
+            )
+
+    async def _caller(
+        self, review: ReviewRequest, spec: wire.ReviewSpec
+    ) -> tuple[ReviewRequest, str] | Refusal:
+        """The review with ``caller.mfa`` set when it carries a valid token of its own
+        caller (and the token's jti, the session); a token that does not verify refuses."""
+        if not spec.sealed_token:
+            return review, ""
+        opened = await self._open_request_secret(review, spec, spec.sealed_token, "token")
+        if isinstance(opened, Refusal):
+            return opened
+        try:
+            token = opened.decode("ascii")
+        except UnicodeDecodeError:
+            return Refusal("TokenInvalid", "the access token is malformed")
+        finally:
+            zero(opened)
+        tokens = await self.tokens()
+        checked = tokens.verify(token, username=review.caller.username, now=self.now())
+        if isinstance(checked, TokenRefused):
+            return Refusal(checked.reason, checked.message)
+        caller = dataclasses.replace(review.caller, mfa=True)
+        return dataclasses.replace(review, caller=caller), checked.jti
 
     async def handle(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -310,9 +412,110 @@ class AccessReviews:
         except wire.ReviewInvalid as exc:
             self._audit(review, None, Refusal("BadRequest", str(exc)), started, "read")
             return _admission(review, status=None, code=400, message=str(exc)), "bad-request"
+        if spec.operation in wire.MFA_OPERATIONS:
+            return await self._mfa(review, spec, started)
+        checked = await self._caller(review, spec)
+        if isinstance(checked, Refusal):
+            return self._refused(review, spec, checked, started), checked.reason
+        review, session = checked
+        if session:
+            review = dataclasses.replace(
+                review, caller=dataclasses.replace(review.caller, credential_id=f"jti:{session}")
+            )
         if spec.operation == "list":
             return self._list(review, spec, started), "listed"
         return await self._read(review, spec, started)
+
+    async def _mfa(
+        self, review: ReviewRequest, spec: wire.ReviewSpec, started: float
+    ) -> tuple[bytes, str]:
+        """enroll, confirm, login: each audited, each answered in status."""
+        action = spec.operation
+        recipient = spec.recipient
+        if self.mfa is None or recipient is None:
+            refusal = Refusal("MfaUnavailable", "this gateway has no MFA store")
+            return self._refused(review, spec, refusal, started), refusal.reason
+        username = review.caller.username
+        if action == "enroll":
+            uri = await self.mfa.enroll(username)
+            if isinstance(uri, Refusal):
+                return self._refused(review, spec, uri, started), uri.reason
+            encoded = bytearray(uri.encode())
+            del uri
+            try:
+                sealed = wire.seal_secret(
+                    recipient, encoded, namespace=review.namespace, operation="enroll"
+                )
+            finally:
+                zero(encoded)
+            record = self._audit(review, spec, None, started, "enroll")
+            answer = wire.ReviewAnswer(
+                True,
+                "EnrollmentStarted",
+                "scan the URI, then confirm with a code",
+                audit_id=_audit_id(record),
+                secret=wire.AnsweredSecret(sealed),
+            )
+            return _admission(review, status=answer.to_json()), "enroll"
+        opened = await self._open_request_secret(review, spec, spec.sealed_code, "code")
+        if isinstance(opened, Refusal):
+            return self._refused(review, spec, opened, started), opened.reason
+        try:
+            code = opened.decode("ascii", errors="replace")
+        finally:
+            zero(opened)
+        checked = await self.mfa.check_code(
+            username, code, self.now(), confirming=action == "confirm"
+        )
+        del code
+        if checked.refusal is not None:
+            if checked.locked:
+                self._locked_event(review)
+            return self._refused(review, spec, checked.refusal, started), checked.refusal.reason
+        if action == "confirm":
+            record = self._audit(review, spec, None, started, "confirm")
+            answer = wire.ReviewAnswer(
+                True,
+                "Enrolled",
+                "MFA enrolled: log in with `secure-keys login`",
+                audit_id=_audit_id(record),
+            )
+            return _admission(review, status=answer.to_json()), "enrolled"
+        tokens = await self.tokens()
+        token, claims = tokens.issue(username, review.caller.groups, self.now())
+        encoded = bytearray(token.encode())
+        del token
+        try:
+            sealed = wire.seal_secret(
+                recipient, encoded, namespace=review.namespace, operation="login"
+            )
+        finally:
+            zero(encoded)
+        login = dataclasses.replace(
+            review,
+            caller=dataclasses.replace(review.caller, mfa=True, credential_id=f"jti:{claims.jti}"),
+        )
+        record = self._audit(login, spec, None, started, "login")
+        answer = wire.ReviewAnswer(
+            True,
+            "LoggedIn",
+            f"an access token until {format_stamp(claims.expires_at)}",
+            audit_id=_audit_id(record),
+            secret=wire.AnsweredSecret(sealed, format_stamp(claims.expires_at)),
+        )
+        return _admission(review, status=answer.to_json()), "login"
+
+    def _locked_event(self, review: ReviewRequest) -> None:
+        namespace = self.broker.material.controller_namespace
+        self.events.post(
+            (namespace, mfa_secret_name(review.caller.username), ""),
+            user=review.caller.username,
+            type_="Warning",
+            reason="MfaLocked",
+            message=f"{review.caller.describe()}: too many wrong TOTP codes, locked out",
+            aggregate_on="locked",
+            kind="Secret",
+        )
 
     def _list(self, review: ReviewRequest, spec: wire.ReviewSpec, started: float) -> bytes:
         caches = self.broker.caches
@@ -449,9 +652,9 @@ class AccessReviews:
             context["expires_at"] = format_stamp(grant.expires_at)
         if listed is not None:
             context["listed"] = listed
-        event_type = {"read": "key.read", "list": "key.listed"}.get(action, "key.access")
+        event_type = _EVENT_TYPES.get(action, ("key.access", "key.refused"))[refusal is not None]
         return self.broker.audit.record(
-            event_type="key.refused" if refusal is not None else event_type,
+            event_type=event_type,
             user_id=review.caller.username[:256],
             key_id=key_id,
             result="denied" if refusal is not None else "success",
@@ -461,6 +664,16 @@ class AccessReviews:
             context=context,
             action=action,
         )
+
+
+_EVENT_TYPES = {
+    "read": ("key.read", "key.refused"),
+    "list": ("key.listed", "key.refused"),
+    "enroll": ("mfa.enroll_started", "mfa.enroll_refused"),
+    "confirm": ("mfa.enrolled", "mfa.code_refused"),
+    "login": ("auth.login", "auth.code_refused"),
+}
+"""(success, refusal) event types per action, for the audit record."""
 
 
 def _audit_id(record: Mapping[str, Any] | None) -> str:

@@ -1,0 +1,243 @@
+"""``secure-keys mfa enroll``, ``mfa reset``, ``login`` and ``logout``; the token cache.
+
+All go through KeyAccessReviews (``cli/access.py``), so they work with whatever identity
+the kubeconfig proves. A TOTP code is read from ``--code-file`` or stdin (a prompt on a
+terminal), never from the arguments, and is sent sealed to the cluster's recipient key
+(the ConfigMap ``secure-keys-recipient``, readable by every authenticated identity) for
+the purpose ``access-request``, bound to this request's own ephemeral key
+(``core.accessreview.seal_request_secret``).
+
+The access token is cached in ``$XDG_CONFIG_HOME/secure-keys/tokens/<digest>.json``
+(mode 0600 in a 0700 directory; the digest names the API server and the kubeconfig),
+with its expiry and the cluster's recipient key, so ``get``, ``list`` and ``run`` send it
+(sealed the same way) while it lives. ``logout`` deletes the file; the token itself
+stays valid on the gateway until it expires (15 minutes), which the docs say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from secure_keys.cli import kubeapi
+from secure_keys.core import accessreview as wire
+from secure_keys.core.memory import zero
+from secure_keys.core.sealing import Recipient, RecipientPrivateKey
+
+DEFAULT_CONTROLLER_NAMESPACE = "secure-keys-system"
+
+
+def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-n", "--namespace", default=None, help="where the review is made")
+        parser.add_argument("--controller-namespace", default=DEFAULT_CONTROLLER_NAMESPACE)
+
+    login = commands.add_parser(
+        "login", help="exchange a TOTP code for a 15-minute access token (for requireMFA keys)"
+    )
+    common(login)
+    login.add_argument(
+        "--code-file", type=Path, default=None, help="the code: this file's first line"
+    )
+    logout = commands.add_parser("logout", help="forget the cached access token")
+    common(logout)
+    mfa = commands.add_parser("mfa", help="enrol a TOTP authenticator; an admin resets one")
+    verbs = mfa.add_subparsers(dest="mfa_command", required=True)
+    enroll = verbs.add_parser("enroll", help="show a TOTP secret (URI and QR code), confirm a code")
+    common(enroll)
+    enroll.add_argument(
+        "--code-file", type=Path, default=None, help="the code: this file's first line"
+    )
+    enroll.add_argument("--no-qr", action="store_true", help="print the otpauth:// URI only")
+    reset = verbs.add_parser(
+        "reset", help="admin: delete USER's enrolment (needs delete on its Secret)"
+    )
+    reset.add_argument("user")
+    reset.add_argument("--controller-namespace", default=DEFAULT_CONTROLLER_NAMESPACE)
+
+
+# --- the token cache -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CachedToken:
+    token: str
+    expires_at: datetime
+    cluster: Recipient
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "secure-keys" / "tokens"
+
+
+def cache_path(target: kubeapi.Target) -> Path:
+    digest = hashlib.sha256(f"{target.credentials.server}\0{target.source}".encode()).hexdigest()
+    return _cache_dir() / f"{digest[:32]}.json"
+
+
+def save_token(target: kubeapi.Target, token: str, expires_at: str, cluster: Recipient) -> Path:
+    path = cache_path(target)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    temporary = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        json.dump({"token": token, "expiresAt": expires_at, "recipient": cluster.to_json()}, out)
+    os.replace(temporary, path)
+    return path
+
+
+def load_token(target: kubeapi.Target, now: datetime) -> CachedToken | None:
+    """The cached token while it lives; ``None`` if absent, expired or unreadable."""
+    path = cache_path(target)
+    try:
+        if path.stat().st_mode & 0o077:
+            return None  # readable by others: not trusted, not sent
+        data = json.loads(path.read_text())
+        expires = datetime.fromisoformat(str(data["expiresAt"]).replace("Z", "+00:00"))
+        cached = CachedToken(str(data["token"]), expires, Recipient.from_json(data["recipient"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return cached if cached.expires_at > now else None
+
+
+def sealed_token(target: kubeapi.Target, namespace: str, recipient: Recipient) -> str:
+    """The cached token sealed for this review, or ``""``."""
+    cached = load_token(target, datetime.now(UTC))
+    if cached is None:
+        return ""
+    return wire.seal_request_secret(
+        cached.cluster, cached.token.encode(), namespace=namespace, recipient=recipient
+    )
+
+
+# --- the commands ------------------------------------------------------------------------
+
+
+def _read_code(code_file: Path | None) -> bytearray:
+    if code_file is not None:
+        line = code_file.read_text().splitlines()[0] if code_file.read_text() else ""
+    elif sys.stdin.isatty():
+        line = getpass.getpass("TOTP code: ")
+    else:
+        line = sys.stdin.readline()
+    code = line.strip()
+    if len(code) != 6 or not code.isascii() or not code.isdigit():
+        raise ValueError("a TOTP code is 6 digits")
+    return bytearray(code.encode())
+
+
+def _cluster_recipient(args: argparse.Namespace) -> Recipient:
+    fetched = kubeapi.fetch_recipient(args.kubeconfig, args.controller_namespace)
+    return Recipient.from_json(fetched.document)
+
+
+def _code_review(
+    args: argparse.Namespace, target: kubeapi.Target, operation: wire.Operation
+) -> tuple[wire.ReviewAnswer, RecipientPrivateKey, Recipient, str]:
+    from secure_keys.cli.access import review
+
+    namespace = args.namespace or target.namespace
+    cluster = _cluster_recipient(args)
+    private = RecipientPrivateKey.generate()
+    code = _read_code(args.code_file)
+    try:
+        sealed = wire.seal_request_secret(
+            cluster, code, namespace=namespace, recipient=private.public()
+        )
+    finally:
+        zero(code)
+    spec = wire.ReviewSpec(
+        operation,
+        recipient=private.public(),
+        client=f"secure-keys-cli/{operation}",
+        sealed_code=sealed,
+    )
+    return review(target, namespace, spec), private, cluster, namespace
+
+
+def login(args: argparse.Namespace) -> int:
+    target = kubeapi.load_target(args.kubeconfig)
+    answer, private, cluster, namespace = _code_review(args, target, "login")
+    if answer.secret is None:
+        raise wire.ReviewInvalid("the gateway's answer holds no token")
+    token = wire.open_secret(private, answer.secret.sealed, namespace=namespace, operation="login")
+    try:
+        path = save_token(target, token.decode("ascii"), answer.secret.expires_at, cluster)
+    finally:
+        zero(token)
+    print(f"logged in until {answer.secret.expires_at} (token cached in {path})", file=sys.stderr)
+    return 0
+
+
+def logout(args: argparse.Namespace) -> int:
+    target = kubeapi.load_target(args.kubeconfig)
+    path = cache_path(target)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        print("no cached token", file=sys.stderr)
+        return 0
+    print("token forgotten (it stays valid on the cluster until it expires)", file=sys.stderr)
+    return 0
+
+
+def enroll(args: argparse.Namespace) -> int:
+    from secure_keys.cli.access import review
+
+    target = kubeapi.load_target(args.kubeconfig)
+    namespace = args.namespace or target.namespace
+    private = RecipientPrivateKey.generate()
+    spec = wire.ReviewSpec("enroll", recipient=private.public(), client="secure-keys-cli/enroll")
+    answer = review(target, namespace, spec)
+    if answer.secret is None:
+        raise wire.ReviewInvalid("the gateway's answer holds no enrolment")
+    uri = wire.open_secret(private, answer.secret.sealed, namespace=namespace, operation="enroll")
+    try:
+        text = uri.decode("ascii")
+        print("Add this to your authenticator app (it holds the secret; do not share it):")
+        print(text)
+        if not args.no_qr:
+            try:
+                import segno
+            except ImportError:
+                print("(install secure-keys[totp] for a QR code)", file=sys.stderr)
+            else:
+                segno.make(text, error="m").terminal(compact=True)
+        sys.stdout.flush()
+        del text
+    finally:
+        zero(uri)
+    print("Then enter the code it shows to confirm.", file=sys.stderr)
+    confirmed, _, _, _ = _code_review(args, target, "confirm")
+    print(f"enrolled ({confirmed.message})", file=sys.stderr)
+    return 0
+
+
+def reset(args: argparse.Namespace) -> int:
+    from secure_keys.gateway.access.mfa import secret_name
+    from secure_keys.kube.client import SECRETS
+
+    target = kubeapi.load_target(args.kubeconfig)
+    name = secret_name(args.user)
+    kubeapi.run_api(target, lambda api: api.delete(SECRETS, args.controller_namespace, name))
+    print(f'MFA enrolment of "{args.user}" removed (Secret {name})', file=sys.stderr)
+    return 0
+
+
+def mfa(args: argparse.Namespace) -> int:
+    return {"enroll": enroll, "reset": reset}[args.mfa_command](args)
+
+
+COMMANDS = {"login": login, "logout": logout, "mfa": mfa}
