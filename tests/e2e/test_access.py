@@ -302,7 +302,11 @@ def test_list_shows_only_what_the_caller_may_read_and_no_material(
     done = _cli(csr_user, "list", "--json", namespace=keys)
     assert done.returncode == 0, done.stderr
     listed = json.loads(done.stdout)
-    assert [k["name"] for k in listed] == [CANARY_NAME]
+    # alice may read canary, and guarded only after `secure-keys login`; never other.
+    assert [(k["name"], k["requireMFA"]) for k in listed] == [
+        (CANARY_NAME, False),
+        (GUARDED, True),
+    ]
     assert listed[0]["currentVersion"] == 1
     assert listed[0]["versions"][0]["fingerprint"]
     assert not leaked(done.stdout, canary)

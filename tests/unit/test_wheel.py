@@ -31,7 +31,7 @@ ROOT = Path(__file__).parents[2]
 # the core). Modules whose library comes with an extra (the KMS providers' SDKs, the
 # keychain, TOTP) are not listed here.
 BASE_LAYERS = ("cli", "store", "kube", "core")
-EXTRA_PROVIDERS = {"aws.py", "gcp.py", "pkcs11.py", "azure.py", "keychain.py", "totp.py"}
+EXTRA_PROVIDERS = {"aws.py", "gcp.py", "pkcs11.py", "azure.py", "keychain.py", "totp.py", "qr.py"}
 SOURCE_IGNORE = shutil.ignore_patterns(
     ".git", ".venv", "build", "__pycache__", "*.egg-info", ".*_cache", ".hypothesis", "dist"
 )

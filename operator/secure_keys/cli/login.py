@@ -209,12 +209,9 @@ def enroll(args: argparse.Namespace) -> int:
         print("Add this to your authenticator app (it holds the secret; do not share it):")
         print(text)
         if not args.no_qr:
-            try:
-                import segno
-            except ImportError:
-                print("(install secure-keys[totp] for a QR code)", file=sys.stderr)
-            else:
-                segno.make(text, error="m").terminal(compact=True)
+            from secure_keys.cli.qr import print_qr
+
+            print_qr(text)
         sys.stdout.flush()
         del text
     finally:
