@@ -648,3 +648,60 @@ def _target(config: Path) -> Any:
     from secure_keys.cli.kubeapi import load_target
 
     return load_target(config)
+
+
+def test_key_manager_reads_through_the_same_path_as_get(
+    gateway: GatewayProcess, csr_user: Path, keys: str, canary: str
+) -> None:
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+    program = (
+        "import sys\n"
+        "from secure_keys import KeyManager\n"
+        f"km = KeyManager('cluster', kubeconfig={str(csr_user)!r}, namespace={keys!r})\n"
+        "km.authenticate()\n"
+        f"with km.key({CANARY_NAME!r}) as value:\n"
+        "    sys.stdout.buffer.write(value)\n"
+        "assert value == bytearray(len(value))\n"
+        f"print([k.name for k in km.list_keys()], file=sys.stderr)\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our interpreter, a program of this test
+        [sys.executable, "-c", program], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == canary.encode()
+    assert b"'canary'" in done.stderr
+    assert not leaked(done.stderr, canary)
+
+
+def test_audit_shows_the_reads_and_verify_names_the_first_broken_record(
+    gateway: GatewayProcess,
+    kube: Target,
+    csr_user: Path,
+    controller_setup: tuple[Path, Path],
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+
+    def shown() -> bool:
+        done = _cli(kube.kubeconfig, "audit", "--key", CANARY_NAME, "--since", "1h", namespace=keys)
+        return done.returncode == 0 and b"KeyRead" in done.stdout and b'"alice"' in done.stdout
+
+    eventually(shown, 30, "secure-keys audit shows alice's read")
+
+    exported = tmp_path / "gateway.log"
+    exported.write_text(gateway.log())
+    verify_args = ("audit", "verify", str(exported), f"--kms-config={controller_setup[1]}")
+    intact = _cli(kube.kubeconfig, *verify_args, namespace=keys)
+    assert intact.returncode == 0, intact.stderr
+    assert b"intact" in intact.stderr
+    lines = exported.read_text().splitlines()
+    audited = [i for i, line in enumerate(lines) if '"mac"' in line and '"key.read"' in line]
+    record = json.loads(lines[audited[0]])
+    record["user_id"] = "someone-else"
+    lines[audited[0]] = json.dumps(record)
+    exported.write_text("\n".join(lines) + "\n")
+    broken = _cli(kube.kubeconfig, *verify_args, namespace=keys)
+    assert broken.returncode == 1
+    assert f"line {audited[0] + 1} ".encode() in broken.stderr
+    assert b"does not verify" in broken.stderr

@@ -102,9 +102,11 @@ def read_key(
     version: int | None = None,
     previous: bool = False,
     client: str = "secure-keys-cli",
+    token: login.HeldToken | None = None,
 ) -> ReadKey:
     """Read one key through a review; the plaintext is opened with a key pair made for
-    this request only, and the caller zeroes it."""
+    this request only, and the caller zeroes it. ``token`` (an access token held in
+    memory, as ``KeyManager`` holds one) is sent instead of the cached one."""
     private = RecipientPrivateKey.generate()
     spec = wire.ReviewSpec(
         "read",
@@ -113,7 +115,7 @@ def read_key(
         previous=previous,
         recipient=private.public(),
         client=client,
-        sealed_token=login.sealed_token(target, namespace, private.public()),
+        sealed_token=login.sealed_token(target, namespace, private.public(), token),
     )
     answer = review(target, namespace, spec)
     key = answer.key

@@ -361,7 +361,7 @@ COMMANDS: dict[str, Handler] = {
     "rotate": _rotate,
 }
 LOCAL_ONLY = frozenset({"init", "add", "rm", "passwd"})
-NOT_YET_ON_CLUSTER = frozenset({"audit"})
+NOT_YET_ON_CLUSTER: frozenset[str] = frozenset()
 
 
 def _kms_option(text: str) -> tuple[str, str]:

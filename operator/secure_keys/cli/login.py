@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -68,10 +68,15 @@ def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 @dataclass(frozen=True)
-class CachedToken:
-    token: str
+class HeldToken:
+    """An access token, its expiry, and the cluster key to seal it to."""
+
+    token: str = field(repr=False)
     expires_at: datetime
     cluster: Recipient
+
+
+CachedToken = HeldToken
 
 
 def _cache_dir() -> Path:
@@ -112,9 +117,12 @@ def load_token(target: kubeapi.Target, now: datetime) -> CachedToken | None:
     return cached if cached.expires_at > now else None
 
 
-def sealed_token(target: kubeapi.Target, namespace: str, recipient: Recipient) -> str:
-    """The cached token sealed for this review, or ``""``."""
-    cached = load_token(target, datetime.now(UTC))
+def sealed_token(
+    target: kubeapi.Target, namespace: str, recipient: Recipient, held: HeldToken | None = None
+) -> str:
+    """``held`` (else the cached token) sealed for this review, or ``""``."""
+    now = datetime.now(UTC)
+    cached = held if held is not None and held.expires_at > now else load_token(target, now)
     if cached is None:
         return ""
     return wire.seal_request_secret(
@@ -146,12 +154,22 @@ def _cluster_recipient(args: argparse.Namespace) -> Recipient:
 def _code_review(
     args: argparse.Namespace, target: kubeapi.Target, operation: wire.Operation
 ) -> tuple[wire.ReviewAnswer, RecipientPrivateKey, Recipient, str]:
-    from secure_keys.cli.access import review
-
     namespace = args.namespace or target.namespace
     cluster = _cluster_recipient(args)
+    return code_review(target, namespace, cluster, _read_code(args.code_file), operation)
+
+
+def code_review(
+    target: kubeapi.Target,
+    namespace: str,
+    cluster: Recipient,
+    code: bytearray,
+    operation: wire.Operation,
+) -> tuple[wire.ReviewAnswer, RecipientPrivateKey, Recipient, str]:
+    """A review carrying ``code`` (zeroed here) sealed for the gateway."""
+    from secure_keys.cli.access import review
+
     private = RecipientPrivateKey.generate()
-    code = _read_code(args.code_file)
     try:
         sealed = wire.seal_request_secret(
             cluster, code, namespace=namespace, recipient=private.public()
@@ -165,6 +183,26 @@ def _code_review(
         sealed_code=sealed,
     )
     return review(target, namespace, spec), private, cluster, namespace
+
+
+def login_in_memory(
+    target: kubeapi.Target, namespace: str, controller_namespace: str, code: bytearray
+) -> HeldToken:
+    """Log in with ``code`` (zeroed here) and return the token without caching it."""
+    fetched = kubeapi.fetch_recipient(
+        None if target.source == "in-cluster" else Path(target.source), controller_namespace
+    )
+    cluster = Recipient.from_json(fetched.document)
+    answer, private, _, _ = code_review(target, namespace, cluster, code, "login")
+    if answer.secret is None:
+        raise wire.ReviewInvalid("the gateway's answer holds no token")
+    token = wire.open_secret(private, answer.secret.sealed, namespace=namespace, operation="login")
+    try:
+        text = token.decode("ascii")
+    finally:
+        zero(token)
+    expires = datetime.fromisoformat(answer.secret.expires_at.replace("Z", "+00:00"))
+    return HeldToken(text, expires, cluster)
 
 
 def login(args: argparse.Namespace) -> int:

@@ -3,10 +3,10 @@
 The global ``--store local|cluster`` (or ``SECUREKEYS_STORE``; default ``cluster``) says
 which store the verbs work against. ``seal`` and ``rotate`` work against both (``seal``
 with ``--store local`` takes the plaintext from the local store); ``init``, ``add``,
-``rm`` and ``passwd`` belong to the local store; ``get``, ``list`` and ``run`` work
-against both (the cluster's through KeyAccessReviews, ``cli/access.py``); ``audit``
-works against the local store and is refused against the cluster, where it is not
-available yet.
+``rm`` and ``passwd`` belong to the local store; ``get``, ``list``, ``run`` and ``audit``
+work against both (the cluster's through KeyAccessReviews, ``cli/access.py``, and the
+ApiKeys' Events and exported audit logs, ``cli/audit.py``); ``login``, ``logout`` and
+``mfa`` are the cluster's (``cli/login.py``).
 
 User errors end with one ``secure-keys: error: ...`` line and an exit status, never a
 traceback: 2 for what the user can fix here (arguments, files, the kubeconfig, a refused
@@ -29,6 +29,7 @@ import structlog
 import yaml
 
 from secure_keys.cli import access as access_cmd
+from secure_keys.cli import audit as audit_cmd
 from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import local as local_cmd
 from secure_keys.cli import login as login_cmd
@@ -75,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     local_parsers = local_cmd.add_arguments(commands)
     access_cmd.add_cluster_arguments(local_parsers)
+    audit_cmd.add_cluster_arguments(local_parsers["audit"])
 
     seal = commands.add_parser(
         "seal",
@@ -184,6 +186,8 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             return access_cmd.COMMANDS[args.command](args)
         if args.command in login_cmd.COMMANDS:
             return login_cmd.COMMANDS[args.command](args)
+        if args.command == "audit":
+            return audit_cmd.audit(args)
         if args.command in local_cmd.NOT_YET_ON_CLUSTER:
             _error(
                 f"`{args.command}` against the cluster is not available yet; "

@@ -1,4 +1,7 @@
-"""Owns ``KeyManager``: the library interface of the original design, on a chosen store.
+"""Owns the local store's ``KeyManager``: the original design's library interface on the
+developer's local store. ``secure_keys.KeyManager`` (``cli/manager.py``) is the public one:
+it uses this class for ``store="local"`` and reads from the cluster or a pod's injected
+files otherwise.
 
 ::
 
@@ -9,8 +12,9 @@
     with km.key("github-api-key") as value:   # a bytearray, zeroed after the block
         client = make_client(value.decode())
 
-``store="cluster"`` is accepted by name but refused with ``NotImplementedError``: reading
-keys from a cluster through the gateway is not available yet, and nothing is faked.
+``store="cluster"`` is refused here with ``NotImplementedError`` naming
+``secure_keys.KeyManager``, which reads from the cluster (this package may not import
+the Kubernetes client: ``.importlinter``, store-is-standalone).
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ class KeyManager:
     def __init__(self, store: StoreKind = "local", *, path: Path | None = None) -> None:
         if store == "cluster":
             raise NotImplementedError(
-                "KeyManager(store='cluster') is not available yet: reading keys from the "
-                "cluster through the gateway comes later; use store='local'"
+                "secure_keys.store.KeyManager is the local store's: for the cluster use "
+                "secure_keys.KeyManager(store='cluster')"
             )
         if store != "local":
             raise ValueError(f"unknown store {str(store)[:32]!r} (local or cluster)")

@@ -99,17 +99,29 @@ def test_the_store_is_chosen_by_the_environment_too(
     assert "expected local or cluster" in err
 
 
-def test_audit_refuses_the_cluster_for_now(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out, err = run("--store", "cluster", "audit", monkeypatch=monkeypatch)
+def test_audit_verify_needs_a_file_and_the_audit_key(
+    run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    code, out, err = run("--store", "cluster", "audit", "verify", monkeypatch=monkeypatch)
     assert (code, out) == (2, b"")
-    assert "against the cluster is not available yet" in err
+    assert "audit verify needs the exported log" in err
+    log = tmp_path / "gateway.log"
+    log.write_text('{"event": "audit", "chain": "a:1", "mac": "00"}\n')
+    code, out, err = run("--store", "cluster", "audit", "verify", str(log), monkeypatch=monkeypatch)
+    assert (code, out) == (2, b"")
+    assert "--kms-config or --audit-key-file" in err
 
 
-@pytest.mark.parametrize("verb", ["get", "list", "run"])
+@pytest.mark.parametrize("verb", ["get", "list", "run", "audit"])
 def test_the_read_verbs_go_to_the_cluster_and_need_a_kubeconfig(
     run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, verb: str
 ) -> None:
-    argv = {"get": ["get", "k"], "list": ["list"], "run": ["run", "--key", "k", "--", "true"]}
+    argv = {
+        "get": ["get", "k"],
+        "list": ["list"],
+        "run": ["run", "--key", "k", "--", "true"],
+        "audit": ["audit"],
+    }
     missing = tmp_path / "absent.kubeconfig"
     code, out, err = run(
         f"--kubeconfig={missing}", "--store", "cluster", *argv[verb], monkeypatch=monkeypatch
