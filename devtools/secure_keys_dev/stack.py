@@ -416,24 +416,32 @@ def bind_gateway_identity(api: client.ApiClient, user: str, *, broker: bool = Fa
         for document in documents:
             if document["kind"] == "Role":
                 apply_yaml_document(api, document)
-        try:
-            client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
-                CONTROLLER_NAMESPACE,
-                {
-                    "metadata": {"name": f"e2e-{user}-access"},
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "Role",
-                        "name": "secure-keys-gateway-access",
+        for namespace, role in (
+            (CONTROLLER_NAMESPACE, "secure-keys-gateway-access"),
+            ("kube-system", "extension-apiserver-authentication-reader"),
+        ):
+            try:
+                client.RbacAuthorizationV1Api(api).create_namespaced_role_binding(
+                    namespace,
+                    {
+                        "metadata": {"name": f"e2e-{user}-access"},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "Role",
+                            "name": role,
+                        },
+                        "subjects": [
+                            {
+                                "apiGroup": "rbac.authorization.k8s.io",
+                                "kind": "User",
+                                "name": user,
+                            }
+                        ],
                     },
-                    "subjects": [
-                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
-                    ],
-                },
-            )
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
+                )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
 
 
 def _bind_cluster_role(api: client.ApiClient, user: str, role: str, binding: str) -> None:

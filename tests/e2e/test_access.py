@@ -25,15 +25,18 @@ gateway's log, or a process's argv.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from secure_keys.cli.login import cache_path
+from secure_keys.core.accessreview import ReviewSpec
+from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys_dev import access, image, kubeconfig
 from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
@@ -705,3 +710,52 @@ def test_audit_shows_the_reads_and_verify_names_the_first_broken_record(
     assert broken.returncode == 1
     assert f"line {audited[0] + 1} ".encode() in broken.stderr
     assert b"does not verify" in broken.stderr
+
+
+def test_an_admission_review_forged_straight_to_the_gateway_gets_nothing(
+    gateway: GatewayProcess, kube: Target, csr_user: Path, keys: str, tmp_path: Path
+) -> None:
+    """Hostile: anyone who reaches the gateway's port (every pod does, for the broker)
+    can post an AdmissionReview naming any user. Without the caller's own credential
+    (the proof), or with mallory's certificate claiming to be alice, nothing is read."""
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+    attacker = RecipientPrivateKey.generate()
+    spec = ReviewSpec("read", key=CANARY_NAME, recipient=attacker.public())
+    mallory = access.csr_user_kubeconfig(kube.kubeconfig, "mallory", (), tmp_path / "mallory")
+    mallory_proof = asyncio.run(_proof_as(mallory, keys, spec))
+    context = ssl.create_default_context(cafile=str(gateway.tls_dir / "ca.crt"))
+    for proof in (None, mallory_proof.to_json()):
+        body = spec.to_json() | ({"proof": proof} if proof else {})
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": secrets.token_hex(8),
+                "operation": "CREATE",
+                "dryRun": True,
+                "namespace": keys,
+                "resource": {"group": GROUP, "version": VERSION, "resource": "keyaccessreviews"},
+                "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+                "object": {"spec": body},
+            },
+        }
+        request = urllib.request.Request(  # noqa: S310 - the gateway's https URL
+            gateway.url + "/v1/access",
+            data=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as answer:  # noqa: S310
+            response = json.loads(answer.read())["response"]
+        patch = json.loads(base64.b64decode(response["patch"]))
+        status = patch[0]["value"]
+        assert status["allowed"] is False, status
+        assert status["reason"] == "ProofInvalid", status
+        assert "key" not in status
+
+
+async def _proof_as(config: Path, namespace: str, spec: ReviewSpec) -> Any:
+    from secure_keys.cli.access import with_proof
+    from secure_keys.kube.client import Credentials, KubeApi
+
+    async with KubeApi(Credentials.from_kubeconfig(config)) as api:
+        return (await with_proof(api, namespace, spec)).proof

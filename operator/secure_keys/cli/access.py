@@ -16,20 +16,27 @@ says what would grant it).
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
 from secure_keys.cli import kubeapi, login
 from secure_keys.core import accessreview as wire
 from secure_keys.core.keyformat import KeyFormatError, render
 from secure_keys.core.memory import zero
-from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.kube.client import KubeApi, Resource
+from secure_keys.core.sealing import Recipient, RecipientPrivateKey
+from secure_keys.kube.client import CONFIGMAPS, KubeApi, Resource
+from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 REVIEWS = Resource(wire.GROUP, wire.VERSION, wire.PLURAL)
 CLUSTER_COMMANDS = frozenset({"get", "list", "run"})
@@ -76,7 +83,47 @@ class ReadKey:
     audit_id: str
 
 
+async def with_proof(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> wire.ReviewSpec:
+    """``spec`` with the proof of this client's own credential (``core.accessreview``)."""
+    if spec.recipient is None:
+        spec = dataclasses.replace(spec, recipient=RecipientPrivateKey.generate().public())
+    assert spec.recipient is not None  # noqa: S101 - set just above, for mypy
+    token, cert_pem, key_pem = await api.client_credential()
+    if cert_pem is not None and key_pem is not None:
+        issued = int(time.time())
+        private = serialization.load_pem_private_key(key_pem, password=None)
+        message = wire.proof_message(namespace, spec, issued)
+        if isinstance(private, ec.EllipticCurvePrivateKey):
+            signature = private.sign(message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(private, rsa.RSAPrivateKey):
+            signature = private.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(private, ed25519.Ed25519PrivateKey):
+            signature = private.sign(message)
+        else:
+            raise kubeapi.KubeconfigError("the client key's type cannot sign a proof")
+        del private
+        proof = wire.CallerProof(
+            "certificate",
+            certificate=cert_pem.decode(),
+            signature=base64.b64encode(signature).decode(),
+            issued_at=issued,
+        )
+    elif token:
+        document = await api.get(CONFIGMAPS, login.controller_namespace(), RECIPIENT_CONFIGMAP)
+        cluster = Recipient.from_json((document.get("data") or {})[RECIPIENT_CONFIGMAP_KEY])
+        sealed = wire.seal_request_secret(
+            cluster, token.encode(), namespace=namespace, recipient=spec.recipient
+        )
+        proof = wire.CallerProof("token", sealed_token=sealed)
+    else:
+        raise kubeapi.KubeconfigError(
+            "the kubeconfig has neither a client certificate nor a token to prove who you are"
+        )
+    return dataclasses.replace(spec, proof=proof)
+
+
 async def _create_review(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> dict[str, Any]:
+    spec = await with_proof(api, namespace, spec)
     return await api.request(
         "POST",
         REVIEWS.path(namespace),

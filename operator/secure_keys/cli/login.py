@@ -33,6 +33,12 @@ from secure_keys.core.memory import zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
 
 DEFAULT_CONTROLLER_NAMESPACE = "secure-keys-system"
+CONTROLLER_NAMESPACE_ENV = "SECUREKEYS_CONTROLLER_NAMESPACE"
+
+
+def controller_namespace() -> str:
+    """Where the cluster's recipient ConfigMap is (``$SECUREKEYS_CONTROLLER_NAMESPACE``)."""
+    return os.environ.get(CONTROLLER_NAMESPACE_ENV) or DEFAULT_CONTROLLER_NAMESPACE
 
 
 def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

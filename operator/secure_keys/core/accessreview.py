@@ -20,6 +20,15 @@ object as the gateway patched it; nothing is stored (docs/access.md).
   (``request_binding``): the API server's audit log holds only ciphertext, and a sealed
   value copied into another review (another recipient key) does not open.
 
+``proof`` (every operation): the caller proves to the gateway, not only to the API
+server, that it holds the credential the API server authenticated, because the
+gateway's webhook endpoint cannot tell an AdmissionReview sent by the API server from
+one forged by anyone who can reach it (docs/access.md, "Why the caller proves its
+identity twice"). A bearer token is sent sealed (as ``sealedToken`` is; the gateway runs
+a TokenReview); a client certificate is sent with a signature by its private key over
+``proof_message`` (the namespace, the operation, the key, the version choice, the
+recipient key and ``issuedAt``), which the gateway checks against the cluster's client CA.
+
 Operations ``enroll`` (start an MFA enrolment: the ``otpauth://`` URI comes back sealed),
 ``confirm`` (its first code) and ``login`` (a code: an access token comes back sealed)
 need a ``recipientKey``, as ``read`` does.
@@ -39,6 +48,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -129,6 +140,76 @@ def _sealed_input(value: object, where: str) -> str:
     return value
 
 
+ProofKind = Literal["token", "certificate"]
+MAX_CERTIFICATE = 16384
+_PROOF_DOMAIN = b"securekeys.io/v1/access-proof\x00"
+
+
+@dataclass(frozen=True)
+class CallerProof:
+    """The caller's own credential, for the gateway: a sealed bearer token, or a client
+    certificate (PEM) with a signature over ``proof_message`` made at ``issued_at``."""
+
+    kind: ProofKind
+    sealed_token: str = field(default="", repr=False)
+    certificate: str = ""
+    signature: str = ""
+    issued_at: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "token":
+            return {"kind": "token", "sealedToken": self.sealed_token}
+        return {
+            "kind": "certificate",
+            "certificate": self.certificate,
+            "signature": self.signature,
+            "issuedAt": self.issued_at,
+        }
+
+
+def parse_proof(value: object) -> CallerProof | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ReviewInvalid("spec.proof must be an object")
+    kind = value.get("kind")
+    if kind == "token":
+        token = _sealed_input(value.get("sealedToken"), "spec.proof.sealedToken")
+        if not token:
+            raise ReviewInvalid("spec.proof.sealedToken is required")
+        return CallerProof("token", sealed_token=token)
+    if kind == "certificate":
+        certificate, signature = value.get("certificate"), value.get("signature")
+        issued = value.get("issuedAt")
+        if not isinstance(certificate, str) or not 0 < len(certificate) <= MAX_CERTIFICATE:
+            raise ReviewInvalid("spec.proof.certificate must be PEM text")
+        if not isinstance(signature, str) or not 0 < len(signature) <= 2048:
+            raise ReviewInvalid("spec.proof.signature must be base64")
+        if type(issued) is not int or issued <= 0:
+            raise ReviewInvalid("spec.proof.issuedAt must be a Unix time")
+        return CallerProof(
+            "certificate", certificate=certificate, signature=signature, issued_at=issued
+        )
+    raise ReviewInvalid("spec.proof.kind must be token or certificate")
+
+
+def proof_message(namespace: str, spec: ReviewSpec, issued_at: int) -> bytes:
+    """What a certificate proof signs: everything that decides the answer and where it
+    goes (the recipient key), and when."""
+    bound = {
+        "namespace": namespace,
+        "operation": spec.operation,
+        "key": spec.key,
+        "version": spec.version,
+        "previous": spec.previous,
+        "recipientKey": (
+            base64.b64encode(spec.recipient.public_key).decode() if spec.recipient else ""
+        ),
+        "issuedAt": issued_at,
+    }
+    return _PROOF_DOMAIN + json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+
+
 @dataclass(frozen=True)
 class ReviewSpec:
     """What the caller asks: parsed once at the gateway's edge."""
@@ -141,6 +222,7 @@ class ReviewSpec:
     client: str = ""
     sealed_token: str = field(default="", repr=False)
     sealed_code: str = field(default="", repr=False)
+    proof: CallerProof | None = None
 
     def to_json(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"operation": self.operation}
@@ -158,11 +240,21 @@ class ReviewSpec:
             spec["sealedToken"] = self.sealed_token
         if self.sealed_code:
             spec["sealedCode"] = self.sealed_code
+        if self.proof is not None:
+            spec["proof"] = self.proof.to_json()
         return spec
 
 
 def parse_spec(spec: object) -> ReviewSpec:
     """The spec of a review object; raises ``ReviewInvalid``."""
+    parsed = _parse_spec(spec)
+    proof = parse_proof(spec.get("proof")) if isinstance(spec, Mapping) else None
+    if proof is not None and parsed.recipient is None:
+        raise ReviewInvalid("spec.proof needs spec.recipientKey (its binding)")
+    return dataclasses.replace(parsed, proof=proof)
+
+
+def _parse_spec(spec: object) -> ReviewSpec:
     if not isinstance(spec, Mapping):
         raise ReviewInvalid("a KeyAccessReview needs a spec")
     operation = spec.get("operation")

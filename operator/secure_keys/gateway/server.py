@@ -309,6 +309,7 @@ def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> Acces
     from datetime import timedelta
 
     from secure_keys.gateway.access.mfa import MfaStore
+    from secure_keys.gateway.access.proof import ProofChecker
     from secure_keys.gateway.access.reviews import KeyEvents
     from secure_keys.kube.client import EVENTS
 
@@ -323,6 +324,7 @@ def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> Acces
         KeyEvents(_Events()),
         mfa=mfa,
         token_lifetime=timedelta(seconds=options.access_token_ttl),
+        proofs=ProofChecker(api.request),
     )
 
 

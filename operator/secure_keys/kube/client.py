@@ -328,6 +328,19 @@ class KubeApi:
             raise RuntimeError("KubeApi used outside its async context")
         return self._session
 
+    async def client_credential(self) -> tuple[str | None, bytes | None, bytes | None]:
+        """(token, certificate PEM, key PEM) this client authenticates with now, as the
+        API server sees it: a client certificate, when there is one, wins (the API
+        server tries x509 before tokens)."""
+        token = self.credentials.bearer()
+        cert, key = self.credentials.cert_pem, self.credentials.key_pem
+        if self.exec_auth is not None:
+            credential = await self.exec_auth.credential()
+            token = credential.token or token
+            if credential.cert_pem is not None and credential.key_pem is not None:
+                cert, key = credential.cert_pem, credential.key_pem
+        return token, cert, key
+
     async def _auth(self, rejected: ExecCredential | None = None) -> _Auth:
         headers = {"Accept": "application/json"}
         token = self.credentials.bearer()

@@ -10,7 +10,7 @@ import pytest
 
 from secure_keys.core import accessreview as wire
 from secure_keys.core.errors import SealedSourceInvalid
-from secure_keys.core.sealing import RecipientPrivateKey
+from secure_keys.core.sealing import RecipientPrivateKey, open_sealed
 
 PRIVATE = RecipientPrivateKey.generate()
 RECIPIENT_B64 = base64.b64encode(PRIVATE.public().public_key).decode()
@@ -86,3 +86,16 @@ def test_an_answer_round_trips() -> None:
         key=wire.AnsweredKey("k", 2, "f", "raw", "", "c2VhbGVk", "2025-01-01T00:00:00Z"),
     )
     assert wire.parse_answer(answer.to_json()) == answer
+
+
+def test_a_sealed_code_or_token_opens_only_in_its_own_review_and_purpose() -> None:
+    cluster = RecipientPrivateKey.generate()
+    mine, theirs = PRIVATE.public(), RecipientPrivateKey.generate().public()
+    sealed = wire.seal_request_secret(cluster.public(), b"123456", namespace="ns", recipient=mine)
+    assert wire.open_request_secret(cluster, sealed, namespace="ns", recipient=mine) == b"123456"
+    with pytest.raises(SealedSourceInvalid):  # copied into a review with another recipient
+        wire.open_request_secret(cluster, sealed, namespace="ns", recipient=theirs)
+    with pytest.raises(SealedSourceInvalid):  # or another namespace
+        wire.open_request_secret(cluster, sealed, namespace="other", recipient=mine)
+    with pytest.raises(SealedSourceInvalid):  # never an ApiKey's sealed source
+        open_sealed(cluster, sealed, namespace="ns", name=wire.request_binding(mine))

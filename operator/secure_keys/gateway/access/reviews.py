@@ -9,7 +9,10 @@ MutatingWebhookConfiguration matches that resource only). In order:
    refuses it too);
 3. refuse (HTTP 503 in the admission status, so the client may retry) until the broker's
    caches are synced and its keys are open; rate-limit per user (429);
-4. parse the spec (``core.accessreview``; malformed: admission refused, 400, audited);
+4. parse the spec (``core.accessreview``; malformed: admission refused, 400, audited),
+   and check the caller's proof (``proof.py``): the caller must hold the credential the
+   API server authenticated, since anyone who reaches the gateway could post a forged
+   AdmissionReview naming any user;
 5. decide (``decide``), open the granted version (``broker.material``), seal it to the
    caller's ephemeral key and zero the plaintext;
 6. write one chained audit record and an aggregated Event on the ApiKey, and answer with
@@ -43,6 +46,7 @@ from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.access.decide import Caller, ReadGrant, decide_list, decide_read
 from secure_keys.gateway.access.mfa import MfaStore
 from secure_keys.gateway.access.mfa import secret_name as mfa_secret_name
+from secure_keys.gateway.access.proof import ProofChecker
 from secure_keys.gateway.access.tokens import DEFAULT_LIFETIME, AccessTokens, TokenRefused
 from secure_keys.gateway.broker.audit import EventSink
 from secure_keys.gateway.broker.limits import TokenBucket
@@ -51,6 +55,7 @@ from secure_keys.gateway.broker.policy import Refusal
 from secure_keys.gateway.broker.stream import Broker
 from secure_keys.gateway.webhook.review import API_VERSIONS, MAX_UID, compact_json, read_json
 from secure_keys.kube import keysformat
+from secure_keys.kube.client import ApiError
 
 ACCESS_PATH = "/v1/access"
 MAX_BODY = 256 * 1024
@@ -266,12 +271,15 @@ class AccessReviews:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         mfa: MfaStore | None = None,
         token_lifetime: timedelta = DEFAULT_LIFETIME,
+        proofs: ProofChecker | None = None,
     ) -> None:
         self.broker = broker
         self.events = events
         self.limits = limits or UserLimits()
         self.now = now
         self.mfa = mfa
+        self.proofs = proofs
+        """Checks the caller's own credential; without one every review is refused."""
         self.token_lifetime = token_lifetime
         self._tokens: AccessTokens | None = None
         self._cluster_key: RecipientPrivateKey | None = None
@@ -333,6 +341,27 @@ class AccessReviews:
                 f"the sealed {what} does not open for this review (sealed to another key, "
                 "for another review or namespace, or altered)",
             )
+
+    async def _check_proof(self, review: ReviewRequest, spec: wire.ReviewSpec) -> Refusal | None:
+        """The caller holds the credential ``userInfo`` names (``access/proof.py``): an
+        AdmissionReview posted to the gateway by anyone but the API server gets nothing."""
+        if self.proofs is None:
+            return Refusal("ProofUnavailable", "this gateway cannot check callers")
+
+        async def open_token(sealed: str) -> bytearray | Refusal:
+            return await self._open_request_secret(review, spec, sealed, "credential")
+
+        try:
+            return await self.proofs.check(
+                spec.proof,
+                username=review.caller.username,
+                namespace=review.namespace,
+                spec=spec,
+                open_token=open_token,
+                now=self.now(),
+            )
+        except ApiError as exc:
+            return Refusal("ProofUnchecked", f"the API server did not answer ({exc.status})")
 
     async def _caller(
         self, review: ReviewRequest, spec: wire.ReviewSpec
@@ -412,6 +441,9 @@ class AccessReviews:
         except wire.ReviewInvalid as exc:
             self._audit(review, None, Refusal("BadRequest", str(exc)), started, "read")
             return _admission(review, status=None, code=400, message=str(exc)), "bad-request"
+        refusal = await self._check_proof(review, spec)
+        if refusal is not None:
+            return self._refused(review, spec, refusal, started), refusal.reason
         if spec.operation in wire.MFA_OPERATIONS:
             return await self._mfa(review, spec, started)
         checked = await self._caller(review, spec)
