@@ -31,6 +31,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from secure_keys.gateway.access.mfa import MFA_SECRET_TYPE
 from secure_keys.gateway.certs import GATEWAY_CERTS_TYPE
 from secure_keys.kube.blobformat import BLOB_SECRET_TYPE
 from secure_keys.kube.keysformat import CONTROLLER_KEYS_TYPE
@@ -145,8 +146,9 @@ def test_minting_a_token_for_another_service_account_is_refused(
     message = _refused(lambda: _create(core, namespace, TOKEN_TYPE, {SA_ANNOTATION: target}))
     assert "may write only secure-keys Secret types" in message
     assert TOKEN_TYPE in message
-    # The annotation alone, on a Secret of an allowed type, is refused too.
-    message = _refused(lambda: _create(core, namespace, BLOB_SECRET_TYPE, {SA_ANNOTATION: target}))
+    # The annotation alone, on a Secret of a type the writer may write, is refused too.
+    allowed = MFA_SECRET_TYPE if account == GATEWAY else BLOB_SECRET_TYPE
+    message = _refused(lambda: _create(core, namespace, allowed, {SA_ANNOTATION: target}))
     assert "kubernetes.io/service-account.name" in message
 
 
@@ -165,12 +167,19 @@ def test_the_project_secret_types_are_still_written(
     writer: tuple[str, client.CoreV1Api], admin_api: client.ApiClient, namespace: str
 ) -> None:
     """What the controller (blob Secrets, its keys) and the gateway (its certificates
-    Secret, made by the chart and updated by the gateway) do every day."""
-    _, core = writer
-    for type_ in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE):
+    Secret, made by the chart and updated by the gateway; people's MFA enrolments) do
+    every day; and the gateway, which may write Secrets in the release namespace, may not
+    write the controller's types."""
+    account, core = writer
+    own = (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE) if account == CONTROLLER else (MFA_SECRET_TYPE,)
+    for type_ in own:
         made = _create(core, namespace, type_, name=type_.split("/")[1], dry_run=False)
         made.data = {"x": "eQ=="}
         core.replace_namespaced_secret(made.metadata.name, namespace, made)
+    if account == GATEWAY:
+        for type_ in (BLOB_SECRET_TYPE, CONTROLLER_KEYS_TYPE):
+            message = _refused(lambda t=type_: _create(core, namespace, t))  # type: ignore[misc]
+            assert "the gateway may write only" in message
     client.CoreV1Api(admin_api).create_namespaced_secret(
         namespace, _secret("gateway-tls", GATEWAY_CERTS_TYPE)
     )
