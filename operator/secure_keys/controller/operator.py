@@ -76,6 +76,7 @@ from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import Backoff, InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
 from secure_keys.kube.leader import LeaderElector, LeaseTiming
+from secure_keys.kube.rollout import reconcile_digest
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -181,6 +182,8 @@ class Runtime:
         # (None if its spec does not parse) and each live ApiKey's last seen labels.
         self.roles_by_namespace: dict[str, dict[str, KeySelection | None]] = {}
         self.apikey_labels: dict[tuple[str, str], dict[str, str]] = {}
+        self.apikey_digests: dict[tuple[str, str], str] = {}
+        """The last ApiKey event's ``kube.rollout.reconcile_digest``, per key."""
 
     async def start(self) -> None:
         options = self.options
@@ -416,6 +419,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         namespace: str | None,
         name: str,
         meta: Mapping[str, Any],
+        body: Mapping[str, Any],
         **_: Any,
     ) -> None:
         if not namespace:
@@ -423,9 +427,18 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         own = runtime.reconciler is not None and runtime.reconciler.wrote(
             "apikey", namespace, name, str(meta.get("resourceVersion"))
         )
+        # A gateway's rollout write (status.rollout, RolledOut) changes nothing the
+        # reconciler reads: such an event is not queued (kube/rollout.py).
+        digest = reconcile_digest(body)
+        rollout_only = runtime.apikey_digests.get((namespace, name)) == digest
+        runtime.apikey_digests[(namespace, name)] = digest
+        if type == "DELETED":
+            runtime.apikey_digests.pop((namespace, name), None)
         gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
         labels = None if gone else dict(meta.get("labels") or {})
-        runtime.apikey_changed(namespace, name, labels, own=own and type != "DELETED")
+        runtime.apikey_changed(
+            namespace, name, labels, own=(own or rollout_only) and type != "DELETED"
+        )
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
     def keyrole_changed(
