@@ -180,6 +180,7 @@ class Session:
             if not initial and self.sent[key] == signature and renew is not None and now < renew:
                 wakes.append(renew)
                 continue
+            before = self.held[key].previous
             try:
                 state = await self._key_state(view, decision.lease_expires_at, current, previous)
             except MaterialUnavailable as exc:
@@ -189,6 +190,9 @@ class Session:
                 self.broker.refused(self, refusal, key=key, event_type="key.refused")
                 wakes.append(now + timedelta(seconds=MATERIAL_RETRY))
                 continue
+            ended = view.grace_ended_through  # secure-keys revoke --version
+            if before is not None and state.previous is None and before <= ended:
+                self.broker.grace_ended(self, view, before)
             states[key] = state
             self.sent[key] = signature
             self.renew_at[key] = now + (decision.lease_expires_at - now) / 2
@@ -460,6 +464,19 @@ class Broker:
             context={"pod": session.pod.name},
         )
         self.events.delivered(session.pod_ref, view.name, version)
+
+    def grace_ended(self, session: Session, view: DeliveryKeyView, version: int) -> None:
+        """``.previous`` removed by push from one pod because its grace was ended."""
+        self.audit.record(
+            event_type="key.grace_ended",
+            user_id=session.identity.user,
+            key_id=f"{view.namespace}/{view.name}@{version}",
+            result="success",
+            ip_address=session.ip,
+            user_agent=session.user_agent,
+            session_id=session.identity.pod_uid,
+            context={"pod": session.pod.name, "graceEndedThrough": view.grace_ended_through},
+        )
 
     # -- the endpoint --------------------------------------------------------------------
     def _refuse(
