@@ -129,8 +129,8 @@ class RolloutTracker:
         self.now = now
         self.dirty: set[str] = set()
         self.wake = asyncio.Event()
-        self.first_seen: dict[tuple[str, str, int], float] = {}
-        """(namespace, key, version) -> when this replica first saw that version current:
+        self.first_seen: dict[tuple[str, str], tuple[int, float]] = {}
+        """(namespace, key) -> the current version and when this replica first saw it:
         the start of the rotation-to-rollout histogram."""
         self.writes = 0
         self.stopping = False
@@ -194,8 +194,9 @@ class RolloutTracker:
         """The patch this replica should send for ``view``, or ``None`` (pure but for the
         clock and the histogram)."""
         version = view.current_version
-        key = (view.namespace, view.name, version)
-        self.first_seen.setdefault(key, time.monotonic())
+        seen = self.first_seen.get((view.namespace, view.name))
+        if seen is None or seen[0] != version:
+            seen = self.first_seen[(view.namespace, view.name)] = (version, time.monotonic())
         mine, connected, by_version = replica_view(streams, view.name, version)
         own = mine if mine.connected else None
         metrics.set_rollout_pods(view.namespace, view.name, by_version)
@@ -222,10 +223,10 @@ class RolloutTracker:
         same_condition = _condition(view.conditions) == wanted
         if same_entry and same_facts and same_condition:
             return None
-        if summary.complete and not (stored.summary is not None and stored.summary.complete):
-            started = self.first_seen.get(key)
-            if started is not None and summary.consumers:
-                metrics.ROLLOUT_SECONDS.observe(time.monotonic() - started)
+        was = stored.summary
+        was_complete = was is not None and was.version == version and was.complete
+        if summary.complete and summary.consumers and not was_complete:
+            metrics.ROLLOUT_SECONDS.observe(time.monotonic() - seen[1])
         _log.info(
             "rollout.write",
             namespace=view.namespace,
