@@ -95,12 +95,22 @@ class FakeStream:
         return self.held if key in self.pod.keys else None
 
 
-def _pod(name: str) -> JsonObject:
+def _pod(name: str, account: str = "app") -> JsonObject:
     return {
         "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}",
                      "annotations": {"securekeys.io/keys": "stripe"}},
-        "spec": {"serviceAccountName": "app"},
+        "spec": {"serviceAccountName": account},
     }  # fmt: skip
+
+
+READERS: JsonObject = {
+    "metadata": {"name": "readers", "namespace": NS},
+    "spec": {
+        "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+        "keys": {"names": ["stripe"]},
+        "permissions": ["read"],
+    },
+}
 
 
 class Replica:
@@ -108,6 +118,7 @@ class Replica:
         self.caches = BrokerCaches(lambda _ns: None, lambda _ns, _n: None)
         for cache in self.caches.all:
             cache.apply(LISTED)
+        self.caches.roles.apply(InformerEvent("ADDED", READERS))
         for pod in pods:
             self.caches.pods.apply(InformerEvent("ADDED", _pod(pod)))
         store.caches.append(self.caches)
@@ -244,5 +255,22 @@ def test_a_draining_replica_withdraws_its_entry() -> None:
         b.connect("p", 1)  # its stream reconnected to the other replica
         await _settle(store, b)
         assert _rollout(store)["pods"] == "2/2"
+
+    asyncio.run(scenario())
+
+
+def test_a_pod_that_may_not_read_the_key_is_not_waited_for() -> None:
+    """Anyone who may create a labelled pod asking for the key must not be able to hold
+    the rollout: a pod the broker would refuse is not a consumer."""
+    store = Store(current=1)
+    a = Replica(store, "gw-a", ["web-0"])
+    a.caches.pods.apply(InformerEvent("ADDED", _pod("intruder", account="mallory")))
+    store.publish()
+    a.connect("web-0", 1)
+
+    async def scenario() -> None:
+        await _settle(store, a)
+        assert _rollout(store)["pods"] == "1/1"
+        assert _rolled_out(store)[0] == "True"
 
     asyncio.run(scenario())

@@ -42,7 +42,7 @@ import structlog
 
 from secure_keys.gateway import metrics
 from secure_keys.gateway.broker.caches import BrokerCaches
-from secure_keys.gateway.broker.policy import DeliveryKeyView, RunningPod
+from secure_keys.gateway.broker.policy import DeliveryKeyView, Refusal, RunningPod, grant
 from secure_keys.kube import rollout as fmt
 from secure_keys.kube.client import APIKEYS, ApiError, KubeApi
 from secure_keys.kube.rollout import ReplicaView, RolloutSummary
@@ -94,9 +94,13 @@ def replica_view(
     return ReplicaView(version, len(connected), len(current), behind), connected, by_version
 
 
-def consumers(pods: Mapping[str, RunningPod], key: str) -> list[str]:
-    """Running pods of the namespace that ask for ``key`` (pure)."""
-    return [p.name for p in pods.values() if key in p.keys and not p.terminating]
+def consumers(
+    pods: Mapping[str, RunningPod], key: str, may_read: Callable[[RunningPod], bool]
+) -> list[str]:
+    """Running pods of the namespace that ask for ``key`` and may read it now (a pod the
+    broker would refuse is not waited for: otherwise anyone who may create a labelled
+    pod could hold every rollout)."""
+    return [p.name for p in pods.values() if key in p.keys and not p.terminating and may_read(p)]
 
 
 def _facts(summary: RolloutSummary | None) -> tuple[int, int, int] | None:
@@ -188,6 +192,16 @@ class RolloutTracker:
             metrics.ROLLOUT_WRITES.inc()
         return written
 
+    def _may_read(self, view: DeliveryKeyView) -> Callable[[RunningPod], bool]:
+        apikeys = self.caches.apikeys.in_namespace(view.namespace)
+        now = self.now()
+
+        def may_read(pod: RunningPod) -> bool:
+            decision = grant(pod, view.name, apikeys, self.caches.roles_for(pod), now)
+            return not isinstance(decision, Refusal)
+
+        return may_read
+
     def plan(
         self, view: DeliveryKeyView, pods: Mapping[str, RunningPod], streams: list[Stream]
     ) -> dict[str, Any] | None:
@@ -200,7 +214,7 @@ class RolloutTracker:
         mine, connected, by_version = replica_view(streams, view.name, version)
         own = mine if mine.connected else None
         metrics.set_rollout_pods(view.namespace, view.name, by_version)
-        users = consumers(pods, view.name)
+        users = consumers(pods, view.name, self._may_read(view))
         stored = view.rollout
         if own is None and not users and stored.summary is None and not stored.replicas:
             return None  # a key nobody consumes: nothing to say
@@ -249,7 +263,8 @@ class RolloutTracker:
             if self.replica not in view.rollout.replicas:
                 continue
             replicas = {k: v for k, v in view.rollout.replicas.items() if k != self.replica}
-            users = consumers(self.caches.pods.in_namespace(view.namespace), view.name)
+            pods = self.caches.pods.in_namespace(view.namespace)
+            users = consumers(pods, view.name, self._may_read(view))
             summary = fmt.merge(
                 view.current_version,
                 users,
