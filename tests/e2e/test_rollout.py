@@ -14,8 +14,9 @@ it. In order:
 3. gateway B stops: its 2 pods cannot reach a broker. They hold the rollout:
    ``rotate --wait --timeout`` names them and fails; ``revoke`` is refused and names
    them; ``revoke --force`` removes ``.previous`` from the 5 others by push, audited;
-4. a user who may read ApiKeys but not their keys sees counts and pod names only, and a
-   user who may patch ApiKeys cannot write the rollout status.
+4. a user who may read ApiKeys but not their keys sees counts and pod names only, a
+   user who may patch ApiKeys cannot write the rollout status, and an edit of the
+   status by someone who may is rewritten by the gateway.
 """
 
 from __future__ import annotations
@@ -344,3 +345,15 @@ def test_a_reader_learns_counts_and_names_only_and_a_patcher_cannot_fake_it(
     )  # fmt: skip
     assert direct.returncode != 0
     assert "forbidden" in direct.stderr.lower()
+
+    # Whoever may patch apikeys/status (not a user role of the chart) can write a lie;
+    # the gateway sees the event, finds the facts differ from its view, and rewrites.
+    client.CustomObjectsApi(admin_api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "apikeys", KEY,
+        {"status": {"rollout": {"pods": "7/7", "current": 7, "stragglers": []}}},
+    )  # fmt: skip
+    eventually(
+        lambda: _rollout(admin_api, namespace).get("pods") == "5/7",
+        30,
+        "the gateway rewrites the edited facts",
+    )
