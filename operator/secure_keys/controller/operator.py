@@ -338,6 +338,31 @@ class Runtime:
         for role in roles_to_requeue(roles, name, before, after):
             self.queue.add(("keyrole", namespace, role))
 
+    def apikey_event(
+        self,
+        type_: str,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+        body: Mapping[str, Any],
+    ) -> None:
+        """One ApiKey watch event: queued unless it is our own write or a gateway's
+        rollout write (status.rollout, RolledOut), which changes nothing the reconciler
+        reads (``kube/rollout.reconcile_digest``)."""
+        own = self.reconciler is not None and self.reconciler.wrote(
+            "apikey", namespace, name, str(meta.get("resourceVersion"))
+        )
+        digest = reconcile_digest(body)
+        rollout_only = self.apikey_digests.get((namespace, name)) == digest
+        self.apikey_digests[(namespace, name)] = digest
+        if type_ == "DELETED":
+            self.apikey_digests.pop((namespace, name), None)
+        gone = type_ == "DELETED" or bool(meta.get("deletionTimestamp"))
+        labels = None if gone else dict(meta.get("labels") or {})
+        self.apikey_changed(
+            namespace, name, labels, own=(own or rollout_only) and type_ != "DELETED"
+        )
+
     def keyrole_changed(
         self, namespace: str, name: str, deleted: bool, spec: Mapping[str, Any] | None = None
     ) -> None:
@@ -422,23 +447,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         body: Mapping[str, Any],
         **_: Any,
     ) -> None:
-        if not namespace:
-            return
-        own = runtime.reconciler is not None and runtime.reconciler.wrote(
-            "apikey", namespace, name, str(meta.get("resourceVersion"))
-        )
-        # A gateway's rollout write (status.rollout, RolledOut) changes nothing the
-        # reconciler reads: such an event is not queued (kube/rollout.py).
-        digest = reconcile_digest(body)
-        rollout_only = runtime.apikey_digests.get((namespace, name)) == digest
-        runtime.apikey_digests[(namespace, name)] = digest
-        if type == "DELETED":
-            runtime.apikey_digests.pop((namespace, name), None)
-        gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
-        labels = None if gone else dict(meta.get("labels") or {})
-        runtime.apikey_changed(
-            namespace, name, labels, own=(own or rollout_only) and type != "DELETED"
-        )
+        if namespace:
+            runtime.apikey_event(type, namespace, name, meta, body)
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
     def keyrole_changed(
