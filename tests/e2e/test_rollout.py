@@ -273,7 +273,7 @@ def test_pods_that_cannot_reach_a_broker_hold_the_rollout_and_revoke(
     eventually(lambda: _rollout(admin_api, namespace).get("pods") == "5/7", 60, "5/7")
     old = get_apikey(admin_api, namespace, KEY)["status"]["currentVersion"]
 
-    waited = _cli(kube, "rotate", KEY, "-n", namespace, "--wait", "--timeout", "20s", "-o", "json")
+    waited = _cli(kube, "rotate", KEY, "-n", namespace, "--wait", "--timeout", "10s", "-o", "json")
     assert waited.returncode == 1
     report = json.loads(waited.stdout)
     assert report["version"] == old + 1
