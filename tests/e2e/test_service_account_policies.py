@@ -448,7 +448,7 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
     (docs/rollout.md); the policy keeps every field the controller writes out of reach."""
     rbac = client.RbacAuthorizationV1Api(admin_api)
     name = f"gateway-rollout-{namespace}"
-    rbac.create_role(
+    rbac.create_namespaced_role(
         namespace,
         {
             "metadata": {"name": name},
@@ -458,7 +458,7 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
             ],
         },
     )  # fmt: skip
-    rbac.create_role_binding(
+    rbac.create_namespaced_role_binding(
         namespace,
         {
             "metadata": {"name": name},
