@@ -416,7 +416,9 @@ def remove_pods(api: client.ApiClient, timeout: float = 180) -> None:
     otherwise all be left to the node's cgroup sweep at once)."""
     core = client.CoreV1Api(api)
     with contextlib.suppress(ApiException):
-        core.delete_collection_namespaced_pod(NAMESPACE, grace_period_seconds=0)
+        # Their own 2 s grace, not 0: a pod object then stays until the kubelet has
+        # stopped its containers, which is what this waits for.
+        core.delete_collection_namespaced_pod(NAMESPACE)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not core.list_namespaced_pod(NAMESPACE).items:
