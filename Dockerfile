@@ -19,11 +19,11 @@ RUN /build/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /dist /src
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install --yes --no-install-recommends python3 python3-venv \
+ && apt-get install --yes --no-install-recommends python3 python3-venv libstdc++6 \
  && rm -rf /var/lib/apt/lists/*
 COPY scripts/image-venv.sh requirements/image.lock /tmp/image/
 COPY --from=wheel /dist/ /tmp/image/dist/
-RUN sh /tmp/image/image-venv.sh /opt/secure-keys 65532 server /tmp/image/image.lock /tmp/image/dist \
+RUN sh /tmp/image/image-venv.sh /opt/secure-keys 65532 server,aws,gcp,azure,pkcs11 /tmp/image/image.lock /tmp/image/dist \
  && rm -rf /tmp/image
 ENV PATH=/opt/secure-keys/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     VIRTUAL_ENV=/opt/secure-keys \

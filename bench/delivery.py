@@ -11,6 +11,11 @@ and the local KMS, then runs ``--pods`` real pods (default 20) whose injected si
   the sidecar's ``key-state`` log line, which it writes right after the atomic swap (same
   host clock; microseconds). Rotations are spaced 11 s apart: the controller honours at
   most one rotate request per key per 10 s, and a sooner request would time that wait;
+- rollout status (docs/rollout.md): from the rotate request to ``status.rollout``
+  saying every consuming pod holds the new version (``RolledOut=True``), p50/p99, as a
+  ratio to the same rotations' time until the last pod had the file (the baseline); and
+  the rollout status writes the gateway sent per rotation (its
+  ``securekeys_gateway_rollout_writes_total``; the goal is O(1) per replica, not O(pods));
 - broker deliveries per second and p99 latency (one ``POST /v1/stream`` with a token
   bound to a pod, up to the first state line with the sealed material), against a bare
   aiohttp endpoint (a subprocess) over the same certificate and key, same client, same
@@ -34,6 +39,7 @@ Last line: JSON with ``propagation_p99_s``, ``pods``, ``real_pods``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import http.client
 import json
@@ -329,16 +335,46 @@ def sidecar_log(api: client.ApiClient, pod: str) -> str:
     return text
 
 
+def rolled_out_after(api: client.ApiClient, before: int, deadline_s: float = 90) -> float | None:
+    """Seconds until ``status.rollout`` says every consuming pod holds a version newer
+    than ``before`` (``RolledOut=True``), polled every 0.1 s; ``None`` past the deadline."""
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        status = get_apikey(api, NAMESPACE, KEY).get("status") or {}
+        rollout = status.get("rollout") or {}
+        if (
+            rollout.get("version", 0) > before
+            and rollout.get("version") == status.get("currentVersion")
+            and rollout.get("consumers", 0) > 0
+            and rollout.get("current") == rollout.get("consumers")
+        ):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    return None
+
+
+ROLLOUT: dict[str, list[float]] = {"seconds": [], "writes": []}
+"""Per rotation: seconds from the request to RolledOut=True, and the gateway's rollout
+status writes (``securekeys_gateway_rollout_writes_total`` differenced)."""
+
+
 def propagate(
-    api: client.ApiClient, pods: list[str], rounds: int
+    api: client.ApiClient, pods: list[str], rounds: int, metrics_port: int | None = None
 ) -> tuple[list[float], list[float]]:
     """Per (pod, rotation) delays, and per rotation the delay until every pod had it."""
     samples: list[float] = []
     everyone: list[float] = []
+    pool = ThreadPoolExecutor(1)
     for _ in range(rounds):
         before = current_version(api)
+        writes_before = (
+            metric_sum(metrics(metrics_port), "securekeys_gateway_rollout_writes_total")
+            if metrics_port
+            else 0.0
+        )
         asked = datetime.datetime.now(datetime.UTC)
         request_rotation(api, NAMESPACE, KEY)
+        rolled = pool.submit(rolled_out_after, api, before)
         eventually(lambda b=before: current_version(api) > b, 60, "the controller to rotate")  # type: ignore[misc]
         status_s = (datetime.datetime.now(datetime.UTC) - asked).total_seconds()
         version = current_version(api)
@@ -363,7 +399,32 @@ def propagate(
         # The controller honours at most one rotate request per key per 10 s
         # (rotation.REQUEST_SPACING); a request sooner would measure that wait instead.
         time.sleep(SPACING_S)
+        rolled_s = rolled.result()
+        if rolled_s is not None:
+            ROLLOUT["seconds"].append(rolled_s)
+        if metrics_port:
+            after = metric_sum(metrics(metrics_port), "securekeys_gateway_rollout_writes_total")
+            ROLLOUT["writes"].append(after - writes_before)
+        print(f"  RolledOut=True after {rolled_s} s; rollout writes {ROLLOUT['writes'][-1:]}")
+    pool.shutdown()
     return samples, everyone
+
+
+def remove_pods(api: client.ApiClient, timeout: float = 180) -> None:
+    """Delete the bench's pods and wait for the kubelet to stop them, so that the node
+    stops within its own timeout even after a hundred pods (their processes would
+    otherwise all be left to the node's cgroup sweep at once)."""
+    core = client.CoreV1Api(api)
+    with contextlib.suppress(ApiException):
+        # Their own 2 s grace, not 0: a pod object then stays until the kubelet has
+        # stopped its containers, which is what this waits for.
+        core.delete_collection_namespaced_pod(NAMESPACE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not core.list_namespaced_pod(NAMESPACE).items:
+            return
+        time.sleep(1)
+    print(f"pods still listed {timeout:.0f} s after their deletion", flush=True)
 
 
 def pod_tokens(api: client.ApiClient, pods: list[str]) -> dict[str, str]:
@@ -466,7 +527,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 print(f"{len(pods)} of {args.pods} pods running with their key", flush=True)
                 if not pods:
                     raise SystemExit(f"no pod started; gateway log:\n{gateway.log()[-3000:]}")
-                samples, everyone = propagate(api, pods, args.rotations)
+                samples, everyone = propagate(api, pods, args.rotations, metrics_port)
 
                 tokens = pod_tokens(api, pods)
                 per_round = max(1, args.reads_per_pod // args.read_rounds)
@@ -516,6 +577,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     bare.send_signal(signal.SIGTERM)
                     bare.wait(10)
                 gateway.stop()
+                remove_pods(api)
 
     reads = len(broker_lat)
     result: dict[str, Any] = {
@@ -528,6 +590,19 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "propagation_p99_s": round(percentile(samples, 99), 3),
         "propagation_max_s": round(max(samples), 3),
         "propagation_all_pods_max_s": round(max(everyone), 3),
+        # Rollout status (docs/rollout.md): request -> RolledOut=True, against the same
+        # rotations' request -> last pod's file on disk (the baseline, this run).
+        "rolled_out_p50_s": _p(ROLLOUT["seconds"], 50),
+        "rolled_out_p99_s": _p(ROLLOUT["seconds"], 99),
+        "rolled_out_vs_all_pods_on_disk_p50": (
+            round(percentile(ROLLOUT["seconds"], 50) / percentile(everyone, 50), 2)
+            if ROLLOUT["seconds"]
+            else None
+        ),
+        "rollout_writes_per_rotation_max": max(ROLLOUT["writes"], default=None),
+        "rollout_writes_per_rotation_median": (
+            statistics.median(ROLLOUT["writes"]) if ROLLOUT["writes"] else None
+        ),
         "broker_reads": reads,
         "broker_refused": refused,
         "broker_deliveries_per_s": round(statistics.median(broker_rates), 1),
@@ -554,6 +629,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         ),
     }
     return result
+
+
+def _p(values: list[float], q: float) -> float | None:
+    return round(percentile(values, q), 3) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:

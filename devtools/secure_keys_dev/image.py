@@ -53,10 +53,10 @@ DEBIAN_SUITE = "bookworm"
 DOCKER_BASE = f"debian:{DEBIAN_SUITE}-slim"
 # Debian's python3 in bookworm is 3.11; the lock is resolved for it.
 PYTHON_VERSION = "3.11"
-DEBIAN_PACKAGES = ("python3", "python3-venv")
+DEBIAN_PACKAGES = ("python3", "python3-venv", "libstdc++6")  # grpcio (gcp) links libstdc++
 VENV = "/opt/secure-keys"
 USER_ID = 65532
-EXTRAS = ("server",)
+EXTRAS = ("server", "aws", "gcp", "azure", "pkcs11")
 LOCK_FILE = "requirements/image.lock"
 INSTALL_SCRIPT = "scripts/image-venv.sh"
 PROJECT_REFERENCE = "docker.io/library/secure-keys:dev"  # `secure-keys:dev` in a pod spec

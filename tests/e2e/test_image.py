@@ -203,6 +203,7 @@ CHECKS = """
 id -u
 echo "$PATH"
 python -c 'import secure_keys, kopf; print("imports ok")'
+python -c 'from secure_keys.core.kms import aws, gcp, azure, pkcs11; print("providers ok")'
 secure-keys --help
 secure-keys-controller --help
 python -m pip --version 2>&1 || true
@@ -216,6 +217,8 @@ def test_the_project_image_runs_as_its_recipe_says(containerd: PrivateContainerd
     assert lines[0] == str(image.USER_ID)  # not root
     assert lines[1] == f"{image.VENV}/bin:{image.SYSTEM_PATH}"
     assert "imports ok" in lines
+    # Every KMS provider the chart offers (kms.provider) runs from this one image.
+    assert "providers ok" in lines, result.stderr
     assert "usage: secure-keys [-h]" in result.stdout
     assert "usage: secure-keys-controller" in result.stdout
     assert "No module named pip" in result.stdout  # nothing installs at run time

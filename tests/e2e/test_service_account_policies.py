@@ -445,3 +445,73 @@ def test_the_gateway_may_only_restart_its_deployment(
         assert "only the pod template annotation" in message, what
     changed = _template({"metadata": {"annotations": {MARK: "4567cdef"}}})
     _patch_deployment(gateway, namespace, changed)  # a second restart, still allowed
+
+
+# -- what the gateway may change in an ApiKey's status ------------------------------------
+
+
+def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
+    admin_api: client.ApiClient, namespace: str, crds: None, self_policy: None
+) -> None:
+    """gateway-broker-rbac.yaml grants `patch` on apikeys/status for the rollout status
+    (docs/rollout.md); the policy keeps every field the controller writes out of reach."""
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    name = f"gateway-rollout-{namespace}"
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "rules": [
+                {"apiGroups": ["securekeys.io"], "resources": ["apikeys/status"],
+                 "verbs": ["patch"]},
+            ],
+        },
+    )  # fmt: skip
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": SYSTEM}],
+        },
+    )
+    custom = client.CustomObjectsApi(admin_api)
+    custom.create_namespaced_custom_object(
+        "securekeys.io", "v1alpha1", namespace, "apikeys",
+        {"apiVersion": "securekeys.io/v1alpha1", "kind": "ApiKey", "metadata": {"name": "k"},
+         "spec": {"source": {"generate": {"length": 32}}}},
+    )  # fmt: skip
+    gateway = client.CustomObjectsApi(_as(admin_api, GATEWAY))
+
+    def patch(status: dict[str, Any], dry_run: bool = True) -> Any:
+        kwargs = {"dry_run": "All"} if dry_run else {}
+        return gateway.patch_namespaced_custom_object_status(
+            "securekeys.io", "v1alpha1", namespace, "apikeys", "k", {"status": status}, **kwargs
+        )
+
+    rollout = {"rollout": {"version": 0, "consumers": 0, "current": 0, "pods": "0/0"}}
+    eventually(lambda: _accepted(lambda: patch(rollout)), what="the rollout write accepted")
+    rolled_out = {
+        "type": "RolledOut", "status": "True", "reason": "NoConsumers", "message": "none",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }  # fmt: skip
+    attacks: dict[str, dict[str, Any]] = {
+        "move the current version": {"currentVersion": 7},
+        "forge a version record": {
+            "versions": [{"version": 1, "state": "Destroyed", "destroyTag": "x" * 64}]
+        },
+        "honour a rotation request": {"lastRotationRequest": "forged"},
+        "claim Ready": {
+            "conditions": [
+                {**rolled_out, "type": "Ready", "reason": "Active"},
+                rolled_out,
+            ]
+        },
+    }
+    first = next(iter(attacks.values()))
+    eventually(
+        lambda: "only status.rollout" in _refused(lambda: patch(first)), what="the policy enforced"
+    )
+    for what, status in attacks.items():
+        assert "only status.rollout" in _refused(lambda s=status: patch(s)), what  # type: ignore[misc]
+    patch({**rollout, "conditions": [rolled_out]}, dry_run=False)  # the rollout itself: allowed

@@ -60,6 +60,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $options "passwordFile" "/etc/secure-keys/kms/password" -}}
 {{- else if eq $kms.provider "aws" -}}
 {{- with $kms.aws.region }}{{ $_ := set $options "region" . }}{{ end -}}
+{{- else if and (eq $kms.provider "azure") $kms.azure.clientId -}}
+{{- $_ := set $options "credential" "workload-identity" -}}
 {{- else if eq $kms.provider "pkcs11" -}}
 {{- $_ := set $options "library" $kms.pkcs11.library -}}
 {{- $_ := set $options "tokenLabel" $kms.pkcs11.tokenLabel -}}
@@ -153,6 +155,7 @@ initContainers:
 {{- $a := dict -}}
 {{- with .root.Values.kms.aws.roleArn }}{{ $_ := set $a "eks.amazonaws.com/role-arn" . }}{{ end -}}
 {{- with .root.Values.kms.gcp.serviceAccount }}{{ $_ := set $a "iam.gke.io/gcp-service-account" . }}{{ end -}}
+{{- with .root.Values.kms.azure.clientId }}{{ $_ := set $a "azure.workload.identity/client-id" . }}{{ end -}}
 {{- range $k, $v := .extra }}{{ $_ := set $a $k $v }}{{ end -}}
 {{- with $a }}
 annotations:
@@ -166,4 +169,11 @@ annotations:
 {{- else -}}
 {{- printf "https://%s.%s.svc:%v" (include "secure-keys.gatewayName" .) .Release.Namespace .Values.gateway.servicePort -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Pod labels a cloud KMS identity needs (AKS workload identity's webhook selects on it). */}}
+{{- define "secure-keys.kmsPodLabels" -}}
+{{- if and (eq .Values.kms.provider "azure") .Values.kms.azure.clientId }}
+azure.workload.identity/use: "true"
+{{- end }}
 {{- end -}}

@@ -198,3 +198,8 @@ def request_rotation(target: Target, namespace: str, name: str, value: str) -> N
     """Set the rotate annotation of ApiKey ``namespace/name`` to ``value``."""
     patch = {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}}
     _run(target, lambda api: api.patch(APIKEYS, namespace, name, patch))
+
+
+def call(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
+    """Run one operation against the cluster, with this module's error handling."""
+    return _run(target, operation)

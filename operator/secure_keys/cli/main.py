@@ -33,6 +33,7 @@ from secure_keys.cli import audit as audit_cmd
 from secure_keys.cli import kubeapi, pins, pkcs11_key
 from secure_keys.cli import local as local_cmd
 from secure_keys.cli import login as login_cmd
+from secure_keys.cli import rollout as rollout_cmd
 from secure_keys.cli import rotate as rotate_cmd
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.accessreview import ReviewInvalid
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
         "--kek", action="store_true", help="local: rewrap every data key to the newest KEK"
     )
 
+    rollout_cmd.add_parsers(commands, rotate)
     pkcs11_key.add_parser(commands)
     login_cmd.add_arguments(commands)
     return parser
@@ -203,11 +205,15 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
                     "rotate against the cluster takes an ApiKey name and none of --stage, "
                     "--promote, --kek (those are for --store local)"
                 )
+            if args.wait:
+                return rollout_cmd.run(args)
             target = kubeapi.load_target(args.kubeconfig)
             namespace = args.namespace or target.namespace
             value = rotate_cmd.rotate(args.name, namespace, target)
             print(f"rotation of {namespace}/{args.name} requested ({value})")
             return 0
+        if args.command in ("rollout", "revoke"):
+            return rollout_cmd.run(args)
         if args.command == "pkcs11":
             return pkcs11_key.run(args)
         raise AssertionError(f"unhandled command {args.command!r}")
@@ -220,7 +226,11 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
                 file=sys.stderr,
             )
         return 1
-    except (kubeapi.ApiUnreachable, kubeapi.RecipientUnpublished) as exc:
+    except (
+        kubeapi.ApiUnreachable,
+        kubeapi.RecipientUnpublished,
+        rollout_cmd.RolloutRefused,
+    ) as exc:
         _error(str(exc))
         return 1
     except access_cmd.AccessRefused as exc:

@@ -76,6 +76,7 @@ from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import Backoff, InformerEvent, informer
 from secure_keys.kube.keyroles import KeySelection
 from secure_keys.kube.leader import LeaderElector, LeaseTiming
+from secure_keys.kube.rollout import reconcile_digest
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -181,6 +182,8 @@ class Runtime:
         # (None if its spec does not parse) and each live ApiKey's last seen labels.
         self.roles_by_namespace: dict[str, dict[str, KeySelection | None]] = {}
         self.apikey_labels: dict[tuple[str, str], dict[str, str]] = {}
+        self.apikey_digests: dict[tuple[str, str], str] = {}
+        """The last ApiKey event's ``kube.rollout.reconcile_digest``, per key."""
 
     async def start(self) -> None:
         options = self.options
@@ -335,6 +338,31 @@ class Runtime:
         for role in roles_to_requeue(roles, name, before, after):
             self.queue.add(("keyrole", namespace, role))
 
+    def apikey_event(
+        self,
+        type_: str,
+        namespace: str,
+        name: str,
+        meta: Mapping[str, Any],
+        body: Mapping[str, Any],
+    ) -> None:
+        """One ApiKey watch event: queued unless it is our own write or a gateway's
+        rollout write (status.rollout, RolledOut), which changes nothing the reconciler
+        reads (``kube/rollout.reconcile_digest``)."""
+        own = self.reconciler is not None and self.reconciler.wrote(
+            "apikey", namespace, name, str(meta.get("resourceVersion"))
+        )
+        digest = reconcile_digest(body)
+        rollout_only = self.apikey_digests.get((namespace, name)) == digest
+        self.apikey_digests[(namespace, name)] = digest
+        if type_ == "DELETED":
+            self.apikey_digests.pop((namespace, name), None)
+        gone = type_ == "DELETED" or bool(meta.get("deletionTimestamp"))
+        labels = None if gone else dict(meta.get("labels") or {})
+        self.apikey_changed(
+            namespace, name, labels, own=(own or rollout_only) and type_ != "DELETED"
+        )
+
     def keyrole_changed(
         self, namespace: str, name: str, deleted: bool, spec: Mapping[str, Any] | None = None
     ) -> None:
@@ -416,16 +444,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         namespace: str | None,
         name: str,
         meta: Mapping[str, Any],
+        body: Mapping[str, Any],
         **_: Any,
     ) -> None:
-        if not namespace:
-            return
-        own = runtime.reconciler is not None and runtime.reconciler.wrote(
-            "apikey", namespace, name, str(meta.get("resourceVersion"))
-        )
-        gone = type == "DELETED" or bool(meta.get("deletionTimestamp"))
-        labels = None if gone else dict(meta.get("labels") or {})
-        runtime.apikey_changed(namespace, name, labels, own=own and type != "DELETED")
+        if namespace:
+            runtime.apikey_event(type, namespace, name, meta, body)
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
     def keyrole_changed(

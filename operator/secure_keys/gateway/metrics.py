@@ -101,3 +101,41 @@ def observe_dek(hit: bool) -> None:
     DEK_CACHE.labels("hit" if hit else "miss").inc()
     if not hit:
         KMS_CALLS.inc()
+
+
+# -- rollout (broker/rollout.py) --------------------------------------------------------------
+ROLLOUT_PODS = Gauge(
+    "securekeys_gateway_rollout_pods",
+    "Pods with a stream on this replica, per ApiKey and the version they hold "
+    "(summed over replicas: pods per ApiKey and version).",
+    ["namespace", "apikey", "version"],
+    registry=REGISTRY,
+)
+ROLLOUT_SECONDS = Histogram(
+    "securekeys_gateway_rollout_seconds",
+    "From this replica seeing a new current version to the rollout status it wrote "
+    "saying every consuming pod holds it.",
+    registry=REGISTRY,
+    buckets=(0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+)
+ROLLOUT_WRITES = Counter(
+    "securekeys_gateway_rollout_writes_total",
+    "Rollout status patches this replica sent to the API server.",
+    registry=REGISTRY,
+)
+_rollout_series: dict[tuple[str, str], set[str]] = {}
+
+
+def set_rollout_pods(namespace: str, apikey: str, by_version: dict[int, int]) -> None:
+    """This replica's pods per version of one ApiKey; series of versions no longer held
+    are removed, so a rotation does not leave a series behind."""
+    labels = {str(v) for v, n in by_version.items() if n}
+    for gone in _rollout_series.get((namespace, apikey), set()) - labels:
+        ROLLOUT_PODS.remove(namespace, apikey, gone)
+    for version, count in by_version.items():
+        if count:
+            ROLLOUT_PODS.labels(namespace, apikey, str(version)).set(count)
+    if labels:
+        _rollout_series[(namespace, apikey)] = labels
+    else:
+        _rollout_series.pop((namespace, apikey), None)

@@ -300,6 +300,10 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
             return
 
     broker.start_task = asyncio.create_task(open_keys(), name="broker-keys")
+    from secure_keys.gateway.broker.rollout import tracker_for
+
+    broker.rollout = tracker_for(broker.caches, broker.sessions, api)
+    broker.on_streams_changed = broker.rollout.touch
     return broker
 
 
@@ -352,6 +356,8 @@ async def serve(options: GatewayOptions) -> None:
         if options.broker is not None:
             broker = _build_broker(options.broker, api)
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
+            if broker.rollout is not None:
+                tasks.append(asyncio.create_task(broker.rollout.run(), name="rollout"))
             access = _build_access(broker, api, options.broker)
         app = build_app(caches, options.settings, broker=broker, access=access)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
@@ -375,6 +381,8 @@ async def serve(options: GatewayOptions) -> None:
             await site.stop()  # no new connection from here on
             if broker is not None:
                 await broker.drain(DRAIN_SECONDS)
+                if broker.rollout is not None:
+                    await broker.rollout.withdraw()
             await runner.cleanup()
             for task in tasks:
                 task.cancel()

@@ -78,6 +78,10 @@ class WatchCache(Generic[T]):
     def get(self, namespace: str, name: str) -> T | None:
         return self._by_namespace.get(namespace, {}).get(name)
 
+    def namespaces(self) -> list[str]:
+        """The namespaces that hold at least one object now."""
+        return list(self._by_namespace)
+
     def in_namespace(self, namespace: str) -> Mapping[str, T]:
         """The namespace's objects by name (a live view: do not keep it across awaits)."""
         found = self._by_namespace.get(namespace)

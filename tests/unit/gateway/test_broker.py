@@ -681,3 +681,42 @@ def test_the_injected_mark_is_not_asked_for_the_keyrole_is_the_gate() -> None:
                 assert delivery.parse_refusal(await again.read()).reason == "KeyNotGranted"
 
     _run(test)
+
+
+def test_an_ended_grace_removes_previous_by_push_is_audited_and_counted_by_rollout() -> None:
+    """``secure-keys revoke --version 1`` sets securekeys.io/grace-ended-through: the
+    open stream gets a state without ``.previous``, one audit record names the pod, and
+    the stream reports it holds version 2 (what the rollout tracker counts)."""
+
+    async def test(world: World, url: str) -> None:
+        private = RecipientPrivateKey.generate()
+        world.secrets.table[(NS, "stripe-live.sealed")] = blob_secret({1: CANARY, 2: CANARY2})
+        rotated = apikey(
+            [(1, "Archived", CANARY, datetime.now(UTC)), (2, "Active", CANARY2, None)], 2
+        )
+        world.apply("apikeys", rotated, "MODIFIED")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                url + "/v1/stream", data=_body(private), headers={"Authorization": "Bearer token-a"}
+            ) as resp,
+        ):
+            lines = _lines(resp)
+            first = await anext(lines)
+            assert isinstance(first, StateMessage)
+            assert first.keys["stripe-live"].previous is not None
+            (session,) = world.broker.sessions[NS]
+            assert session.holds("stripe-live") == 2
+            assert session.holds("other-key") is None
+            rotated["metadata"]["annotations"] = {"securekeys.io/grace-ended-through": "1"}
+            world.apply("apikeys", rotated, "MODIFIED")
+            ended = await _next_not_heartbeat(lines)
+            assert isinstance(ended, StateMessage)
+            assert ended.keys["stripe-live"].previous is None
+            assert ended.keys["stripe-live"].current is not None
+
+    world = _run(test, heartbeat=10)
+    records = [r for r in world.records if r["event_type"] == "key.grace_ended"]
+    assert len(records) == 1
+    assert records[0]["key_id"] == f"{NS}/stripe-live@1"
+    assert records[0]["additional_context"]["pod"] == "web-a"

@@ -31,6 +31,7 @@ the next reconcile.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from secure_keys.core.stamps import format_stamp
 from secure_keys.kube import annotations as ann
 from secure_keys.kube.informer import metadata_of
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
+from secure_keys.kube.names import GRACE_ENDED_ANNOTATION
+from secure_keys.kube.rollout import Rollout, parse_rollout
 
 DEFAULT_LEASE = timedelta(hours=1)
 DEFAULT_GRACE = timedelta(hours=1)
@@ -188,6 +191,13 @@ class DeliveryKeyView:
     current_version: int
     versions: tuple[VersionView, ...]
     grace: timedelta
+    grace_ended_through: int = 0
+    """``securekeys.io/grace-ended-through``: versions up to this one are no longer
+    offered as ``.previous`` (``secure-keys revoke``)."""
+    resource_version: str = ""
+    rollout: Rollout = dataclasses.field(default_factory=lambda: Rollout(None, {}))
+    """``status.rollout`` as stored (``kube.rollout``, written by the gateways)."""
+    conditions: tuple[Mapping[str, Any], ...] = ()
 
     def current(self) -> VersionView | None:
         """The Active record that ``status.currentVersion`` names."""
@@ -209,7 +219,7 @@ class DeliveryKeyView:
         for record in self.versions:
             if record.state != "Archived" or record.archived_at is None:
                 continue
-            if record.version >= current.version:
+            if record.version >= current.version or record.version <= self.grace_ended_through:
                 continue
             stamp = format_stamp(record.archived_at)
             if not tag_valid(
@@ -273,7 +283,18 @@ def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
         current_version=current if type(current) is int else 0,
         versions=tuple(versions),
         grace=grace,
+        grace_ended_through=_grace_ended(metadata.get("annotations")),
+        resource_version=str(metadata.get("resourceVersion") or ""),
+        rollout=parse_rollout(status),
+        conditions=tuple(c for c in _items(status.get("conditions"))[:32] if isinstance(c, dict)),
     )
+
+
+def _grace_ended(annotations: object) -> int:
+    value = _dict(annotations).get(GRACE_ENDED_ANNOTATION)
+    if isinstance(value, str) and value.isdigit() and len(value) <= 10:
+        return int(value)
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

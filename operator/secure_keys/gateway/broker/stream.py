@@ -135,6 +135,13 @@ class Session:
         self.seq += 1
         return self.seq
 
+    def holds(self, key: str) -> int | None:
+        """The current version of ``key`` sent on this stream (0: none); ``None`` if the
+        stream does not carry ``key`` (``broker/rollout.py`` counts from this)."""
+        if key not in self.keys or self.sent.get(key) == _REVOKED:
+            return None
+        return self.held[key].current or 0
+
     async def compute(self, now: datetime, *, initial: bool) -> StateMessage | Refusal | None:
         """The next state line (``None``: nothing changed); at connect, a refusal if any
         key is refused."""
@@ -173,6 +180,7 @@ class Session:
             if not initial and self.sent[key] == signature and renew is not None and now < renew:
                 wakes.append(renew)
                 continue
+            before = self.held[key].previous
             try:
                 state = await self._key_state(view, decision.lease_expires_at, current, previous)
             except MaterialUnavailable as exc:
@@ -182,6 +190,9 @@ class Session:
                 self.broker.refused(self, refusal, key=key, event_type="key.refused")
                 wakes.append(now + timedelta(seconds=MATERIAL_RETRY))
                 continue
+            ended = view.grace_ended_through  # secure-keys revoke --version
+            if before is not None and state.previous is None and before <= ended:
+                self.broker.grace_ended(self, view, before)
             states[key] = state
             self.sent[key] = signature
             self.renew_at[key] = now + (decision.lease_expires_at - now) / 2
@@ -284,6 +295,8 @@ class Session:
             if message is not None:
                 await response.write(delivery.encode_message(message))
                 last_line = time.monotonic()
+                if isinstance(message, StateMessage):
+                    self.broker.on_streams_changed(self.pod.namespace)
 
     async def _drop(self, response: web.StreamResponse, dropped: list[str]) -> None:
         """Keys the pod no longer asks for: revoked by push, out of the session."""
@@ -359,10 +372,16 @@ class Broker:
         self.ready = True
         """False until the audit key is available (``server`` opens it at start)."""
         self.start_task: asyncio.Task[None] | None = None
+        self.on_streams_changed: Callable[[str], None] = lambda _namespace: None
+        self.rollout: Any = None
+        """The rollout tracker, if the process runs one (``server`` wires it)."""
+        """Called with a namespace whose streams or watched objects changed (the rollout
+        tracker, ``broker/rollout.py``)."""
 
     def changed(self, namespace: str) -> None:
         for session in self.sessions.get(namespace, ()):
             session.poke()
+        self.on_streams_changed(namespace)
 
     def account_changed(self, namespace: str, name: str) -> None:
         """A ServiceAccount deleted or replaced: its cached TokenReviews go (its streams
@@ -445,6 +464,19 @@ class Broker:
             context={"pod": session.pod.name},
         )
         self.events.delivered(session.pod_ref, view.name, version)
+
+    def grace_ended(self, session: Session, view: DeliveryKeyView, version: int) -> None:
+        """``.previous`` removed by push from one pod because its grace was ended."""
+        self.audit.record(
+            event_type="key.grace_ended",
+            user_id=session.identity.user,
+            key_id=f"{view.namespace}/{view.name}@{version}",
+            result="success",
+            ip_address=session.ip,
+            user_agent=session.user_agent,
+            session_id=session.identity.pod_uid,
+            context={"pod": session.pod.name, "graceEndedThrough": view.grace_ended_through},
+        )
 
     # -- the endpoint --------------------------------------------------------------------
     def _refuse(
@@ -579,6 +611,7 @@ class Broker:
             if unasked:
                 first = dataclasses.replace(first, revoked=unasked)
             await response.write(delivery.encode_message(first))
+            self.on_streams_changed(pod.namespace)
             _log.info(
                 "broker.stream", namespace=pod.namespace, pod=pod.name, keys=list(parsed.keys)
             )
@@ -590,6 +623,7 @@ class Broker:
             if not bucket:
                 self.sessions.pop(pod.namespace, None)
             metrics.BROKER_STREAMS.dec()
+            self.on_streams_changed(pod.namespace)
 
     async def _pod(self, identity: TokenIdentity) -> RunningPod | None:
         deadline = time.monotonic() + POD_WAIT

@@ -1,0 +1,137 @@
+"""The CLI's rollout verbs, without a cluster: what ``rotate --wait`` waits for, when
+``revoke`` refuses, and what ``rollout status`` says of each pod (the e2e tests run them
+against real pods)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+
+from secure_keys.cli import rollout
+
+
+def _key(
+    *,
+    current: int = 3,
+    request: str = "r1",
+    summary: dict[str, Any] | None = None,
+    ended: str | None = None,
+) -> rollout.KeyRollout:
+    annotations = {} if ended is None else {"securekeys.io/grace-ended-through": ended}
+    status: dict[str, Any] = {
+        "currentVersion": current,
+        "lastRotationRequest": request,
+        "versions": [
+            {"version": v, "state": "Active" if v == current else "Archived"}
+            for v in range(1, current + 1)
+        ],
+    }
+    if summary is not None:
+        status["rollout"] = summary
+    return rollout.parse(
+        {
+            "metadata": {"name": "stripe", "namespace": "pay", "resourceVersion": "9",
+                         "annotations": annotations},
+            "status": status,
+        }
+    )  # fmt: skip
+
+
+def _summary(version: int, current: int, consumers: int, *behind: str) -> dict[str, Any]:
+    return {
+        "version": version,
+        "current": current,
+        "consumers": consumers,
+        "stragglers": list(behind),
+        "unnamedStragglers": max(0, consumers - current - len(behind)),
+    }
+
+
+def test_durations() -> None:
+    assert rollout.duration("5m") == 300
+    assert rollout.duration("1h30s") == 3630
+    for bad in ("", "5", "-1m", "0s", "5 m"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rollout.duration(bad)
+
+
+def test_wait_returns_once_the_new_version_reached_every_pod() -> None:
+    states = iter(
+        [
+            _key(current=2, request="old", summary=_summary(2, 5, 5)),  # not rotated yet
+            _key(current=3, request="r1", summary=_summary(2, 5, 5)),  # old rollout only
+            _key(current=3, request="r1", summary=_summary(3, 4, 5, "web-4")),
+            _key(current=3, request="r1", summary=_summary(3, 5, 5)),
+        ]
+    )
+    clock = iter(range(100))
+    waited = rollout.wait_rollout(
+        lambda: next(states), "r1", 60, clock=lambda: float(next(clock)), sleep=lambda _s: None
+    )
+    assert waited.ok
+    assert "rolled out to 5/5 pods" in waited.text()
+    assert waited.to_json()["current"] == 5
+
+
+def test_wait_times_out_naming_the_pods_behind() -> None:
+    stuck = _key(current=3, summary=_summary(3, 4, 5, "web-stopped"))
+    clock = iter(range(0, 1000, 10))
+    waited = rollout.wait_rollout(
+        lambda: stuck, "r1", 30, clock=lambda: float(next(clock)), sleep=lambda _s: None
+    )
+    assert not waited.ok
+    assert "web-stopped" in waited.text()
+    assert waited.to_json()["stragglers"] == ["web-stopped"]
+
+
+def test_revoke_is_refused_while_pods_are_behind_and_names_them() -> None:
+    key = _key(current=3, summary=_summary(3, 4, 5, "web-stopped"))
+    with pytest.raises(rollout.RolloutRefused, match="web-stopped"):
+        rollout.plan_revoke(key, 2, force=False)
+    forced = rollout.plan_revoke(key, 2, force=True)
+    assert forced == {
+        "metadata": {
+            "resourceVersion": "9",
+            "annotations": {"securekeys.io/grace-ended-through": "2"},
+        }
+    }
+
+
+def test_revoke_is_refused_before_any_gateway_measured_the_rollout() -> None:
+    with pytest.raises(rollout.RolloutRefused, match="no gateway has reported"):
+        rollout.plan_revoke(_key(current=3, summary=_summary(2, 5, 5)), 2, force=False)
+
+
+def test_revoke_takes_only_an_archived_version() -> None:
+    done = _key(current=3, summary=_summary(3, 5, 5))
+    for version in (3, 4, 0):
+        with pytest.raises(rollout.RolloutRefused, match="not an archived version"):
+            rollout.plan_revoke(done, version, force=True)
+    assert rollout.plan_revoke(done, 2, force=False) is not None
+    again = _key(current=3, summary=_summary(3, 5, 5), ended="2")
+    assert rollout.plan_revoke(again, 2, force=False) is None
+
+
+def test_pod_rows_say_only_what_status_knows() -> None:
+    pods = {
+        "items": [
+            {"metadata": {"name": n, "annotations": {"securekeys.io/keys": k}}}
+            for n, k in (("a", "stripe"), ("b", "stripe,other"), ("c", "other"), ("d", "stripe"))
+        ]
+        + [
+            {
+                "metadata": {"name": "gone", "annotations": {"securekeys.io/keys": "stripe"}},
+                "status": {"phase": "Succeeded"},
+            }
+        ]
+    }
+    consumers = rollout.consuming_pods(pods, "stripe")
+    assert consumers == ["a", "b", "d"]
+    named = _key(current=3, summary=_summary(3, 2, 3, "d"))
+    assert [r["state"] for r in rollout.pod_rows(named, consumers)] == [
+        "current", "current", "behind",
+    ]  # fmt: skip
+    counted = _key(current=3, summary=_summary(3, 2, 3))
+    assert [r["state"] for r in rollout.pod_rows(counted, consumers)] == ["unknown"] * 3
