@@ -25,7 +25,6 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import structlog
 import yaml
 
 from secure_keys.cli import access as access_cmd
@@ -149,7 +148,11 @@ def _error(message: str) -> None:
 def _quiet_logs() -> Iterator[None]:
     """Warnings and errors only, on stderr, while a store command runs: stdout may carry a
     key's value, and stderr is the user's. Whatever logging was configured before (by a
-    program calling ``main`` in-process) is put back afterwards."""
+    program calling ``main`` in-process) is put back afterwards. structlog is imported
+    here, not at the top: with rich installed it costs a tenth of a second, which every
+    `secure-keys get` in a pipeline would pay (bench/access.py)."""
+    import structlog  # kept off the start-up path of every command
+
     was_configured = structlog.is_configured()
     saved = structlog.get_config()
     structlog.configure(

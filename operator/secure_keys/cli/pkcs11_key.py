@@ -13,7 +13,6 @@ import argparse
 import sys
 from typing import Any
 
-from secure_keys.core import logs
 from secure_keys.core.errors import KmsDenied, KmsUnavailable
 
 COMMANDS = ("generate-key", "disable-key", "enable-key")
@@ -37,6 +36,7 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Do ``args.action``; the result goes to stdout, log lines to stderr."""
+    from secure_keys.core import logs  # structlog: off every other command's start-up path
     from secure_keys.core.kms.pkcs11 import (
         Pkcs11Options,
         generate_key_version,
