@@ -111,6 +111,8 @@ def kube(
                 f"local node ready in {node.ready_in:.1f} s (image import "
                 f"{node.imported_in:.1f} s, kubelet to Ready {node.kubelet_ready_in:.1f} s)"
             )
+        if cluster.network is not None:
+            print(f"pod network: pods {cluster.network.pods}, Services {cluster.service_cidr}")
         yield Target(cluster.kubeconfig, cluster, scratch, "127.0.0.1", no_pods_because, settings)
 
 
