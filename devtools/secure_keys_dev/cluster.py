@@ -347,7 +347,9 @@ class LocalCluster:
         ports: Sequence[tuple[str, int, int, str]],
         cluster_ip: str | None = None,
     ) -> None:
-        """A Service without selector and its EndpointSlice (``address``), created."""
+        """A Service without selector, its EndpointSlice and its Endpoints (``address``),
+        created: kube-proxy and CoreDNS read the first, the API server's aggregator routing
+        the second before Kubernetes 1.33 (no mirroring controller runs here)."""
         spec: dict[str, Any] = {
             "ports": [
                 {"name": n, "port": p, "targetPort": t, "protocol": proto}
@@ -373,6 +375,22 @@ class LocalCluster:
                 "addressType": "IPv4",
                 "endpoints": [{"addresses": [address], "conditions": {"ready": True}}],
                 "ports": [{"name": n, "port": t, "protocol": proto} for n, _, t, proto in ports],
+            },
+        )
+        self._api_create(
+            f"/api/v1/namespaces/{namespace}/endpoints",
+            {
+                "apiVersion": "v1",
+                "kind": "Endpoints",
+                "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": MANAGED_BY}},
+                "subsets": [
+                    {
+                        "addresses": [{"ip": address}],
+                        "ports": [
+                            {"name": n, "port": t, "protocol": proto} for n, _, t, proto in ports
+                        ],
+                    }
+                ],
             },
         )
 
@@ -771,7 +789,11 @@ class LocalCluster:
                 raise StartupFailed(f"the node did not start: {exc}") from exc
 
     def _controllers(self) -> tuple[str, ...]:
-        network = ("endpointslice-controller",) if self.network is not None else ()
+        # Both, as on any cluster: kube-proxy and CoreDNS read EndpointSlices, and the API
+        # server's aggregator routing reads Endpoints before Kubernetes 1.33.
+        network = (
+            ("endpoints-controller", "endpointslice-controller") if self.network is not None else ()
+        )
         return CONTROLLERS + (NODE_CONTROLLERS if self.node is not None else ()) + network
 
     def _apply_cluster_dns(self, network: podnet.PodNetwork) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import ctypes
 import os
 import socket
+import struct
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,11 +86,21 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset: the client then sees "connection reset by peer", the
+    nearest a forwarder that already accepted can come to the refusal its server gave."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
 async def _join(host_port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         host_reader, host_writer = await asyncio.open_connection("127.0.0.1", host_port)
     except OSError:
-        writer.close()
+        _reset(writer)
         return
     try:
         await asyncio.gather(_pump(reader, host_writer), _pump(host_reader, writer))

@@ -464,14 +464,15 @@ def _bind_cluster_role(api: client.ApiClient, user: str, role: str, binding: str
             raise
 
 
-def write_gateway_tls(directory: Path, host: str) -> bytes:
+def write_gateway_tls(directory: Path, host: str, dns_names: tuple[str, ...] = ()) -> bytes:
     """A CA and a serving pair for the gateway at ``host`` (tls.crt, tls.key and the CA's
-    ca.crt in ``directory``; the certificate also names ``localhost``); returns the CA's
-    PEM, the webhook's caBundle and the broker's ``--broker-ca-file``."""
+    ca.crt in ``directory``; the certificate also names ``localhost`` and ``dns_names``,
+    such as the Service it is reached through); returns the CA's PEM, the webhook's
+    caBundle and the broker's ``--broker-ca-file``."""
     from secure_keys_dev import pki  # only the gateway needs it here
 
     ca = pki.CertificateAuthority.generate("secure-keys-gateway-ca")
-    pair = ca.issue_server("secure-keys-gateway", ips=(host,), dns_names=("localhost",))
+    pair = ca.issue_server("secure-keys-gateway", ips=(host,), dns_names=("localhost", *dns_names))
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tls.crt").write_bytes(pair.cert_pem)
     (directory / "ca.crt").write_bytes(ca.cert_pem)
@@ -482,20 +483,35 @@ def write_gateway_tls(directory: Path, host: str) -> bytes:
 
 
 def register_gateway_webhook(
-    api: client.ApiClient, url: str, ca_pem: bytes, *, name: str = "secure-keys-gateway"
+    api: client.ApiClient,
+    url: str,
+    ca_pem: bytes,
+    *,
+    name: str = "secure-keys-gateway",
+    service: tuple[str, str, int] | None = None,
 ) -> str:
-    """Create (or replace) deploy/gateway-webhook.yaml, calling ``url`` instead of the
-    in-cluster Service (the local cluster has no Service network), with ``ca_pem`` as the
-    caBundle. Everything else (selectors, failurePolicy, timeout) is the shipped file's."""
+    """Create (or replace) deploy/gateway-webhook.yaml with ``ca_pem`` as the caBundle,
+    calling ``url`` (a cluster without a Service network) or, when given, ``service``
+    (namespace, name, port) instead of the shipped Service. Everything else (selectors,
+    failurePolicy, timeout) is the shipped file's."""
     import base64
 
     document = yaml.safe_load(GATEWAY_WEBHOOK.read_text())
     document["metadata"]["name"] = name
     for webhook in document["webhooks"]:
-        webhook["clientConfig"] = {
-            "url": url.rstrip("/") + webhook["clientConfig"]["service"]["path"],
-            "caBundle": base64.b64encode(ca_pem).decode(),
-        }
+        path = webhook["clientConfig"]["service"]["path"]  # /mutate, /v1/access
+        target: dict[str, Any] = {"url": url.rstrip("/") + path}
+        if service is not None:
+            namespace, service_name, port = service
+            target = {
+                "service": {
+                    "namespace": namespace,
+                    "name": service_name,
+                    "port": port,
+                    "path": path,
+                }
+            }
+        webhook["clientConfig"] = {**target, "caBundle": base64.b64encode(ca_pem).decode()}
     admission = client.AdmissionregistrationV1Api(api)
     try:
         admission.create_mutating_webhook_configuration(document)
@@ -512,10 +528,10 @@ class GatewayProcess:
     """``python -m secure_keys.gateway`` in a subprocess, logging JSON to a file.
 
     With ``kms_config`` it also runs the key broker: ``--kms-config``,
-    ``--controller-namespace``, ``--broker-url`` (its own URL: on the local node pods use
-    the host's network, so ``https://127.0.0.1:<port>`` reaches it) and
-    ``--broker-ca-file`` (``ca.crt`` from ``write_gateway_tls``); ``start`` then also waits
-    for ``broker.ready``. Its identity needs ``bind_gateway_identity(..., broker=True)``.
+    ``--controller-namespace``, ``--broker-url`` (``broker_url``, by default its own URL,
+    which pods on the host's network reach; on a pod network, the Service in front of it)
+    and ``--broker-ca-file`` (``ca.crt`` from ``write_gateway_tls``); ``start`` then also
+    waits for ``broker.ready``. Its identity needs ``bind_gateway_identity(..., broker=True)``.
     """
 
     def __init__(
@@ -530,6 +546,7 @@ class GatewayProcess:
         extra_args: tuple[str, ...] = (),
         kms_config: Path | None = None,
         controller_namespace: str = CONTROLLER_NAMESPACE,
+        broker_url: str | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.tls_dir = tls_dir
@@ -540,6 +557,7 @@ class GatewayProcess:
         self.extra_args = extra_args
         self.kms_config = kms_config
         self.controller_namespace = controller_namespace
+        self.broker_url = broker_url
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -564,7 +582,7 @@ class GatewayProcess:
             argv += [
                 f"--kms-config={self.kms_config}",
                 f"--controller-namespace={self.controller_namespace}",
-                f"--broker-url={self.url}",
+                f"--broker-url={self.broker_url or self.url}",
                 f"--broker-ca-file={self.tls_dir / 'ca.crt'}",
             ]
         argv += self.extra_args

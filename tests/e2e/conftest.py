@@ -9,9 +9,11 @@ address of this machine that the API server can reach.
 The local cluster gets a node (a kubelet, containerd, kube-scheduler) whenever this
 machine has what it needs (root, the Debian packages, the built binaries and
 images); set SECUREKEYS_E2E_NODE=0 to leave it out. Without a node, tests that run
-pods skip and say what is missing. Pods here use `hostNetwork: true` (the local
-node has no pod network); the `pods` fixture holds that and the test image's name,
-so the tests themselves run unchanged on kind (images loaded with `kind load`).
+pods skip and say what is missing. The node has a pod network (its own network
+namespace, kube-proxy, CoreDNS: docs/local-cluster-network.md), so pods run without
+`hostNetwork` as on kind; SECUREKEYS_E2E_POD_NETWORK=0 runs them on the host's network
+instead. The `pods` fixture holds the network mode and the test image's name, so the
+tests themselves run unchanged on kind (images loaded with `kind load`).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def kube(
         yield Target(Path(given), None, scratch, os.environ.get("SECUREKEYS_E2E_CALLBACK_HOST"))
         return
     settings, no_pods_because = _local_node_settings(scratch)
-    with LocalCluster(**settings) as cluster:
+    with _local_cluster(settings) as cluster:
         print(f"\nlocal control plane ready in {cluster.started_in:.1f} s at {cluster.server}")
         if cluster.node is not None:
             node = cluster.node
@@ -109,6 +111,8 @@ def kube(
                 f"local node ready in {node.ready_in:.1f} s (image import "
                 f"{node.imported_in:.1f} s, kubelet to Ready {node.kubelet_ready_in:.1f} s)"
             )
+        if cluster.network is not None:
+            print(f"pod network: pods {cluster.network.pods}, Services {cluster.service_cidr}")
         yield Target(cluster.kubeconfig, cluster, scratch, "127.0.0.1", no_pods_because, settings)
 
 
@@ -129,13 +133,26 @@ def _local_node_settings(scratch: Path) -> tuple[dict[str, Any], str | None]:
         return {}, f"no local node: {exc}"
 
 
+def _local_cluster(settings: dict[str, Any]) -> LocalCluster:
+    """The session's cluster; with a node, on a pod network unless
+    SECUREKEYS_E2E_POD_NETWORK=0 or (outside CI) this machine lacks what it needs."""
+    if settings and os.environ.get("SECUREKEYS_E2E_POD_NETWORK", "1") != "0":
+        try:
+            return LocalCluster(pod_network=True, startup_timeout=120, **settings)
+        except NodeUnavailable as exc:
+            if os.environ.get("CI"):
+                raise RuntimeError(f"CI must run the pod network, but: {exc}") from exc
+            print(f"\nno pod network, pods use the host's network: {exc}")
+    return LocalCluster(**settings)
+
+
 @dataclass(frozen=True)
 class PodEnvironment:
     """What pods need on the cluster under test: the test image, and the network mode."""
 
     busybox_image: str
     host_network: bool
-    """True on the local node: it has no pod network, kube-proxy or DNS."""
+    """True on a local node without a pod network (SECUREKEYS_E2E_POD_NETWORK=0)."""
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +160,8 @@ def pods(kube: Target) -> PodEnvironment:
     """Skips the test when this cluster cannot run pods, saying why and how to fix it."""
     if kube.no_pods_because is not None:
         pytest.skip(kube.no_pods_because)
-    return PodEnvironment(busybox_image=image.BUSYBOX_REFERENCE, host_network=kube.is_local)
+    host_network = kube.cluster is not None and kube.cluster.network is None
+    return PodEnvironment(busybox_image=image.BUSYBOX_REFERENCE, host_network=host_network)
 
 
 @pytest.fixture(scope="session")
@@ -256,8 +274,11 @@ def delivery_gateway(
 ) -> Iterator[GatewayProcess]:
     """The gateway with the webhook and the broker, registered with the API server.
 
-    ``name`` makes its user and webhook configuration unique to one test module, so
-    modules never share (or tear down) each other's gateway.
+    ``name`` makes its user, webhook configuration and Service unique to one test module,
+    so modules never share (or tear down) each other's gateway. On a local pod network
+    it runs on the host behind a Service (`LocalCluster.expose_service`): the API server
+    calls the webhook through it, and pods reach the broker by its DNS name, as with the
+    chart. Elsewhere both use ``callback_host``.
     """
     if kube.callback_host is None:
         pytest.skip("set SECUREKEYS_E2E_CALLBACK_HOST to an address the API server can reach")
@@ -265,20 +286,27 @@ def delivery_gateway(
     user = f"securekeys-e2e-broker-{name}"
     webhook = f"secure-keys-gateway-{name}-e2e"
     bind_gateway_identity(admin_api, user, broker=True)
-    ca_pem = write_gateway_tls(work / "tls", kube.callback_host)
+    port = free_port()
+    service: tuple[str, str, int] | None = None
+    dns_names: tuple[str, ...] = ()
+    if kube.cluster is not None and kube.cluster.network is not None:
+        service = (CONTROLLER_NAMESPACE, f"secure-keys-gateway-{name}", 443)
+        dns_names = (kube.cluster.expose_service(*service, host_port=port),)
+    ca_pem = write_gateway_tls(work / "tls", kube.callback_host, dns_names)
     process = GatewayProcess(
         kube.user_kubeconfig(user),
         work / "tls",
         work / "gateway.log",
-        port=free_port(),
+        port=port,
         host=kube.callback_host,
         kms_config=kms_config,
         extra_args=("--image-pull-policy=Never", *extra_args),
+        broker_url=f"https://{dns_names[0]}:443" if dns_names else None,
     )
     process.start(timeout=90)
     admission = client.AdmissionregistrationV1Api(admin_api)
     try:
-        register_gateway_webhook(admin_api, process.url, ca_pem, name=webhook)
+        register_gateway_webhook(admin_api, process.url, ca_pem, name=webhook, service=service)
         yield process
     finally:
         admission.delete_mutating_webhook_configuration(webhook)

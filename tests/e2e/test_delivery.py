@@ -4,8 +4,9 @@ The controller (session fixture) seals the keys. The gateway runs as a subproces
 the webhook and the key broker (``--kms-config``) under deploy/gateway-rbac.yaml plus
 deploy/gateway-broker-rbac.yaml, bound to one unprivileged identity. The webhook injects
 the real sidecar (``secure-keys-sidecar`` from the project image ``secure-keys:dev``,
-rebuilt from these sources for the session), which reaches the broker at
-``https://127.0.0.1:<port>`` over the host's network and trusts the gateway's CA through
+rebuilt from these sources for the session), which reaches the broker at the URL the
+gateway was given (on the local pod network, the gateway's Service by its DNS name; on
+another cluster, ``$SECUREKEYS_E2E_CALLBACK_HOST``) and trusts the gateway's CA through
 the ``securekeys.io/gateway-ca`` downward API file. The app container is busybox; the
 test reads what it sees with ``kubectl exec``.
 
@@ -28,6 +29,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from secure_keys.core import sidecarenv
 from secure_keys_dev.stack import (
     GROUP,
     VERSION,
@@ -37,7 +39,7 @@ from secure_keys_dev.stack import (
     get_apikey,
     request_rotation,
 )
-from tests.e2e.conftest import IDLE, KEYS, PodEnvironment, Target
+from tests.e2e.conftest import IDLE, KEYS, SIDECAR, PodEnvironment, Target
 from tests.e2e.leaks import leaked
 from tests.support.delivery import create_object, current_version, seal_for_cluster, wait_ready
 from tests.support.kubectl import kubectl
@@ -193,6 +195,17 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
             f"sidecar log:\n{sidecar}\ngateway log:\n{gateway.log()[-3000:]}"
         ) from None
     print(f"app running {time.monotonic() - started:.1f} s after the pod was created")
+    # The sidecar got its keys from the broker at the URL the gateway was given: on the
+    # local pod network, a Service's DNS name reached from a pod off the host's network.
+    stored = core.read_namespaced_pod(POD, namespace)
+    assert bool(stored.spec.host_network) == pods.host_network
+    sidecar_env = {
+        e.name: e.value
+        for c in stored.spec.init_containers or []
+        if c.name == SIDECAR
+        for e in c.env or []
+    }
+    assert sidecar_env[sidecarenv.GATEWAY_URL] == (gateway.broker_url or gateway.url)
 
     assert _sh(kube, namespace, f"cat {KEYS}/canary") == canary  # the positive control
     meta = _meta(kube, namespace, "canary")

@@ -6,21 +6,20 @@ RBAC, and the webhook injects the real sidecar into the Deployment's three pods 
 local node. Two keys: ``canary`` (sealed by ``secure-keys seal``, raw) and ``rotating``
 (generated, delivered as JSON, 20 s grace period).
 
-The pods name a reload URL on 127.0.0.1. They run with ``hostNetwork`` on the local node,
-so their loopback is the host's and three app containers could not each bind the same
-port: the URL is served by this test process instead (the same loopback the sidecars
-reach), which counts the POSTs; each pod's sidecar log says which pod called it.
+Each app serves its own reload URL on its pod's loopback, as an app would: busybox
+``httpd`` runs a CGI script that appends each POST's body to a file, which the test reads
+with ``kubectl exec``; each pod's sidecar log says it called it. Three pods binding the
+same port need a network namespace each, so the module skips on the host's network
+(``SECUREKEYS_E2E_POD_NETWORK=0``).
 """
 
 from __future__ import annotations
 
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev.cluster import free_port
 from secure_keys_dev.stack import (
     GROUP,
     VERSION,
@@ -47,18 +45,20 @@ GRACE_S = 20
 LABEL = "app=keyed"
 ENV_CONTROL = f"deployment-env-control-{secrets.token_hex(8)}"
 """Set in the app's environment: the positive control for the environ search."""
-
-
-@dataclass
-class _ReloadCounter:
-    """The POSTs received on the reload URL (bodies: names and versions only)."""
-
-    bodies: list[bytes]
-    lock: threading.Lock
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self.lock:
-            return [json.loads(body) for body in self.bodies]
+RELOADS = "/tmp/reloads"  # noqa: S108 - inside the app's container
+"""Where the app's reload URL appends the body of each POST, one a line."""
+APP = f"""mkdir -p /tmp/www/cgi-bin
+cat > /tmp/www/cgi-bin/reload <<'EOF'
+#!/bin/sh
+head -c "$CONTENT_LENGTH" >> {RELOADS}
+echo >> {RELOADS}
+printf 'Content-Type: text/plain\\r\\n\\r\\n'
+EOF
+chmod 755 /tmp/www/cgi-bin/reload
+httpd -p 127.0.0.1:8080 -h /tmp/www
+{IDLE}"""
+"""The app: busybox httpd serves the reload URL on the pod's loopback, then it idles."""
+RELOAD_URL = "http://127.0.0.1:8080/cgi-bin/reload"
 
 
 @dataclass(frozen=True)
@@ -66,53 +66,23 @@ class _Deployed:
     namespace: str
     canary: str
     pods: tuple[str, ...]
-    reload_port: int
-    reloads: _ReloadCounter
 
 
 @pytest.fixture(scope="module")
 def gateway(pods: PodEnvironment, gateway: GatewayProcess) -> GatewayProcess:
-    """conftest's gateway, on the local node only."""
-    if not pods.host_network:
-        pytest.skip("the reload URL is served on the host's loopback: needs the local node")
+    """conftest's gateway, on clusters whose pods have a network namespace each."""
+    if pods.host_network:
+        pytest.skip("three apps serve a reload URL on one port: needs a pod network")
     return gateway
 
 
-@pytest.fixture(scope="module")
-def reloads() -> Iterator[tuple[int, _ReloadCounter]]:
-    """An HTTP server on 127.0.0.1 counting POST /reload."""
-    counter = _ReloadCounter(bodies=[], lock=threading.Lock())
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
-            if self.path == "/reload":
-                with counter.lock:
-                    counter.bodies.append(body)
-            self.send_response(204 if self.path == "/reload" else 404)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], counter
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def _template(pods: PodEnvironment, reload_port: int) -> dict[str, Any]:
+def _template(pods: PodEnvironment) -> dict[str, Any]:
     return {
         "metadata": {
             "labels": {"app": "keyed", "securekeys.io/inject": "true"},
             "annotations": {
                 "securekeys.io/keys": "canary,rotating",
-                "securekeys.io/reload-url": f"http://127.0.0.1:{reload_port}/reload",
+                "securekeys.io/reload-url": RELOAD_URL,
             },
         },
         "spec": {
@@ -124,7 +94,7 @@ def _template(pods: PodEnvironment, reload_port: int) -> dict[str, Any]:
                     "name": "app",
                     "image": pods.busybox_image,
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["/bin/sh", "-c", IDLE],
+                    "command": ["/bin/sh", "-c", APP],
                     "env": [{"name": "CONTROL", "value": ENV_CONTROL}],
                 }
             ],
@@ -169,6 +139,12 @@ def _json_value(kube: Target, namespace: str, pod: str, path: str) -> tuple[int,
     return int(document["version"]), str(document["value"])
 
 
+def _reloads(kube: Target, namespace: str, pod: str) -> list[dict[str, Any]]:
+    """The bodies POSTed to ``pod``'s reload URL so far."""
+    text = _exec(kube, namespace, pod, f"cat {RELOADS} 2>/dev/null || true")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def _sidecar_log(core: client.CoreV1Api, namespace: str, pod: str) -> str:
     text: str = core.read_namespaced_pod_log(pod, namespace, container=SIDECAR)
     return text
@@ -180,7 +156,6 @@ def deployed(
     admin_api: client.ApiClient,
     pods: PodEnvironment,
     gateway: GatewayProcess,
-    reloads: tuple[int, _ReloadCounter],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[_Deployed]:
     """Namespace, keys, KeyRole and a 3-replica Deployment whose pods all run (keys on
@@ -240,8 +215,7 @@ def deployed(
         )
         wait_ready(admin_api, namespace, "canary")
         wait_ready(admin_api, namespace, "rotating")
-        port, counter = reloads
-        template = _template(pods, port)
+        template = _template(pods)
         _admission_ready(core, namespace, template)
         client.AppsV1Api(admin_api).create_namespaced_deployment(
             namespace,
@@ -278,7 +252,7 @@ def deployed(
         for name in names:
             pod = core.read_namespaced_pod(name, namespace)
             assert "securekeys.io/injected" in (pod.metadata.annotations or {}), name
-        yield _Deployed(namespace, canary, names, port, counter)
+        yield _Deployed(namespace, canary, names)
     finally:
         core.delete_namespace(namespace)
 
@@ -305,7 +279,8 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
         old_values[pod] = value
         assert "rotating.previous" not in _exec(kube, namespace, pod, f"ls {KEYS}")
     assert len(set(old_values.values())) == 1  # one key, the same value in every pod
-    assert deployed.reloads.snapshot() == []  # the first delivery is not a reload
+    for pod in deployed.pods:
+        assert _reloads(kube, namespace, pod) == []  # the first delivery is not a reload
 
     # Item 2: a rotation reaches every pod within seconds, .previous holds the old value.
     request_rotation(admin_api, namespace, "rotating")
@@ -340,9 +315,8 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
         assert previous == (old_version, old_values[pod])
 
     # The reload URL: one POST per pod, each naming the new version.
-    eventually(
-        lambda: len(deployed.reloads.snapshot()) >= REPLICAS, 10, "a reload call from each pod"
-    )
+    for pod in deployed.pods:
+        eventually(lambda pod=pod: _reloads(kube, namespace, pod), 10, f"{pod}'s reload call")  # type: ignore[misc]
     for pod in deployed.pods:
         # Each sidecar logs its call after the reload server answered: wait for the line.
         calls = eventually(
@@ -369,9 +343,9 @@ def test_every_replica_reads_its_keys_and_sees_one_rotation(
     assert gone_after >= GRACE_S - 5  # not dropped early (the status lags the swap a little)
     for pod in deployed.pods:
         assert _meta(kube, namespace, pod, "rotating").get("previousVersion") is None
-    bodies = deployed.reloads.snapshot()
-    assert len(bodies) == REPLICAS, bodies
-    assert all(b == {"reason": "rotated", "keys": {"rotating": new_version}} for b in bodies)
+    for pod in deployed.pods:
+        bodies = _reloads(kube, namespace, pod)
+        assert bodies == [{"reason": "rotated", "keys": {"rotating": new_version}}], (pod, bodies)
 
 
 def _found(haystack: bytes, secret: str) -> bool:

@@ -257,7 +257,9 @@ def test_gateway_outage_keeps_files_refuses_new_pods_and_catches_up(
         assert 'failed calling webhook \\"inject.securekeys.io\\"' in message or (
             'failed calling webhook "inject.securekeys.io"' in message
         ), message
-        assert "connection refused" in message, message
+        # Refused by this machine; reset by the forwarder in front of a host process on
+        # the local pod network (it accepts before it can know: secure_keys_dev.forward).
+        assert "connection refused" in message or "connection reset by peer" in message, message
         assert _gone(core, namespace, "newcomer")
 
         # A rotation made meanwhile (the controller does not need the gateway).

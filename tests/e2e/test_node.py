@@ -61,7 +61,8 @@ def container(name: str, pods: PodEnvironment, script: str, **extra: Any) -> dic
 
 
 def pod_spec(pods: PodEnvironment, **spec: Any) -> dict[str, Any]:
-    """A pod spec for the cluster under test (hostNetwork on the local node)."""
+    """A pod spec for the cluster under test (hostNetwork where the node has no pod
+    network)."""
     return {"hostNetwork": pods.host_network, "terminationGracePeriodSeconds": 5, **spec}
 
 
@@ -265,11 +266,13 @@ class KubeletAnswer:
     body: str
 
 
-def _ask_kubelet(cluster: LocalCluster, port: int, cert_dir: Path | None) -> KubeletAnswer:
+def _ask_kubelet(
+    cluster: LocalCluster, address: str, port: int, cert_dir: Path | None
+) -> KubeletAnswer:
     context = ssl.create_default_context(cafile=str(cluster.workdir / "pki" / "ca.crt"))
     if cert_dir is not None:
         context.load_cert_chain(cert_dir / "tls.crt", cert_dir / "tls.key")
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    connection = http.client.HTTPSConnection(address, port, context=context, timeout=10)
     try:
         connection.request("GET", "/pods")
         response = connection.getresponse()
@@ -286,8 +289,13 @@ def test_the_kubelet_refuses_anonymous_and_unauthorized_callers(
     node = client.CoreV1Api(admin_api).read_node("127.0.0.1")
     port = node.status.daemon_endpoints.kubelet_endpoint.port
     assert port == kube.cluster.node.ports.kubelet
-    # Its serving certificate is the cluster CA's, for 127.0.0.1 (verified here).
-    anonymous = _ask_kubelet(kube.cluster, port, None)
+    # The node's address: 127.0.0.1 on the host's network, else the node end of the veth
+    # pair inside the node's network namespace (docs/local-cluster-network.md).
+    address = next(a.address for a in node.status.addresses if a.type == "InternalIP")
+    network = kube.cluster.network
+    assert address == ("127.0.0.1" if network is None else network.node_address)
+    # Its serving certificate is the cluster CA's, for that address (verified here).
+    anonymous = _ask_kubelet(kube.cluster, address, port, None)
     assert anonymous.status == 401, anonymous
     # A valid client certificate of a user with no rights: authenticated, then refused.
     nobody = kube.cluster.ca
@@ -295,7 +303,7 @@ def test_the_kubelet_refuses_anonymous_and_unauthorized_callers(
     pair = nobody.issue_client("e2e-nobody")
     (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
     (tmp_path / "tls.key").write_bytes(pair.key_pem)
-    refused = _ask_kubelet(kube.cluster, port, tmp_path)
+    refused = _ask_kubelet(kube.cluster, address, port, tmp_path)
     assert refused.status == 403, refused
     assert "e2e-nobody" in refused.body
 

@@ -4,9 +4,9 @@ through Services.
 
 Everything is real: pods on the kubelet, kube-proxy's iptables rules in the node's
 network namespace, CoreDNS answering from the API server, the API server dialing
-pod addresses. The module starts a cluster of its own with `pod_network=True` (the
-session's cluster keeps host networking, which the other e2e modules rely on), and
-a second one for the test that two clusters on one machine leave each other alone.
+pod addresses. The tests run on the session's cluster, which has a pod network unless
+SECUREKEYS_E2E_POD_NETWORK=0 (then the module starts one of its own), and start a
+second one for the test that two clusters on one machine leave each other alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from secure_keys_dev import access, image
+from secure_keys_dev import access, image, podnet
 from secure_keys_dev.cluster import LocalCluster
 from secure_keys_dev.node import NodeUnavailable
 from tests.e2e.conftest import Target
@@ -202,7 +202,8 @@ def _start(kube: Target) -> LocalCluster:
 def network(kube: Target) -> Iterator[Network]:
     if kube.cluster is None or kube.cluster.node is None:
         pytest.skip(kube.no_pods_because or "checks the local cluster's own pod network")
-    cluster = _start(kube)
+    own = kube.cluster.network is None
+    cluster = _start(kube) if own else kube.cluster
     try:
         with access.api_client(cluster.kubeconfig) as api:
             core = client.CoreV1Api(api)
@@ -227,8 +228,11 @@ def network(kube: Target) -> Iterator[Network]:
                 f"{net.first_pod_running:.1f} s, RSS {cluster.node.rss_kib()} KiB"
             )
             yield net
+            if not own:
+                core.delete_namespace(namespace)
     finally:
-        cluster.stop()
+        if own:
+            cluster.stop()
 
 
 def test_a_pod_gets_an_address_of_the_pod_cidr_and_another_pod_reaches_it(
@@ -444,6 +448,7 @@ def test_two_clusters_at_once_get_separate_networks_and_leave_each_other_alone(
     second = _start(kube)
     try:
         assert second.network is not None
+        second_link = second.network.host_link
         assert not second.network.block.overlaps(first.block)
         with access.api_client(second.kubeconfig) as api:
             other = Network(second, api, "default", 0.0)
@@ -451,11 +456,28 @@ def test_two_clusters_at_once_get_separate_networks_and_leave_each_other_alone(
                 "the default ServiceAccount",
                 lambda: other.core.list_namespaced_service_account("default").items,
             )
-            other.pod("other", IDLE)
+            other.pod("other", "mkdir /www && echo second > /www/index.html && httpd -f -h /www")
             pod = other.running("other")
             assert ipaddress.ip_address(pod.status.pod_ip) in second.network.pods
+            # Each node routes only its own block: a pod of the first cluster cannot reach
+            # one of the second (the attempt fails at once: no route, no default route).
+            log = network.output(
+                "to-second",
+                f"if nc -w 2 {pod.status.pod_ip} 80 </dev/null; then echo reached; "
+                "else echo unreachable; fi",
+            )
+            assert log.strip().endswith("unreachable"), log
+            # While both run, each one's pods resolve their own cluster's names.
+            for each, name in ((network, "dns-first"), (other, "dns-second")):
+                assert each.cluster.network is not None
+                log = each.output(name, "nslookup kubernetes.default.svc.cluster.local")
+                assert each.cluster.network.kubernetes_service_ip in log, log
     finally:
         second.stop()
-    # The first cluster's pods, Services and DNS still work after the second is gone.
+    # The second one's stop removed only its own host state, and the first cluster's
+    # pods, Services and DNS still work after it is gone.
+    assert podnet.link_exists(first.host_link)
+    assert not podnet.link_exists(second_link)
+    assert first.block in podnet.host_routes()
     log = network.output("after-second", "nslookup kubernetes.default.svc.cluster.local")
     assert first.kubernetes_service_ip in log

@@ -179,6 +179,36 @@ def test_the_forwarder_joins_a_connection_to_the_host_loopback_port() -> None:
     assert asyncio.run(asyncio.wait_for(scenario(), 10)) == b"echo:ping"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="setns(2) needs CAP_SYS_ADMIN")
+def test_the_forwarder_resets_a_connection_whose_host_port_refuses() -> None:
+    """A client of a stopped server sees a reset, not a clean end of stream (which an
+    HTTP client reports as a bare "EOF", naming no cause)."""
+
+    async def scenario() -> BaseException | bytes:
+        with socket.socket() as closed, socket.socket() as probe:
+            closed.bind(("127.0.0.1", 0))
+            probe.bind(("127.0.0.1", 0))
+            host_port, listen_port = closed.getsockname()[1], probe.getsockname()[1]
+        task = asyncio.ensure_future(
+            forward.serve("/proc/self/ns/net", [forward.Rule("127.0.0.1", listen_port, host_port)])
+        )
+        for _ in range(100):
+            with contextlib.suppress(OSError):
+                reader, writer = await asyncio.open_connection("127.0.0.1", listen_port)
+                break
+            await asyncio.sleep(0.01)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            return await reader.read()
+        except ConnectionResetError as exc:
+            return exc
+        finally:
+            writer.close()
+            task.cancel()
+
+    assert isinstance(asyncio.run(asyncio.wait_for(scenario(), 10)), ConnectionResetError)
+
+
 def test_the_node_setup_refuses_a_process_in_the_host_namespace() -> None:
     with pytest.raises(podnet.PodNetworkError, match="in the host's network namespace"):
         podnet.check_own_namespace(os.getpid())
