@@ -331,6 +331,8 @@ class Runtime:
             self.apikey_labels.pop((namespace, name), None)
         else:
             self.apikey_labels[(namespace, name)] = after
+        if before != after and self.keyroles is not None:
+            self.keyroles.apikeys_changed(namespace)
         roles = self.roles_by_namespace.get(namespace, {})
         for role in roles_to_requeue(roles, name, before, after):
             self.queue.add(("keyrole", namespace, role))
