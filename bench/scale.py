@@ -402,6 +402,13 @@ def main() -> None:
     parser.add_argument("--rotating", type=int, default=10, help="0: no hygiene part")
     parser.add_argument("--interval", default="20s")
     parser.add_argument("--window", type=float, default=60)
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run the controller with its Lease (off by default: on a loaded machine a "
+        "renewal can time out, and the controller then exits, as it should, with no "
+        "Deployment here to start it again)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="securekeys-scale-") as tmp, LocalCluster() as cluster:
         work = Path(tmp)
@@ -420,7 +427,7 @@ def main() -> None:
             work / "controller.log",
             workers=args.workers,
             metrics_port=free_port(),
-            lease="secure-keys-controller",
+            lease="secure-keys-controller" if args.leader_elect else None,
         )
         gateway = GatewayProcess(
             cluster.user_kubeconfig("secure-keys-gateway"),
