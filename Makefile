@@ -128,6 +128,7 @@ bench: $(STAMP) control-plane kms-servers
 	$(DEV) bench/delivery.py
 	$(BIN)/python bench/local_store.py
 	$(DEV) bench/pod_network.py
+	$(DEV) bench/scale.py
 
 demo: $(STAMP) control-plane node helm
 	$(DEV) -m secure_keys_dev.demo

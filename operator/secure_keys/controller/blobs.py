@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from secure_keys.controller.models import ApiKey
+from secure_keys.controller.own_writes import OwnWrites
 from secure_keys.kube.blobformat import (
     BLOB_SECRET_TYPE,
     LABEL_APIKEY,
@@ -132,7 +133,7 @@ class BlobStore:
 
     def __init__(self, api: KubeApi) -> None:
         self.api = api
-        self._written: dict[tuple[str, str], str] = {}
+        self._written = OwnWrites()
 
     async def read(self, key: ApiKey) -> dict[str, Any] | None:
         """This ApiKey's blob Secret, None if absent; ``ForeignBlobSecret`` if not ours."""
@@ -265,13 +266,13 @@ class BlobStore:
 
     # -- our own writes -------------------------------------------------------------------
     def _own(self, secret: dict[str, Any], key: ApiKey) -> dict[str, Any]:
-        self._written[(key.metadata.namespace, key.metadata.name)] = secret["metadata"][
-            "resourceVersion"
-        ]
+        self._written.remember(
+            key.metadata.namespace, key.metadata.name, secret["metadata"]["resourceVersion"]
+        )
         return secret
 
     def wrote(self, namespace: str, apikey: str, resource_version: str) -> bool:
-        return self._written.get((namespace, apikey)) == resource_version
+        return self._written.wrote(namespace, apikey, resource_version)
 
     def forget(self, namespace: str, apikey: str) -> None:
-        self._written.pop((namespace, apikey), None)
+        self._written.forget(namespace, apikey)

@@ -13,6 +13,14 @@ lists the namespace's ApiKeys a page at a time as metadata only
 (``KubeApi.list(..., metadata_only=True)``: a ``PartialObjectMetadataList``), so the
 sealed sources and statuses it has no use for are never sent to the controller, and it
 keeps only names and labels.
+
+The names and labels listed are kept per namespace and shared by the next resolutions
+until an ApiKey of the namespace appears, goes or changes its labels
+(``apikeys_changed``, called from the watch): a restart requeues every KeyRole, and
+1,000 roles each listing 10,000 ApiKeys was ten million objects sent and read. A list
+that was under way when such a change came is used once and not kept; the change
+requeues the roles it can affect (``roles_to_requeue``), which then list afresh. What is
+kept always came from the API server whole, never from the watch's partial view.
 """
 
 from __future__ import annotations
@@ -129,6 +137,13 @@ class KeyRoleReconciler:
         self.api = api
         self.clock = clock
         self.instance = instance
+        self._listed: dict[str, tuple[int, list[tuple[str, dict[str, str]]]]] = {}
+        self._changes: dict[str, int] = {}
+
+    def apikeys_changed(self, namespace: str) -> None:
+        """An ApiKey of ``namespace`` appeared, went or changed its labels."""
+        self._changes[namespace] = self._changes.get(namespace, 0) + 1
+        self._listed.pop(namespace, None)
 
     async def reconcile(self, namespace: str, name: str) -> None:
         try:
@@ -148,7 +163,7 @@ class KeyRoleReconciler:
         except ValidationError:
             _log.warning("keyrole.invalid", namespace=namespace, keyrole=name)
             return
-        resolution = resolve(spec.keys, await self._names_and_labels(namespace))
+        resolution = resolve(spec.keys, await self._kept_names_and_labels(namespace))
         current = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 1))
         status = status_for(current, resolution, generation, self.clock())
@@ -162,6 +177,17 @@ class KeyRoleReconciler:
         await self.api.patch(KEYROLES, namespace, name, patch, subresource="status")
         if resolution.missing and (was is None or was.get("reason") != "KeysMissing"):
             await self._event(body, ", ".join(resolution.missing))
+
+    async def _kept_names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
+        """``_names_and_labels``, shared while no ApiKey of the namespace changed."""
+        changes = self._changes.get(namespace, 0)
+        kept = self._listed.get(namespace)
+        if kept is not None and kept[0] == changes:
+            return kept[1]
+        listed = await self._names_and_labels(namespace)
+        if self._changes.get(namespace, 0) == changes:
+            self._listed[namespace] = (changes, listed)
+        return listed
 
     async def _names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
         """Every live ApiKey of the namespace as (name, labels), a page at a time.

@@ -13,6 +13,7 @@ from typing import Any
 
 from secure_keys.controller.events import COMPONENT, EventType, post_event
 from secure_keys.controller.models import FINALIZER
+from secure_keys.controller.own_writes import OwnWrites
 from secure_keys.kube.client import APIKEYS, ApiError, KubeApi
 
 
@@ -39,7 +40,7 @@ class ApiKeyWriter:
     def __init__(self, api: KubeApi, *, instance: str = COMPONENT) -> None:
         self.api = api
         self.instance = instance
-        self._written: dict[tuple[str, str], str] = {}
+        self._written = OwnWrites()
 
     async def patch_status(self, body: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         metadata = body["metadata"]
@@ -95,11 +96,11 @@ class ApiKeyWriter:
     # -- our own writes -------------------------------------------------------------------
     def _remember(self, apikey: dict[str, Any]) -> dict[str, Any]:
         metadata = apikey["metadata"]
-        self._written[(metadata["namespace"], metadata["name"])] = metadata["resourceVersion"]
+        self._written.remember(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
         return apikey
 
     def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
-        return self._written.get((namespace, name)) == resource_version
+        return self._written.wrote(namespace, name, resource_version)
 
     def forget(self, namespace: str, name: str) -> None:
-        self._written.pop((namespace, name), None)
+        self._written.forget(namespace, name)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -71,6 +72,9 @@ KMS_THREADS = 4
 DEK_CACHE_ENTRIES = 1024
 DEK_CACHE_SECONDS = 300.0
 """Each provider's DEK cache: how many data keys, and for how long (then zeroed)."""
+KEY_VERSION_SECONDS = 5.0
+"""How long a provider's current key version is taken as known: a KEK rotated at the KMS
+is noticed (and rewrapped to) within this, as within a cloud provider's own cache."""
 
 Body = dict[str, Any]
 Secret = dict[str, Any] | None
@@ -105,6 +109,9 @@ class StepExecutor:
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=KMS_THREADS, thread_name_prefix="kms")
         self._cached: dict[tuple[str, str], CachedUnwraps] = {}
+        self._versions: dict[int, tuple[float, KmsProvider, str]] = {}
+        self.monotonic: Callable[[], float] = time.monotonic
+        """The clock of the key-version memo (``current_kms``)."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -148,8 +155,17 @@ class StepExecutor:
         return self._with_cache(built)  # the common case: no thread hop per reconcile
 
     async def current_kms(self, ref: KmsRef) -> tuple[str, str, str]:
+        """(provider, key id, key version); the version as the provider said it at most
+        ``KEY_VERSION_SECONDS`` ago (each reconcile asks: a hop to the pool for each, and
+        a cloud provider caches its answer as briefly anyway)."""
         kms = await self.provider(ref)
-        return kms.name, kms.key_id, await self.off_loop(kms.key_version)
+        known = self._versions.get(id(kms))
+        now = self.monotonic()
+        if known is not None and known[1] is kms and now < known[0]:
+            return kms.name, kms.key_id, known[2]
+        version = await self.off_loop(kms.key_version)
+        self._versions[id(kms)] = (now + KEY_VERSION_SECONDS, kms, version)
+        return kms.name, kms.key_id, version
 
     def _fingerprint(self, key: ApiKey, plaintext: bytearray) -> str:
         return fingerprint(

@@ -21,6 +21,7 @@ from secure_keys.controller.controller_keys import ControllerKeys
 from secure_keys.controller.models import ApiKey
 from secure_keys.controller.projection import records_of
 from secure_keys.controller.reconciler import Reconciler, blob_secret_name
+from secure_keys.controller.steps import KEY_VERSION_SECONDS
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.errors import InvalidEnvelope, KmsDenied, KmsUnavailable
 from secure_keys.core.kms.base import KmsProvider
@@ -151,3 +152,28 @@ def test_a_refusal_from_the_kms_empties_the_cache(
         provider.wrap(bytearray(32), WrapContext((("a", "b"),)))
     with pytest.raises(InvalidEnvelope, match="refused"):
         _read_v1(api, rec)
+
+
+@pytest.mark.usefixtures("sealed")
+def test_the_key_version_is_asked_once_per_interval_not_once_per_reconcile(
+    api: FakeApi, rec: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = ApiKey.parse(api.stored(APIKEYS, NS, "k"))
+    provider = asyncio.run(rec.steps.provider(key.spec.kms))
+    asked: list[str] = []
+    real = type(provider).key_version
+
+    def counted(self: KmsProvider) -> str:
+        asked.append("")
+        return real(self)
+
+    monkeypatch.setattr(type(provider), "key_version", counted)
+    clock = [1_000_000.0]
+    rec.steps.monotonic = lambda: clock[0]
+    first = asyncio.run(rec.steps.current_kms(key.spec.kms))
+    for _ in range(5):
+        assert asyncio.run(rec.steps.current_kms(key.spec.kms)) == first
+    assert len(asked) == 1
+    clock[0] += KEY_VERSION_SECONDS
+    assert asyncio.run(rec.steps.current_kms(key.spec.kms)) == first
+    assert len(asked) == 2

@@ -125,3 +125,35 @@ def test_resolution_pages_through_the_apikeys_and_keeps_names_and_labels() -> No
     status = api.stored(KEYROLES, NS, "r")["status"]
     assert status["resolvedKeys"] == [f"key-{i:03d}" for i in range(0, count, 3)]
     assert status["missingKeys"] == ["gone"]
+
+
+def test_the_roles_of_a_namespace_share_one_list_until_an_apikey_changes() -> None:
+    """A restart requeues every KeyRole: each listing every ApiKey of the namespace was
+    roles x keys objects read. They share one list; a status write changes nothing; an
+    ApiKey that appears makes the next resolution list again, and sees it."""
+    api = FakeApi()
+    runtime = _runtime()
+    reconciler = KeyRoleReconciler(api)  # type: ignore[arg-type]
+    runtime.keyroles = reconciler
+    for i in range(3):
+        api.put(APIKEYS, NS, {"metadata": {"name": f"key-{i}", "labels": {"team": "a"}}})
+        runtime.apikey_changed(NS, f"key-{i}", {"team": "a"})
+    for role in ("r1", "r2", "r3"):
+        spec = {"keys": ROLES["team-a"]["keys"]}
+        api.put(KEYROLES, NS, {"metadata": {"name": role}, "spec": spec})
+
+    def lists() -> int:
+        return len([call for call in api.lists if call[0] == "apikeys"])
+
+    for role in ("r1", "r2"):
+        asyncio.run(reconciler.reconcile(NS, role))
+    runtime.apikey_changed(NS, "key-0", {"team": "a"})  # a status write: labels unchanged
+    asyncio.run(reconciler.reconcile(NS, "r3"))
+    assert lists() == 1
+    api.put(APIKEYS, NS, {"metadata": {"name": "key-new", "labels": {"team": "a"}}})
+    runtime.apikey_changed(NS, "key-new", {"team": "a"})
+    asyncio.run(reconciler.reconcile(NS, "r1"))
+    asyncio.run(reconciler.reconcile(NS, "r2"))
+    assert lists() == 2
+    for role in ("r1", "r2"):
+        assert "key-new" in api.stored(KEYROLES, NS, role)["status"]["resolvedKeys"]

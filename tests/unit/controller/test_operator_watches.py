@@ -8,6 +8,7 @@ here are the pure decisions around them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from secure_keys.controller.operator import (
     ControllerOptions,
     Runtime,
     blob_owner,
+    build_registry,
     exec_login,
     namespace_selected,
     single_namespace,
@@ -159,3 +161,12 @@ def test_kopf_login_through_an_exec_plugin(tmp_path: Path) -> None:
     assert info.token == "token-1"
     assert info.ca_data == b"ca"
     assert info.expiration is not None  # kopf logs in again when it passes
+
+
+def test_the_watch_handlers_run_on_the_event_loop() -> None:
+    """kopf runs a plain function in its thread pool: a hop per watch event, and the work
+    queue they feed is not thread-safe. Coroutines run on the loop."""
+    registry = build_registry(_runtime())
+    handlers = list(registry._watching.get_all_handlers())
+    assert len(handlers) == 2
+    assert all(inspect.iscoroutinefunction(handler.fn) for handler in handlers)

@@ -281,6 +281,28 @@ def test_own_writes_are_recognised(api: FakeApi, kms_config: Path) -> None:
     )
 
 
+def test_every_version_one_reconcile_wrote_is_recognised_as_its_own(
+    api: FakeApi, kms_config: Path
+) -> None:
+    """A new key is written three times in a row (finalizer, two status patches); the
+    watch delivers each version, often after the next write: none may queue the key
+    again."""
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    created = api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
+    reconcile(rec, "k")
+    preconditions = [
+        (patch.get("metadata") or {}).get("resourceVersion")
+        for method, plural, _ns, _name, patch in api.calls
+        if (method, plural) == ("patch", APIKEYS.plural) and isinstance(patch, dict)
+    ]
+    final = api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
+    written = [rv for rv in preconditions if rv not in (None, created)] + [final]
+    assert len(written) >= 3
+    assert all(rec.wrote("apikey", NS, "k", rv) for rv in written)
+    assert not rec.wrote("apikey", NS, "k", created)
+
+
 def test_kms_config_registry_is_used(kms_config: Path) -> None:
     """Guard for the fixture above: a custom registry really replaces the default one."""
     registry = KmsRegistry()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from secure_keys.gateway.webhook import answers
 from secure_keys.gateway.webhook.answers import (
     MAX_KEPT_BODY,
     MAX_KEPT_ITEMS,
@@ -24,6 +25,7 @@ from secure_keys.gateway.webhook.answers import (
     _for,
     pod_shape,
 )
+from secure_keys.gateway.webhook.authorize import Verdict, authorize
 from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.webhook.injection import KEYS_VOLUME, GatewaySettings
 from secure_keys.gateway.webhook.mutate import Outcome, admit
@@ -201,7 +203,7 @@ def _alternatives() -> dict[str, Any]:
     return {
         "namespace": "other",
         "name": "api-",
-        "labels": {"securekeys.io/inject": "true", "app": "api"},
+        "labels": {"securekeys.io/inject": "false", "app": "web"},
         "annotations": {"securekeys.io/keys": "billing"},
         "has_annotations": False,
         "service_account": "batch",
@@ -237,6 +239,83 @@ def test_a_statefulsets_pods_share_one_answer_each_logged_under_its_name() -> No
     for index, (raw, (outcome, encoded)) in enumerate(zip(raws, outcomes, strict=True)):
         assert outcome.pod == f"db-{index}"
         assert encoded == _fresh(raw, caches)
+
+
+def test_the_first_pod_of_the_next_rollout_reuses_the_answer() -> None:
+    """A rollout changes the pod-template-hash label (and ``kubectl rollout restart`` an
+    annotation of its own); a CronJob's Jobs differ in their labels: none of that is
+    read by the pipeline, so the answer is the same bytes, not computed again."""
+    caches = _caches()
+    decisions = AnswerCache(caches, SETTINGS)
+    rollouts = [
+        _replica(
+            f"uid-{index}",
+            f"kube-api-access-{index}",
+            name=f"web-{template}-",
+            labels={"securekeys.io/inject": "true", "app": "web", "pod-template-hash": template},
+            annotations={"securekeys.io/keys": "stripe-live", **restarted},
+        )
+        for index, (template, restarted) in enumerate(
+            [
+                ("7d4b9c", {}),
+                ("5f8d2a", {"kubectl.kubernetes.io/restartedAt": "2026-12-07T05:00:00Z"}),
+                ("c93e1b", {"kubectl.kubernetes.io/restartedAt": "2026-12-07T06:00:00Z"}),
+            ]
+        )
+    ]
+    answers = [decisions.answer(decode(raw)) for raw in rollouts]
+    assert (decisions.misses, decisions.hits) == (1, 2)
+    for raw, (outcome, encoded) in zip(rollouts, answers, strict=True):
+        assert encoded == _fresh(raw, caches)
+        assert outcome.outcome == "injected"
+
+
+def test_the_labels_and_annotations_the_pipeline_reads_are_in_the_shape() -> None:
+    base = pod_view(json.loads(_replica("uid-1", "kube-api-access-a"))["request"]["object"], NS)
+    other_labels = dataclasses.replace(
+        base, labels={"securekeys.io/inject": "true", "app": "api", "team": "payments"}
+    )
+    other_annotations = dataclasses.replace(
+        base, annotations={**base.annotations, "example.com/owner": "payments"}
+    )
+    assert pod_shape(other_labels) == pod_shape(base)
+    assert pod_shape(other_annotations) == pod_shape(base)
+    for changed in (
+        dataclasses.replace(base, labels={}),
+        dataclasses.replace(base, annotations={**base.annotations, "securekeys.io/mode": "x"}),
+        dataclasses.replace(base, annotations={**base.annotations, "securekeys.io/injected": ""}),
+    ):
+        assert pod_shape(changed) != pod_shape(base)
+
+
+def test_a_kept_verdict_is_dropped_when_the_caches_change(monkeypatch: Any) -> None:
+    """Pods of two shapes (other containers) share the authorization verdict of their
+    ServiceAccount and keys; a KeyRole removed refuses the next pod of a third shape."""
+    caches = _caches()
+    decisions = AnswerCache(caches, SETTINGS)
+    calls: list[tuple[Any, ...]] = []
+
+    def counted(*args: Any) -> Verdict:
+        calls.append(args)
+        return authorize(*args)
+
+    monkeypatch.setattr(answers, "authorize", counted)
+
+    def shaped(uid: str, container: str) -> bytes:
+        return _replica(uid, "kube-api-access-a", containers=[{"name": container, "image": "x"}])
+
+    for uid, container in (("uid-1", "api"), ("uid-2", "worker")):
+        raw = shaped(uid, container)
+        outcome, encoded = decisions.answer(decode(raw))
+        assert outcome.outcome == "injected"
+        assert encoded == _fresh(raw, caches)
+    assert (decisions.misses, len(calls)) == (2, 1), "two shapes, one verdict"
+    caches.keyroles.apply(InformerEvent("DELETED", ROLE))
+    raw = shaped("uid-3", "batch")
+    outcome, encoded = decisions.answer(decode(raw))
+    assert (outcome.outcome, outcome.reason) == ("denied", "KeyNotGranted")
+    assert encoded == _fresh(raw, caches)
+    assert len(calls) == 2
 
 
 def test_volume_names_outside_the_reserved_ones_do_not_count() -> None:
@@ -285,19 +364,19 @@ def _hostile(index: int, kind: str) -> bytes:
     """Pods made to cost the most per byte, each at the limits of what is kept."""
     if kind == "tiny-labels":
         labels = {"securekeys.io/inject": "true"} | {f"l{i}": "v" for i in range(119)}
-        obj = pod(labels=labels | {"n": str(index)})
+        obj = pod(labels=labels, containers=[{"name": f"app-{index}", "image": "x"}])
     elif kind == "unknown-annotations":  # denied, and the message quotes every one
         annotations = {f"securekeys.io/x{i:03}-{index}": "" for i in range(120)}
         obj = pod(annotations=annotations)
     elif kind == "one-large-annotation":
-        annotations = {"securekeys.io/keys": "stripe-live", "note": f"{index:05}" + "n" * 30_000}
-        obj = pod(annotations=annotations)
+        annotations = {"securekeys.io/keys": "stripe-live", "note": "n" * 30_000}
+        obj = pod(annotations=annotations, containers=[{"name": f"app-{index}", "image": "x"}])
     else:  # many containers, each with mounts: a long patch
         containers = [
             {"name": f"c{i}", "image": "x", "volumeMounts": [{"name": "v", "mountPath": f"/m{i}"}]}
             for i in range(60)
         ]
-        obj = pod(containers=containers, labels={"securekeys.io/inject": "true", "n": str(index)})
+        obj = pod(containers=[*containers, {"name": f"app-{index}", "image": "x"}])
     return body(review(obj, uid=f"uid-{index}"))
 
 
@@ -310,9 +389,7 @@ def test_an_answer_weighs_at_least_what_it_keeps(kind: str) -> None:
     if kind == "deployment":
         raws = [
             _replica(
-                f"uid-{i}",
-                "kube-api-access-a",
-                labels={"securekeys.io/inject": "true", "n": str(i)},
+                f"uid-{i}", "kube-api-access-a", containers=[{"name": f"app-{i}", "image": "x"}]
             )
             for i in range(20)
         ]

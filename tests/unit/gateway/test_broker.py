@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -191,7 +192,7 @@ class Secrets:
 
 
 class World:
-    def __init__(self, heartbeat: int = 1) -> None:
+    def __init__(self, heartbeat: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
         registry = KmsRegistry()
         registry.register("local", lambda config: KMS)
         only = ("local", "default")
@@ -200,7 +201,7 @@ class World:
         self.reviews = Reviews()
         self.records: list[dict[str, Any]] = []
         self.material = MaterialSource(
-            self.secrets, CachedProviders(keys, registry=registry), CTRL_NS
+            self.secrets, CachedProviders(keys, registry=registry), CTRL_NS, pool=pool
         )
         self.broker = Broker(
             TokenReviewer(self.reviews),
@@ -222,8 +223,12 @@ class World:
         getattr(self.broker.caches, cache).apply(InformerEvent(kind, obj))  # type: ignore[arg-type]
 
 
-def _run(test: Callable[[World, str], Awaitable[None]], heartbeat: int = 1) -> World:
-    world = World(heartbeat)
+def _run(
+    test: Callable[[World, str], Awaitable[None]],
+    heartbeat: int = 1,
+    pool: ThreadPoolExecutor | None = None,
+) -> World:
+    world = World(heartbeat, pool)
 
     async def main() -> None:
         caches = GatewayCaches()
@@ -320,6 +325,47 @@ def test_a_bound_pod_gets_its_key_and_its_fingerprint() -> None:
     assert delivered[0]["user_id"] == f"system:serviceaccount:{NS}:app"
     assert verify(world.records, b"k" * 32) is None
     assert CANARY.decode() not in repr(logs) + repr(world.records)
+
+
+class CountingPool(ThreadPoolExecutor):
+    """A real pool that counts what it was given (what left the event loop)."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_only_kms_calls_leave_the_event_loop() -> None:
+    """The first delivery opens the fingerprint key and unwraps the data key at the KMS:
+    off the loop. Later ones find the data key cached: opened and sealed on the loop, no
+    thread hop (a hop costs a first delivery more than the work itself)."""
+    pool = CountingPool()
+
+    async def test(world: World, url: str) -> None:
+        async with aiohttp.ClientSession() as http:
+            submitted = []
+            for token in ("token-a", "token-a", "token-a"):
+                private = RecipientPrivateKey.generate()
+                async with http.post(
+                    url + "/v1/stream",
+                    data=_body(private),
+                    headers={"Authorization": f"Bearer {token}"},
+                ) as resp:
+                    first = await anext(_lines(resp))
+                    assert isinstance(first, StateMessage)
+                    assert _open(private, first.keys["stripe-live"]) == CANARY
+                submitted.append(pool.submitted)
+        assert submitted[0] >= 1  # the KMS: the fingerprint key, the data key
+        assert submitted[2] == submitted[1] == submitted[0]
+
+    kms_before = KMS.unwraps
+    _run(test, pool=pool)
+    assert KMS.unwraps > kms_before
+    pool.shutdown()
 
 
 def test_rotation_and_revocation_are_pushed() -> None:

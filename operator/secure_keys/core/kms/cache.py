@@ -17,6 +17,11 @@ so a KMS outage does not fail a read of a version wrapped or unwrapped recently 
 caches its data key too: the version just sealed is the one read next). A refusal from the
 KMS (``KmsDenied``) clears the cache, so a key disabled at the KMS stops being served
 from here as soon as the provider learns of it (and at the latest after ``ttl``).
+
+``CachedUnwraps.cache_only()`` is the same provider that never calls the KMS: an unwrap
+the cache cannot answer raises ``NotCached`` (as does anything else that would reach the
+KMS). A caller on an event loop opens an envelope through it inline (microseconds: no
+thread hop) and only on ``NotCached`` goes off the loop to the real provider.
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ from secure_keys.core.errors import KmsDenied
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, ReencryptingProvider, WrappedKey
 from secure_keys.core.memory import zero
 
-__all__ = ["CacheStats", "CachedUnwraps", "DekCache"]
+__all__ = ["CacheOnly", "CacheStats", "CachedUnwraps", "DekCache", "NotCached"]
+
+
+class NotCached(Exception):
+    """The cache cannot answer: the KMS would have to be asked (``CacheOnly``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,10 @@ class CachedUnwraps:
         self.cache.put(wrapped, context, dek)
         return dek
 
+    def cache_only(self) -> CacheOnly:
+        """This provider without its KMS: unwraps from the cache, else ``NotCached``."""
+        return CacheOnly(self)
+
     def reencrypt(self, wrapped: WrappedKey, context: WrapContext) -> WrappedKey:
         inner = self.inner
         try:
@@ -209,3 +222,38 @@ class CachedUnwraps:
         except KmsDenied:
             self.cache.clear()
             raise
+
+
+class CacheOnly:
+    """A ``CachedUnwraps`` that never reaches its KMS: every call that would raises
+    ``NotCached``. Non-blocking, so safe on an event loop."""
+
+    __slots__ = ("_cached",)
+
+    def __init__(self, cached: CachedUnwraps) -> None:
+        self._cached = cached
+
+    @property
+    def name(self) -> str:
+        return self._cached.name
+
+    @property
+    def key_id(self) -> str:
+        return self._cached.key_id
+
+    def key_version(self) -> str:
+        raise NotCached
+
+    def health(self) -> HealthStatus:
+        raise NotCached
+
+    def wrap(self, dek: bytes | bytearray, context: WrapContext) -> WrappedKey:
+        raise NotCached
+
+    def unwrap(self, wrapped: WrappedKey, context: WrapContext) -> bytearray:
+        dek = self._cached.cache.get(wrapped, context)
+        if dek is None:
+            raise NotCached  # the real provider counts the miss when it is asked
+        if self._cached.observe is not None:
+            self._cached.observe(True)
+        return dek

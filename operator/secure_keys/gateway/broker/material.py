@@ -14,8 +14,12 @@ The broker reads what the controller wrote and trusts none of it blindly:
 The fingerprint key comes from the controller keys Secret, opened under the default KMS
 key (as ``controller_keys.open_keys`` does), once. Data keys are unwrapped through
 ``core.kms.cache.CachedUnwraps``: one KMS call per version per replica, then none while
-the cache holds it (its TTL is the broker's ``--dek-cache-ttl``). Every KMS call and
-every envelope open runs in a thread pool, never on the event loop.
+the cache holds it (its TTL is the broker's ``--dek-cache-ttl``). Every KMS call (and
+building a provider: PBKDF2, SDK clients) runs in a thread pool, never on the event
+loop. An envelope whose data key is cached is opened on the loop, through the cache
+alone (``CachedUnwraps.cache_only``: AES-GCM over a key of a few bytes and an HMAC, some
+microseconds): a hop to the pool and back costs more than that (up to the interpreter's
+5 ms switch interval when the loop is busy), and a first delivery waits on it.
 
 The blob Secret's format comes from ``secure_keys.kube.blobformat``, which the controller
 writes by; the entry checks and the opening from ``secure_keys.kube.blobcheck``
@@ -37,7 +41,7 @@ from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import InvalidEnvelope, KmsError
 from secure_keys.core.fingerprint import fingerprint, fingerprints_match
 from secure_keys.core.kms.base import KmsProvider
-from secure_keys.core.kms.cache import CachedUnwraps, DekCache
+from secure_keys.core.kms.cache import CachedUnwraps, DekCache, NotCached
 from secure_keys.core.kms.registry import KmsRegistry, default_registry
 from secure_keys.core.kms.settings import KmsSettings
 from secure_keys.core.memory import zero
@@ -138,6 +142,15 @@ class CachedProviders:
     def default(self) -> KmsProvider:
         return self.provider(*self.keys.default)
 
+    def cache_only(self, provider: str, key_id: str) -> KmsProvider:
+        """The provider, if built, answering from its DEK cache alone (never blocks);
+        raises ``NotCached`` when the KMS (or building the provider) would be needed."""
+        with self._lock:
+            built = self._built.get((provider, key_id))
+        if built is None:
+            raise NotCached
+        return built.cache_only()
+
 
 # --- reading and opening blobs ---------------------------------------------------------
 
@@ -185,6 +198,11 @@ class MaterialSource:
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def run_off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in the broker's KMS pool: for the access path's KMS calls (the
+        cluster key, the MFA secrets), which must not block the event loop."""
+        return await self._off_loop(fn, *args)
 
     @property
     def controller_namespace(self) -> str:
@@ -260,14 +278,24 @@ class MaterialSource:
         return blob
 
     def _open(
-        self, view: DeliveryKeyView, version: int, expected: str, blob: bytes, tag_key: bytearray
+        self,
+        view: DeliveryKeyView,
+        version: int,
+        expected: str,
+        blob: bytes,
+        tag_key: bytearray,
+        cached_only: bool = False,
     ) -> bytearray:
+        """The checked plaintext; with ``cached_only``, on the loop: ``NotCached`` if the
+        KMS would be needed."""
         where = f"ApiKey {view.namespace}/{view.name} v{version}"
+        providers = self._providers
+        get = providers.cache_only if cached_only else providers.provider
         try:
             plaintext = open_blob(
                 blob,
                 KeyBinding(view.namespace, view.name, version),
-                lambda wrapped: self._providers.provider(wrapped.provider, wrapped.key_id),
+                lambda wrapped: get(wrapped.provider, wrapped.key_id),
             )
         except InvalidEnvelope as exc:
             raise MaterialUnavailable("BlobInvalid", str(exc), retry=False) from None
@@ -293,11 +321,11 @@ class MaterialSource:
         """The checked plaintext of one version (a fresh buffer the caller zeroes)."""
         tag_key = await self.fingerprint_key()
         blob = await self._blob(view, version, tag_key)
+        try:
+            return self._open(view, version, expected_fingerprint, blob, tag_key, True)
+        except NotCached:
+            pass  # the KMS is needed: off the loop
         result: bytearray = await self._off_loop(
             self._open, view, version, expected_fingerprint, blob, tag_key
         )
         return result
-
-    async def run_off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn`` in the broker's pool (sealing to sidecars: CPU, not the loop)."""
-        return await self._off_loop(fn, *args)

@@ -215,8 +215,10 @@ class Session:
             plaintext = await self.broker.material.plaintext(
                 view, record.version, record.fingerprint
             )
-            sealed = await self.broker.material.run_off_loop(
-                _seal_and_zero, self.recipient, plaintext, view.namespace, view.name, record.version
+            # On the loop: an X25519 agreement and an AEAD, a fraction of a millisecond,
+            # less than a hop to a thread and back when the loop is busy.
+            sealed = _seal_and_zero(
+                self.recipient, plaintext, view.namespace, view.name, record.version
             )
             self.broker.delivered(self, view, record.version)
         return VersionState(record.version, record.fingerprint, expires, sealed)

@@ -7,10 +7,19 @@ too; they arrive in bursts, when a workload scales or rolls out. The answer to e
 function of what ``mutate.admit_pod`` reads: the ``PodView``, the gateway's settings
 (fixed for the process) and what the caches hold. So ``AnswerCache`` keeps, per *shape*
 (the API version and the ``PodView`` without its name, which only the log line shows,
-and in which only the volume names the injection reserves count, since they are the only
-ones the pipeline looks at), the ``Outcome`` and the encoded answer with a slot for the
-uid. A later pod of that shape gets the same answer with its own uid, byte for byte what
-the pipeline would have given it.
+and of its volume names, labels and annotations only those the pipeline looks at: the
+volume names the injection reserves, the ``securekeys.io/inject`` label and the
+``securekeys.io/`` annotations), the ``Outcome`` and the encoded answer with a slot for
+the uid. A later pod of that shape gets the same answer with its own uid, byte for byte
+what the pipeline would have given it. So the first pod of a Deployment's next rollout
+(a new ``pod-template-hash`` label, a ``kubectl.kubernetes.io/restartedAt`` annotation),
+a CronJob's next Job (new ``job-name`` and ``controller-uid`` labels) or a bare pod like
+another reuses the answer too, unless something the answer depends on changed.
+
+Pods of a new shape share one thing more: the authorization verdict, a function of the
+namespace, the ServiceAccount and the keys (and of the caches, so it is dropped with
+the answers). Allowed verdicts are kept, ``MAX_VERDICTS`` of them: the Deployments of
+one namespace tend to share a ServiceAccount and keys.
 
 What the caches hold changes the answer (a KeyRole removed, an ApiKey created): every
 kept answer is dropped as soon as any cache's generation moves, before the next
@@ -18,15 +27,16 @@ request is answered. Nothing is kept until the caches have synced, and requests 
 are not a readable pod CREATE are never kept.
 
 Memory is bounded whatever pods a hostile user sends (dry-run creates reach the
-webhook too, and denials are kept like the rest). A kept shape holds the pod's labels,
-annotations and mount paths, and a denial quotes some of them again, so a shape made of
-many tiny labels costs over ten times its share of the body. Hence: pods whose review is
-over ``MAX_KEPT_BODY`` bytes or whose shape has over ``MAX_KEPT_ITEMS`` labels,
-annotations, containers and mount paths are answered afresh every time and never kept;
+webhook too, and denials are kept like the rest). A kept shape holds the pod's
+``securekeys.io/`` annotations, container names and mount paths, and a denial quotes
+some of them again, so a shape made of many tiny items costs over ten times its share
+of the body. Hence: pods whose review is
+over ``MAX_KEPT_BODY`` bytes or with over ``MAX_KEPT_ITEMS`` labels, annotations,
+containers and mount paths are answered afresh every time and never kept;
 each kept answer is weighed (an upper estimate of what it holds) and the oldest are
 dropped while the weights add up to more than ``budget`` bytes or the count to more than
-``capacity``. A shape holds names, labels, annotations and mount paths, never key
-material (the webhook has none).
+``capacity``. A shape holds names, annotations and mount paths, never key material (the
+webhook has none).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
+from secure_keys.gateway.webhook.authorize import Verdict, authorize
 from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
 from secure_keys.gateway.webhook.injection import RESERVED_VOLUMES, GatewaySettings
 from secure_keys.gateway.webhook.mutate import Outcome, admit, admit_pod
@@ -45,6 +56,7 @@ from secure_keys.gateway.webhook.review import (
     encode,
     template,
 )
+from secure_keys.kube import annotations as ann
 
 DEFAULT_CAPACITY = 256
 DEFAULT_BUDGET = 4 * 1024 * 1024
@@ -53,6 +65,8 @@ MAX_KEPT_BODY = 32 * 1024
 """Reviews larger than this are never kept (the API server's own pods with managed
 fields are 3 to 6 KiB)."""
 MAX_KEPT_ITEMS = 128
+MAX_VERDICTS = 1024
+"""Allowed authorization verdicts kept (each holds the keys' file names, at most 64)."""
 _ENTRY_WEIGHT = 4096
 """Bytes every kept answer costs whatever its pod (the entry, the Outcome, the view)."""
 _ITEM_WEIGHT = 320
@@ -66,12 +80,14 @@ def pod_shape(pod: PodView) -> Hashable:
     Every field of ``PodView`` is here (a test fails when a field is added and not
     placed here) but the name, which reaches only the log line (``Outcome.pod``, set
     per request), so a StatefulSet's pods share too; of the volume names, only those
-    ``validate`` looks for.
+    ``validate`` looks for; of the labels, only ``securekeys.io/inject``
+    (``should_inject``); of the annotations, only the ``securekeys.io/`` ones (``parse``,
+    ``admit_pod``; the patch reads only whether the pod has annotations at all).
     """
     return (
         pod.namespace,
-        frozenset(pod.labels.items()),
-        frozenset(pod.annotations.items()),
+        pod.labels.get(ann.INJECT_LABEL),
+        frozenset(item for item in pod.annotations.items() if item[0].startswith(ann.PREFIX)),
         pod.has_annotations,
         pod.service_account,
         pod.containers,
@@ -110,6 +126,7 @@ class AnswerCache:
         self._kept: OrderedDict[tuple[str, Hashable], tuple[Outcome, ReviewTemplate, int]] = (
             OrderedDict()
         )
+        self._verdicts: dict[tuple[str, str, tuple[str, ...]], Verdict] = {}
         self._generation: tuple[int, ...] = ()
         self.hits = 0
         self.misses = 0
@@ -135,26 +152,34 @@ class AnswerCache:
             outcome = admit(request, self._snapshot, self.settings, synced=synced)
             return outcome, encode(outcome.response, request.api_version)
         items = _items(pod)
-        if request.body_size > MAX_KEPT_BODY or items > MAX_KEPT_ITEMS or self.capacity < 1:
-            outcome = admit_pod(request.uid, pod, self._snapshot, self.settings, synced=True)
-            return outcome, encode(outcome.response, request.api_version)
         generation = self.caches.generation
         if generation != self._generation:
             self._kept.clear()
+            self._verdicts.clear()
             self._weight = 0
             self._generation = generation
+        if request.body_size > MAX_KEPT_BODY or items > MAX_KEPT_ITEMS or self.capacity < 1:
+            outcome = admit_pod(request.uid, pod, self._snapshot, self.settings, synced=True)
+            return outcome, encode(outcome.response, request.api_version)
         key = (request.api_version, pod_shape(pod))
         kept = self._kept.get(key)
         if kept is None:
             self.misses += 1
             self.observe(False)
-            outcome = admit_pod(request.uid, pod, self._snapshot, self.settings, synced=True)
+            outcome = admit_pod(
+                request.uid,
+                pod,
+                self._snapshot,
+                self.settings,
+                synced=True,
+                authorize_with=self._authorize,
+            )
             answer = template(outcome.response, request.api_version)
             weight = (
                 _ENTRY_WEIGHT
                 + request.body_size
                 + 4 * (len(answer.head) + len(answer.tail))
-                + _ITEM_WEIGHT * items
+                + _ITEM_WEIGHT * _held(pod)
             )
             self._keep(key, outcome, answer, weight)
             return outcome, answer.fill(request.uid)
@@ -162,6 +187,17 @@ class AnswerCache:
         self.observe(True)
         kept_outcome, answer, _weight = kept
         return _for(kept_outcome, request.uid, pod.name), answer.fill(request.uid)
+
+    def _authorize(self, namespace: str, service_account: str, keys: tuple[str, ...]) -> Verdict:
+        """``authorize`` over the snapshot, its allowed verdicts kept until the caches
+        change (``answer`` clears them with the answers)."""
+        slot = (namespace, service_account, keys)
+        verdict = self._verdicts.get(slot)
+        if verdict is None:
+            verdict = authorize(namespace, service_account, keys, self._snapshot)
+            if verdict.allowed and len(self._verdicts) < MAX_VERDICTS:
+                self._verdicts[slot] = verdict
+        return verdict
 
     def _keep(
         self, key: tuple[str, Hashable], outcome: Outcome, answer: ReviewTemplate, weight: int
@@ -186,6 +222,18 @@ def _for(outcome: Outcome, uid: str, pod: str) -> Outcome:
     r = outcome.response
     response = AdmissionResponse(uid, r.allowed, r.patch, r.code, r.reason, r.message, r.warnings)
     return Outcome(response, outcome.outcome, outcome.reason, outcome.mode, outcome.keys, pod)
+
+
+def _held(pod: PodView) -> int:
+    """The items a kept shape holds: the inject label, the ``securekeys.io/``
+    annotations, the containers and their mount paths."""
+    containers = pod.containers + pod.init_containers
+    return (
+        1
+        + sum(1 for name in pod.annotations if name.startswith(ann.PREFIX))
+        + len(containers)
+        + sum(len(c.mount_paths) for c in containers)
+    )
 
 
 def _items(pod: PodView) -> int:

@@ -20,9 +20,10 @@ quoting at most a short prefix of the pod's own text (``injection.quote``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from secure_keys.gateway.webhook.authorize import Snapshot, authorize
+from secure_keys.gateway.webhook.authorize import Snapshot, Verdict, authorize
 from secure_keys.gateway.webhook.injection import (
     RESERVED_VOLUMES,
     GatewaySettings,
@@ -130,11 +131,14 @@ def admit_pod(
     settings: GatewaySettings,
     *,
     synced: bool,
+    authorize_with: Callable[[str, str, tuple[str, ...]], Verdict] | None = None,
 ) -> Outcome:
     """The answer to a pod CREATE (request ``uid``) whose pod reads as ``pod``.
 
     Nothing else of the request is read: the answer is a function of ``pod``, the
     snapshot and the settings (``answers`` relies on that to reuse it).
+    ``authorize_with``: ``authorize`` over ``snapshot`` as a function of the namespace,
+    the ServiceAccount and the keys (``answers`` passes one that keeps its verdicts).
     """
     skip = should_inject(pod, settings)
     if skip is not None:
@@ -159,7 +163,10 @@ def admit_pod(
     if not synced:
         problems = ["the gateway's caches are not synced yet; try again in a few seconds"]
         return _deny(uid, 503, "NotReady", problems, pod.name, config.keys)
-    verdict = authorize(pod.namespace, pod.service_account, config.keys, snapshot)
+    if authorize_with is None:
+        verdict = authorize(pod.namespace, pod.service_account, config.keys, snapshot)
+    else:
+        verdict = authorize_with(pod.namespace, pod.service_account, config.keys)
     if not verdict.allowed:
         return _deny(uid, 403, verdict.reason, verdict.problems, pod.name, config.keys)
     if injected:

@@ -15,9 +15,9 @@ from secure_keys.core import envelope
 from secure_keys.core.binding import KeyBinding
 from secure_keys.core.errors import KmsDenied
 from secure_keys.core.kms.base import WrappedKey
-from secure_keys.core.kms.cache import CachedUnwraps, DekCache
+from secure_keys.core.kms.cache import CachedUnwraps, DekCache, NotCached
 from secure_keys.core.kms.local import LocalKms
-from secure_keys.core.kms.observed import ObservedReencryptingKms
+from secure_keys.core.kms.observed import ObservedKms, ObservedReencryptingKms
 
 BINDING = KeyBinding("payments", "stripe-live", 1)
 
@@ -59,3 +59,23 @@ def test_a_denied_unwrap_empties_the_cache() -> None:
     with pytest.raises(KmsDenied):
         cached.unwrap(stranger, BINDING.wrap_context(1))
     assert len(cached.cache) == 0
+
+
+def test_cache_only_answers_from_the_cache_and_never_asks_the_kms() -> None:
+    inner = ObservedKms(LocalKms._from_keks("k", {1: os.urandom(32)}))
+    cached = CachedUnwraps(inner, DekCache())
+    only = cached.cache_only()
+    sealed = envelope.seal(b"value", BINDING, LocalKms._from_keks("k", {1: os.urandom(32)}))
+    with pytest.raises(NotCached):  # another keyring's data key: not in the cache
+        envelope.open(sealed, BINDING, only)
+    with pytest.raises(NotCached):
+        only.wrap(os.urandom(32), BINDING.wrap_context(1))
+    mine = envelope.seal(b"value", BINDING, cached)  # a wrap caches its data key
+    calls = (inner.wraps, inner.unwraps)
+    assert envelope.open(mine, BINDING, only) == b"value"
+    assert (inner.wraps, inner.unwraps) == calls
+    assert (only.name, only.key_id) == (cached.name, cached.key_id)
+    cached.cache.clear()
+    with pytest.raises(NotCached):
+        envelope.open(mine, BINDING, only)
+    assert (inner.wraps, inner.unwraps) == calls
