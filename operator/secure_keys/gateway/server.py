@@ -241,6 +241,10 @@ class BrokerOptions:
     controller_namespace: str = "secure-keys-system"
     heartbeat_seconds: int = 10
     dek_cache_ttl: float = 24 * 3600.0
+    replica_namespace: str = ""
+    replica_selector: str = ""
+    """The gateway Deployment's namespace and pod label selector: the live replicas
+    whose rollout entries are kept (empty: pruning off)."""
 
 
 def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
@@ -292,9 +296,10 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
             return
 
     broker.start_task = asyncio.create_task(open_keys(), name="broker-keys")
-    from secure_keys.gateway.broker.rollout import tracker_for
+    from secure_keys.gateway.broker.rollout import replica_pods, tracker_for
 
-    broker.rollout = tracker_for(broker.caches, broker.sessions, api)
+    replicas = replica_pods(options.replica_namespace, options.replica_selector)
+    broker.rollout = tracker_for(broker.caches, broker.sessions, api, replicas)
     broker.on_streams_changed = broker.rollout.touch
     return broker
 
@@ -325,6 +330,9 @@ async def serve(options: GatewayOptions) -> None:
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
             if broker.rollout is not None:
                 tasks.append(asyncio.create_task(broker.rollout.run(), name="rollout"))
+                if broker.rollout.replicas is not None:
+                    watch = broker.rollout.replicas.run(api)
+                    tasks.append(asyncio.create_task(watch, name="rollout-replicas"))
         app = build_app(caches, options.settings, broker=broker)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
         await runner.setup()

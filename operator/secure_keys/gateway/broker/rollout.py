@@ -21,9 +21,12 @@ So there are no writes at steady state and O(1) writes per replica per rotation.
 write is a merge patch of ``apikeys/status`` with the resourceVersion of the object the
 summary was computed from (409: look again once the watch has the newer object). A
 replica that drains (SIGTERM) withdraws its entries; its streams reconnect elsewhere and
-that replica's entry counts them. A replica killed outright leaves its entry until a
-process with the same replica id (the pod's name, kept across container restarts)
-starts and rewrites it (docs/rollout.md says what that costs).
+that replica's entry counts them. A replica killed outright (or evicted) leaves its
+entry; where the gateway runs in a pod and knows its replicas (``ReplicaPods``: the
+pods of its Deployment), every look also removes the entries whose id is not a live
+gateway pod, and a gateway pod's end touches the namespaces of the keys it had entries
+for. A host-process gateway (no ``POD_NAME``) prunes nothing: its id is no pod's name,
+so it cannot tell a dead replica from another host process.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import structlog
 from secure_keys.gateway import metrics
 from secure_keys.gateway.broker.caches import BrokerCaches
 from secure_keys.gateway.broker.policy import DeliveryKeyView, Refusal, RunningPod, grant
+from secure_keys.gateway.broker.replicas import ReplicaPods
 from secure_keys.kube import rollout as fmt
 from secure_keys.kube.client import APIKEYS, ApiError, KubeApi
 from secure_keys.kube.rollout import ReplicaView, RolloutSummary
@@ -124,8 +128,15 @@ class RolloutTracker:
         *,
         delay: float = DELAY,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        replicas: ReplicaPods | None = None,
     ) -> None:
         self.caches = caches
+        self.replicas = replicas
+        """The live gateway replicas (``None``: entries of dead replicas are never
+        pruned, as in a host-process gateway)."""
+        if replicas is not None:
+            replicas.on_gone = self.replica_gone
+            replicas.on_listed = self.replicas_listed
         self.sessions = sessions
         self.patch_status = patch_status
         self.replica = replica
@@ -144,6 +155,28 @@ class RolloutTracker:
         if not self.stopping:
             self.dirty.add(namespace)
             self.wake.set()
+
+    def replica_gone(self, name: str) -> None:
+        """A gateway pod ended: look at the namespaces of the keys it had entries for."""
+        for namespace in self.caches.apikeys.namespaces():
+            views = self.caches.apikeys.in_namespace(namespace).values()
+            if any(name in view.rollout.entries for view in views):
+                self.touch(namespace)
+
+    def replicas_listed(self) -> None:
+        """The live replicas are known: look at every namespace holding another's entry."""
+        for namespace in self.caches.apikeys.namespaces():
+            views = self.caches.apikeys.in_namespace(namespace).values()
+            if any(view.rollout.entries - {self.replica} for view in views):
+                self.touch(namespace)
+
+    def gone(self, entries: Iterable[str]) -> list[str]:
+        """The ids among ``entries`` that are not a live gateway replica (never this
+        one); none while the live replicas are not known."""
+        live = None if self.replicas is None else self.replicas.names()
+        if live is None:
+            return []
+        return sorted(e for e in entries if e != self.replica and e not in live)
 
     async def run(self) -> None:
         """Look at touched namespaces, ``delay`` after their first touch, forever."""
@@ -216,9 +249,10 @@ class RolloutTracker:
         metrics.set_rollout_pods(view.namespace, view.name, by_version)
         users = consumers(pods, view.name, self._may_read(view))
         stored = view.rollout
-        if own is None and not users and stored.summary is None and not stored.replicas:
+        if own is None and not users and stored.summary is None and not stored.entries:
             return None  # a key nobody consumes: nothing to say
-        replicas = {k: v for k, v in stored.replicas.items() if k != self.replica}
+        gone = self.gone(stored.entries)
+        replicas = {k: v for k, v in stored.replicas.items() if k != self.replica and k not in gone}
         if own is not None:
             replicas[self.replica] = own
         summary = fmt.merge(
@@ -235,7 +269,7 @@ class RolloutTracker:
         same_entry = stored.replicas.get(self.replica) == own
         same_facts = _facts(stored.summary) == _facts(summary)
         same_condition = _condition(view.conditions) == wanted
-        if same_entry and same_facts and same_condition:
+        if same_entry and same_facts and same_condition and not gone:
             return None
         was = stored.summary
         was_complete = was is not None and was.version == version and was.complete
@@ -248,8 +282,19 @@ class RolloutTracker:
             version=version,
             pods=summary.pods,
             replica=self.replica,
+            pruned=len(gone),
         )
-        return fmt.status_patch(view.resource_version, summary, self.replica, own, conditions)
+        if gone:
+            _log.info(
+                "rollout.pruned",
+                namespace=view.namespace,
+                apikey=view.name,
+                replicas=[g[:63] for g in gone[:5]],
+                count=len(gone),
+            )
+        return fmt.status_patch(
+            view.resource_version, summary, self.replica, own, conditions, gone=gone
+        )
 
     async def withdraw(self) -> None:
         """Remove this replica's entries (it is draining: its streams go elsewhere)."""
@@ -292,10 +337,24 @@ def replica_id() -> str:
     return f"{socket.gethostname()[:200]}-{os.getpid()}"
 
 
+def replica_pods(namespace: str, selector: str) -> ReplicaPods | None:
+    """The watch of live gateway replicas, when this process is one of them: it runs
+    in a pod (``POD_NAME``, its replica id) and knows its Deployment's namespace and
+    pod selector. ``None`` otherwise: pruning off (docs/rollout.md, "Replica death")."""
+    if not (os.environ.get(REPLICA_ENV) and namespace and selector):
+        _log.info("rollout.pruning_off", in_pod=bool(os.environ.get(REPLICA_ENV)))
+        return None
+    return ReplicaPods(namespace, selector)
+
+
 def tracker_for(
-    caches: BrokerCaches, sessions: Mapping[str, Iterable[Stream]], api: KubeApi
+    caches: BrokerCaches,
+    sessions: Mapping[str, Iterable[Stream]],
+    api: KubeApi,
+    replicas: ReplicaPods | None = None,
 ) -> RolloutTracker:
-    """A tracker writing ``apikeys/status`` through ``api``."""
+    """A tracker writing ``apikeys/status`` through ``api``, pruning the entries of dead
+    replicas when ``replicas`` says which are alive."""
 
     async def patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
@@ -307,4 +366,4 @@ def tracker_for(
                 return
             raise
 
-    return RolloutTracker(caches, sessions, patch_status, replica_id())
+    return RolloutTracker(caches, sessions, patch_status, replica_id(), replicas=replicas)
