@@ -383,10 +383,33 @@ def test_entries_of_live_replicas_are_kept_and_nothing_is_pruned_blind() -> None
         store.bump()
         before = store.writes
         await _settle(store, host)
-        assert late.gone(["gw-gone"]) == [], "nothing pruned before the first list"
+        assert late.gone(["gw-gone"]) == ([], None), "nothing pruned before the first list"
         assert store.writes == before, "a host-process gateway prunes nothing"
         await _settle(store, a, b)
         assert set(_rollout(store)["replicas"]) == {"gw-a", "gw-b"}
+
+    asyncio.run(scenario())
+
+
+def test_a_writer_that_is_no_gateway_pod_cannot_make_a_replica_write_in_a_loop() -> None:
+    """A host-process gateway next to in-pod ones (a misconfiguration the docs warn
+    about) rewrites the entry the in-pod replica prunes: the pruning backs off instead
+    of trading writes with it."""
+    store = Store(current=1)
+    pod = Replica(store, "gw-a", ["p", "q"], ["gw-a"])
+    host = Replica(store, "host-123", ["p", "q"])
+    store.publish()
+    pod.connect("p", 1)
+    host.connect("q", 1)
+
+    async def scenario() -> None:
+        await _settle(store, pod, host)
+        assert _rollout(store)["pods"] in {"1/2", "2/2"}
+        pruned = store.writes
+        for _ in range(5):
+            await _settle(store, pod, host)
+        assert store.writes == pruned, "the writes stopped"
+        assert store.writes <= 6
 
     asyncio.run(scenario())
 

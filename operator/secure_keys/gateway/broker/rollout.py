@@ -57,6 +57,12 @@ DELAY = 0.5
 """Seconds between a namespace's first touch and its look: the coalescing window."""
 RETRY = 1.0
 """Seconds before looking again after a conflict or a failed write."""
+PRUNE_BACKOFF = 5.0
+PRUNE_BACKOFF_MAX = 600.0
+"""An entry pruned and written again (a replica whose pod this watch has not seen yet,
+or a writer that is no gateway pod) is pruned again at once, then after 5 s, 10 s, ...
+at most every 10 minutes: two writers that disagree cannot trade writes in a loop."""
+_PRUNED_KEPT = 1024
 
 
 class Stream(Protocol):
@@ -150,6 +156,8 @@ class RolloutTracker:
         self.writes = 0
         self.stopping = False
         self._retries: set[asyncio.Task[None]] = set()
+        self._pruned: dict[str, tuple[float, float]] = {}
+        """Replica id -> when this replica last pruned it, and the wait before the next."""
 
     def touch(self, namespace: str) -> None:
         if not self.stopping:
@@ -170,13 +178,44 @@ class RolloutTracker:
             if any(view.rollout.entries - {self.replica} for view in views):
                 self.touch(namespace)
 
-    def gone(self, entries: Iterable[str]) -> list[str]:
-        """The ids among ``entries`` that are not a live gateway replica (never this
-        one); none while the live replicas are not known."""
+    def gone(self, entries: Iterable[str]) -> tuple[list[str], float | None]:
+        """The ids among ``entries`` to prune now: not a live gateway replica (never this
+        one), and not pruned too recently (see ``PRUNE_BACKOFF``); and, if one is held
+        back, in how many seconds it may go. None while the live replicas are not known."""
         live = None if self.replicas is None else self.replicas.names()
         if live is None:
-            return []
-        return sorted(e for e in entries if e != self.replica and e not in live)
+            return [], None
+        now = time.monotonic()
+        due: list[str] = []
+        wait: float | None = None
+        for entry in sorted(e for e in entries if e != self.replica and e not in live):
+            last = self._pruned.get(entry)
+            if last is not None and now < last[0] + last[1]:
+                left = last[0] + last[1] - now
+                wait = left if wait is None else min(wait, left)
+                continue
+            due.append(entry)
+        return due, wait
+
+    def _pruning(self, namespace: str, apikey: str, gone: list[str]) -> None:
+        now = time.monotonic()
+        if len(self._pruned) > _PRUNED_KEPT:
+            self._pruned.clear()
+        again = [g for g in gone if g in self._pruned and self._pruned[g][1] > 0]
+        for entry in gone:
+            last = self._pruned.get(entry)
+            backoff = (
+                0.0 if last is None else min(max(2 * last[1], PRUNE_BACKOFF), PRUNE_BACKOFF_MAX)
+            )
+            self._pruned[entry] = (now, backoff)
+        log = _log.warning if again else _log.info
+        log(
+            "rollout.pruned_again" if again else "rollout.pruned",
+            namespace=namespace,
+            apikey=apikey,
+            replicas=[g[:63] for g in gone[:5]],
+            count=len(gone),
+        )
 
     async def run(self) -> None:
         """Look at touched namespaces, ``delay`` after their first touch, forever."""
@@ -197,9 +236,9 @@ class RolloutTracker:
                     _log.warning("rollout.look_failed", namespace=namespace, error=repr(exc)[:200])
                     self._later(namespace)
 
-    def _later(self, namespace: str) -> None:
+    def _later(self, namespace: str, wait: float = RETRY) -> None:
         async def again() -> None:
-            await asyncio.sleep(RETRY * (1 + random.random()))  # noqa: S311 - jitter
+            await asyncio.sleep(wait * (1 + random.random()))  # noqa: S311 - jitter
             self.touch(namespace)
 
         task = asyncio.get_running_loop().create_task(again())
@@ -251,7 +290,9 @@ class RolloutTracker:
         stored = view.rollout
         if own is None and not users and stored.summary is None and not stored.entries:
             return None  # a key nobody consumes: nothing to say
-        gone = self.gone(stored.entries)
+        gone, wait = self.gone(stored.entries)
+        if wait is not None:
+            self._later(view.namespace, wait)
         replicas = {k: v for k, v in stored.replicas.items() if k != self.replica and k not in gone}
         if own is not None:
             replicas[self.replica] = own
@@ -285,13 +326,7 @@ class RolloutTracker:
             pruned=len(gone),
         )
         if gone:
-            _log.info(
-                "rollout.pruned",
-                namespace=view.namespace,
-                apikey=view.name,
-                replicas=[g[:63] for g in gone[:5]],
-                count=len(gone),
-            )
+            self._pruning(view.namespace, view.name, gone)
         return fmt.status_patch(
             view.resource_version, summary, self.replica, own, conditions, gone=gone
         )
