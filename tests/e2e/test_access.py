@@ -423,11 +423,12 @@ def test_a_service_account_in_a_real_pod_reads_as_a_ci_job_would(
     """A pod of ServiceAccount ``pipeline`` runs the project image's ``secure-keys get``
     with its in-cluster credentials (its projected token): the key it is bound to comes
     back (the pod prints only its SHA-256, so the key is in no log), the other is
-    refused with the message. On the local node pods share the host's network, so the
-    pod is pointed at the API server's loopback address (kind needs no such override)."""
+    refused with the message. On the pod network (the local cluster's default, kind) it
+    reaches the API server through the ``kubernetes`` Service; only a local node on the
+    host's network points it at the API server's loopback address."""
     core = client.CoreV1Api(admin_api)
     env = []
-    if kube.cluster is not None:
+    if kube.cluster is not None and pods.host_network:
         host, port = kube.cluster.server.removeprefix("https://").rsplit(":", 1)
         env = [
             {"name": "KUBERNETES_SERVICE_HOST", "value": host},

@@ -534,6 +534,23 @@ def test_killing_the_controller_and_the_gateway_mid_rotation_loses_nothing(
         180,
         "the rotated key reaches the running pod through the replacement gateway",
     )
+    # The killed gateways could not withdraw their rollout entries: the replacements
+    # remove every entry whose id is not a live gateway pod (docs/rollout.md, "Replica
+    # death"), an entry forged by whoever may patch apikeys/status too.
+    client.CustomObjectsApi(cluster.api).patch_namespaced_custom_object_status(
+        GROUP, VERSION, ns, "apikeys", KEY,
+        {"status": {"rollout": {"replicas": {"forged-gateway": {
+            "version": version + 1, "connected": 9, "current": 9, "behind": [],
+        }}}}},
+    )  # fmt: skip
+
+    def only_live_replicas() -> set[str] | None:
+        live = {p.metadata.name for p in _gateway_pods(core, release)}
+        rollout = get_apikey(cluster.api, ns, KEY)["status"].get("rollout") or {}
+        entries = set(rollout.get("replicas") or {})
+        return entries if entries and entries <= live else None
+
+    eventually(only_live_replicas, 120, "only live gateway replicas have rollout entries")
 
 
 def test_uninstall_keeps_every_key_and_blocks_no_pod_and_a_reinstall_opens_them(

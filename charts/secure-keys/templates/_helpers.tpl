@@ -37,6 +37,15 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* The selector labels as a label selector string (a=b,c=d), for a watch. */}}
+{{- define "secure-keys.selector" -}}
+{{- $parts := list -}}
+{{- range $key, $value := include "secure-keys.selectorLabels" . | fromYaml -}}
+{{- $parts = append $parts (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $parts -}}
+{{- end -}}
+
 {{- define "secure-keys.image" -}}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}

@@ -106,6 +106,12 @@ def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOpti
     )
     parser.add_argument("--heartbeat-seconds", type=int, default=10)
     parser.add_argument(
+        "--replica-selector",
+        default="",
+        help="label selector of the gateway's own pods in --namespace: rollout entries of "
+        "replicas that are not a live pod are removed (needs POD_NAME; default: off)",
+    )
+    parser.add_argument(
         "--dek-cache-ttl", type=float, default=24 * 3600.0, help="seconds a data key stays cached"
     )
     parser.add_argument(
@@ -161,6 +167,8 @@ def parse(argv: list[str] | None = None) -> tuple[GatewayOptions, certs.CertOpti
             heartbeat_seconds=args.heartbeat_seconds,
             dek_cache_ttl=args.dek_cache_ttl,
             access_token_ttl=args.access_token_ttl,
+            replica_namespace=args.namespace,
+            replica_selector=args.replica_selector,
         ),
     )
     return options, cert_options

@@ -249,6 +249,10 @@ class BrokerOptions:
     dek_cache_ttl: float = 24 * 3600.0
     access_token_ttl: float = 900.0
     """Seconds an access token from ``secure-keys login`` lives (15 minutes)."""
+    replica_namespace: str = ""
+    replica_selector: str = ""
+    """The gateway Deployment's namespace and pod label selector: the live replicas
+    whose rollout entries are kept (empty: pruning off)."""
 
 
 def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
@@ -300,9 +304,10 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
             return
 
     broker.start_task = asyncio.create_task(open_keys(), name="broker-keys")
-    from secure_keys.gateway.broker.rollout import tracker_for
+    from secure_keys.gateway.broker.rollout import replica_pods, tracker_for
 
-    broker.rollout = tracker_for(broker.caches, broker.sessions, api)
+    replicas = replica_pods(options.replica_namespace, options.replica_selector)
+    broker.rollout = tracker_for(broker.caches, broker.sessions, api, replicas)
     broker.on_streams_changed = broker.rollout.touch
     return broker
 
@@ -358,6 +363,9 @@ async def serve(options: GatewayOptions) -> None:
             tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
             if broker.rollout is not None:
                 tasks.append(asyncio.create_task(broker.rollout.run(), name="rollout"))
+                if broker.rollout.replicas is not None:
+                    watch = broker.rollout.replicas.run(api)
+                    tasks.append(asyncio.create_task(watch, name="rollout-replicas"))
             access = _build_access(broker, api, options.broker)
         app = build_app(caches, options.settings, broker=broker, access=access)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)

@@ -106,6 +106,9 @@ class Rollout:
 
     summary: RolloutSummary | None
     replicas: Mapping[str, ReplicaView]
+    entries: frozenset[str] = frozenset()
+    """The replica ids of the first ``MAX_REPLICAS`` entries, parsed or not: what a
+    replica may prune when the id is not a live gateway replica."""
 
 
 def _int(value: object) -> int | None:
@@ -132,11 +135,15 @@ def parse_rollout(status: Mapping[str, Any] | None) -> Rollout:
     if not isinstance(raw, dict):
         return Rollout(None, {})
     replicas: dict[str, ReplicaView] = {}
+    ids: set[str] = set()
     entries = raw.get("replicas")
     if isinstance(entries, dict):
         for name, entry in list(entries.items())[:MAX_REPLICAS]:
+            if not isinstance(name, str):
+                continue
+            ids.add(name)
             view = _replica(entry)
-            if isinstance(name, str) and view is not None:
+            if view is not None:
                 replicas[name] = view
     summary = None
     version, consumers, current = (_int(raw.get(k)) for k in ("version", "consumers", "current"))
@@ -150,7 +157,7 @@ def parse_rollout(status: Mapping[str, Any] | None) -> Rollout:
             _int(raw.get("unnamedStragglers")) or 0,
             at if isinstance(at, str) and len(at) <= 64 else None,
         )
-    return Rollout(summary, replicas)
+    return Rollout(summary, replicas, frozenset(ids))
 
 
 def merge(
@@ -246,9 +253,14 @@ def status_patch(
     replica: str,
     view: ReplicaView | None,
     conditions: list[dict[str, Any]],
+    gone: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The merge patch of ``apikeys/status`` one replica sends: its own entry (``None``
-    removes it), the summary, the conditions, under a resourceVersion precondition."""
+    removes it), the removal of the entries of replicas that are ``gone`` (no live
+    gateway pod by that name), the summary, the conditions, under a resourceVersion
+    precondition."""
+    replicas: dict[str, Any] = dict.fromkeys(gone)
+    replicas[replica] = None if view is None else view.to_json()
     return {
         "metadata": {"resourceVersion": resource_version},
         "status": {
@@ -260,7 +272,7 @@ def status_patch(
                 "stragglers": list(summary.stragglers),
                 "unnamedStragglers": summary.unnamed,
                 "rolledOutAt": summary.rolled_out_at,
-                "replicas": {replica: None if view is None else view.to_json()},
+                "replicas": replicas,
             },
             "conditions": conditions,
         },

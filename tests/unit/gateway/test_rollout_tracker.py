@@ -21,11 +21,13 @@ import pytest
 
 from secure_keys.gateway.broker.caches import BrokerCaches
 from secure_keys.gateway.broker.policy import RunningPod
+from secure_keys.gateway.broker.replicas import ReplicaPods
 from secure_keys.gateway.broker.rollout import Conflict, RolloutTracker
 from secure_keys.kube.client import JsonObject
 from secure_keys.kube.informer import LISTED, InformerEvent
 
 NS = "payments"
+GATEWAY_NS = "secure-keys-system"
 NOW = datetime(2026, 12, 7, 5, 0, tzinfo=UTC)
 
 
@@ -113,8 +115,19 @@ READERS: JsonObject = {
 }
 
 
+def _gateway_pod(name: str, *, deleting: bool = False, **status: Any) -> JsonObject:
+    metadata: JsonObject = {"name": name, "namespace": GATEWAY_NS}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-12-07T05:00:00Z"
+    return {"metadata": metadata, "status": status}
+
+
 class Replica:
-    def __init__(self, store: Store, name: str, pods: list[str]) -> None:
+    def __init__(
+        self, store: Store, name: str, pods: list[str], gateways: list[str] | None = None
+    ) -> None:
+        """``gateways``: the live gateway pods this replica watches (``None``: it knows
+        none, as a host-process gateway, and prunes nothing)."""
         self.caches = BrokerCaches(lambda _ns: None, lambda _ns, _n: None)
         for cache in self.caches.all:
             cache.apply(LISTED)
@@ -123,9 +136,20 @@ class Replica:
             self.caches.pods.apply(InformerEvent("ADDED", _pod(pod)))
         store.caches.append(self.caches)
         self.streams: dict[str, list[FakeStream]] = {NS: []}
+        self.gateways = None if gateways is None else ReplicaPods(GATEWAY_NS, "app=gw")
         self.tracker = RolloutTracker(
-            self.caches, self.streams, store.patch_status, name, delay=0, now=lambda: NOW
+            self.caches,
+            self.streams,
+            store.patch_status,
+            name,
+            delay=0,
+            now=lambda: NOW,
+            replicas=self.gateways,
         )
+        if self.gateways is not None:
+            for gateway in gateways or ():
+                self.gateways.apply(InformerEvent("ADDED", _gateway_pod(gateway)))
+            self.gateways.apply(LISTED)
 
     def connect(self, pod: str, held: int) -> None:
         running = self.caches.pods.get(NS, pod)
@@ -274,3 +298,138 @@ def test_a_pod_that_may_not_read_the_key_is_not_waited_for() -> None:
         assert _rolled_out(store)[0] == "True"
 
     asyncio.run(scenario())
+
+
+def test_a_replica_killed_outright_is_pruned_and_its_pods_are_not_counted_twice() -> None:
+    """gw-a dies without withdrawing (node failure, OOM kill of the pod, eviction) and
+    its pod is replaced under another name. Its stale entry would count ``p`` twice once
+    ``p`` reconnects to gw-b and make 3/3 of a rollout where ``q`` has no stream."""
+    store = Store(current=2)
+    gateways = ["gw-a", "gw-b"]
+    a = Replica(store, "gw-a", ["p", "q", "r"], gateways)
+    b = Replica(store, "gw-b", ["p", "q", "r"], gateways)
+    store.publish()
+    a.connect("p", 2)
+    a.connect("q", 2)
+    b.connect("r", 2)
+
+    async def scenario() -> None:
+        await _settle(store, a, b)
+        assert _rollout(store)["pods"] == "3/3"
+        # gw-a is killed: no withdrawal; p reconnects to gw-b, q's stream is down
+        b.connect("p", 2)
+        b.tracker.dirty.clear()
+        assert b.gateways is not None
+        b.gateways.apply(InformerEvent("DELETED", _gateway_pod("gw-a")))
+        assert b.tracker.dirty == {NS}, "the end of a gateway pod touches its keys"
+        await _settle(store, b)
+        assert set(_rollout(store)["replicas"]) == {"gw-b"}
+        assert _rollout(store)["pods"] == "2/3"
+        assert _rollout(store)["stragglers"] == ["q"]
+        assert _rolled_out(store)[0] == "False"
+
+    asyncio.run(scenario())
+
+
+def test_a_fake_replica_entry_is_removed_on_the_next_look() -> None:
+    """Someone with ``patch`` on ``apikeys/status`` adds an entry for a replica that
+    does not exist, claiming every pod is current: it does not survive the next look
+    (its own write is a watch event that touches the namespace)."""
+    store = Store(current=1)
+    a = Replica(store, "gw-a", ["web-0", "stopped"], ["gw-a"])
+    store.publish()
+    a.connect("web-0", 1)
+
+    async def scenario() -> None:
+        await _settle(store, a)
+        assert _rollout(store)["pods"] == "1/2"
+        fake = {"version": 1, "connected": 2, "current": 2, "behind": []}
+        store.obj["status"]["rollout"]["replicas"]["gw-forged"] = fake
+        store.obj["status"]["rollout"]["replicas"]["not-even-parsed"] = "junk"
+        store.obj["status"]["rollout"].update(current=2, pods="2/2")
+        store.bump()
+        await _settle(store, a)
+        assert set(_rollout(store)["replicas"]) == {"gw-a"}
+        assert _rollout(store)["pods"] == "1/2"
+        assert _rolled_out(store)[0] == "False"
+        steady = store.writes
+        store.bump()
+        await _settle(store, a)
+        assert store.writes == steady, "no writes at steady state after the pruning"
+
+    asyncio.run(scenario())
+
+
+def test_entries_of_live_replicas_are_kept_and_nothing_is_pruned_blind() -> None:
+    """A replica prunes only what its watch of gateway pods says is dead: a live pod's
+    entry, its own entry, and everything while the gateway pods are not yet listed, or
+    when it knows no gateway pods at all (a host-process gateway), stay."""
+    store = Store(current=1)
+    a = Replica(store, "gw-a", ["p", "q"], ["gw-b"])  # its own pod not listed yet
+    b = Replica(store, "gw-b", ["p", "q"], ["gw-a", "gw-b"])
+    host = Replica(store, "host-123", ["p", "q"])
+    unlisted = ReplicaPods(GATEWAY_NS, "app=gw")
+    late = RolloutTracker(host.caches, {}, store.patch_status, "gw-c", delay=0, replicas=unlisted)
+    store.publish()
+    a.connect("p", 1)
+    b.connect("q", 1)
+
+    async def scenario() -> None:
+        await _settle(store, a, b)
+        assert set(_rollout(store)["replicas"]) == {"gw-a", "gw-b"}
+        store.obj["status"]["rollout"]["replicas"]["gw-gone"] = {
+            "version": 1, "connected": 0, "current": 0, "behind": []
+        }  # fmt: skip
+        store.bump()
+        before = store.writes
+        await _settle(store, host)
+        assert late.gone(["gw-gone"]) == ([], None), "nothing pruned before the first list"
+        assert store.writes == before, "a host-process gateway prunes nothing"
+        await _settle(store, a, b)
+        assert set(_rollout(store)["replicas"]) == {"gw-a", "gw-b"}
+
+    asyncio.run(scenario())
+
+
+def test_a_writer_that_is_no_gateway_pod_cannot_make_a_replica_write_in_a_loop() -> None:
+    """A host-process gateway next to in-pod ones (a misconfiguration the docs warn
+    about) rewrites the entry the in-pod replica prunes: the pruning backs off instead
+    of trading writes with it."""
+    store = Store(current=1)
+    pod = Replica(store, "gw-a", ["p", "q"], ["gw-a"])
+    host = Replica(store, "host-123", ["p", "q"])
+    store.publish()
+    pod.connect("p", 1)
+    host.connect("q", 1)
+
+    async def scenario() -> None:
+        await _settle(store, pod, host)
+        assert _rollout(store)["pods"] in {"1/2", "2/2"}
+        pruned = store.writes
+        for _ in range(5):
+            await _settle(store, pod, host)
+        assert store.writes == pruned, "the writes stopped"
+        assert store.writes <= 6
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("event", "gone"),
+    [
+        (InformerEvent("MODIFIED", _gateway_pod("gw-a", phase="Failed", reason="Evicted")), True),
+        (InformerEvent("MODIFIED", _gateway_pod("gw-a", deleting=True, phase="Running")), True),
+        (InformerEvent("DELETED", _gateway_pod("gw-a")), True),
+        (InformerEvent("MODIFIED", _gateway_pod("gw-a", phase="Running")), False),
+    ],
+    ids=["evicted", "deleting", "deleted", "container-restarted-in-place"],
+)
+def test_which_gateway_pods_end_a_replica(event: InformerEvent, gone: bool) -> None:
+    replicas = ReplicaPods(GATEWAY_NS, "app=gw")
+    ended: list[str] = []
+    replicas.on_gone = ended.append
+    replicas.apply(InformerEvent("ADDED", _gateway_pod("gw-a", phase="Running")))
+    replicas.apply(LISTED)
+    replicas.apply(event)
+    assert ended == (["gw-a"] if gone else [])
+    assert replicas.names() == (frozenset() if gone else frozenset({"gw-a"}))

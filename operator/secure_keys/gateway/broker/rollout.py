@@ -21,9 +21,12 @@ So there are no writes at steady state and O(1) writes per replica per rotation.
 write is a merge patch of ``apikeys/status`` with the resourceVersion of the object the
 summary was computed from (409: look again once the watch has the newer object). A
 replica that drains (SIGTERM) withdraws its entries; its streams reconnect elsewhere and
-that replica's entry counts them. A replica killed outright leaves its entry until a
-process with the same replica id (the pod's name, kept across container restarts)
-starts and rewrites it (docs/rollout.md says what that costs).
+that replica's entry counts them. A replica killed outright (or evicted) leaves its
+entry; where the gateway runs in a pod and knows its replicas (``ReplicaPods``: the
+pods of its Deployment), every look also removes the entries whose id is not a live
+gateway pod, and a gateway pod's end touches the namespaces of the keys it had entries
+for. A host-process gateway (no ``POD_NAME``) prunes nothing: its id is no pod's name,
+so it cannot tell a dead replica from another host process.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import structlog
 from secure_keys.gateway import metrics
 from secure_keys.gateway.broker.caches import BrokerCaches
 from secure_keys.gateway.broker.policy import DeliveryKeyView, Refusal, RunningPod, grant
+from secure_keys.gateway.broker.replicas import ReplicaPods
 from secure_keys.kube import rollout as fmt
 from secure_keys.kube.client import APIKEYS, ApiError, KubeApi
 from secure_keys.kube.rollout import ReplicaView, RolloutSummary
@@ -53,6 +57,12 @@ DELAY = 0.5
 """Seconds between a namespace's first touch and its look: the coalescing window."""
 RETRY = 1.0
 """Seconds before looking again after a conflict or a failed write."""
+PRUNE_BACKOFF = 5.0
+PRUNE_BACKOFF_MAX = 600.0
+"""An entry pruned and written again (a replica whose pod this watch has not seen yet,
+or a writer that is no gateway pod) is pruned again at once, then after 5 s, 10 s, ...
+at most every 10 minutes: two writers that disagree cannot trade writes in a loop."""
+_PRUNED_KEPT = 1024
 
 
 class Stream(Protocol):
@@ -124,8 +134,15 @@ class RolloutTracker:
         *,
         delay: float = DELAY,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        replicas: ReplicaPods | None = None,
     ) -> None:
         self.caches = caches
+        self.replicas = replicas
+        """The live gateway replicas (``None``: entries of dead replicas are never
+        pruned, as in a host-process gateway)."""
+        if replicas is not None:
+            replicas.on_gone = self.replica_gone
+            replicas.on_listed = self.replicas_listed
         self.sessions = sessions
         self.patch_status = patch_status
         self.replica = replica
@@ -139,11 +156,66 @@ class RolloutTracker:
         self.writes = 0
         self.stopping = False
         self._retries: set[asyncio.Task[None]] = set()
+        self._pruned: dict[str, tuple[float, float]] = {}
+        """Replica id -> when this replica last pruned it, and the wait before the next."""
 
     def touch(self, namespace: str) -> None:
         if not self.stopping:
             self.dirty.add(namespace)
             self.wake.set()
+
+    def replica_gone(self, name: str) -> None:
+        """A gateway pod ended: look at the namespaces of the keys it had entries for."""
+        for namespace in self.caches.apikeys.namespaces():
+            views = self.caches.apikeys.in_namespace(namespace).values()
+            if any(name in view.rollout.entries for view in views):
+                self.touch(namespace)
+
+    def replicas_listed(self) -> None:
+        """The live replicas are known: look at every namespace holding another's entry."""
+        for namespace in self.caches.apikeys.namespaces():
+            views = self.caches.apikeys.in_namespace(namespace).values()
+            if any(view.rollout.entries - {self.replica} for view in views):
+                self.touch(namespace)
+
+    def gone(self, entries: Iterable[str]) -> tuple[list[str], float | None]:
+        """The ids among ``entries`` to prune now: not a live gateway replica (never this
+        one), and not pruned too recently (see ``PRUNE_BACKOFF``); and, if one is held
+        back, in how many seconds it may go. None while the live replicas are not known."""
+        live = None if self.replicas is None else self.replicas.names()
+        if live is None:
+            return [], None
+        now = time.monotonic()
+        due: list[str] = []
+        wait: float | None = None
+        for entry in sorted(e for e in entries if e != self.replica and e not in live):
+            last = self._pruned.get(entry)
+            if last is not None and now < last[0] + last[1]:
+                left = last[0] + last[1] - now
+                wait = left if wait is None else min(wait, left)
+                continue
+            due.append(entry)
+        return due, wait
+
+    def _pruning(self, namespace: str, apikey: str, gone: list[str]) -> None:
+        now = time.monotonic()
+        if len(self._pruned) > _PRUNED_KEPT:
+            self._pruned.clear()
+        again = [g for g in gone if g in self._pruned and self._pruned[g][1] > 0]
+        for entry in gone:
+            last = self._pruned.get(entry)
+            backoff = (
+                0.0 if last is None else min(max(2 * last[1], PRUNE_BACKOFF), PRUNE_BACKOFF_MAX)
+            )
+            self._pruned[entry] = (now, backoff)
+        log = _log.warning if again else _log.info
+        log(
+            "rollout.pruned_again" if again else "rollout.pruned",
+            namespace=namespace,
+            apikey=apikey,
+            replicas=[g[:63] for g in gone[:5]],
+            count=len(gone),
+        )
 
     async def run(self) -> None:
         """Look at touched namespaces, ``delay`` after their first touch, forever."""
@@ -164,9 +236,9 @@ class RolloutTracker:
                     _log.warning("rollout.look_failed", namespace=namespace, error=repr(exc)[:200])
                     self._later(namespace)
 
-    def _later(self, namespace: str) -> None:
+    def _later(self, namespace: str, wait: float = RETRY) -> None:
         async def again() -> None:
-            await asyncio.sleep(RETRY * (1 + random.random()))  # noqa: S311 - jitter
+            await asyncio.sleep(wait * (1 + random.random()))  # noqa: S311 - jitter
             self.touch(namespace)
 
         task = asyncio.get_running_loop().create_task(again())
@@ -216,9 +288,12 @@ class RolloutTracker:
         metrics.set_rollout_pods(view.namespace, view.name, by_version)
         users = consumers(pods, view.name, self._may_read(view))
         stored = view.rollout
-        if own is None and not users and stored.summary is None and not stored.replicas:
+        if own is None and not users and stored.summary is None and not stored.entries:
             return None  # a key nobody consumes: nothing to say
-        replicas = {k: v for k, v in stored.replicas.items() if k != self.replica}
+        gone, wait = self.gone(stored.entries)
+        if wait is not None:
+            self._later(view.namespace, wait)
+        replicas = {k: v for k, v in stored.replicas.items() if k != self.replica and k not in gone}
         if own is not None:
             replicas[self.replica] = own
         summary = fmt.merge(
@@ -235,7 +310,7 @@ class RolloutTracker:
         same_entry = stored.replicas.get(self.replica) == own
         same_facts = _facts(stored.summary) == _facts(summary)
         same_condition = _condition(view.conditions) == wanted
-        if same_entry and same_facts and same_condition:
+        if same_entry and same_facts and same_condition and not gone:
             return None
         was = stored.summary
         was_complete = was is not None and was.version == version and was.complete
@@ -248,8 +323,13 @@ class RolloutTracker:
             version=version,
             pods=summary.pods,
             replica=self.replica,
+            pruned=len(gone),
         )
-        return fmt.status_patch(view.resource_version, summary, self.replica, own, conditions)
+        if gone:
+            self._pruning(view.namespace, view.name, gone)
+        return fmt.status_patch(
+            view.resource_version, summary, self.replica, own, conditions, gone=gone
+        )
 
     async def withdraw(self) -> None:
         """Remove this replica's entries (it is draining: its streams go elsewhere)."""
@@ -292,10 +372,24 @@ def replica_id() -> str:
     return f"{socket.gethostname()[:200]}-{os.getpid()}"
 
 
+def replica_pods(namespace: str, selector: str) -> ReplicaPods | None:
+    """The watch of live gateway replicas, when this process is one of them: it runs
+    in a pod (``POD_NAME``, its replica id) and knows its Deployment's namespace and
+    pod selector. ``None`` otherwise: pruning off (docs/rollout.md, "Replica death")."""
+    if not (os.environ.get(REPLICA_ENV) and namespace and selector):
+        _log.info("rollout.pruning_off", in_pod=bool(os.environ.get(REPLICA_ENV)))
+        return None
+    return ReplicaPods(namespace, selector)
+
+
 def tracker_for(
-    caches: BrokerCaches, sessions: Mapping[str, Iterable[Stream]], api: KubeApi
+    caches: BrokerCaches,
+    sessions: Mapping[str, Iterable[Stream]],
+    api: KubeApi,
+    replicas: ReplicaPods | None = None,
 ) -> RolloutTracker:
-    """A tracker writing ``apikeys/status`` through ``api``."""
+    """A tracker writing ``apikeys/status`` through ``api``, pruning the entries of dead
+    replicas when ``replicas`` says which are alive."""
 
     async def patch_status(namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
@@ -307,4 +401,4 @@ def tracker_for(
                 return
             raise
 
-    return RolloutTracker(caches, sessions, patch_status, replica_id())
+    return RolloutTracker(caches, sessions, patch_status, replica_id(), replicas=replicas)
