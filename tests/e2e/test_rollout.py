@@ -56,13 +56,6 @@ class _World:
             context.__exit__(None, None, None)
 
 
-@pytest.fixture(scope="module")
-def gateway(pods: PodEnvironment, gateway: GatewayProcess) -> GatewayProcess:
-    if not pods.host_network:
-        pytest.skip("the second gateway's sidecars reach it on the host's loopback")
-    return gateway
-
-
 def _template(pods: PodEnvironment, app: str) -> dict[str, Any]:
     return {
         "metadata": {
