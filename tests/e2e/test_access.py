@@ -844,3 +844,23 @@ def test_reviews_forged_in_a_users_name_neither_rate_limit_that_user_nor_leave_e
     # The forged review's Event (were there one) was posted before alice's read began.
     events = client.CoreV1Api(admin_api).list_namespaced_event(keys)
     assert not [e for e in events.items if invented in (e.message or "")]
+
+
+def test_a_review_copied_from_an_audit_log_and_replayed_is_refused(
+    gateway: GatewayProcess, csr_user: Path, keys: str
+) -> None:
+    """Hostile: alice's review, proof included, as an API server audit log at
+    RequestResponse level holds it, posted again straight to the gateway. The answer
+    would be sealed to alice's ephemeral key (useless to the replayer), but it wrote a
+    grant into alice's audit trail, and a replayed login counted her used code as a
+    failure again (five replays locked her out). The recipient key is the nonce."""
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+    spec = ReviewSpec("read", key=CANARY_NAME, recipient=RecipientPrivateKey.generate().public())
+    proven = spec.to_json() | {"proof": asyncio.run(_proof_as(csr_user, keys, spec)).to_json()}
+    statuses = []
+    for _ in range(2):
+        response = _forge(gateway, keys, "alice", proven)
+        statuses.append(json.loads(base64.b64decode(response["patch"]))[0]["value"])
+    assert statuses[0]["reason"] == "Granted", statuses[0]
+    assert statuses[1]["reason"] == "ReviewReplayed", statuses[1]
+    assert "key" not in statuses[1]

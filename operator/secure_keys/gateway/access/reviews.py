@@ -259,6 +259,34 @@ class UserLimits:
         return bucket.take()
 
 
+@dataclass
+class RecipientsSeen:
+    """The recipient keys of the reviews this replica answered in the last ``window``
+    seconds. A client makes a new key per review, so a repeat is a replay: someone who
+    copied a review (an API server audit log at RequestResponse level holds its body)
+    posting it straight to the gateway. The replay gets nothing it can open (the answer
+    is sealed to that key), but it would write a grant into the caller's audit trail
+    and, for a login, count the used code as a failure again: five replays locked the
+    caller out. ``window`` covers a certificate proof's freshness (2 min) either side."""
+
+    window: float = 240.0
+    max_remembered: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
+
+    def first(self, key: bytes) -> bool:
+        now = self.clock()
+        while self._seen and (
+            len(self._seen) >= self.max_remembered
+            or now - next(iter(self._seen.values())) > self.window
+        ):
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+
 class AccessReviews:
     """Answers KeyAccessReviews from the broker's caches and material source."""
 
@@ -288,6 +316,7 @@ class AccessReviews:
         self._tokens: AccessTokens | None = None
         self._cluster_key: RecipientPrivateKey | None = None
         self._keys_lock = asyncio.Lock()
+        self.recipients = RecipientsSeen()
 
     async def tokens(self) -> AccessTokens:
         """The token issuer, keyed by the controller's fingerprint key (opened once)."""
@@ -452,6 +481,12 @@ class AccessReviews:
         refusal = await self._check_proof(review, spec)
         if refusal is not None:
             # No Event: the user name is only what the unproven review claims.
+            return self._refused(review, spec, refusal, started, event=False), refusal.reason
+        if spec.recipient is not None and not self.recipients.first(spec.recipient.public_key):
+            refusal = Refusal(
+                "ReviewReplayed",
+                "this review's recipientKey was used before: a client makes a new one per review",
+            )
             return self._refused(review, spec, refusal, started, event=False), refusal.reason
         if spec.operation in wire.MFA_OPERATIONS:
             return await self._mfa(review, spec, started)
