@@ -567,6 +567,11 @@ def test_mfa_enrol_login_and_read_a_key_that_requires_it(
     replayed = _cli_input(dave, home, code + "\n", "login", namespace=keys)
     assert replayed.returncode == 1
     assert b"CodeReplayed" in replayed.stderr
+    # A spent code is no guess: replayed (as by whoever copied the login review) it never
+    # counts toward the lockout, whose fifth failure would say MfaLocked.
+    for _ in range(4):
+        again = _cli_input(dave, home, code + "\n", "login", namespace=keys)
+        assert b"CodeReplayed" in again.stderr, again.stderr
 
     read = _cli_input(dave, home, "", "get", GUARDED, namespace=keys)
     assert read.returncode == 0, read.stderr
