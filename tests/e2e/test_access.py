@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import http.client
 import json
 import os
 import secrets
@@ -35,6 +36,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -566,6 +568,11 @@ def test_mfa_enrol_login_and_read_a_key_that_requires_it(
     replayed = _cli_input(dave, home, code + "\n", "login", namespace=keys)
     assert replayed.returncode == 1
     assert b"CodeReplayed" in replayed.stderr
+    # A spent code is no guess: replayed (as by whoever copied the login review) it never
+    # counts toward the lockout, whose fifth failure would say MfaLocked.
+    for _ in range(4):
+        again = _cli_input(dave, home, code + "\n", "login", namespace=keys)
+        assert b"CodeReplayed" in again.stderr, again.stderr
 
     read = _cli_input(dave, home, "", "get", GUARDED, namespace=keys)
     assert read.returncode == 0, read.stderr
@@ -760,3 +767,106 @@ async def _proof_as(config: Path, namespace: str, spec: ReviewSpec) -> Any:
 
     async with KubeApi(Credentials.from_kubeconfig(config)) as api:
         return (await with_proof(api, namespace, spec)).proof
+
+
+def _forge(
+    gateway: GatewayProcess,
+    namespace: str,
+    user: str,
+    spec: dict[str, Any],
+    source: str | None = None,
+) -> Any:
+    """POST an AdmissionReview naming ``user`` straight to the gateway, as any pod can
+    (from the local address ``source``, standing in for a pod's own address); the
+    admission ``response``."""
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": secrets.token_hex(8),
+            "operation": "CREATE",
+            "dryRun": True,
+            "namespace": namespace,
+            "resource": {"group": GROUP, "version": VERSION, "resource": "keyaccessreviews"},
+            "userInfo": {"username": user, "groups": ["system:authenticated"]},
+            "object": {"spec": spec},
+        },
+    }
+    context = ssl.create_default_context(cafile=str(gateway.tls_dir / "ca.crt"))
+    connection = http.client.HTTPSConnection(
+        gateway.host,
+        gateway.port,
+        context=context,
+        timeout=10,
+        source_address=(source, 0) if source else None,
+    )
+    try:
+        connection.request(
+            "POST",
+            "/v1/access",
+            body=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        return json.loads(connection.getresponse().read())["response"]
+    finally:
+        connection.close()
+
+
+def test_reviews_forged_in_a_users_name_neither_rate_limit_that_user_nor_leave_events(
+    gateway: GatewayProcess, csr_user: Path, admin_api: client.ApiClient, keys: str
+) -> None:
+    """Hostile: the per-user rate limit is taken before the proof is checked, so a forger
+    who floods the gateway with unproven reviews naming alice must spend its own bucket
+    (per peer address and user), not alice's: her reads through the API server go on
+    while the flood does. And an unproven review leaves no Event in the key's namespace
+    (the user it names is only a claim; one Event per invented name was a spam lever)."""
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+    spec = ReviewSpec(
+        "read", key=CANARY_NAME, recipient=RecipientPrivateKey.generate().public()
+    ).to_json()
+    invented = f"forged-{secrets.token_hex(4)}"
+    refused = _forge(gateway, keys, invented, spec)
+    assert json.loads(base64.b64decode(refused["patch"]))[0]["value"]["reason"] == "ProofInvalid"
+    if gateway.host != "127.0.0.1":
+        pytest.skip("the forger needs an address of its own (here: 127.0.0.2 on loopback)")
+    limited = threading.Event()
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            response = _forge(gateway, keys, "alice", spec, source="127.0.0.2")
+            if (response.get("status") or {}).get("code") == 429:
+                limited.set()
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        assert limited.wait(60), "the forger was never rate-limited"
+        during = _cli(csr_user, "get", CANARY_NAME, namespace=keys)
+    finally:
+        stop.set()
+        flooder.join(15)
+    assert during.returncode == 0, during.stderr[-400:]
+    # The forged review's Event (were there one) was posted before alice's read began.
+    events = client.CoreV1Api(admin_api).list_namespaced_event(keys)
+    assert not [e for e in events.items if invented in (e.message or "")]
+
+
+def test_a_review_copied_from_an_audit_log_and_replayed_is_refused(
+    gateway: GatewayProcess, csr_user: Path, keys: str
+) -> None:
+    """Hostile: alice's review, proof included, as an API server audit log at
+    RequestResponse level holds it, posted again straight to the gateway. The answer
+    would be sealed to alice's ephemeral key (useless to the replayer), but it wrote a
+    grant into alice's audit trail, and a replayed login counted her used code as a
+    failure again (five replays locked her out). The recipient key is the nonce."""
+    _get_when_ready(csr_user, keys, CANARY_NAME)
+    spec = ReviewSpec("read", key=CANARY_NAME, recipient=RecipientPrivateKey.generate().public())
+    proven = spec.to_json() | {"proof": asyncio.run(_proof_as(csr_user, keys, spec)).to_json()}
+    statuses = []
+    for _ in range(2):
+        response = _forge(gateway, keys, "alice", proven)
+        statuses.append(json.loads(base64.b64decode(response["patch"]))[0]["value"])
+    assert statuses[0]["reason"] == "Granted", statuses[0]
+    assert statuses[1]["reason"] == "ReviewReplayed", statuses[1]
+    assert "key" not in statuses[1]

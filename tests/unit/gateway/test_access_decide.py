@@ -3,6 +3,7 @@ them (user name and groups), under KeyRoles with User, Group and ServiceAccount 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -187,6 +188,34 @@ def test_a_version_is_chosen_among_active_and_archived_only() -> None:
     untagged = _read(ALICE, role, previous=True)
     assert isinstance(untagged, Refusal)
     assert untagged.reason == "NoPreviousVersion"
+
+
+def test_a_revoked_version_is_not_read_by_naming_it() -> None:
+    """Hostile: `secure-keys revoke --version 1` ends version 1's grace; `get --version 1`
+    must not hand it out anyway (it stays Archived until the controller destroys it)."""
+    role = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]})
+    revoked = dataclasses.replace(KEYS["stripe"], grace_ended_through=1)
+    refused = decide_read(
+        ALICE,
+        ReviewSpec("read", key="stripe", recipient=RECIPIENT, version=1),
+        NS,
+        {"stripe": revoked},
+        (role,),
+        MONDAY_NOON,
+        TAG_KEY,
+    )
+    assert isinstance(refused, Refusal)
+    assert refused.reason == "VersionRevoked"
+    current = decide_read(
+        ALICE,
+        ReviewSpec("read", key="stripe", recipient=RECIPIENT, version=2),
+        NS,
+        {"stripe": revoked},
+        (role,),
+        MONDAY_NOON,
+        TAG_KEY,
+    )
+    assert isinstance(current, ReadGrant)
 
 
 def test_list_shows_the_keys_a_role_lets_the_caller_read_or_list() -> None:

@@ -99,6 +99,14 @@ def _version(
             )
         return previous[0]
     if spec.version is not None:
+        if spec.version <= view.grace_ended_through and spec.version != view.current_version:
+            # `secure-keys revoke` ended this version's delivery early; a reader naming it
+            # must not get it either (else a revoked, perhaps leaked, key stays readable).
+            return Refusal(
+                "VersionRevoked",
+                f"{where}: version {spec.version} was revoked (securekeys.io/"
+                "grace-ended-through); only later versions are served",
+            )
         for record in view.versions:
             if record.version == spec.version and record.state in ("Active", "Archived"):
                 return record

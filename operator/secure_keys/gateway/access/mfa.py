@@ -15,8 +15,10 @@ Every check reads the Secret afresh (never a cache) and every change is written 
 its ``resourceVersion`` as a precondition: if two replicas accept the same code at
 once, one write fails with a conflict, and that replica reads again and finds the step
 used. So a code is accepted once across replicas. A code matching a step at or before
-``lastStep`` is refused (``CodeReplayed``). ``MAX_FAILURES`` wrong or replayed codes in a
-row lock the identity for ``LOCKOUT`` (``MfaLocked``); the caller posts a Warning Event.
+``lastStep`` is refused (``CodeReplayed``) and not counted: it is no guess, and counting
+it let anyone who saw a login review lock its user out by replaying it. ``MAX_FAILURES``
+wrong codes in a row lock the identity for ``LOCKOUT`` (``MfaLocked``); the caller posts
+a Warning Event.
 
 What is written when: enrolment creates (or, while unconfirmed, replaces) the Secret;
 confirmation, each accepted login code and each failure update its annotation; ``mfa
@@ -245,7 +247,14 @@ class MfaStore:
         finally:
             zero(plaintext)
         metadata = secret["metadata"]
-        if step is None or step <= state.last_step:
+        if step is not None and step <= state.last_step:
+            # A spent code is no guess (whoever sends it saw it used), so it never counts
+            # toward the lockout: else replaying one copied login review locked its user
+            # out. The failures in a row stay as they were.
+            return CodeChecked(
+                Refusal("CodeReplayed", "the code was already used: wait for the next one")
+            )
+        if step is None:
             failures = state.failures + 1
             locked = failures >= MAX_FAILURES
             new = MfaState(
@@ -255,12 +264,7 @@ class MfaStore:
                 moment + int(LOCKOUT.total_seconds()) if locked else 0,
             )
             await self._write_state(name, metadata, new)
-            reason = "CodeInvalid" if step is None else "CodeReplayed"
-            message = (
-                "the code is wrong (or from another time step)"
-                if step is None
-                else "the code was already used: wait for the next one"
-            )
+            reason, message = "CodeInvalid", "the code is wrong (or from another time step)"
             if locked:
                 reason, message = "MfaLocked", f"{MAX_FAILURES} wrong codes: locked for {LOCKOUT}"
             return CodeChecked(Refusal(reason, message), locked=locked)

@@ -259,6 +259,34 @@ class UserLimits:
         return bucket.take()
 
 
+@dataclass
+class RecipientsSeen:
+    """The recipient keys of the reviews this replica answered in the last ``window``
+    seconds. A client makes a new key per review, so a repeat is a replay: someone who
+    copied a review (an API server audit log at RequestResponse level holds its body)
+    posting it straight to the gateway. The replay gets nothing it can open (the answer
+    is sealed to that key), but it would write a grant into the caller's audit trail
+    and, for a login, count the used code as a failure again: five replays locked the
+    caller out. ``window`` covers a certificate proof's freshness (2 min) either side."""
+
+    window: float = 240.0
+    max_remembered: int = 100_000
+    clock: Callable[[], float] = time.monotonic
+    _seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
+
+    def first(self, key: bytes) -> bool:
+        now = self.clock()
+        while self._seen and (
+            len(self._seen) >= self.max_remembered
+            or now - next(iter(self._seen.values())) > self.window
+        ):
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+
 class AccessReviews:
     """Answers KeyAccessReviews from the broker's caches and material source."""
 
@@ -276,6 +304,10 @@ class AccessReviews:
         self.broker = broker
         self.events = events
         self.limits = limits or UserLimits()
+        """Per user name *as sent from one peer address*: the limit is taken before the
+        proof is checked, and an AdmissionReview posted straight to the gateway names any
+        user it likes, so a bucket per user name alone let any pod keep that user
+        rate-limited; the API server's calls come from its own address."""
         self.now = now
         self.mfa = mfa
         self.proofs = proofs
@@ -284,6 +316,7 @@ class AccessReviews:
         self._tokens: AccessTokens | None = None
         self._cluster_key: RecipientPrivateKey | None = None
         self._keys_lock = asyncio.Lock()
+        self.recipients = RecipientsSeen()
 
     async def tokens(self) -> AccessTokens:
         """The token issuer, keyed by the controller's fingerprint key (opened once)."""
@@ -395,19 +428,23 @@ class AccessReviews:
             review = decode_review(body)
         except NotAdmissionReview as exc:
             return web.Response(status=400, text=str(exc))
-        answer, outcome = await self.answer(review, started)
+        answer, outcome = await self.answer(review, started, peer=request.remote or "")
         _log.info(
             "access",
             uid=review.uid,
             namespace=review.namespace,
             user=review.caller.username[:128],
+            peer=request.remote or "",
             outcome=outcome,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return web.Response(body=answer, content_type="application/json")
 
-    async def answer(self, review: ReviewRequest, started: float) -> tuple[bytes, str]:
-        """The AdmissionReview answer and a one-word outcome for the log line."""
+    async def answer(
+        self, review: ReviewRequest, started: float, *, peer: str = ""
+    ) -> tuple[bytes, str]:
+        """The AdmissionReview answer and a one-word outcome for the log line; ``peer``
+        is the address the review came from (the API server's, unless forged)."""
         if (
             review.operation != "CREATE"
             or review.group != wire.GROUP
@@ -431,7 +468,7 @@ class AccessReviews:
             return _admission(
                 review, status=None, code=503, message="the gateway is not ready yet; try again"
             ), "not-ready"
-        wait = self.limits.take(review.caller.username)
+        wait = self.limits.take(f"{peer} {review.caller.username}")
         if wait > 0:
             message = f"too many key access reviews for this user; try again in {wait:.0f} s"
             self._audit(review, None, Refusal("RateLimited", message), started, "read")
@@ -443,7 +480,14 @@ class AccessReviews:
             return _admission(review, status=None, code=400, message=str(exc)), "bad-request"
         refusal = await self._check_proof(review, spec)
         if refusal is not None:
-            return self._refused(review, spec, refusal, started), refusal.reason
+            # No Event: the user name is only what the unproven review claims.
+            return self._refused(review, spec, refusal, started, event=False), refusal.reason
+        if spec.recipient is not None and not self.recipients.first(spec.recipient.public_key):
+            refusal = Refusal(
+                "ReviewReplayed",
+                "this review's recipientKey was used before: a client makes a new one per review",
+            )
+            return self._refused(review, spec, refusal, started, event=False), refusal.reason
         if spec.operation in wire.MFA_OPERATIONS:
             return await self._mfa(review, spec, started)
         checked = await self._caller(review, spec)
@@ -635,10 +679,20 @@ class AccessReviews:
             zero(plaintext)
 
     def _refused(
-        self, review: ReviewRequest, spec: wire.ReviewSpec, refusal: Refusal, started: float
+        self,
+        review: ReviewRequest,
+        spec: wire.ReviewSpec,
+        refusal: Refusal,
+        started: float,
+        *,
+        event: bool = True,
     ) -> bytes:
         record = self._audit(review, spec, refusal, started, spec.operation)
-        view = self.broker.caches.apikeys.get(review.namespace, spec.key) if spec.key else None
+        view = (
+            self.broker.caches.apikeys.get(review.namespace, spec.key)
+            if spec.key and event
+            else None
+        )
         if view is not None:
             self.events.post(
                 (view.namespace, view.name, view.uid),
