@@ -385,6 +385,70 @@ def test_a_read_and_a_refusal_leave_events_on_the_apikey(
     eventually(lambda: "KeyReadDenied" in reasons(OTHER), 30, "KeyReadDenied on other")
 
 
+def test_a_keyrole_granting_rotate_lets_a_user_without_rbac_rotate_through_the_gateway(
+    gateway: GatewayProcess,
+    kube: Target,
+    admin_api: client.ApiClient,
+    csr_user: Path,
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    """erin may not patch ApiKeys (RBAC) but a KeyRole grants her rotate: `secure-keys
+    rotate` asks the gateway, which sets the annotation; the controller rotates and
+    echoes the value. alice, whose roles grant read only, is refused and told why."""
+    create_object(
+        admin_api,
+        keys,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": "rotated"},
+            "spec": {"source": {"generate": {"length": 32}}},
+        },
+    )
+    rotators = _keyrole("rotated-oncall", [{"kind": "User", "name": "erin"}], ["rotated"])
+    rotators["spec"]["permissions"] = ["rotate"]
+    create_object(admin_api, keys, "keyroles", rotators)
+    before = wait_ready(admin_api, keys, "rotated")["status"]["currentVersion"]
+    erin = access.csr_user_kubeconfig(kube.kubeconfig, "erin", (), tmp_path / "erin")
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    def rotated() -> bool:  # retried while the gateway's caches learn the new role
+        done.append(_cli(erin, "rotate", "rotated", namespace=keys))
+        return done[-1].returncode == 0
+
+    eventually(rotated, 30, "erin's rotation accepted")
+    out = done[-1].stdout.decode()
+    assert "granted by KeyRole rotated-oncall" in out, out
+    value = out.split("requested (", 1)[1].split(",", 1)[0]
+    custom = client.CustomObjectsApi(admin_api)
+
+    def honoured() -> bool:
+        status = custom.get_namespaced_custom_object(GROUP, VERSION, keys, "apikeys", "rotated")[
+            "status"
+        ]
+        return bool(
+            status.get("lastRotationRequest") == value and status["currentVersion"] > before
+        )
+
+    eventually(honoured, 60, "the controller honours the gateway's request")
+    refused = _cli(csr_user, "rotate", CANARY_NAME, namespace=keys)
+    assert refused.returncode == 1
+    message = refused.stderr.decode()
+    assert "RotateNotGranted" in message
+    assert "canary-readers names you without rotate" in message
+    assert "Traceback" not in message
+    core = client.CoreV1Api(admin_api)
+
+    def reasons(name: str) -> set[str]:
+        events = core.list_namespaced_event(keys, field_selector=f"involvedObject.name={name}")
+        return {e.reason for e in events.items if e.involved_object.kind == "ApiKey"}
+
+    eventually(lambda: "RotationRequested" in reasons("rotated"), 30, "RotationRequested")
+    eventually(lambda: "KeyRotateDenied" in reasons(CANARY_NAME), 30, "KeyRotateDenied")
+
+
 def test_the_canary_is_on_stdout_and_nowhere_else(
     gateway: GatewayProcess,
     kube: Target,

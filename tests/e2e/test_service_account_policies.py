@@ -515,3 +515,79 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
     for what, status in attacks.items():
         assert "only status.rollout" in _refused(lambda s=status: patch(s)), what  # type: ignore[misc]
     patch({**rollout, "conditions": [rolled_out]}, dry_run=False)  # the rollout itself: allowed
+
+
+# -- what the gateway may change in an ApiKey itself ---------------------------------------
+
+
+def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
+    admin_api: client.ApiClient, namespace: str, crds: None, self_policy: None
+) -> None:
+    """gateway-broker-rbac.yaml grants `patch` on apikeys so that a KeyRole's rotate
+    grantee can ask for a rotation through the gateway (docs/access.md); the policy keeps
+    the spec, labels, finalizers and every other annotation out of reach."""
+    rbac = client.RbacAuthorizationV1Api(admin_api)
+    name = f"gateway-rotate-{namespace}"
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "rules": [
+                {"apiGroups": ["securekeys.io"], "resources": ["apikeys"], "verbs": ["patch"]},
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": SYSTEM}],
+        },
+    )
+    custom = client.CustomObjectsApi(admin_api)
+    custom.create_namespaced_custom_object(
+        "securekeys.io", "v1alpha1", namespace, "apikeys",
+        {"apiVersion": "securekeys.io/v1alpha1", "kind": "ApiKey",
+         "metadata": {"name": "k", "labels": {"team": "payments"},
+                      "annotations": {"keep": "me"}},
+         "spec": {"source": {"generate": {"length": 32}}}},
+    )  # fmt: skip
+    gateway = client.CustomObjectsApi(_as(admin_api, GATEWAY))
+
+    def patch(body: dict[str, Any], dry_run: bool = True) -> Any:
+        kwargs = {"dry_run": "All"} if dry_run else {}
+        return gateway.patch_namespaced_custom_object(
+            "securekeys.io", "v1alpha1", namespace, "apikeys", "k", body, **kwargs
+        )
+
+    def annotations(values: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"annotations": values}}
+
+    request = annotations({"securekeys.io/rotate-requested-at": "2026-12-07T00:00:00Z-abc123"})
+    eventually(lambda: _accepted(lambda: patch(request)), what="the rotation request accepted")
+    attacks: dict[str, dict[str, Any]] = {
+        "change the source": {"spec": {"source": {"generate": {"length": 16}}}},
+        "move it to another KMS": {"spec": {"kms": {"provider": "local", "keyId": "other"}}},
+        "relabel it into a role": {"metadata": {"labels": {"team": "everyone"}}},
+        "hold it with a finalizer": {"metadata": {"finalizers": ["example.com/hold"]}},
+        "end a version's grace": annotations({"securekeys.io/grace-ended-through": "9"}),
+        "drop another annotation": annotations({"keep": None}),
+        "request and relabel at once": {
+            **request,
+            "metadata": {**request["metadata"], "labels": {"team": "everyone"}},
+        },
+    }
+    first = next(iter(attacks.values()))
+    eventually(
+        lambda: "only the annotation" in _refused(lambda: patch(first)),
+        what="the policy enforced",
+    )
+    for what, body in attacks.items():
+        assert "only the annotation" in _refused(lambda b=body: patch(b)), what  # type: ignore[misc]
+    patch(request, dry_run=False)  # the rotation request itself: allowed
+    stored = custom.get_namespaced_custom_object(
+        "securekeys.io", "v1alpha1", namespace, "apikeys", "k"
+    )
+    assert stored["metadata"]["annotations"]["securekeys.io/rotate-requested-at"].endswith("abc123")
+    assert stored["metadata"]["annotations"]["keep"] == "me"

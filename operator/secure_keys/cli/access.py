@@ -174,6 +174,27 @@ def read_key(
     return ReadKey(plaintext, key, answer.audit_id)
 
 
+def request_rotation(
+    target: kubeapi.Target,
+    namespace: str,
+    name: str,
+    *,
+    client: str = "secure-keys-cli/rotate",
+    token: login.HeldToken | None = None,
+) -> wire.ReviewAnswer:
+    """Ask the gateway for a rotation of ``namespace/name`` as a KeyRole's ``rotate``
+    grantee; the answer's ``rotation_request`` is the annotation value it set."""
+    binding = RecipientPrivateKey.generate().public()
+    spec = wire.ReviewSpec(
+        "rotate",
+        key=name,
+        recipient=binding,
+        client=client,
+        sealed_token=login.sealed_token(target, namespace, binding, token),
+    )
+    return review(target, namespace, spec)
+
+
 def _write_private(path: Path, data: bytearray) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "wb") as out:

@@ -18,6 +18,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from secure_keys.cli import seal as seal_cmd
 from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, MIN_ITERATIONS
@@ -26,7 +27,9 @@ from secure_keys.core.stamps import format_stamp
 from secure_keys.store import totp
 from secure_keys.store.errors import StoreError
 from secure_keys.store.layout import FILE_MODE, default_store_dir
-from secure_keys.store.local import LocalStore
+
+if TYPE_CHECKING:
+    from secure_keys.store.local import LocalStore
 
 __all__ = ["COMMANDS", "add_arguments", "open_store"]
 
@@ -73,6 +76,13 @@ def _password(
     return _first_line(path, what) if path is not None else _prompt(what)
 
 
+def _store_class() -> type[LocalStore]:
+    """The store, imported when a local command runs (a cluster ``get`` never loads it)."""
+    from secure_keys.store.local import LocalStore
+
+    return LocalStore
+
+
 def open_store(args: argparse.Namespace) -> LocalStore:
     """Open the store, asking for a password only if its KMS needs one."""
     directory = _store_dir(args)
@@ -90,7 +100,7 @@ def open_store(args: argparse.Namespace) -> LocalStore:
             )
             code = raw.decode("ascii", "replace")
             zero(raw)
-        return LocalStore.open(directory, password=password, mfa_token=code)
+        return _store_class().open(directory, password=password, mfa_token=code)
     finally:
         if password is not None:
             zero(password)
@@ -139,7 +149,7 @@ def _init(args: argparse.Namespace) -> int:
         options.setdefault("create", "true")
     secret = totp.new_secret() if args.totp_secret_out is not None else None
     try:
-        store = LocalStore.init(
+        store = _store_class().init(
             directory,
             kms_provider=args.kms,
             kms_key_id=args.kms_key_id or ("secure-keys-store" if args.kms == "keychain" else None),
@@ -222,7 +232,7 @@ def _passwd(args: argparse.Namespace) -> int:
     try:
         new = _password(args, attr="new_password_file", what="new password")
         try:
-            with LocalStore.open(
+            with _store_class().open(
                 _store_dir(args), password=current, mfa_token=_totp_code(args)
             ) as store:
                 store.change_password(current, new, iterations=args.iterations)

@@ -212,8 +212,9 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
                 return rollout_cmd.run(args)
             target = kubeapi.load_target(args.kubeconfig)
             namespace = args.namespace or target.namespace
-            value = rotate_cmd.rotate(args.name, namespace, target)
-            print(f"rotation of {namespace}/{args.name} requested ({value})")
+            requested = rotate_cmd.rotate(args.name, namespace, target)
+            how = f", {requested.granted_by}" if requested.granted_by else ""
+            print(f"rotation of {namespace}/{args.name} requested ({requested.value}{how})")
             return 0
         if args.command in ("rollout", "revoke"):
             return rollout_cmd.run(args)
@@ -226,6 +227,12 @@ def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) 
             print(
                 f"  (reading ConfigMap {args.controller_namespace}/{RECIPIENT_CONFIGMAP}: is "
                 "the controller running, and may you read it? Or pass --recipient-file)",
+                file=sys.stderr,
+            )
+        if args.command == "rotate" and getattr(args, "wait", False) and exc.status == 403:
+            print(
+                "  (--wait follows the ApiKey's status: it needs get on apikeys, which a "
+                "KeyRole's rotate does not give; the rotation may have been requested)",
                 file=sys.stderr,
             )
         return 1

@@ -210,9 +210,9 @@ def wait_rollout(
 
 def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> int:
     started = time.monotonic()
-    value = rotate_cmd.rotate(args.name, namespace, target)
+    requested = rotate_cmd.rotate(args.name, namespace, target)
     waited = wait_rollout(
-        lambda: read(target, namespace, args.name), value, args.timeout, started=started
+        lambda: read(target, namespace, args.name), requested.value, args.timeout, started=started
     )
     _emit(args, waited.to_json(), waited.text(), error=not waited.ok)
     return 0 if waited.ok else 1

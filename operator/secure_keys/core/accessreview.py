@@ -8,10 +8,13 @@ object as the gateway patched it; nothing is stored (docs/access.md).
 
 ``spec`` (the caller's question):
 
-* ``operation``: ``read`` (one key) or ``list`` (the keys the caller may read or list);
-* ``key``, and optionally ``version`` or ``previous``, for ``read``;
+* ``operation``: ``read`` (one key), ``list`` (the keys the caller may read or list) or
+  ``rotate`` (ask for one rotation of a key now, for a caller a KeyRole grants
+  ``rotate``: the gateway sets the ApiKey's rotate-requested-at annotation);
+* ``key``, and optionally ``version`` or ``previous``, for ``read``; ``key`` for ``rotate``;
 * ``recipientKey``: base64 of a 32-byte X25519 public key that exists only in the
-  caller's process, for ``read``: the material comes back sealed to it;
+  caller's process, for ``read``: the material comes back sealed to it (``rotate`` sends
+  one too: it binds the proof and token, and a replayed review is refused by it);
 * ``client``: what the caller says it is (``secure-keys-cli/get``), for the audit record;
 * ``sealedToken``: the access token from ``secure-keys login`` (any operation), and
   ``sealedCode``: a TOTP code (``confirm``, ``login``). Both are sealed to the cluster's
@@ -35,8 +38,9 @@ need a ``recipientKey``, as ``read`` does.
 
 ``status`` (the gateway's answer, patched in whole): ``allowed``, ``reason``
 (CamelCase), ``message`` (what would grant it, when refused), ``auditId`` (the audit
-record's ``<chain>:<seq>``), and ``key`` (one ``AnsweredKey`` with the sealed material)
-or ``keys`` (``ListedKey``s, never material).
+record's ``<chain>:<seq>``), and ``key`` (one ``AnsweredKey`` with the sealed material),
+``keys`` (``ListedKey``s, never material) or ``rotationRequest`` (the annotation value a
+granted ``rotate`` set, which the controller echoes in ``status.lastRotationRequest``).
 
 Both sides parse here, strictly and with size limits, into frozen objects. Sealing the
 answer uses ``core.sealing`` with the name ``<apikey>.v<version>`` in the key's
@@ -64,8 +68,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "KeyAccessReview"
 PLURAL = "keyaccessreviews"
 
-Operation = Literal["read", "list", "enroll", "confirm", "login"]
-OPERATIONS: tuple[Operation, ...] = ("read", "list", "enroll", "confirm", "login")
+Operation = Literal["read", "list", "rotate", "enroll", "confirm", "login"]
+OPERATIONS: tuple[Operation, ...] = ("read", "list", "rotate", "enroll", "confirm", "login")
 MFA_OPERATIONS = frozenset({"enroll", "confirm", "login"})
 MAX_SEALED_INPUT = 8192
 """A sealed TOTP code or access token (a token is under 1 KiB)."""
@@ -259,7 +263,9 @@ def _parse_spec(spec: object) -> ReviewSpec:
         raise ReviewInvalid("a KeyAccessReview needs a spec")
     operation = spec.get("operation")
     if operation not in OPERATIONS:
-        raise ReviewInvalid(f"spec.operation must be read or list (got {_prefix(operation)})")
+        raise ReviewInvalid(
+            f"spec.operation must be one of {', '.join(OPERATIONS)} (got {_prefix(operation)})"
+        )
     client = spec.get("client", "")
     if not isinstance(client, str) or len(client) > MAX_CLIENT:
         raise ReviewInvalid(f"spec.client must be text of at most {MAX_CLIENT} characters")
@@ -283,6 +289,16 @@ def _parse_spec(spec: object) -> ReviewSpec:
             sealed_code=code if operation != "enroll" else "",
         )
     key = _key_name(spec.get("key"), "spec.key")
+    if operation == "rotate":
+        if spec.get("version") is not None or spec.get("previous", False) is not False:
+            raise ReviewInvalid("spec.version and spec.previous are for read, not rotate")
+        return ReviewSpec(
+            "rotate",
+            key=key,
+            recipient=_recipient(raw_recipient),
+            client=client,
+            sealed_token=token,
+        )
     version = spec.get("version")
     if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
         raise ReviewInvalid(f"spec.version must be a version number (got {_prefix(version)})")
@@ -395,6 +411,7 @@ class ReviewAnswer:
     key: AnsweredKey | None = None
     keys: tuple[ListedKey, ...] = ()
     secret: AnsweredSecret | None = None
+    rotation_request: str = ""
 
     def to_json(self) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -410,6 +427,8 @@ class ReviewAnswer:
             status["keys"] = [k.to_json() for k in self.keys]
         if self.secret is not None:
             status["secret"] = self.secret.to_json()
+        if self.rotation_request:
+            status["rotationRequest"] = self.rotation_request
         return status
 
 
@@ -479,6 +498,7 @@ def parse_answer(status: object) -> ReviewAnswer:
         key=key,
         keys=tuple(keys),
         secret=secret,
+        rotation_request=str(status.get("rotationRequest") or "")[:MAX_NAME],
     )
 
 

@@ -3,14 +3,16 @@
 Status fields, conditions and Events carry times as RFC 3339 in UTC to the second
 (``2026-12-02T03:00:00Z``); integrity tags (``core.integrity``) cover a time in exactly
 this form. The controller writes it and the gateway's broker recomputes it from a
-parsed time to check a tag, so both take it from here.
+parsed time to check a tag, so both take it from here. So is the value of a rotation
+request (the rotate-requested-at annotation), which the CLI and the gateway both write.
 """
 
 from __future__ import annotations
 
 import datetime
+import secrets
 
-__all__ = ["format_stamp", "parse_stamp"]
+__all__ = ["format_stamp", "parse_stamp", "rotation_request"]
 
 
 def format_stamp(value: datetime.datetime) -> str:
@@ -27,3 +29,9 @@ def parse_stamp(text: str) -> datetime.datetime:
     if value.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
     return value.astimezone(datetime.UTC)
+
+
+def rotation_request(now: datetime.datetime) -> str:
+    """A rotate-requested-at value no earlier request can have had: the time and a
+    random suffix (two requests in one second are two rotations)."""
+    return f"{format_stamp(now)}-{secrets.token_hex(3)}"

@@ -263,11 +263,16 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     from secure_keys.gateway.broker.material import CachedProviders, KubeSecrets, MaterialSource
     from secure_keys.gateway.broker.stream import BrokerSettings
     from secure_keys.gateway.broker.tokenreview import KubeTokenReviews, TokenReviewer
-    from secure_keys.kube.client import EVENTS
+    from secure_keys.kube.client import APIKEYS, EVENTS
+    from secure_keys.kube.names import ROTATE_ANNOTATION
 
     class _Events:
         async def create_event(self, namespace: str, body: dict[str, object]) -> None:
             await api.create(EVENTS, namespace, body)
+
+    async def request_rotation(namespace: str, name: str, value: str) -> None:
+        patch = {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}}
+        await api.patch(APIKEYS, namespace, name, patch)
 
     providers = CachedProviders(
         KmsSettings.load(options.kms_config),
@@ -320,11 +325,16 @@ def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> Acces
     from secure_keys.gateway.access.mfa import MfaStore
     from secure_keys.gateway.access.proof import ProofChecker
     from secure_keys.gateway.access.reviews import KeyEvents
-    from secure_keys.kube.client import EVENTS
+    from secure_keys.kube.client import APIKEYS, EVENTS
+    from secure_keys.kube.names import ROTATE_ANNOTATION
 
     class _Events:
         async def create_event(self, namespace: str, body: dict[str, object]) -> None:
             await api.create(EVENTS, namespace, body)
+
+    async def request_rotation(namespace: str, name: str, value: str) -> None:
+        patch = {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}}
+        await api.patch(APIKEYS, namespace, name, patch)
 
     material = broker.material
     mfa = MfaStore(api, material.controller_namespace, material.default_kms, material.run_off_loop)
@@ -334,6 +344,7 @@ def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> Acces
         mfa=mfa,
         token_lifetime=timedelta(seconds=options.access_token_ttl),
         proofs=ProofChecker(api.request),
+        rotations=request_rotation,
     )
 
 

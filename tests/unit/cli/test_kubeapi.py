@@ -58,6 +58,7 @@ def server() -> Iterator[FakeApiServer]:
 
         do_GET = _answer  # noqa: N815 - http.server's naming
         do_PATCH = _answer  # noqa: N815
+        do_POST = _answer  # noqa: N815
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             pass
@@ -180,6 +181,61 @@ def test_rotate_patches_the_annotation_in_the_context_namespace(
     assert headers["Content-Type"] == "application/merge-patch+json"
     value = json.loads(body)["metadata"]["annotations"][ROTATE_ANNOTATION]
     assert out == f"rotation of from-context/api requested ({value})\n"
+
+
+REVIEWS_PATH = "/apis/securekeys.io/v1alpha1/namespaces/from-context/keyaccessreviews"
+FORBIDDEN = {"kind": "Status", "reason": "Forbidden", "message": "cannot patch apikeys"}
+
+
+def _forbidden_patch(server: FakeApiServer) -> None:
+    path = "/apis/securekeys.io/v1alpha1/namespaces/from-context/apikeys/api"
+    server.routes[("PATCH", path)] = (403, FORBIDDEN)
+    _publish(server, RecipientPrivateKey.generate())
+
+
+def test_rotate_without_rbac_asks_the_gateway_through_a_review(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone RBAC does not let patch the ApiKey asks the gateway (a KeyRole's rotate):
+    a dry-run KeyAccessReview of operation rotate, with a proof of the caller's token."""
+    _forbidden_patch(server)
+    answer = {
+        "allowed": True,
+        "reason": "RotationRequested",
+        "message": "granted by KeyRole payments-oncall",
+        "rotationRequest": "2026-12-07T10:00:00Z-0a1b2c",
+    }
+    server.routes[("POST", f"{REVIEWS_PATH}?dryRun=All")] = (200, {"status": answer})
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 0
+    out, _ = capsys.readouterr()
+    assert out == (
+        "rotation of from-context/api requested (2026-12-07T10:00:00Z-0a1b2c, granted by "
+        "KeyRole payments-oncall)\n"
+    )
+    [review] = [json.loads(b) for m, _, _, b in server.requests if m == "POST"]
+    assert review["kind"] == "KeyAccessReview"
+    assert review["spec"]["operation"] == "rotate"
+    assert review["spec"]["key"] == "api"
+    assert review["spec"]["proof"]["kind"] == "token"
+    assert TOKEN not in json.dumps(review)  # the token goes sealed
+
+
+def test_rotate_refused_by_rbac_and_every_role_exits_1_saying_what_would_grant_it(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _forbidden_patch(server)
+    refusal = {
+        "allowed": False,
+        "reason": "RotateNotGranted",
+        "message": "patch on apikeys (Kubernetes RBAC), or a KeyRole ... would grant it",
+    }
+    server.routes[("POST", f"{REVIEWS_PATH}?dryRun=All")] = (200, {"status": refusal})
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    assert cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"]) == 1
+    _, err = capsys.readouterr()
+    assert "refused: RotateNotGranted: patch on apikeys (Kubernetes RBAC)" in err
+    assert "Traceback" not in err
 
 
 def test_rotate_of_a_missing_key_exits_1(

@@ -28,7 +28,14 @@ def test_a_read_spec_round_trips() -> None:
     ("spec", "says"),
     [
         (None, "needs a spec"),
-        ({"operation": "delete"}, "read or list"),
+        ({"operation": "delete"}, "one of read, list, rotate"),
+        ({"operation": "rotate", "recipientKey": RECIPIENT_B64}, "spec.key"),
+        ({"operation": "rotate", "key": "k"}, "recipientKey"),
+        ({"operation": "rotate", "key": "k", "version": 2, "recipientKey": RECIPIENT_B64}, "read"),
+        (
+            {"operation": "rotate", "key": "k", "previous": True, "recipientKey": RECIPIENT_B64},
+            "not rotate",
+        ),
         ({"operation": "read", "recipientKey": RECIPIENT_B64}, "spec.key"),
         ({"operation": "read", "key": "../x", "recipientKey": RECIPIENT_B64}, "spec.key"),
         ({"operation": "read", "key": "k"}, "recipientKey"),
@@ -75,6 +82,15 @@ def test_an_answer_opens_only_as_the_key_version_and_namespace_it_was_sealed_for
 def test_an_unanswered_review_says_the_webhook_is_missing() -> None:
     with pytest.raises(wire.ReviewInvalid, match="access webhook"):
         wire.parse_answer(None)
+
+
+def test_a_rotate_spec_round_trips_and_its_answer_names_the_request() -> None:
+    spec = wire.ReviewSpec("rotate", key="stripe", recipient=PRIVATE.public(), client="x")
+    assert wire.parse_spec(spec.to_json()) == spec
+    value = "2026-01-01T00:00:00Z-ab"
+    answer = wire.ReviewAnswer(True, "RotationRequested", "by r", rotation_request=value)
+    assert answer.to_json()["rotationRequest"] == value
+    assert wire.parse_answer(answer.to_json()) == answer
 
 
 def test_an_answer_round_trips() -> None:

@@ -11,7 +11,14 @@ import pytest
 
 from secure_keys.core.accessreview import ReviewSpec
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.gateway.access.decide import Caller, ReadGrant, decide_list, decide_read
+from secure_keys.gateway.access.decide import (
+    Caller,
+    ReadGrant,
+    RotateGrant,
+    decide_list,
+    decide_read,
+    decide_rotate,
+)
 from secure_keys.gateway.broker.policy import (
     BrokerRole,
     DeliveryKeyView,
@@ -227,3 +234,47 @@ def test_list_shows_the_keys_a_role_lets_the_caller_read_or_list() -> None:
     assert [(k.name, k.permissions) for k in listed] == [("stripe", ("list",))]
     assert [v.fingerprint for v in listed[0].versions] == ["f1", "f2"]
     assert decide_list(Caller("mallory", ()), NS, KEYS, roles) == ()
+
+
+def _rotate(caller: Caller, *roles: BrokerRole, key: str = "stripe") -> RotateGrant | Refusal:
+    spec = ReviewSpec("rotate", key=key, recipient=RECIPIENT)
+    return decide_rotate(caller, spec, NS, KEYS, roles, MONDAY_NOON)
+
+
+def test_rotate_is_granted_only_by_a_role_holding_rotate() -> None:
+    alice = [{"kind": "User", "name": "alice"}]
+    reader = _role(alice, {"names": ["stripe"]}, name="reader")
+    refused = _rotate(ALICE, reader)
+    assert isinstance(refused, Refusal)
+    assert refused.reason == "RotateNotGranted"
+    assert "reader names you without rotate" in refused.message
+    assert "patch on apikeys (Kubernetes RBAC)" in refused.message
+    rotator = _role(alice, {"names": ["stripe"]}, permissions=("rotate",), name="oncall")
+    granted = _rotate(ALICE, reader, rotator)
+    assert isinstance(granted, RotateGrant)
+    assert (granted.view.name, granted.roles) == ("stripe", ("oncall",))
+    other_key = _rotate(ALICE, rotator, key="github")
+    assert isinstance(other_key, Refusal)
+    assert other_key.reason == "RotateNotGranted"
+
+
+def test_rotate_keeps_the_roles_mfa_window_and_no_existence_oracle() -> None:
+    alice = [{"kind": "User", "name": "alice"}]
+    mfa = _role(alice, {"names": ["stripe"]}, ("rotate",), access={"requireMFA": True})
+    refused = _rotate(ALICE, mfa)
+    assert isinstance(refused, Refusal)
+    assert refused.reason == "MfaRequired"
+    granted = _rotate(Caller("alice", ("devs",), mfa=True), mfa)
+    assert isinstance(granted, RotateGrant)
+    assert granted.mfa_used
+    closed = {"timeWindows": [{"days": ["Sat"], "start": "09:00", "end": "17:00"}]}
+    shut = _rotate(ALICE, _role(alice, {"names": ["stripe"]}, ("rotate",), access=closed))
+    assert isinstance(shut, Refusal)
+    assert shut.reason == "OutsideTimeWindow"
+    missing, unnamed = _rotate(ALICE, key="nope"), _rotate(ALICE, key="stripe")
+    assert isinstance(missing, Refusal)
+    assert isinstance(unnamed, Refusal)
+    assert missing.reason == unnamed.reason == "RotateNotGranted"
+    named = _rotate(ALICE, _role(alice, {"names": ["nope"]}, ("rotate",)), key="nope")
+    assert isinstance(named, Refusal)
+    assert named.reason == "KeyNotFound"

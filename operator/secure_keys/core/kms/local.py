@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from secure_keys.core.aead import KEY_SIZE, NONCE_SIZE, TAG_SIZE, AeadKey, AuthenticationFailed
 from secure_keys.core.binding import MAX_VERSION, WrapContext, length_prefixed
 from secure_keys.core.errors import KmsCorrupt, KmsDenied
@@ -50,8 +48,6 @@ _KEY_ID = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 _WRAP_HEADER = bytes((WRAP_FORMAT,))
 _AAD_MEMO_LIMIT = 256
 _VERSION_TEXT = re.compile(r"[1-9][0-9]{0,9}\Z")
-
-_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +259,9 @@ class LocalKms:
                 keyring.key_id,
                 f"no password given opens the newest KEK version {keyring.newest.version}",
             )
-        _log.info(
+        import structlog  # off the import path of `secure-keys get`, which never unlocks
+
+        structlog.get_logger(__name__).info(
             "kms.local.unlocked",
             key_id=keyring.key_id,
             unlocked=sorted(keks),

@@ -1,12 +1,12 @@
-"""Pure decisions for a person or pipeline: may this caller read or list a key, now.
+"""Pure decisions for a person or pipeline: may this caller read, list or rotate a key, now.
 
 The caller is what the API server authenticated (``userInfo``: user name and groups);
 a KeyRole grants to it when a subject names the user, one of its groups or, for a
 ServiceAccount's user name, the ServiceAccount (``kube.keyroles.binds_user``), the role
 is in the key's namespace, covers the key and holds the permission (``read`` for a
-read; ``read`` or ``list`` for a list). ``access`` applies as for pods, with one
-difference: a role with ``requireMFA`` grants to a caller whose review carried a token
-that completed MFA (``Caller.mfa``), and to no one else.
+read; ``read`` or ``list`` for a list; ``rotate`` for a rotation request). ``access``
+applies as for pods, with one difference: a role with ``requireMFA`` grants to a caller
+whose review carried a token that completed MFA (``Caller.mfa``), and to no one else.
 
 A refusal names what would grant it. It never says whether a key exists to a caller
 that no role names for that key (no existence oracle beyond what RBAC shows).
@@ -44,6 +44,13 @@ class Caller:
         shown = [g for g in self.groups if g != "system:authenticated"][:5]
         groups = f" (groups {', '.join(shown)})" if shown else ""
         return f'user "{self.username}"{groups}'
+
+
+@dataclass(frozen=True)
+class RotateGrant:
+    view: DeliveryKeyView
+    roles: tuple[str, ...]
+    mfa_used: bool
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,56 @@ def decide_read(
         expires_at=expires,
         roles=tuple(sorted(r.name for _, r in leases)),
         mfa_used=caller.mfa and any(r.require_mfa for _, r in leases),
+    )
+
+
+def decide_rotate(
+    caller: Caller,
+    spec: ReviewSpec,
+    namespace: str,
+    apikeys: Mapping[str, DeliveryKeyView],
+    roles: Iterable[BrokerRole],
+    now: datetime,
+) -> RotateGrant | Refusal:
+    """May ``caller`` ask for a rotation of ``spec.key`` now. The same gates as a read
+    (the role's subjects and keys, ``requireMFA``, ``timeWindows``) with ``rotate`` in
+    place of ``read``; the answer never says whether an unnamed key exists."""
+    view = apikeys.get(spec.key)
+    labels = view.labels if view is not None else {}
+    naming = roles_naming(caller, namespace, spec.key, labels, roles)
+    rotators = [r for r in naming if "rotate" in r.rules.permissions]
+    if not rotators:
+        extra = ""
+        if naming:
+            names = ", ".join(sorted(r.name for r in naming))
+            extra = f" (KeyRole {names} names you without rotate)"
+        return Refusal(
+            "RotateNotGranted",
+            f'{caller.describe()} may not rotate ApiKey "{spec.key}" in namespace '
+            f'"{namespace}"{extra}: patch on apikeys (Kubernetes RBAC), or a KeyRole there '
+            f'with this user or one of its groups as a subject, "{spec.key}" in its keys and '
+            "rotate in its permissions would grant it",
+        )
+    if view is None or view.deleting:
+        return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')
+    usable = [r for r in rotators if caller.mfa or not r.require_mfa]
+    if not usable:
+        return Refusal(
+            "MfaRequired",
+            f'every KeyRole granting rotate of "{spec.key}" requires MFA '
+            f"({', '.join(sorted(r.name for r in rotators))}): run `secure-keys login` "
+            "with a TOTP code, then try again",
+        )
+    open_now = [r for r in usable if _lease(r, now) is not None]
+    if not open_now:
+        return Refusal(
+            "OutsideTimeWindow",
+            f'no time window of a KeyRole granting rotate of "{spec.key}" is open now',
+        )
+    return RotateGrant(
+        view=view,
+        roles=tuple(sorted(r.name for r in open_now)),
+        mfa_used=caller.mfa and any(r.require_mfa for r in open_now),
     )
 
 

@@ -14,7 +14,9 @@ MutatingWebhookConfiguration matches that resource only). In order:
    API server authenticated, since anyone who reaches the gateway could post a forged
    AdmissionReview naming any user;
 5. decide (``decide``), open the granted version (``broker.material``), seal it to the
-   caller's ephemeral key and zero the plaintext;
+   caller's ephemeral key and zero the plaintext; for a granted ``rotate``, set the
+   ApiKey's rotate-requested-at annotation (``RequestRotation``: the gateway's own
+   ServiceAccount, which a ValidatingAdmissionPolicy lets change that annotation only);
 6. write one chained audit record and an aggregated Event on the ApiKey, and answer with
    a JSON patch that sets ``status``. Grants and refusals alike are *admitted*: the
    answer is the status, as with a SelfSubjectAccessReview.
@@ -30,7 +32,7 @@ import base64
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,8 +44,15 @@ from secure_keys.core import accessreview as wire
 from secure_keys.core.errors import InvalidEnvelope, KmsError, SealedSourceInvalid
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import RecipientPrivateKey
-from secure_keys.core.stamps import format_stamp
-from secure_keys.gateway.access.decide import Caller, ReadGrant, decide_list, decide_read
+from secure_keys.core.stamps import format_stamp, rotation_request
+from secure_keys.gateway.access.decide import (
+    Caller,
+    ReadGrant,
+    RotateGrant,
+    decide_list,
+    decide_read,
+    decide_rotate,
+)
 from secure_keys.gateway.access.mfa import MfaStore
 from secure_keys.gateway.access.mfa import secret_name as mfa_secret_name
 from secure_keys.gateway.access.proof import ProofChecker
@@ -63,6 +72,10 @@ MAX_BODY = 256 * 1024
 CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 
 _log = structlog.get_logger("secure_keys.gateway.access")
+
+RequestRotation = Callable[[str, str, str], Awaitable[None]]
+"""``(namespace, apikey, value)``: set the ApiKey's rotate-requested-at annotation to
+``value`` (an ``ApiError`` when the API server refuses)."""
 
 
 class NotAdmissionReview(ValueError):
@@ -186,7 +199,8 @@ def apikey_event(
 
 class KeyEvents:
     """Events on ApiKeys, aggregated: ``KeyRead`` once per key, version and user per
-    ``interval``; Warning ``KeyReadDenied`` once per key, user and reason per
+    ``interval``; ``RotationRequested`` once per key and user per ``interval``; Warning
+    ``KeyReadDenied`` (``KeyRotateDenied``) once per key, user and reason per
     ``interval``. Fire-and-forget; a failure is logged, never raised."""
 
     def __init__(
@@ -300,8 +314,11 @@ class AccessReviews:
         mfa: MfaStore | None = None,
         token_lifetime: timedelta = DEFAULT_LIFETIME,
         proofs: ProofChecker | None = None,
+        rotations: RequestRotation | None = None,
     ) -> None:
         self.broker = broker
+        self.rotations = rotations
+        """Without one, every ``rotate`` review is refused (RotateUnavailable)."""
         self.events = events
         self.limits = limits or UserLimits()
         """Per user name *as sent from one peer address*: the limit is taken before the
@@ -500,6 +517,8 @@ class AccessReviews:
             )
         if spec.operation == "list":
             return self._list(review, spec, started), "listed"
+        if spec.operation == "rotate":
+            return await self._rotate(review, spec, started)
         return await self._read(review, spec, started)
 
     async def _mfa(
@@ -607,6 +626,51 @@ class AccessReviews:
         )
         return _admission(review, status=answer.to_json())
 
+    async def _rotate(
+        self, review: ReviewRequest, spec: wire.ReviewSpec, started: float
+    ) -> tuple[bytes, str]:
+        now = self.now()
+        decision = decide_rotate(
+            review.caller,
+            spec,
+            review.namespace,
+            self.broker.caches.apikeys.in_namespace(review.namespace),
+            self.broker.caches.roles.in_namespace(review.namespace).values(),
+            now,
+        )
+        if isinstance(decision, Refusal):
+            return self._refused(review, spec, decision, started), decision.reason
+        if self.rotations is None:
+            refusal = Refusal("RotateUnavailable", "this gateway cannot request rotations")
+            return self._refused(review, spec, refusal, started), refusal.reason
+        value = rotation_request(now)
+        view = decision.view
+        try:
+            await self.rotations(view.namespace, view.name, value)
+        except ApiError as exc:
+            refusal = Refusal(
+                "RotateFailed",
+                f"the API server refused the gateway's rotation request ({exc.status}); try again",
+            )
+            return self._refused(review, spec, refusal, started), refusal.reason
+        record = self._audit(review, spec, None, started, "rotate", rotated=decision)
+        self.events.post(
+            (view.namespace, view.name, view.uid),
+            user=review.caller.username,
+            type_="Normal",
+            reason="RotationRequested",
+            message=f"{review.caller.describe()} requested a rotation",
+            aggregate_on="rotate",
+        )
+        answer = wire.ReviewAnswer(
+            True,
+            "RotationRequested",
+            f"granted by KeyRole {', '.join(decision.roles)}",
+            audit_id=_audit_id(record),
+            rotation_request=value,
+        )
+        return _admission(review, status=answer.to_json()), "rotation-requested"
+
     async def _read(
         self, review: ReviewRequest, spec: wire.ReviewSpec, started: float
     ) -> tuple[bytes, str]:
@@ -698,7 +762,7 @@ class AccessReviews:
                 (view.namespace, view.name, view.uid),
                 user=review.caller.username,
                 type_="Warning",
-                reason="KeyReadDenied",
+                reason="KeyRotateDenied" if spec.operation == "rotate" else "KeyReadDenied",
                 message=f"{review.caller.describe()}: {refusal.reason}",
                 aggregate_on=refusal.reason,
             )
@@ -715,6 +779,7 @@ class AccessReviews:
         *,
         grant: ReadGrant | None = None,
         listed: int | None = None,
+        rotated: RotateGrant | None = None,
     ) -> dict[str, Any] | None:
         if not self.broker.ready:
             _log.info("access.unaudited", reason=refusal.reason if refusal else "")
@@ -723,8 +788,9 @@ class AccessReviews:
         key_id = f"{review.namespace}/{key}" if key else review.namespace
         if grant is not None:
             key_id += f"@{grant.version.version}"
+        used = grant or rotated
         context: dict[str, Any] = {
-            "mfa_used": grant.mfa_used if grant is not None else review.caller.mfa,
+            "mfa_used": used.mfa_used if used is not None else review.caller.mfa,
             "access_duration_ms": round((time.perf_counter() - started) * 1000, 3),
             "review_uid": review.uid,
             "groups": list(review.caller.groups[:16]),
@@ -733,8 +799,9 @@ class AccessReviews:
         if refusal is not None:
             context["reason"] = refusal.reason
             context["message"] = refusal.message[:512]
+        if used is not None:
+            context["roles"] = list(used.roles)
         if grant is not None:
-            context["roles"] = list(grant.roles)
             context["expires_at"] = format_stamp(grant.expires_at)
         if listed is not None:
             context["listed"] = listed
@@ -755,6 +822,7 @@ class AccessReviews:
 _EVENT_TYPES = {
     "read": ("key.read", "key.refused"),
     "list": ("key.listed", "key.refused"),
+    "rotate": ("key.rotation_requested", "key.refused"),
     "enroll": ("mfa.enroll_started", "mfa.enroll_refused"),
     "confirm": ("mfa.enrolled", "mfa.code_refused"),
     "login": ("auth.login", "auth.code_refused"),
