@@ -278,3 +278,27 @@ def test_rotate_keeps_the_roles_mfa_window_and_no_existence_oracle() -> None:
     named = _rotate(ALICE, _role(alice, {"names": ["nope"]}, ("rotate",)), key="nope")
     assert isinstance(named, Refusal)
     assert named.reason == "KeyNotFound"
+
+
+def test_rotate_waits_while_an_earlier_request_is_not_yet_honoured() -> None:
+    """One request at a time per key: the controller's pace bounds a grantee's rotations."""
+
+    def key(requested: str, honoured: str | None) -> DeliveryKeyView:
+        status: dict[str, Any] = {"currentVersion": 1, "versions": []}
+        if honoured is not None:
+            status["lastRotationRequest"] = honoured
+        annotations = {"securekeys.io/rotate-requested-at": requested}
+        meta = {"name": "stripe", "namespace": NS, "uid": "u", "annotations": annotations}
+        view = project_delivery_key({"metadata": meta, "spec": {}, "status": status})
+        assert view is not None
+        return view
+
+    role = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, ("rotate",))
+    spec = ReviewSpec("rotate", key="stripe", recipient=RECIPIENT)
+    for pending in (key("t2-b", "t1-a"), key("t1-a", None)):
+        refused = decide_rotate(ALICE, spec, NS, {"stripe": pending}, [role], MONDAY_NOON)
+        assert isinstance(refused, Refusal)
+        assert refused.reason == "RotationPending"
+    honoured = key("t1-a", "t1-a")
+    granted = decide_rotate(ALICE, spec, NS, {"stripe": honoured}, [role], MONDAY_NOON)
+    assert isinstance(granted, RotateGrant)

@@ -224,6 +224,14 @@ def decide_rotate(
             "OutsideTimeWindow",
             f'no time window of a KeyRole granting rotate of "{spec.key}" is open now',
         )
+    if view.rotation_pending:
+        # One request at a time: the controller's pace bounds a grantee's rotations (each
+        # archives a version, and retention destroys the oldest).
+        return Refusal(
+            "RotationPending",
+            f'ApiKey "{spec.key}" has a rotation requested and not yet done; try again once '
+            "it is (status.lastRotationRequest, `secure-keys rollout status`)",
+        )
     return RotateGrant(
         view=view,
         roles=tuple(sorted(r.name for r in open_now)),

@@ -47,7 +47,7 @@ from secure_keys.core.stamps import format_stamp
 from secure_keys.kube import annotations as ann
 from secure_keys.kube.informer import metadata_of
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
-from secure_keys.kube.names import GRACE_ENDED_ANNOTATION
+from secure_keys.kube.names import GRACE_ENDED_ANNOTATION, ROTATE_ANNOTATION
 from secure_keys.kube.rollout import Rollout, parse_rollout
 
 DEFAULT_LEASE = timedelta(hours=1)
@@ -198,6 +198,9 @@ class DeliveryKeyView:
     rollout: Rollout = dataclasses.field(default_factory=lambda: Rollout(None, {}))
     """``status.rollout`` as stored (``kube.rollout``, written by the gateways)."""
     conditions: tuple[Mapping[str, Any], ...] = ()
+    rotation_pending: bool = False
+    """A rotate-requested-at value the controller has not yet recorded as honoured in
+    ``status.lastRotationRequest`` (a KeyRole's ``rotate`` waits for it)."""
 
     def current(self) -> VersionView | None:
         """The Active record that ``status.currentVersion`` names."""
@@ -287,7 +290,17 @@ def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
         resource_version=str(metadata.get("resourceVersion") or ""),
         rollout=parse_rollout(status),
         conditions=tuple(c for c in _items(status.get("conditions"))[:32] if isinstance(c, dict)),
+        rotation_pending=_rotation_pending(metadata.get("annotations"), status),
     )
+
+
+def _rotation_pending(annotations: object, status: Mapping[str, Any]) -> bool:
+    requested = _dict(annotations).get(ROTATE_ANNOTATION)
+    # A value over 128 characters is recorded as a digest (controller.models): never
+    # written by secure-keys, so not compared here.
+    if not isinstance(requested, str) or len(requested) > 128:
+        return False
+    return requested != status.get("lastRotationRequest")
 
 
 def _grace_ended(annotations: object) -> int:
