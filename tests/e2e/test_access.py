@@ -934,3 +934,25 @@ def test_a_review_copied_from_an_audit_log_and_replayed_is_refused(
     assert statuses[0]["reason"] == "Granted", statuses[0]
     assert statuses[1]["reason"] == "ReviewReplayed", statuses[1]
     assert "key" not in statuses[1]
+
+
+def test_a_copied_token_review_rewritten_into_another_operation_or_key_is_refused(
+    gateway: GatewayProcess, exec_plugin_user: Path, keys: str
+) -> None:
+    """Hostile: a pipeline's read, proof included (a ServiceAccount token sealed to the
+    cluster key), copied from an audit log, rewritten into a rotate (whose effect needs no
+    answer) or a read of another key, and posted straight to the gateway in its name. The
+    sealed token opens only under the digest of what it was made for."""
+    _get_when_ready(exec_plugin_user, keys, CANARY_NAME)
+    spec = ReviewSpec("read", key=CANARY_NAME, recipient=RecipientPrivateKey.generate().public())
+    proof = asyncio.run(_proof_as(exec_plugin_user, keys, spec))
+    assert proof.kind == "token"
+    pipeline = f"system:serviceaccount:{keys}:pipeline"
+    for rewritten in (
+        ReviewSpec("rotate", key=CANARY_NAME, recipient=spec.recipient),
+        ReviewSpec("read", key=OTHER, recipient=spec.recipient),
+    ):
+        response = _forge(gateway, keys, pipeline, rewritten.to_json() | {"proof": proof.to_json()})
+        status = json.loads(base64.b64decode(response["patch"]))[0]["value"]
+        assert status["allowed"] is False, status
+        assert status["reason"] == "SealedInputInvalid", status

@@ -520,12 +520,16 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
 # -- what the gateway may change in an ApiKey itself ---------------------------------------
 
 
-def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
+def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
     admin_api: client.ApiClient, namespace: str, crds: None, self_policy: None
 ) -> None:
     """gateway-broker-rbac.yaml grants `patch` on apikeys so that a KeyRole's rotate
     grantee can ask for a rotation through the gateway (docs/access.md); the policy keeps
-    the spec, labels, finalizers and every other annotation out of reach."""
+    the spec, labels, finalizers and every other annotation out of reach, and the
+    annotation itself to a new request in the gateway's form, never while one is pending
+    (so a compromised gateway cannot cancel an admin's rotation, nor two replicas both
+    request one). The ApiKey names a local keyring no controller here has, so no request
+    is ever honoured: the second one is pending for certain."""
     rbac = client.RbacAuthorizationV1Api(admin_api)
     name = f"gateway-rotate-{namespace}"
     rbac.create_namespaced_role(
@@ -551,7 +555,8 @@ def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
         {"apiVersion": "securekeys.io/v1alpha1", "kind": "ApiKey",
          "metadata": {"name": "k", "labels": {"team": "payments"},
                       "annotations": {"keep": "me"}},
-         "spec": {"source": {"generate": {"length": 32}}}},
+         "spec": {"source": {"generate": {"length": 32}},
+                  "kms": {"provider": "local", "keyId": "no-such-keyring"}}},
     )  # fmt: skip
     gateway = client.CustomObjectsApi(_as(admin_api, GATEWAY))
 
@@ -564,11 +569,12 @@ def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
     def annotations(values: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": {"annotations": values}}
 
-    request = annotations({"securekeys.io/rotate-requested-at": "2026-12-07T00:00:00Z-abc123"})
+    mark = "securekeys.io/rotate-requested-at"
+    request = annotations({mark: "2026-12-07T00:00:00Z-abc123"})
     eventually(lambda: _accepted(lambda: patch(request)), what="the rotation request accepted")
     attacks: dict[str, dict[str, Any]] = {
         "change the source": {"spec": {"source": {"generate": {"length": 16}}}},
-        "move it to another KMS": {"spec": {"kms": {"provider": "local", "keyId": "other"}}},
+        "move it to another KMS": {"spec": {"kms": {"provider": "local", "keyId": "default"}}},
         "relabel it into a role": {"metadata": {"labels": {"team": "everyone"}}},
         "hold it with a finalizer": {"metadata": {"finalizers": ["example.com/hold"]}},
         "end a version's grace": annotations({"securekeys.io/grace-ended-through": "9"}),
@@ -577,6 +583,7 @@ def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
             **request,
             "metadata": {**request["metadata"], "labels": {"team": "everyone"}},
         },
+        "a request in another form": annotations({mark: "now please"}),
     }
     first = next(iter(attacks.values()))
     eventually(
@@ -589,5 +596,9 @@ def test_the_gateway_may_write_only_the_rotation_request_of_an_apikey(
     stored = custom.get_namespaced_custom_object(
         "securekeys.io", "v1alpha1", namespace, "apikeys", "k"
     )
-    assert stored["metadata"]["annotations"]["securekeys.io/rotate-requested-at"].endswith("abc123")
+    assert stored["metadata"]["annotations"][mark].endswith("abc123")
     assert stored["metadata"]["annotations"]["keep"] == "me"
+    # Now a request is pending: a second one is refused, and so is cancelling it.
+    second = annotations({mark: "2026-12-07T00:00:09Z-def456"})
+    assert "already requested" in _refused(lambda: patch(second))
+    assert "only the annotation" in _refused(lambda: patch(annotations({mark: None})))

@@ -111,10 +111,15 @@ async def with_proof(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> wir
     elif token:
         document = await api.get(CONFIGMAPS, login.controller_namespace(), RECIPIENT_CONFIGMAP)
         cluster = Recipient.from_json((document.get("data") or {})[RECIPIENT_CONFIGMAP_KEY])
+        issued = int(time.time())
         sealed = wire.seal_request_secret(
-            cluster, token.encode(), namespace=namespace, recipient=spec.recipient
+            cluster,
+            token.encode(),
+            namespace=namespace,
+            recipient=spec.recipient,
+            binding=wire.proof_binding(namespace, spec, issued),
         )
-        proof = wire.CallerProof("token", sealed_token=sealed)
+        proof = wire.CallerProof("token", sealed_token=sealed, issued_at=issued)
     else:
         raise kubeapi.KubeconfigError(
             "the kubeconfig has neither a client certificate nor a token to prove who you are"

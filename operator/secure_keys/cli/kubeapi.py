@@ -1,10 +1,12 @@
 """The CLI's Kubernetes I/O: which cluster and namespace, the recipient, the rotate annotation.
 
-Uses the project's own client (``secure_keys.kube.client``, aiohttp) through
-``asyncio.run``, so the base install needs neither the ``kubernetes`` package nor the
-controller's dependencies. The kubeconfig is found as the controller finds it (the
-``--kubeconfig`` path, else the first of ``$KUBECONFIG``, else in-cluster, else
-``~/.kube/config``), and its current context's namespace is the default for ``-n``.
+Uses the project's own client (``secure_keys.kube.client``) on its blocking transport
+(the standard library's ``http.client``: importing aiohttp would cost every command a
+fifth of a second, ``kube/blocking.py``) through ``asyncio.run``, so the base install
+needs neither the ``kubernetes`` package nor the controller's dependencies. The
+kubeconfig is found as the controller finds it (the ``--kubeconfig`` path, else the
+first of ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``), and its current
+context's namespace is the default for ``-n``.
 
 Errors are turned into three kinds that ``main`` reports without a traceback:
 ``KubeconfigError`` (fix the configuration, exit 2), ``ApiUnreachable`` (exit 1) and the
@@ -22,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import yaml
 
 from secure_keys.cli.pins import ClusterId
+from secure_keys.kube.blocking import TransportError
 from secure_keys.kube.client import APIKEYS, CONFIGMAPS, Credentials, KubeApi
 from secure_keys.kube.exec_auth import ExecPluginError
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY, ROTATE_ANNOTATION
@@ -151,7 +153,9 @@ def default_namespace(kubeconfig: Path | None) -> str:
 def _run(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
     async def session() -> T:
         try:
-            api = KubeApi(target.credentials, timeout=30, user_agent="secure-keys-cli")
+            api = KubeApi(
+                target.credentials, timeout=30, user_agent="secure-keys-cli", transport="blocking"
+            )
             await api.__aenter__()
         except (ssl.SSLError, ValueError) as exc:
             raise KubeconfigError(f"{target.source}: unusable TLS material: {exc}") from None
@@ -164,7 +168,7 @@ def _run(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
         return asyncio.run(session())
     except ExecPluginError as exc:
         raise KubeconfigError(f"{target.source}: credential plugin: {exc}") from None
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (TransportError, TimeoutError) as exc:
         raise ApiUnreachable(
             f"cannot reach the API server at {target.credentials.server}: "
             f"{exc or type(exc).__name__}"

@@ -27,10 +27,13 @@ object as the gateway patched it; nothing is stored (docs/access.md).
 server, that it holds the credential the API server authenticated, because the
 gateway's webhook endpoint cannot tell an AdmissionReview sent by the API server from
 one forged by anyone who can reach it (docs/access.md, "Why the caller proves its
-identity twice"). A bearer token is sent sealed (as ``sealedToken`` is; the gateway runs
-a TokenReview); a client certificate is sent with a signature by its private key over
-``proof_message`` (the namespace, the operation, the key, the version choice, the
-recipient key and ``issuedAt``), which the gateway checks against the cluster's client CA.
+identity twice"). Both kinds cover ``proof_message`` (the namespace, the operation, the
+key, the version choice, the recipient key and ``issuedAt``, which must be fresh): a
+bearer token is sealed to the cluster key under ``proof_binding`` (a digest of that
+message; the gateway runs a TokenReview), so a proof copied from an audit log opens in
+no other review, operation or key, and not after a few minutes; a client certificate is
+sent with a signature by its private key over the message, which the gateway checks
+against the cluster's client CA.
 
 Operations ``enroll`` (start an MFA enrolment: the ``otpauth://`` URI comes back sealed),
 ``confirm`` (its first code) and ``login`` (a code: an access token comes back sealed)
@@ -53,6 +56,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -110,28 +114,39 @@ def request_binding(recipient: Recipient) -> str:
 
 
 def seal_request_secret(
-    cluster: Recipient, value: bytes | bytearray, *, namespace: str, recipient: Recipient
+    cluster: Recipient,
+    value: bytes | bytearray,
+    *,
+    namespace: str,
+    recipient: Recipient,
+    binding: str = "",
 ) -> str:
-    """Seal a TOTP code or token for the gateway (see the module docstring)."""
+    """Seal a TOTP code or token for the gateway (see the module docstring), bound to
+    ``binding`` (a proof's ``proof_binding``) or else to the recipient key."""
     return seal_to_recipient(
         cluster,
         value,
         namespace=namespace,
-        name=request_binding(recipient),
+        name=binding or request_binding(recipient),
         purpose="access-request",
     )
 
 
 def open_request_secret(
-    cluster: RecipientPrivateKey, sealed: str, *, namespace: str, recipient: Recipient
+    cluster: RecipientPrivateKey,
+    sealed: str,
+    *,
+    namespace: str,
+    recipient: Recipient,
+    binding: str = "",
 ) -> bytearray:
     """Open a client's sealed code or token; ``SealedSourceInvalid`` if it is not for
-    this namespace and recipient key, or altered."""
+    this namespace and binding (or recipient key), or altered."""
     return open_sealed(
         cluster,
         sealed,
         namespace=namespace,
-        name=request_binding(recipient),
+        name=binding or request_binding(recipient),
         purpose="access-request",
     )
 
@@ -162,7 +177,7 @@ class CallerProof:
 
     def to_json(self) -> dict[str, Any]:
         if self.kind == "token":
-            return {"kind": "token", "sealedToken": self.sealed_token}
+            return {"kind": "token", "sealedToken": self.sealed_token, "issuedAt": self.issued_at}
         return {
             "kind": "certificate",
             "certificate": self.certificate,
@@ -177,20 +192,20 @@ def parse_proof(value: object) -> CallerProof | None:
     if not isinstance(value, Mapping):
         raise ReviewInvalid("spec.proof must be an object")
     kind = value.get("kind")
+    issued = value.get("issuedAt")
+    if type(issued) is not int or issued <= 0:
+        raise ReviewInvalid("spec.proof.issuedAt must be a Unix time")
     if kind == "token":
         token = _sealed_input(value.get("sealedToken"), "spec.proof.sealedToken")
         if not token:
             raise ReviewInvalid("spec.proof.sealedToken is required")
-        return CallerProof("token", sealed_token=token)
+        return CallerProof("token", sealed_token=token, issued_at=issued)
     if kind == "certificate":
         certificate, signature = value.get("certificate"), value.get("signature")
-        issued = value.get("issuedAt")
         if not isinstance(certificate, str) or not 0 < len(certificate) <= MAX_CERTIFICATE:
             raise ReviewInvalid("spec.proof.certificate must be PEM text")
         if not isinstance(signature, str) or not 0 < len(signature) <= 2048:
             raise ReviewInvalid("spec.proof.signature must be base64")
-        if type(issued) is not int or issued <= 0:
-            raise ReviewInvalid("spec.proof.issuedAt must be a Unix time")
         return CallerProof(
             "certificate", certificate=certificate, signature=signature, issued_at=issued
         )
@@ -212,6 +227,12 @@ def proof_message(namespace: str, spec: ReviewSpec, issued_at: int) -> bytes:
         "issuedAt": issued_at,
     }
     return _PROOF_DOMAIN + json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+
+
+def proof_binding(namespace: str, spec: ReviewSpec, issued_at: int) -> str:
+    """What a token proof is sealed to: a digest of ``proof_message``, so the sealed
+    token opens only in a review asking exactly this, issued at this time."""
+    return "proof-" + hashlib.sha256(proof_message(namespace, spec, issued_at)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -263,16 +263,11 @@ def _build_broker(options: BrokerOptions, api: KubeApi) -> Broker:
     from secure_keys.gateway.broker.material import CachedProviders, KubeSecrets, MaterialSource
     from secure_keys.gateway.broker.stream import BrokerSettings
     from secure_keys.gateway.broker.tokenreview import KubeTokenReviews, TokenReviewer
-    from secure_keys.kube.client import APIKEYS, EVENTS
-    from secure_keys.kube.names import ROTATE_ANNOTATION
+    from secure_keys.kube.client import EVENTS
 
     class _Events:
         async def create_event(self, namespace: str, body: dict[str, object]) -> None:
             await api.create(EVENTS, namespace, body)
-
-    async def request_rotation(namespace: str, name: str, value: str) -> None:
-        patch = {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}}
-        await api.patch(APIKEYS, namespace, name, patch)
 
     providers = CachedProviders(
         KmsSettings.load(options.kms_config),
@@ -333,6 +328,9 @@ def _build_access(broker: Broker, api: KubeApi, options: BrokerOptions) -> Acces
             await api.create(EVENTS, namespace, body)
 
     async def request_rotation(namespace: str, name: str, value: str) -> None:
+        # No resourceVersion precondition: the gateway's own rollout writes move it. The
+        # chart's gateway-rotate-only policy refuses the patch while a request is pending,
+        # against the stored object (two replicas racing past the cache's view).
         patch = {"metadata": {"annotations": {ROTATE_ANNOTATION: value}}}
         await api.patch(APIKEYS, namespace, name, patch)
 

@@ -26,6 +26,10 @@ any list; a server that cannot convert answers 406, an ``ApiError``.
 
 Errors are ``ApiError`` with the HTTP status and the API server's own message. Request
 bodies never appear in an error or a log: they may hold sealed blobs.
+
+The transport is aiohttp (imported when a client opens), or for the CLI's short-lived
+process the standard library's blocking client (``transport="blocking"``,
+``blocking.py``, which says why); watches need aiohttp.
 """
 
 from __future__ import annotations
@@ -42,13 +46,16 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import quote, urlencode
 
-import aiohttp
 import yaml
 
+from secure_keys.kube.blocking import BlockingHttp
 from secure_keys.kube.exec_auth import ExecAuthenticator, ExecConfig, ExecCredential
+
+if TYPE_CHECKING:
+    import aiohttp
 
 JsonObject = dict[str, Any]
 PatchType = Literal["merge", "json", "strategic"]
@@ -293,13 +300,16 @@ class KubeApi:
         timeout: float = 30,
         retry: RetryPolicy | None = None,
         user_agent: str = "secure-keys-controller",
+        transport: Literal["aiohttp", "blocking"] = "aiohttp",
     ) -> None:
         self.credentials = credentials
+        self.transport = transport
         self.retry = retry or RetryPolicy()
         self._limit = limit
         self._timeout = timeout
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        self._blocking: BlockingHttp | None = None
         self.exec_auth: ExecAuthenticator | None = None
         if credentials.exec is not None:
             self.exec_auth = ExecAuthenticator(
@@ -308,6 +318,13 @@ class KubeApi:
         self._exec_ssl: tuple[ExecCredential, ssl.SSLContext] | None = None
 
     async def __aenter__(self) -> Self:
+        if self.transport == "blocking":
+            self._blocking = BlockingHttp(
+                self.credentials.server, self.credentials.ssl_context(), timeout=self._timeout
+            )
+            return self
+        import aiohttp  # not at the top: the CLI's blocking transport never needs it
+
         connector = aiohttp.TCPConnector(
             ssl=self.credentials.ssl_context(), limit=self._limit, enable_cleanup_closed=True
         )
@@ -319,14 +336,33 @@ class KubeApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("KubeApi used outside its async context")
+            raise RuntimeError(
+                "KubeApi used outside its async context (or a watch on the blocking transport)"
+            )
         return self._session
+
+    async def _send(
+        self, method: str, url: str, data: str | None, headers: dict[str, str], auth: _Auth
+    ) -> tuple[int, bytes, str | None]:
+        """One HTTP exchange on this client's transport: (status, body, Retry-After)."""
+        if self._blocking is not None:
+            headers["User-Agent"] = self._user_agent
+            path = url[len(self.credentials.server) :]
+            body = data.encode() if data is not None else None
+            return self._blocking.send(method, path, body, headers, auth.ssl)
+        session = self._require_session()
+        extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
+        async with session.request(method, url, data=data, headers=headers, **extra) as response:
+            return response.status, await response.read(), response.headers.get("Retry-After")
 
     async def client_credential(self) -> tuple[str | None, bytes | None, bytes | None]:
         """(token, certificate PEM, key PEM) this client authenticates with now, as the
@@ -370,7 +406,8 @@ class KubeApi:
     ) -> JsonObject:
         """One call, retried as ``RetryPolicy`` allows. ``accept`` replaces the default
         ``Accept: application/json`` (for another representation of the same resource)."""
-        session = self._require_session()
+        if self._blocking is None:
+            self._require_session()
         data = None
         if body is not None:
             data = json.dumps(body, separators=(",", ":"))
@@ -386,13 +423,8 @@ class KubeApi:
                 headers["Accept"] = accept
             if data is not None:
                 headers["Content-Type"] = content_type
-            extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
-            async with session.request(
-                method, url, data=data, headers=headers, **extra
-            ) as response:
-                payload = await response.read()
-                status = response.status
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            status, payload, retry_header = await self._send(method, url, data, headers, auth)
+            retry_after = parse_retry_after(retry_header)
             if status < 400:
                 result: JsonObject = json.loads(payload) if payload else {}
                 return result
@@ -467,6 +499,8 @@ class KubeApi:
         if field_selector:
             query["fieldSelector"] = field_selector
         url = f"{self.credentials.server}{resource.path(namespace)}?{urlencode(query)}"
+        import aiohttp  # a watch needs aiohttp's streaming; the session made it importable
+
         timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
         rejected: ExecCredential | None = None
         while True:

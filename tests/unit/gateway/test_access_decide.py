@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from secure_keys.core.accessreview import ReviewSpec
+from secure_keys.core.integrity import archived_tag
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.gateway.access.decide import (
     Caller,
@@ -238,7 +239,7 @@ def test_list_shows_the_keys_a_role_lets_the_caller_read_or_list() -> None:
 
 def _rotate(caller: Caller, *roles: BrokerRole, key: str = "stripe") -> RotateGrant | Refusal:
     spec = ReviewSpec("rotate", key=key, recipient=RECIPIENT)
-    return decide_rotate(caller, spec, NS, KEYS, roles, MONDAY_NOON)
+    return decide_rotate(caller, spec, NS, KEYS, roles, MONDAY_NOON, TAG_KEY)
 
 
 def test_rotate_is_granted_only_by_a_role_holding_rotate() -> None:
@@ -248,6 +249,12 @@ def test_rotate_is_granted_only_by_a_role_holding_rotate() -> None:
     assert isinstance(refused, Refusal)
     assert refused.reason == "RotateNotGranted"
     assert "reader names you without rotate" in refused.message
+    # A role covering the key only by selector is not named: that would tell a caller
+    # without rotate that the key exists and carries the selector's labels.
+    by_label = _role(alice, {"selector": {"matchLabels": {"team": "a"}}}, name="team-a")
+    quiet = _rotate(ALICE, by_label, key="github")
+    assert isinstance(quiet, Refusal)
+    assert "team-a" not in quiet.message
     assert "patch on apikeys (Kubernetes RBAC)" in refused.message
     rotator = _role(alice, {"names": ["stripe"]}, permissions=("rotate",), name="oncall")
     granted = _rotate(ALICE, reader, rotator)
@@ -296,9 +303,42 @@ def test_rotate_waits_while_an_earlier_request_is_not_yet_honoured() -> None:
     role = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, ("rotate",))
     spec = ReviewSpec("rotate", key="stripe", recipient=RECIPIENT)
     for pending in (key("t2-b", "t1-a"), key("t1-a", None)):
-        refused = decide_rotate(ALICE, spec, NS, {"stripe": pending}, [role], MONDAY_NOON)
+        refused = decide_rotate(ALICE, spec, NS, {"stripe": pending}, [role], MONDAY_NOON, TAG_KEY)
         assert isinstance(refused, Refusal)
         assert refused.reason == "RotationPending"
     honoured = key("t1-a", "t1-a")
-    granted = decide_rotate(ALICE, spec, NS, {"stripe": honoured}, [role], MONDAY_NOON)
+    granted = decide_rotate(ALICE, spec, NS, {"stripe": honoured}, [role], MONDAY_NOON, TAG_KEY)
     assert isinstance(granted, RotateGrant)
+
+
+def test_a_role_rotates_at_most_once_per_grace_period() -> None:
+    """A second rotation while the previous version's grace runs would take it from every
+    pod's .previous early: a role's rotate waits; RBAC's patch does not."""
+    archived_at = MONDAY_NOON - timedelta(minutes=10)
+    stamp = archived_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    status = {
+        "currentVersion": 2,
+        "versions": [
+            {
+                "version": 1,
+                "state": "Archived",
+                "fingerprint": "f1",
+                "archivedAt": stamp,
+                "archiveTag": archived_tag(TAG_KEY, "uid-stripe", 1, stamp),
+            },
+            {"version": 2, "state": "Active", "fingerprint": "f2"},
+        ],
+    }
+    meta = {"name": "stripe", "namespace": NS, "uid": "uid-stripe"}
+    spec_body = {"rotation": {"gracePeriod": "1h"}}
+    view = project_delivery_key({"metadata": meta, "spec": spec_body, "status": status})
+    assert view is not None
+    role = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, ("rotate",))
+    spec = ReviewSpec("rotate", key="stripe", recipient=RECIPIENT)
+    keys = {"stripe": view}
+    refused = decide_rotate(ALICE, spec, NS, keys, [role], MONDAY_NOON, TAG_KEY)
+    assert isinstance(refused, Refusal)
+    assert refused.reason == "RotationTooSoon"
+    assert "version 1 is in its grace period until 2025-01-06T12:50:00Z" in refused.message
+    later = MONDAY_NOON + timedelta(minutes=51)
+    assert isinstance(decide_rotate(ALICE, spec, NS, keys, [role], later, TAG_KEY), RotateGrant)

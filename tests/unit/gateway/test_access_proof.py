@@ -1,8 +1,9 @@
 """``gateway.access.proof``: a review's caller must hold the credential the API server
 authenticated. A certificate proof must come from the cluster's client CA, name the
 caller, be fresh and sign this very review; a token proof must authenticate as the
-caller. The API server's two answers (the client CA ConfigMap, a TokenReview) are
-scripted here; the e2e module runs the same checks against the real one."""
+caller, be fresh, and open only in this very review (sealed under its proof binding).
+The API server's two answers (the client CA ConfigMap, a TokenReview) are scripted
+here; the e2e module runs the same checks against the real one."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from secure_keys.core.accessreview import CallerProof, ReviewSpec, proof_message
+from secure_keys.core.accessreview import (
+    CallerProof,
+    ReviewSpec,
+    open_request_secret,
+    proof_binding,
+    proof_message,
+    seal_request_secret,
+)
+from secure_keys.core.errors import SealedSourceInvalid
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.gateway.access.proof import ProofChecker
 from secure_keys.gateway.broker.policy import Refusal
@@ -24,6 +33,8 @@ from secure_keys_dev.pki import CertificateAuthority
 CLUSTER_CA = CertificateAuthority.generate("cluster-client-ca")
 OTHER_CA = CertificateAuthority.generate("someone-elses-ca")
 SPEC = ReviewSpec("read", key="stripe", recipient=RecipientPrivateKey.generate().public())
+CLUSTER_KEY = RecipientPrivateKey.generate()
+"""The controller's recipient key, which the gateway opens sealed tokens with."""
 
 
 def _checker(token_user: str | None = None) -> ProofChecker:
@@ -52,16 +63,37 @@ def _certificate_proof(
     )
 
 
-def _check(checker: ProofChecker, proof: CallerProof | None, user: str = "alice") -> Refusal | None:
-    async def open_token(sealed: str) -> bytearray:
-        return bytearray(sealed.encode())  # the sealing is core.accessreview's, tested there
+def _token_proof(spec: ReviewSpec = SPEC, issued: int | None = None) -> CallerProof:
+    at = issued if issued is not None else int(time.time())
+    assert spec.recipient is not None
+    sealed = seal_request_secret(
+        CLUSTER_KEY.public(),
+        b"sa-token",
+        namespace="payments",
+        recipient=spec.recipient,
+        binding=proof_binding("payments", spec, at),
+    )
+    return CallerProof("token", sealed_token=sealed, issued_at=at)
+
+
+def _check(
+    checker: ProofChecker, proof: CallerProof | None, user: str = "alice", spec: ReviewSpec = SPEC
+) -> Refusal | None:
+    async def open_token(sealed: str, binding: str) -> bytearray | Refusal:
+        assert spec.recipient is not None
+        try:
+            return open_request_secret(
+                CLUSTER_KEY, sealed, namespace="payments", recipient=spec.recipient, binding=binding
+            )
+        except SealedSourceInvalid:
+            return Refusal("SealedInputInvalid", "does not open for this review")
 
     return asyncio.run(
         checker.check(
             proof,
             username=user,
             namespace="payments",
-            spec=SPEC,
+            spec=spec,
             open_token=open_token,
             now=datetime.now(UTC),
         )
@@ -89,9 +121,30 @@ def test_no_proof_another_ca_another_user_a_stale_or_moved_signature_fail() -> N
 
 
 def test_a_token_proof_must_authenticate_as_the_caller() -> None:
-    token = CallerProof("token", sealed_token="sa-token")
+    token = _token_proof()
     assert _check(_checker("alice"), token) is None
     refusal = _check(_checker("mallory"), token)
     assert refusal is not None
     assert "does not authenticate as the caller" in refusal.message
     assert _check(_checker(None), token) is not None
+
+
+def test_a_token_proof_opens_only_in_its_own_review_and_only_while_fresh() -> None:
+    """A review copied from an audit log cannot be rewritten (a read into a rotate, another
+    key) nor replayed minutes later: its sealed token opens only under the digest of
+    exactly what was asked and when."""
+    checker = _checker("alice")
+    rotate = ReviewSpec("rotate", key="stripe", recipient=SPEC.recipient)
+    other_key = ReviewSpec("read", key="github", recipient=SPEC.recipient)
+    seen = _token_proof()
+    for spec in (rotate, other_key):
+        refusal = _check(checker, seen, spec=spec)
+        assert refusal is not None
+        assert refusal.reason == "SealedInputInvalid"
+    stale = _check(checker, _token_proof(issued=int(time.time()) - 600))
+    assert stale is not None
+    assert "not fresh" in stale.message
+    moved = CallerProof("token", sealed_token=seen.sealed_token, issued_at=seen.issued_at + 1)
+    refusal = _check(checker, moved)
+    assert refusal is not None
+    assert refusal.reason == "SealedInputInvalid"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from secure_keys.core.accessreview import ListedKey, ListedVersion, ReviewSpec
+from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.broker.policy import (
     DEFAULT_LEASE,
     BrokerRole,
@@ -188,18 +189,25 @@ def decide_rotate(
     apikeys: Mapping[str, DeliveryKeyView],
     roles: Iterable[BrokerRole],
     now: datetime,
+    tag_key: bytes | bytearray,
 ) -> RotateGrant | Refusal:
     """May ``caller`` ask for a rotation of ``spec.key`` now. The same gates as a read
     (the role's subjects and keys, ``requireMFA``, ``timeWindows``) with ``rotate`` in
-    place of ``read``; the answer never says whether an unnamed key exists."""
+    place of ``read``, and two of its own: no request pending, and no older version in
+    its grace period (a second rotation would take it from every pod's ``.previous``
+    early: a role's ``rotate`` rotates at most once per grace period; RBAC's ``patch``
+    is for the emergency). The answer never says whether an unnamed key exists."""
     view = apikeys.get(spec.key)
     labels = view.labels if view is not None else {}
     naming = roles_naming(caller, namespace, spec.key, labels, roles)
     rotators = [r for r in naming if "rotate" in r.rules.permissions]
     if not rotators:
         extra = ""
-        if naming:
-            names = ", ".join(sorted(r.name for r in naming))
+        # Only roles naming the key by name: one that covers it by selector would tell a
+        # caller without rotate that the key exists and carries the selector's labels.
+        by_name = [r for r in naming if spec.key in r.rules.keys.names]
+        if by_name:
+            names = ", ".join(sorted(r.name for r in by_name))
             extra = f" (KeyRole {names} names you without rotate)"
         return Refusal(
             "RotateNotGranted",
@@ -231,6 +239,14 @@ def decide_rotate(
             "RotationPending",
             f'ApiKey "{spec.key}" has a rotation requested and not yet done; try again once '
             "it is (status.lastRotationRequest, `secure-keys rollout status`)",
+        )
+    previous = view.previous(now, tag_key)
+    if previous is not None:
+        return Refusal(
+            "RotationTooSoon",
+            f'ApiKey "{spec.key}": version {previous[0].version} is in its grace period until '
+            f"{format_stamp(previous[1])}; a rotation now would end it early in every pod. "
+            "A KeyRole's rotate waits for it; whoever may patch the ApiKey can rotate now",
         )
     return RotateGrant(
         view=view,

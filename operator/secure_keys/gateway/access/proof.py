@@ -7,10 +7,12 @@ it, so ``userInfo`` alone proves nothing to the gateway. The proof does
 (``core.accessreview.CallerProof``):
 
 * ``token``: the bearer token the client authenticates with (a ServiceAccount token, an
-  exec plugin's or OIDC token), sealed to the cluster key and bound to the review's
-  recipient key. The gateway asks the API server (``TokenReview``, no audience: the API
-  server's own) and requires the user name it returns to be ``userInfo``'s. Answers are
-  cached by the token's SHA-256 for ``TOKEN_CACHE_SECONDS``.
+  exec plugin's or OIDC token), sealed to the cluster key under ``proof_binding`` (a
+  digest of ``proof_message``: the review's namespace, operation, key, version choice,
+  recipient key and ``issuedAt``, within ``FRESHNESS``). The gateway asks the API server
+  (``TokenReview``, no audience: the API server's own) and requires the user name it
+  returns to be ``userInfo``'s. Answers are cached by the token's SHA-256 for
+  ``TOKEN_CACHE_SECONDS``.
 * ``certificate``: the client certificate and a signature by its key over
   ``proof_message`` (namespace, operation, key, version, recipient key, ``issuedAt``).
   The certificate must be issued directly by a certificate of the cluster's client CA
@@ -20,7 +22,11 @@ it, so ``userInfo`` alone proves nothing to the gateway. The proof does
   within ``FRESHNESS`` of the gateway's clock.
 
 Replaying a seen proof gains nothing: it is bound to the review's recipient key, and the
-answer is sealed to that key, whose private half only the real caller has.
+answer is sealed to that key, whose private half only the real caller has. Rewriting a
+seen review (another operation or key: a read turned into a rotate, whose effect needs
+no answer) breaks its proof, and so does replaying it after ``FRESHNESS``; an exact
+replay within it is refused by the replica that saw it (``ReviewReplayed``), and by any
+replica once a rotate it asked for is pending.
 """
 
 from __future__ import annotations
@@ -102,17 +108,21 @@ class ProofChecker:
         username: str,
         namespace: str,
         spec: wire.ReviewSpec,
-        open_token: Callable[[str], Awaitable[bytearray | Refusal]],
+        open_token: Callable[[str, str], Awaitable[bytearray | Refusal]],
         now: datetime,
     ) -> Refusal | None:
-        """``None`` if the proof shows the caller is ``username``, else why not."""
+        """``None`` if the proof shows the caller is ``username``, else why not.
+        ``open_token(sealed, binding)`` opens a sealed token under its binding."""
         if proof is None:
             return _refused(
                 "the review carries no proof of the caller's credential (use secure-keys "
                 "or KeyManager, which add it)"
             )
+        if abs(now.timestamp() - proof.issued_at) > FRESHNESS.total_seconds():
+            return _refused("the proof is not fresh (check this machine's clock)")
         if proof.kind == "token":
-            opened = await open_token(proof.sealed_token)
+            binding = wire.proof_binding(namespace, spec, proof.issued_at)
+            opened = await open_token(proof.sealed_token, binding)
             if isinstance(opened, Refusal):
                 return opened
             try:
@@ -142,8 +152,6 @@ class ProofChecker:
         leaf = chain[0]
         if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
             return _refused("the proof's certificate is not valid now")
-        if abs(now.timestamp() - proof.issued_at) > FRESHNESS.total_seconds():
-            return _refused("the proof is not fresh (check this machine's clock)")
         try:
             usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
             if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:

@@ -373,7 +373,12 @@ class AccessReviews:
             return self._cluster_key
 
     async def _open_request_secret(
-        self, review: ReviewRequest, spec: wire.ReviewSpec, sealed: str, what: str
+        self,
+        review: ReviewRequest,
+        spec: wire.ReviewSpec,
+        sealed: str,
+        what: str,
+        binding: str = "",
     ) -> bytearray | Refusal:
         if spec.recipient is None:
             return Refusal("BadRequest", f"a sealed {what} needs spec.recipientKey")
@@ -383,7 +388,7 @@ class AccessReviews:
             return Refusal(exc.reason, str(exc))
         try:
             return wire.open_request_secret(
-                key, sealed, namespace=review.namespace, recipient=spec.recipient
+                key, sealed, namespace=review.namespace, recipient=spec.recipient, binding=binding
             )
         except SealedSourceInvalid:
             return Refusal(
@@ -398,8 +403,8 @@ class AccessReviews:
         if self.proofs is None:
             return Refusal("ProofUnavailable", "this gateway cannot check callers")
 
-        async def open_token(sealed: str) -> bytearray | Refusal:
-            return await self._open_request_secret(review, spec, sealed, "credential")
+        async def open_token(sealed: str, binding: str) -> bytearray | Refusal:
+            return await self._open_request_secret(review, spec, sealed, "credential", binding)
 
         try:
             return await self.proofs.check(
@@ -630,6 +635,10 @@ class AccessReviews:
         self, review: ReviewRequest, spec: wire.ReviewSpec, started: float
     ) -> tuple[bytes, str]:
         now = self.now()
+        try:
+            tag_key = await self.broker.material.fingerprint_key()
+        except MaterialUnavailable as exc:
+            return self._refused(review, spec, Refusal(exc.reason, str(exc)), started), exc.reason
         decision = decide_rotate(
             review.caller,
             spec,
@@ -637,6 +646,7 @@ class AccessReviews:
             self.broker.caches.apikeys.in_namespace(review.namespace),
             self.broker.caches.roles.in_namespace(review.namespace).values(),
             now,
+            tag_key,
         )
         if isinstance(decision, Refusal):
             return self._refused(review, spec, decision, started), decision.reason
@@ -651,6 +661,17 @@ class AccessReviews:
             refusal = Refusal(
                 "RotateFailed",
                 f"the API server refused the gateway's rotation request ({exc.status}); try again",
+            )
+            if exc.status == 403 and "already requested" in exc.message:
+                # The chart's policy saw a request pending on the stored object (another
+                # replica's, racing past this cache's view).
+                refusal = Refusal("RotationPending", exc.message[:200])
+            return self._refused(review, spec, refusal, started), refusal.reason
+        except Exception as exc:  # the patch may have landed: audit it either way
+            refusal = Refusal(
+                "RotateFailed",
+                f"the gateway's rotation request did not complete ({type(exc).__name__}); it "
+                "may or may not have been made: see status.lastRotationRequest",
             )
             return self._refused(review, spec, refusal, started), refusal.reason
         record = self._audit(review, spec, None, started, "rotate", rotated=decision)
