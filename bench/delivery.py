@@ -31,6 +31,14 @@ and the local KMS, then runs ``--pods`` real pods (default 20) whose injected si
   ``memory.stat``, read-only, under the node's own cgroup root) and RSS of its process
   (``VmRSS``); the largest over the pods is reported.
 
+With ``--burst N`` (issue 23, goal 4), first, on the empty node: a Deployment of the same
+pods scaled from 0 to N at once, without the opt-in (the baseline) and then with it (one
+ServiceAccount, as a Deployment has): the time from the scale to the last pod Ready
+(with the opt-in, Ready means its key is on disk: the app starts after the key
+container's startup probe), whether every pod was admitted (no FailedCreate on the
+ReplicaSet), and the gateway's CPU seconds, peak CPU (cores, over 1 s windows) and peak
+RSS during each burst, from ``/proc`` of its process.
+
 Last line: JSON with ``propagation_p99_s``, ``pods``, ``real_pods``,
 ``kms_calls_per_1000_reads``, ``sidecar_working_set_mib``, ``sidecar_rss_mib``,
 ``delivery_p99_ratio`` (broker p99 / bare p99) and the other figures.
@@ -43,6 +51,7 @@ import contextlib
 import datetime
 import http.client
 import json
+import os
 import signal
 import ssl
 import statistics
@@ -252,6 +261,100 @@ def pod_body(index: int, busybox: str) -> dict[str, Any]:
                 }
             ],
         },
+    }
+
+
+def deployment_body(name: str, busybox: str, *, opted_in: bool) -> dict[str, Any]:
+    """A Deployment of ``pod_body``'s pods with no replicas; ``opted_in``: labelled and
+    annotated for the key (ServiceAccount app-0, which the role binds)."""
+    template = pod_body(0, busybox)
+    template["metadata"].pop("name")
+    template["metadata"]["labels"] = {"app": name}
+    template["metadata"]["annotations"] = {}
+    template["spec"]["serviceAccountName"] = "app-0"
+    if opted_in:
+        template["metadata"]["labels"]["securekeys.io/inject"] = "true"
+        template["metadata"]["annotations"]["securekeys.io/keys"] = KEY
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": template,
+        },
+    }
+
+
+@dataclass
+class ProcessSample:
+    cpu_s: float
+    rss_mib: float
+
+
+def process_sample(pid: int) -> ProcessSample:
+    """CPU seconds (user + system) and RSS of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    rss = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    return ProcessSample(cpu, rss)
+
+
+def burst(
+    api: client.ApiClient,
+    name: str,
+    replicas: int,
+    busybox: str,
+    gateway_pid: int,
+    *,
+    opted_in: bool,
+    timeout: float,
+) -> dict[str, Any]:
+    """Scale a Deployment from 0 to ``replicas`` and wait for every pod Ready; then back
+    to 0 and wait for the pods to go. The gateway's CPU and RSS are sampled every 0.25 s."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps.create_namespaced_deployment(NAMESPACE, deployment_body(name, busybox, opted_in=opted_in))
+    samples = [(time.monotonic(), process_sample(gateway_pid))]
+    started = time.monotonic()
+    apps.patch_namespaced_deployment_scale(NAMESPACE, name, {"spec": {"replicas": replicas}})
+    ready, done_at = 0, None
+    while time.monotonic() - started < timeout:
+        time.sleep(0.25)
+        samples.append((time.monotonic(), process_sample(gateway_pid)))
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items
+        ready = sum(
+            any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or ())
+            for p in pods
+        )
+        if ready >= replicas:
+            done_at = time.monotonic()
+            break
+    failed = [
+        e
+        for e in core.list_namespaced_event(NAMESPACE).items
+        if e.reason == "FailedCreate" and (e.involved_object.name or "").startswith(name)
+    ]
+    peak_cores = 0.0
+    for (t0, a), (t1, b) in zip(samples, samples[4:], strict=False):  # about 1 s windows
+        peak_cores = max(peak_cores, (b.cpu_s - a.cpu_s) / (t1 - t0))
+    apps.delete_namespaced_deployment(NAMESPACE, name)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if not core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items:
+            break
+        time.sleep(1)
+    return {
+        "ready": ready,
+        "seconds": round(done_at - started, 2) if done_at is not None else None,
+        "failed_creates": len(failed),
+        "gateway_cpu_s": round(samples[-1][1].cpu_s - samples[0][1].cpu_s, 2),
+        "gateway_peak_cores": round(peak_cores, 2),
+        "gateway_peak_rss_mib": round(max(s.rss_mib for _, s in samples), 1),
     }
 
 
@@ -523,6 +626,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             try:
                 register_gateway_webhook(api, gateway.url, ca_pem, name="bench-delivery")
                 set_up_keys(api)
+                bursts: dict[str, dict[str, Any]] = {}
+                if args.burst:
+                    assert gateway.process is not None  # noqa: S101 - started above
+                    for arm, opted_in in (("plain", False), ("opted_in", True)):
+                        bursts[arm] = burst(
+                            api, f"burst-{arm.replace('_', '-')}", args.burst,
+                            image.BUSYBOX_REFERENCE, gateway.process.pid,
+                            opted_in=opted_in, timeout=args.start_timeout,
+                        )  # fmt: skip
+                        print(f"burst {arm}: {bursts[arm]}", flush=True)
                 pods = start_pods(api, args.pods, image.BUSYBOX_REFERENCE, args.start_timeout)
                 print(f"{len(pods)} of {args.pods} pods running with their key", flush=True)
                 if not pods:
@@ -628,6 +741,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             round(statistics.median(m["rss_mib"] for m in memory), 1) if memory else None
         ),
     }
+    if bursts:
+        plain, opted = bursts["plain"], bursts["opted_in"]
+        result["burst"] = bursts
+        result["burst_pods"] = args.burst
+        result["burst_all_admitted"] = opted["failed_creates"] == 0
+        result["burst_ratio"] = (
+            round(opted["seconds"] / plain["seconds"], 2)
+            if opted["seconds"] and plain["seconds"]
+            else None
+        )
     return result
 
 
@@ -644,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--start-timeout", type=float, default=240)
     parser.add_argument("--idle", type=float, default=10, help="seconds before memory")
+    parser.add_argument("--burst", type=int, default=0, help="pods in the burst; 0: none")
     parser.add_argument("--bare-server", nargs=4, metavar=("PORT", "CERT", "KEY", "SIZE"))
     args = parser.parse_args(argv)
     if args.bare_server:

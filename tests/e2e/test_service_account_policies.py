@@ -514,7 +514,23 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
     )
     for what, status in attacks.items():
         assert "only status.rollout" in _refused(lambda s=status: patch(s)), what  # type: ignore[misc]
-    patch({**rollout, "conditions": [rolled_out]}, dry_run=False)  # the rollout itself: allowed
+
+    def rollout_write() -> Any:
+        # The rollout itself: allowed. A merge patch replaces the whole conditions list,
+        # so it carries the controller's conditions as they are now (the session's
+        # controller seals this key meanwhile: its Ready condition must stay), as the
+        # gateway's own writes do; read again if the controller wrote in between.
+        stored = custom.get_namespaced_custom_object_status(
+            "securekeys.io", "v1alpha1", namespace, "apikeys", "k"
+        )
+        theirs = [
+            c
+            for c in (stored.get("status") or {}).get("conditions") or []
+            if c.get("type") != "RolledOut"
+        ]
+        return patch({**rollout, "conditions": [*theirs, rolled_out]}, dry_run=False)
+
+    eventually(lambda: _accepted(rollout_write), what="the rollout write itself accepted")
 
 
 # -- what the gateway may change in an ApiKey itself ---------------------------------------
