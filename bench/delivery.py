@@ -321,7 +321,7 @@ def burst(
     apps.create_namespaced_deployment(NAMESPACE, deployment_body(name, busybox, opted_in=opted_in))
     samples = [(time.monotonic(), process_sample(gateway_pid))]
     started = time.monotonic()
-    apps.patch_namespaced_deployment_scale(NAMESPACE, name, {"spec": {"replicas": replicas}})
+    apps.patch_namespaced_deployment_scale(name, NAMESPACE, {"spec": {"replicas": replicas}})
     ready, done_at = 0, None
     while time.monotonic() - started < timeout:
         time.sleep(0.25)
@@ -342,7 +342,7 @@ def burst(
     peak_cores = 0.0
     for (t0, a), (t1, b) in zip(samples, samples[4:], strict=False):  # about 1 s windows
         peak_cores = max(peak_cores, (b.cpu_s - a.cpu_s) / (t1 - t0))
-    apps.delete_namespaced_deployment(NAMESPACE, name)
+    apps.delete_namespaced_deployment(name, NAMESPACE)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if not core.list_namespaced_pod(NAMESPACE, label_selector=f"app={name}").items:
