@@ -83,14 +83,17 @@ class ReadKey:
     audit_id: str
 
 
-async def with_proof(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> wire.ReviewSpec:
-    """``spec`` with the proof of this client's own credential (``core.accessreview``)."""
+async def with_proof(
+    api: KubeApi, namespace: str, spec: wire.ReviewSpec, issued: int | None = None
+) -> wire.ReviewSpec:
+    """``spec`` with the proof of this client's own credential (``core.accessreview``),
+    made at ``issued`` (the time its sealed token or code was bound to; default now)."""
+    issued = issued if issued is not None else int(time.time())
     if spec.recipient is None:
         spec = dataclasses.replace(spec, recipient=RecipientPrivateKey.generate().public())
     assert spec.recipient is not None  # noqa: S101 - set just above, for mypy
     token, cert_pem, key_pem = await api.client_credential()
     if cert_pem is not None and key_pem is not None:
-        issued = int(time.time())
         private = serialization.load_pem_private_key(key_pem, password=None)
         message = wire.proof_message(namespace, spec, issued)
         if isinstance(private, ec.EllipticCurvePrivateKey):
@@ -111,7 +114,6 @@ async def with_proof(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> wir
     elif token:
         document = await api.get(CONFIGMAPS, login.controller_namespace(), RECIPIENT_CONFIGMAP)
         cluster = Recipient.from_json((document.get("data") or {})[RECIPIENT_CONFIGMAP_KEY])
-        issued = int(time.time())
         sealed = wire.seal_request_secret(
             cluster,
             token.encode(),
@@ -127,8 +129,10 @@ async def with_proof(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> wir
     return dataclasses.replace(spec, proof=proof)
 
 
-async def _create_review(api: KubeApi, namespace: str, spec: wire.ReviewSpec) -> dict[str, Any]:
-    spec = await with_proof(api, namespace, spec)
+async def _create_review(
+    api: KubeApi, namespace: str, spec: wire.ReviewSpec, issued: int | None
+) -> dict[str, Any]:
+    spec = await with_proof(api, namespace, spec, issued)
     return await api.request(
         "POST",
         REVIEWS.path(namespace),
@@ -137,9 +141,13 @@ async def _create_review(api: KubeApi, namespace: str, spec: wire.ReviewSpec) ->
     )
 
 
-def review(target: kubeapi.Target, namespace: str, spec: wire.ReviewSpec) -> wire.ReviewAnswer:
-    """One KeyAccessReview, answered; raises ``AccessRefused`` if the answer is no."""
-    returned = kubeapi.run_api(target, lambda api: _create_review(api, namespace, spec))
+def review(
+    target: kubeapi.Target, namespace: str, spec: wire.ReviewSpec, issued: int | None = None
+) -> wire.ReviewAnswer:
+    """One KeyAccessReview, answered; raises ``AccessRefused`` if the answer is no.
+    ``issued``: the time a sealed token or code in ``spec`` was bound to
+    (``login.sealed_token``), which the proof must carry too."""
+    returned = kubeapi.run_api(target, lambda api: _create_review(api, namespace, spec, issued))
     answer = wire.parse_answer(returned.get("status"))
     if not answer.allowed:
         raise AccessRefused(answer)
@@ -167,9 +175,10 @@ def read_key(
         previous=previous,
         recipient=private.public(),
         client=client,
-        sealed_token=login.sealed_token(target, namespace, private.public(), token),
     )
-    answer = review(target, namespace, spec)
+    issued = int(time.time())
+    spec = login.with_token(target, namespace, spec, issued, token)
+    answer = review(target, namespace, spec, issued)
     key = answer.key
     if key is None or key.name != name:
         raise wire.ReviewInvalid("the gateway's answer holds no key")
@@ -189,15 +198,12 @@ def request_rotation(
 ) -> wire.ReviewAnswer:
     """Ask the gateway for a rotation of ``namespace/name`` as a KeyRole's ``rotate``
     grantee; the answer's ``rotation_request`` is the annotation value it set."""
-    binding = RecipientPrivateKey.generate().public()
     spec = wire.ReviewSpec(
-        "rotate",
-        key=name,
-        recipient=binding,
-        client=client,
-        sealed_token=login.sealed_token(target, namespace, binding, token),
+        "rotate", key=name, recipient=RecipientPrivateKey.generate().public(), client=client
     )
-    return review(target, namespace, spec)
+    issued = int(time.time())
+    spec = login.with_token(target, namespace, spec, issued, token)
+    return review(target, namespace, spec, issued)
 
 
 def _write_private(path: Path, data: bytearray) -> None:
@@ -255,15 +261,12 @@ def get(args: argparse.Namespace) -> int:
 def list_keys(args: argparse.Namespace) -> int:
     target = kubeapi.load_target(args.kubeconfig)
     namespace = args.namespace or target.namespace
-    binding = RecipientPrivateKey.generate().public()
-    token = login.sealed_token(target, namespace, binding)
     spec = wire.ReviewSpec(
-        "list",
-        recipient=binding if token else None,
-        client="secure-keys-cli/list",
-        sealed_token=token,
+        "list", recipient=RecipientPrivateKey.generate().public(), client="secure-keys-cli/list"
     )
-    answer = review(target, namespace, spec)
+    issued = int(time.time())
+    spec = login.with_token(target, namespace, spec, issued)
+    answer = review(target, namespace, spec, issued)
     if args.json:
         import json
 

@@ -4,8 +4,9 @@ All go through KeyAccessReviews (``cli/access.py``), so they work with whatever 
 the kubeconfig proves. A TOTP code is read from ``--code-file`` or stdin (a prompt on a
 terminal), never from the arguments, and is sent sealed to the cluster's recipient key
 (the ConfigMap ``secure-keys-recipient``, readable by every authenticated identity) for
-the purpose ``access-request``, bound to this request's own ephemeral key
-(``core.accessreview.seal_request_secret``).
+the purpose ``access-request``, bound to this very review (``proof_binding``: its
+namespace, operation, key, ephemeral key and the time its proof is made;
+``core.accessreview.seal_request_secret``).
 
 The access token is cached in ``$XDG_CONFIG_HOME/secure-keys/tokens/<digest>.json``
 (mode 0600 in a 0700 directory; the digest names the API server and the kubeconfig),
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,17 +126,28 @@ def load_token(target: kubeapi.Target, now: datetime) -> CachedToken | None:
     return cached if cached.expires_at > now else None
 
 
-def sealed_token(
-    target: kubeapi.Target, namespace: str, recipient: Recipient, held: HeldToken | None = None
-) -> str:
-    """``held`` (else the cached token) sealed for this review, or ``""``."""
+def with_token(
+    target: kubeapi.Target,
+    namespace: str,
+    spec: wire.ReviewSpec,
+    issued: int,
+    held: HeldToken | None = None,
+) -> wire.ReviewSpec:
+    """``spec`` carrying ``held`` (else the cached token), sealed for the gateway and bound
+    to this very review as its proof made at ``issued`` will be (``proof_binding``): a
+    sealed token copied from one review opens in no other. ``spec`` unchanged if none."""
     now = datetime.now(UTC)
     cached = held if held is not None and held.expires_at > now else load_token(target, now)
-    if cached is None:
-        return ""
-    return wire.seal_request_secret(
-        cached.cluster, cached.token.encode(), namespace=namespace, recipient=recipient
+    if cached is None or spec.recipient is None:
+        return spec
+    sealed = wire.seal_request_secret(
+        cached.cluster,
+        cached.token.encode(),
+        namespace=namespace,
+        recipient=spec.recipient,
+        binding=wire.proof_binding(namespace, spec, issued),
     )
+    return dataclasses.replace(spec, sealed_token=sealed)
 
 
 # --- the commands ------------------------------------------------------------------------
@@ -176,19 +190,22 @@ def code_review(
     from secure_keys.cli.access import review
 
     private = RecipientPrivateKey.generate()
+    spec = wire.ReviewSpec(
+        operation, recipient=private.public(), client=f"secure-keys-cli/{operation}"
+    )
+    issued = int(time.time())
     try:
         sealed = wire.seal_request_secret(
-            cluster, code, namespace=namespace, recipient=private.public()
+            cluster,
+            code,
+            namespace=namespace,
+            recipient=private.public(),
+            binding=wire.proof_binding(namespace, spec, issued),
         )
     finally:
         zero(code)
-    spec = wire.ReviewSpec(
-        operation,
-        recipient=private.public(),
-        client=f"secure-keys-cli/{operation}",
-        sealed_code=sealed,
-    )
-    return review(target, namespace, spec), private, cluster, namespace
+    spec = dataclasses.replace(spec, sealed_code=sealed)
+    return review(target, namespace, spec, issued), private, cluster, namespace
 
 
 def login_in_memory(

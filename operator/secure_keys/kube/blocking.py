@@ -82,6 +82,11 @@ class BlockingHttp:
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(context)
                 raise TransportError(str(exc) or type(exc).__name__) from None
+            except ValueError:
+                # http.client refuses a header with a control character, quoting its
+                # value: never repeat it (an Authorization header holds a credential).
+                self._drop(context)
+                raise TransportError("a request header holds a control character") from None
             if response.will_close:
                 self._drop(context)
             return response.status, payload, response.getheader("Retry-After")

@@ -391,6 +391,13 @@ class KubeApi:
                     self._exec_ssl = (credential, built)
                 context = self._exec_ssl[1]
         if token:
+            if not token.isprintable() or " " in token:
+                # An HTTP library refuses such a header quoting it, token and all.
+                raise ValueError(
+                    "the bearer token holds a space, a line break or another control "
+                    "character (check the kubeconfig's token, its tokenFile or the "
+                    "credential plugin's output)"
+                )
             headers["Authorization"] = f"Bearer {token}"
         return _Auth(headers, context, credential)
 

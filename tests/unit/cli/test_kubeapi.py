@@ -336,3 +336,20 @@ def test_recipient_file_needs_no_kubeconfig(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert yaml.safe_load(out)["metadata"]["namespace"] == "default"
+
+
+def test_a_token_with_a_line_break_is_refused_without_repeating_it(
+    server: FakeApiServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `token: |` block scalar keeps its newline; the HTTP library's own refusal would
+    quote the header, token and all, into the error line (and a CI log)."""
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    document = yaml.safe_load(kubeconfig.read_text())
+    document["users"][0]["user"]["token"] = CANARY + "\n"
+    kubeconfig.write_text(yaml.safe_dump(document))
+    code = cli.main(["--kubeconfig", str(kubeconfig), "rotate", "api"])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "control character" in err
+    assert CANARY not in err
+    assert server.requests == []

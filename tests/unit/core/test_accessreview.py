@@ -115,3 +115,38 @@ def test_a_sealed_code_or_token_opens_only_in_its_own_review_and_purpose() -> No
         wire.open_request_secret(cluster, sealed, namespace="other", recipient=mine)
     with pytest.raises(SealedSourceInvalid):  # never an ApiKey's sealed source
         open_sealed(cluster, sealed, namespace="ns", name=wire.request_binding(mine))
+
+
+def test_a_sealed_token_bound_to_one_review_opens_in_no_other() -> None:
+    """An MFA token or code lifted from a copied review (its recipient key kept) into a
+    rotate, or another key, does not open: it is bound to the review's proof binding."""
+    cluster = RecipientPrivateKey.generate()
+    read = wire.ReviewSpec("read", key="stripe", recipient=PRIVATE.public())
+    issued = 1_800_000_000
+    sealed = wire.seal_request_secret(
+        cluster.public(),
+        b"access-token",
+        namespace="ns",
+        recipient=PRIVATE.public(),
+        binding=wire.proof_binding("ns", read, issued),
+    )
+    opened = wire.open_request_secret(
+        cluster,
+        sealed,
+        namespace="ns",
+        recipient=PRIVATE.public(),
+        binding=wire.proof_binding("ns", read, issued),
+    )
+    assert opened == b"access-token"
+    rotate = wire.ReviewSpec("rotate", key="stripe", recipient=PRIVATE.public())
+    for spec, at in ((rotate, issued), (read, issued + 1)):
+        with pytest.raises(SealedSourceInvalid):
+            wire.open_request_secret(
+                cluster,
+                sealed,
+                namespace="ns",
+                recipient=PRIVATE.public(),
+                binding=wire.proof_binding("ns", spec, at),
+            )
+    with pytest.raises(SealedSourceInvalid):  # nor under the recipient-only binding
+        wire.open_request_secret(cluster, sealed, namespace="ns", recipient=PRIVATE.public())

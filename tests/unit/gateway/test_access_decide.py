@@ -342,3 +342,30 @@ def test_a_role_rotates_at_most_once_per_grace_period() -> None:
     assert "version 1 is in its grace period until 2025-01-06T12:50:00Z" in refused.message
     later = MONDAY_NOON + timedelta(minutes=51)
     assert isinstance(decide_rotate(ALICE, spec, NS, keys, [role], later, TAG_KEY), RotateGrant)
+
+
+def test_rotate_waits_while_a_version_is_pending() -> None:
+    """The controller records the request with the new Pending version and archives the
+    old one in a later write: in between, neither the annotation nor the grace says a
+    rotation is under way, the Pending record does."""
+    status = {
+        "currentVersion": 1,
+        "lastRotationRequest": "t1-a",
+        "versions": [
+            {"version": 1, "state": "Active", "fingerprint": "f1"},
+            {"version": 2, "state": "Pending", "fingerprint": "f2"},
+        ],
+    }
+    meta = {
+        "name": "stripe",
+        "namespace": NS,
+        "uid": "u",
+        "annotations": {"securekeys.io/rotate-requested-at": "t1-a"},
+    }
+    view = project_delivery_key({"metadata": meta, "spec": {}, "status": status})
+    assert view is not None
+    role = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, ("rotate",))
+    spec = ReviewSpec("rotate", key="stripe", recipient=RECIPIENT)
+    refused = decide_rotate(ALICE, spec, NS, {"stripe": view}, [role], MONDAY_NOON, TAG_KEY)
+    assert isinstance(refused, Refusal)
+    assert refused.reason == "RotationPending"

@@ -90,3 +90,12 @@ def test_the_cli_starts_without_aiohttp_structlog_or_the_local_store() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_a_header_the_library_refuses_is_reported_without_its_value() -> None:
+    """http.client's own message quotes the header's value: an Authorization header holds
+    a credential, which must not reach the CLI's error line."""
+    http = BlockingHttp("http://127.0.0.1:9", ssl.create_default_context(), timeout=5)
+    with pytest.raises(TransportError) as refused:
+        http.send("GET", "/api", None, {"Authorization": "Bearer sk-canary-token\n"})
+    assert "sk-canary-token" not in str(refused.value)

@@ -378,7 +378,7 @@ class AccessReviews:
         spec: wire.ReviewSpec,
         sealed: str,
         what: str,
-        binding: str = "",
+        binding: str,
     ) -> bytearray | Refusal:
         if spec.recipient is None:
             return Refusal("BadRequest", f"a sealed {what} needs spec.recipientKey")
@@ -425,7 +425,9 @@ class AccessReviews:
         caller (and the token's jti, the session); a token that does not verify refuses."""
         if not spec.sealed_token:
             return review, ""
-        opened = await self._open_request_secret(review, spec, spec.sealed_token, "token")
+        opened = await self._open_request_secret(
+            review, spec, spec.sealed_token, "token", _bound(review, spec)
+        )
         if isinstance(opened, Refusal):
             return opened
         try:
@@ -557,7 +559,9 @@ class AccessReviews:
                 secret=wire.AnsweredSecret(sealed),
             )
             return _admission(review, status=answer.to_json()), "enroll"
-        opened = await self._open_request_secret(review, spec, spec.sealed_code, "code")
+        opened = await self._open_request_secret(
+            review, spec, spec.sealed_code, "code", _bound(review, spec)
+        )
         if isinstance(opened, Refusal):
             return self._refused(review, spec, opened, started), opened.reason
         try:
@@ -849,6 +853,15 @@ _EVENT_TYPES = {
     "login": ("auth.login", "auth.code_refused"),
 }
 """(success, refusal) event types per action, for the audit record."""
+
+
+def _bound(review: ReviewRequest, spec: wire.ReviewSpec) -> str:
+    """What a review's sealed token or code is bound to: the proof's own binding (the
+    proof is checked before either is opened), so one lifted from a copied review into
+    another (another operation or key, a rotate needing no answer) does not open."""
+    if spec.proof is None:
+        return "proof-missing"  # opens nothing; the proof check refused this already
+    return wire.proof_binding(review.namespace, spec, spec.proof.issued_at)
 
 
 def _audit_id(record: Mapping[str, Any] | None) -> str:

@@ -199,8 +199,10 @@ class DeliveryKeyView:
     """``status.rollout`` as stored (``kube.rollout``, written by the gateways)."""
     conditions: tuple[Mapping[str, Any], ...] = ()
     rotation_pending: bool = False
-    """A rotate-requested-at value the controller has not yet recorded as honoured in
-    ``status.lastRotationRequest`` (a KeyRole's ``rotate`` waits for it)."""
+    """A rotation under way: a rotate-requested-at value the controller has not yet
+    recorded as honoured in ``status.lastRotationRequest``, or a Pending version (it
+    records the request with the new Pending version, and archives the old one in a
+    later write). A KeyRole's ``rotate`` waits for it."""
 
     def current(self) -> VersionView | None:
         """The Active record that ``status.currentVersion`` names."""
@@ -295,6 +297,9 @@ def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
 
 
 def _rotation_pending(annotations: object, status: Mapping[str, Any]) -> bool:
+    for record in _items(status.get("versions")):
+        if isinstance(record, dict) and record.get("state") == "Pending":
+            return True
     requested = _dict(annotations).get(ROTATE_ANNOTATION)
     # A value over 128 characters is recorded as a digest (controller.models): never
     # written by secure-keys, so not compared here.
