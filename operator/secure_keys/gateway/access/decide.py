@@ -129,6 +129,29 @@ def _version(
     return current
 
 
+def _granting_now(
+    caller: Caller, key: str, granting: list[BrokerRole], permission: str, now: datetime
+) -> list[tuple[datetime, BrokerRole]] | Refusal:
+    """The roles among ``granting`` (those holding ``permission`` on ``key``) that grant
+    to this caller now, each with its lease: ``requireMFA`` only to a caller that
+    completed MFA, and only within an open time window."""
+    usable = [r for r in granting if caller.mfa or not r.require_mfa]
+    if not usable:
+        return Refusal(
+            "MfaRequired",
+            f'every KeyRole granting {permission} of "{key}" requires MFA '
+            f"({', '.join(sorted(r.name for r in granting))}): run `secure-keys login` "
+            "with a TOTP code, then try again",
+        )
+    leases = [(lease, r) for r in usable if (lease := _lease(r, now)) is not None]
+    if not leases:
+        return Refusal(
+            "OutsideTimeWindow",
+            f'no time window of a KeyRole granting {permission} of "{key}" is open now',
+        )
+    return leases
+
+
 def decide_read(
     caller: Caller,
     spec: ReviewSpec,
@@ -155,20 +178,9 @@ def decide_read(
         )
     if view is None or view.deleting:
         return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')
-    usable = [r for r in readers if caller.mfa or not r.require_mfa]
-    if not usable:
-        return Refusal(
-            "MfaRequired",
-            f'every KeyRole granting read of "{spec.key}" requires MFA '
-            f"({', '.join(sorted(r.name for r in readers))}): run `secure-keys login` "
-            "with a TOTP code, then try again",
-        )
-    leases = [(lease, r) for r in usable if (lease := _lease(r, now)) is not None]
-    if not leases:
-        return Refusal(
-            "OutsideTimeWindow",
-            f'no time window of a KeyRole granting "{spec.key}" is open now',
-        )
+    leases = _granting_now(caller, spec.key, readers, "read", now)
+    if isinstance(leases, Refusal):
+        return leases
     version = _version(spec, view, now, tag_key)
     if isinstance(version, Refusal):
         return version
@@ -218,20 +230,10 @@ def decide_rotate(
         )
     if view is None or view.deleting:
         return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')
-    usable = [r for r in rotators if caller.mfa or not r.require_mfa]
-    if not usable:
-        return Refusal(
-            "MfaRequired",
-            f'every KeyRole granting rotate of "{spec.key}" requires MFA '
-            f"({', '.join(sorted(r.name for r in rotators))}): run `secure-keys login` "
-            "with a TOTP code, then try again",
-        )
-    open_now = [r for r in usable if _lease(r, now) is not None]
-    if not open_now:
-        return Refusal(
-            "OutsideTimeWindow",
-            f'no time window of a KeyRole granting rotate of "{spec.key}" is open now',
-        )
+    leases = _granting_now(caller, spec.key, rotators, "rotate", now)
+    if isinstance(leases, Refusal):
+        return leases
+    open_now = [r for _, r in leases]
     if view.rotation_pending:
         # One request at a time: the controller's pace bounds a grantee's rotations (each
         # archives a version, and retention destroys the oldest).
