@@ -450,23 +450,14 @@ def test_the_gateway_may_only_restart_its_deployment(
 # -- what the gateway may change in an ApiKey's status ------------------------------------
 
 
-def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
-    admin_api: client.ApiClient, namespace: str, crds: None, self_policy: None
-) -> None:
-    """gateway-broker-rbac.yaml grants `patch` on apikeys/status for the rollout status
-    (docs/rollout.md); the policy keeps every field the controller writes out of reach."""
+def _let_the_gateway_patch(admin_api: client.ApiClient, namespace: str, resource: str) -> None:
+    """Grant the gateway's ServiceAccount `patch` on ``resource`` (of securekeys.io) in
+    ``namespace``, as gateway-broker-rbac.yaml does cluster-wide, so that every refusal
+    that follows is the policy's, not RBAC's."""
     rbac = client.RbacAuthorizationV1Api(admin_api)
-    name = f"gateway-rollout-{namespace}"
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "rules": [
-                {"apiGroups": ["securekeys.io"], "resources": ["apikeys/status"],
-                 "verbs": ["patch"]},
-            ],
-        },
-    )  # fmt: skip
+    name = f"gateway-{resource.replace('/', '-')}-{namespace}"
+    rule = {"apiGroups": ["securekeys.io"], "resources": [resource], "verbs": ["patch"]}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": [rule]})
     rbac.create_namespaced_role_binding(
         namespace,
         {
@@ -475,6 +466,14 @@ def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
             "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": SYSTEM}],
         },
     )
+
+
+def test_the_gateway_may_write_only_the_rollout_in_an_apikeys_status(
+    admin_api: client.ApiClient, namespace: str, crds: None, self_policy: None
+) -> None:
+    """gateway-broker-rbac.yaml grants `patch` on apikeys/status for the rollout status
+    (docs/rollout.md); the policy keeps every field the controller writes out of reach."""
+    _let_the_gateway_patch(admin_api, namespace, "apikeys/status")
     custom = client.CustomObjectsApi(admin_api)
     custom.create_namespaced_custom_object(
         "securekeys.io", "v1alpha1", namespace, "apikeys",
@@ -546,25 +545,7 @@ def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
     (so a compromised gateway cannot cancel an admin's rotation, nor two replicas both
     request one). The ApiKey names a local keyring no controller here has, so no request
     is ever honoured: the second one is pending for certain."""
-    rbac = client.RbacAuthorizationV1Api(admin_api)
-    name = f"gateway-rotate-{namespace}"
-    rbac.create_namespaced_role(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "rules": [
-                {"apiGroups": ["securekeys.io"], "resources": ["apikeys"], "verbs": ["patch"]},
-            ],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": SYSTEM}],
-        },
-    )
+    _let_the_gateway_patch(admin_api, namespace, "apikeys")
     custom = client.CustomObjectsApi(admin_api)
     custom.create_namespaced_custom_object(
         "securekeys.io", "v1alpha1", namespace, "apikeys",

@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from secure_keys.kube.names import FINALIZER, GROUP, ROTATE_ANNOTATION, VERSION
+from secure_keys.kube.names import (
+    FINALIZER,
+    GROUP,
+    MAX_ROTATE_REQUEST,
+    ROTATE_ANNOTATION,
+    VERSION,
+)
 
 __all__ = [
     "FINALIZER",
@@ -26,9 +32,6 @@ __all__ = [
     "InvalidSpec",
     "source_digest",
 ]
-
-MAX_REQUEST_TEXT = 128
-"""Longer rotate-now values are recorded as a digest (status.lastRotationRequest is capped)."""
 
 
 class InvalidSpec(ValueError):
@@ -137,7 +140,7 @@ class ApiKey(_Model):
     def rotation_request(self) -> str | None:
         """The rotate-now annotation as recorded in status: itself if short, else a digest."""
         value = self.metadata.annotations.get(ROTATE_ANNOTATION)
-        if value is None or len(value) <= MAX_REQUEST_TEXT:
+        if value is None or len(value) <= MAX_ROTATE_REQUEST:
             return value
         return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:32]
 

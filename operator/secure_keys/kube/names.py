@@ -10,6 +10,9 @@ VERSION = "v1alpha1"
 
 ROTATE_ANNOTATION = "securekeys.io/rotate-requested-at"
 """Set by ``secure-keys rotate``: any new value asks for one rotation now."""
+MAX_ROTATE_REQUEST = 128
+"""Longer rotate-now values are recorded in ``status.lastRotationRequest`` as a digest
+(the field is capped); the gateway compares only shorter ones."""
 GRACE_ENDED_ANNOTATION = "securekeys.io/grace-ended-through"
 """Set by ``secure-keys revoke --version N``: the broker no longer offers versions up to
 N as ``.previous`` (their grace ends early; the files go from every pod by push)."""

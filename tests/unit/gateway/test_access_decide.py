@@ -369,3 +369,18 @@ def test_rotate_waits_while_a_version_is_pending() -> None:
     refused = decide_rotate(ALICE, spec, NS, {"stripe": view}, [role], MONDAY_NOON, TAG_KEY)
     assert isinstance(refused, Refusal)
     assert refused.reason == "RotationPending"
+
+
+def test_a_read_refusal_names_no_role_that_covers_the_key_only_by_selector() -> None:
+    """Naming it would tell a caller without read that the key exists and carries the
+    selector's labels; a role naming the key by name is named."""
+    alice = [{"kind": "User", "name": "alice"}]
+    by_label = _role(alice, {"selector": {"matchLabels": {"team": "a"}}}, ("list",), name="team-a")
+    quiet = _read(ALICE, by_label, key="github")
+    assert isinstance(quiet, Refusal)
+    assert quiet.reason == "KeyNotGranted"
+    assert "team-a" not in quiet.message
+    by_name = _role(alice, {"names": ["github"]}, ("list",), name="lister")
+    named = _read(ALICE, by_name, key="github")
+    assert isinstance(named, Refusal)
+    assert "lister names you without read" in named.message

@@ -129,6 +129,29 @@ def _version(
     return current
 
 
+def _not_granted(
+    reason: str,
+    caller: Caller,
+    key: str,
+    namespace: str,
+    naming: list[BrokerRole],
+    permission: str,
+    *,
+    also: str = "",
+) -> Refusal:
+    """No role grants ``permission``: say what would. Only roles that name the key by
+    name are named as lacking it: one covering it by selector would tell the caller that
+    the key exists and carries the selector's labels."""
+    by_name = sorted(r.name for r in naming if key in r.rules.keys.names)
+    extra = f" (KeyRole {', '.join(by_name)} names you without {permission})" if by_name else ""
+    return Refusal(
+        reason,
+        f'{caller.describe()} may not {permission} ApiKey "{key}" in namespace "{namespace}"'
+        f"{extra}: {also}a KeyRole there with this user or one of its groups as a subject, "
+        f'"{key}" in its keys and {permission} in its permissions would grant it',
+    )
+
+
 def _granting_now(
     caller: Caller, key: str, granting: list[BrokerRole], permission: str, now: datetime
 ) -> list[tuple[datetime, BrokerRole]] | Refusal:
@@ -167,15 +190,7 @@ def decide_read(
     naming = roles_naming(caller, namespace, spec.key, labels, roles)
     readers = [r for r in naming if "read" in r.rules.permissions]
     if not readers:
-        extra = ""
-        if naming:
-            extra = f" (KeyRole {', '.join(sorted(r.name for r in naming))} names you without read)"
-        return Refusal(
-            "KeyNotGranted",
-            f'{caller.describe()} may not read ApiKey "{spec.key}" in namespace "{namespace}"'
-            f"{extra}: a KeyRole there with this user or one of its groups as a subject, "
-            f'"{spec.key}" in its keys and read in its permissions would grant it',
-        )
+        return _not_granted("KeyNotGranted", caller, spec.key, namespace, naming, "read")
     if view is None or view.deleting:
         return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')
     leases = _granting_now(caller, spec.key, readers, "read", now)
@@ -214,19 +229,14 @@ def decide_rotate(
     naming = roles_naming(caller, namespace, spec.key, labels, roles)
     rotators = [r for r in naming if "rotate" in r.rules.permissions]
     if not rotators:
-        extra = ""
-        # Only roles naming the key by name: one that covers it by selector would tell a
-        # caller without rotate that the key exists and carries the selector's labels.
-        by_name = [r for r in naming if spec.key in r.rules.keys.names]
-        if by_name:
-            names = ", ".join(sorted(r.name for r in by_name))
-            extra = f" (KeyRole {names} names you without rotate)"
-        return Refusal(
+        return _not_granted(
             "RotateNotGranted",
-            f'{caller.describe()} may not rotate ApiKey "{spec.key}" in namespace '
-            f'"{namespace}"{extra}: patch on apikeys (Kubernetes RBAC), or a KeyRole there '
-            f'with this user or one of its groups as a subject, "{spec.key}" in its keys and '
-            "rotate in its permissions would grant it",
+            caller,
+            spec.key,
+            namespace,
+            naming,
+            "rotate",
+            also="patch on apikeys (Kubernetes RBAC), or ",
         )
     if view is None or view.deleting:
         return Refusal("KeyNotFound", f'no ApiKey "{spec.key}" in namespace "{namespace}"')

@@ -73,6 +73,10 @@ CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 
 _log = structlog.get_logger("secure_keys.gateway.access")
 
+POLICY_PENDING = "already requested"
+"""In the message of the chart's gateway-rotate-only policy when it refuses a request
+because a rotation is under way (tests/unit/dev/test_rotate_policy.py keeps them equal)."""
+
 RequestRotation = Callable[[str, str, str], Awaitable[None]]
 """``(namespace, apikey, value)``: set the ApiKey's rotate-requested-at annotation to
 ``value`` (an ``ApiError`` when the API server refuses)."""
@@ -666,7 +670,7 @@ class AccessReviews:
                 "RotateFailed",
                 f"the API server refused the gateway's rotation request ({exc.status}); try again",
             )
-            if exc.status == 403 and "already requested" in exc.message:
+            if exc.status == 403 and POLICY_PENDING in exc.message:
                 # The chart's policy saw a request pending on the stored object (another
                 # replica's, racing past this cache's view).
                 refusal = Refusal("RotationPending", exc.message[:200])

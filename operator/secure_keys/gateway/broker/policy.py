@@ -47,7 +47,7 @@ from secure_keys.core.stamps import format_stamp
 from secure_keys.kube import annotations as ann
 from secure_keys.kube.informer import metadata_of
 from secure_keys.kube.keyroles import KeyRoleRules, binds_service_account
-from secure_keys.kube.names import GRACE_ENDED_ANNOTATION, ROTATE_ANNOTATION
+from secure_keys.kube.names import GRACE_ENDED_ANNOTATION, MAX_ROTATE_REQUEST, ROTATE_ANNOTATION
 from secure_keys.kube.rollout import Rollout, parse_rollout
 
 DEFAULT_LEASE = timedelta(hours=1)
@@ -301,9 +301,9 @@ def _rotation_pending(annotations: object, status: Mapping[str, Any]) -> bool:
         if isinstance(record, dict) and record.get("state") == "Pending":
             return True
     requested = _dict(annotations).get(ROTATE_ANNOTATION)
-    # A value over 128 characters is recorded as a digest (controller.models): never
-    # written by secure-keys, so not compared here.
-    if not isinstance(requested, str) or len(requested) > 128:
+    # A longer value is recorded as a digest (controller.models): never written by
+    # secure-keys, so not compared here.
+    if not isinstance(requested, str) or len(requested) > MAX_ROTATE_REQUEST:
         return False
     return requested != status.get("lastRotationRequest")
 
