@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
 from secure_keys.cli import kubeapi, login
 from secure_keys.core import accessreview as wire
 from secure_keys.core.keyformat import KeyFormatError, render
@@ -39,7 +36,6 @@ from secure_keys.kube.client import CONFIGMAPS, KubeApi, Resource
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY
 
 REVIEWS = Resource(wire.GROUP, wire.VERSION, wire.PLURAL)
-CLUSTER_COMMANDS = frozenset({"get", "list", "run"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
@@ -55,25 +51,6 @@ class AccessUsageError(ValueError):
     """A usage error of these commands (exit 2)."""
 
 
-def add_cluster_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
-    """The cluster options of ``get``, ``list`` and ``run`` (the local store's parsers)."""
-    for name in ("get", "list", "run"):
-        parsers[name].add_argument(
-            "-n", "--namespace", default=None, help="cluster: the key's namespace"
-        )
-    get = parsers["get"]
-    get.add_argument("--version", type=int, default=None, help="cluster: this version")
-    get.add_argument(
-        "--format",
-        choices=("raw", "env", "json"),
-        default="raw",
-        help="cluster: raw (the key), env (NAME=value) or json",
-    )
-    get.add_argument(
-        "-o", "--output", type=Path, default=None, help="cluster: write here (0600), not stdout"
-    )
-
-
 @dataclass(frozen=True)
 class ReadKey:
     """A key read from the cluster: its plaintext (the caller zeroes it) and its answer."""
@@ -81,6 +58,22 @@ class ReadKey:
     plaintext: bytearray
     answer: wire.AnsweredKey
     audit_id: str
+
+
+def _sign(key_pem: bytes, message: bytes) -> bytes:
+    """``message`` signed with the client certificate's key (ECDSA or RSA over SHA-256, or
+    Ed25519), as the gateway checks it against the certificate."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+    private = serialization.load_pem_private_key(key_pem, password=None)
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        return private.sign(message, ec.ECDSA(hashes.SHA256()))
+    if isinstance(private, rsa.RSAPrivateKey):
+        return private.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(private, ed25519.Ed25519PrivateKey):
+        return private.sign(message)
+    raise kubeapi.KubeconfigError("the client key's type cannot sign a proof")
 
 
 async def with_proof(
@@ -94,17 +87,7 @@ async def with_proof(
     assert spec.recipient is not None  # noqa: S101 - set just above, for mypy
     token, cert_pem, key_pem = await api.client_credential()
     if cert_pem is not None and key_pem is not None:
-        private = serialization.load_pem_private_key(key_pem, password=None)
-        message = wire.proof_message(namespace, spec, issued)
-        if isinstance(private, ec.EllipticCurvePrivateKey):
-            signature = private.sign(message, ec.ECDSA(hashes.SHA256()))
-        elif isinstance(private, rsa.RSAPrivateKey):
-            signature = private.sign(message, padding.PKCS1v15(), hashes.SHA256())
-        elif isinstance(private, ed25519.Ed25519PrivateKey):
-            signature = private.sign(message)
-        else:
-            raise kubeapi.KubeconfigError("the client key's type cannot sign a proof")
-        del private
+        signature = _sign(key_pem, wire.proof_message(namespace, spec, issued))
         proof = wire.CallerProof(
             "certificate",
             certificate=cert_pem.decode(),

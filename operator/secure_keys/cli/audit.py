@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -32,17 +31,6 @@ from secure_keys.kube.client import EVENTS
 READ_REASONS = frozenset({"KeyRead", "KeyReadDenied"})
 _SINCE = re.compile(r"^([0-9]+)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def add_cluster_arguments(audit: argparse.ArgumentParser) -> None:
-    audit.add_argument("action", nargs="?", choices=("verify",), help="verify FILE")
-    audit.add_argument("file", nargs="?", type=Path, help="verify: the exported log")
-    audit.add_argument("-n", "--namespace", default=None)
-    audit.add_argument("--key", default=None, help="only this ApiKey's Events")
-    audit.add_argument("--since", default=None, help="only Events newer than this (30m, 1h, 2d)")
-    audit.add_argument("--kms-config", type=Path, default=None, help="verify: the KMS config")
-    audit.add_argument("--audit-key-file", type=Path, default=None, help="verify: the key, hex")
-    audit.add_argument("--controller-namespace", default="secure-keys-system")
 
 
 def _since(text: str | None) -> datetime | None:
@@ -130,6 +118,8 @@ def _audit_key(args: argparse.Namespace) -> bytearray:
                 args.controller_namespace,
             )
             return await source.fingerprint_key()
+
+    import asyncio  # only `audit verify` opens a KMS provider, and those are asyncio
 
     fingerprint_key = asyncio.run(open_key())
     try:

@@ -2,8 +2,13 @@
 
 Uses the project's own client (``secure_keys.kube.client``) on its blocking transport
 (the standard library's ``http.client``: importing aiohttp would cost every command a
-fifth of a second, ``kube/blocking.py``) through ``asyncio.run``, so the base install
-needs neither the ``kubernetes`` package nor the controller's dependencies. The
+fifth of a second, ``kube/blocking.py``), so the base install needs neither the
+``kubernetes`` package nor the controller's dependencies. On that transport the client's
+coroutines never wait on anything but the socket, which blocks, so they are run to their
+end without an event loop (``_to_completion``): importing asyncio costs a command about
+40 ms on these machines, a sixth of a ``get`` (``bench/access.py``). Only a kubeconfig
+``exec`` plugin, which runs as an asyncio subprocess, brings in ``asyncio.run``. This
+also lets a program call ``KeyManager`` from inside its own event loop. The
 kubeconfig is found as the controller finds it (the ``--kubeconfig`` path, else the
 first of ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``), and its current
 context's namespace is the default for ``-n``.
@@ -16,21 +21,22 @@ kubeconfig's contents, which hold credentials.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from secure_keys.cli.pins import ClusterId
 from secure_keys.kube.blocking import TransportError
-from secure_keys.kube.client import APIKEYS, CONFIGMAPS, Credentials, KubeApi
-from secure_keys.kube.exec_auth import ExecPluginError
+from secure_keys.kube.client import APIKEYS, CONFIGMAPS, Credentials, KubeApi, load_kubeconfig
 from secure_keys.kube.names import RECIPIENT_CONFIGMAP, RECIPIENT_CONFIGMAP_KEY, ROTATE_ANNOTATION
+
+if TYPE_CHECKING:
+    from secure_keys.cli.pins import ClusterId
 
 _IN_CLUSTER = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_NAMESPACE = "default"
@@ -69,6 +75,13 @@ class FetchedRecipient:
     """The kubeconfig context's namespace (the default for ``-n``)."""
 
 
+def _plugin_errors() -> tuple[type[Exception], ...]:
+    """The credential plugin's error class, if its module was loaded: only a kubeconfig
+    with an ``exec`` section loads it (``kube.client``), and only then can it be raised."""
+    module = sys.modules.get("secure_keys.kube.exec_auth")
+    return (module.ExecPluginError,) if module is not None else ()
+
+
 def _kubeconfig_path(given: Path | None) -> Path | None:
     """The kubeconfig to read, or ``None`` for the in-cluster ServiceAccount."""
     if given is not None:
@@ -90,7 +103,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 def _read_document(path: Path) -> dict[str, Any]:
     try:
-        document = yaml.safe_load(path.read_text())
+        document = load_kubeconfig(path.read_text())
     except FileNotFoundError:
         raise KubeconfigError(f"kubeconfig {path} does not exist") from None
     except OSError as exc:
@@ -124,12 +137,14 @@ def load_target(kubeconfig: Path | None) -> Target:
             raise KubeconfigError(f"in-cluster credentials: {exc.strerror or exc}") from None
     document = _read_document(path)
     try:
-        credentials = Credentials.from_kubeconfig(path)
+        credentials = Credentials.from_kubeconfig(path, document=document)
     except yaml.YAMLError as exc:
         raise KubeconfigError(f"kubeconfig {path}: {_yaml_problem(exc)}") from None
     except KeyError as exc:
         raise KubeconfigError(f"kubeconfig {path}: {exc.args[0]!r} is not defined") from None
-    except (ValueError, TypeError, AttributeError, OSError, ExecPluginError) as exc:
+    except (ValueError, TypeError, AttributeError, OSError) as exc:
+        raise KubeconfigError(f"kubeconfig {path}: {exc}") from None
+    except _plugin_errors() as exc:
         raise KubeconfigError(f"kubeconfig {path}: {exc}") from None
     return Target(credentials, context_namespace(document), str(path))
 
@@ -150,6 +165,19 @@ def default_namespace(kubeconfig: Path | None) -> str:
     return context_namespace(_read_document(path))
 
 
+def _to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, with no event loop. One that does
+    suspend is a programming error here: it is closed (its ``finally`` blocks run) and
+    the error raised."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("a blocking-transport request suspended: it needs an event loop")
+
+
 def _run(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
     async def session() -> T:
         try:
@@ -165,8 +193,12 @@ def _run(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
             await api.__aexit__(None, None, None)
 
     try:
+        if target.credentials.exec is None:
+            return _to_completion(session())
+        import asyncio  # the plugin runs as an asyncio subprocess
+
         return asyncio.run(session())
-    except ExecPluginError as exc:
+    except _plugin_errors() as exc:
         raise KubeconfigError(f"{target.source}: credential plugin: {exc}") from None
     except (TransportError, TimeoutError) as exc:
         raise ApiUnreachable(
@@ -182,6 +214,8 @@ def run_api(target: Target, operation: Callable[[KubeApi], Awaitable[T]]) -> T:
 
 def fetch_recipient(kubeconfig: Path | None, controller_namespace: str) -> FetchedRecipient:
     """Read the recipient ConfigMap; its document is returned unparsed."""
+    from secure_keys.cli.pins import ClusterId  # only `seal` pins a recipient
+
     target = load_target(kubeconfig)
     configmap = _run(
         target, lambda api: api.get(CONFIGMAPS, controller_namespace, RECIPIENT_CONFIGMAP)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from secure_keys.cli import seal as seal_cmd
-from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, MIN_ITERATIONS
+from secure_keys.core.hierarchy import DEFAULT_ITERATIONS
 from secure_keys.core.memory import read_secret_file, zero
 from secure_keys.core.stamps import format_stamp
 from secure_keys.store import totp
@@ -31,7 +31,7 @@ from secure_keys.store.layout import FILE_MODE, default_store_dir
 if TYPE_CHECKING:
     from secure_keys.store.local import LocalStore
 
-__all__ = ["COMMANDS", "add_arguments", "open_store"]
+__all__ = ["COMMANDS", "open_store"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -155,7 +155,7 @@ def _init(args: argparse.Namespace) -> int:
             kms_key_id=args.kms_key_id or ("secure-keys-store" if args.kms == "keychain" else None),
             kms_options=options,
             password=password,
-            iterations=args.iterations,
+            iterations=args.iterations if args.iterations is not None else DEFAULT_ITERATIONS,
             grace_seconds=args.grace_period,
             retain=args.retain,
             totp_secret=secret,
@@ -370,102 +370,3 @@ COMMANDS: dict[str, Handler] = {
     "run": _run,
     "rotate": _rotate,
 }
-LOCAL_ONLY = frozenset({"init", "add", "rm", "passwd"})
-NOT_YET_ON_CLUSTER: frozenset[str] = frozenset()
-
-
-def _kms_option(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text[:64]!r}: expected KEY=VALUE")
-    return key, value
-
-
-def add_arguments(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> dict[str, argparse.ArgumentParser]:
-    """Add the store verbs to the CLI's subcommands; return their parsers by name."""
-    opener = argparse.ArgumentParser(add_help=False)
-    opener.add_argument(
-        "--password-file",
-        type=Path,
-        default=None,
-        help="the store's password: this file's first line",
-    )
-    opener.add_argument(
-        "--totp-file", type=Path, default=None, help="the TOTP code: this file's first line"
-    )
-    value = argparse.ArgumentParser(add_help=False)
-    value.add_argument(
-        "--from-file", type=Path, default=None, help="read the value here, not stdin"
-    )
-    value.add_argument("--keep-newline", action="store_true", help="keep one trailing newline")
-    parsers: dict[str, argparse.ArgumentParser] = {}
-
-    init = commands.add_parser("init", parents=[opener], help="create a local store")
-    init.add_argument(
-        "--kms",
-        default="local",
-        help="the provider wrapping data keys: local (a password), "
-        "keychain (the OS keychain), aws, gcp, azure, pkcs11",
-    )
-    init.add_argument("--kms-key-id", default=None, help="the KMS key (not for local)")
-    init.add_argument(
-        "--kms-option", type=_kms_option, action="append", default=[], metavar="KEY=VALUE"
-    )
-    init.add_argument(
-        "--iterations",
-        type=int,
-        default=DEFAULT_ITERATIONS,
-        help=f"PBKDF2 iterations (at least {MIN_ITERATIONS:,})",
-    )
-    init.add_argument(
-        "--grace-period",
-        type=int,
-        default=None,
-        metavar="SECONDS",
-        help="how long `get --previous` serves a rotated-out version (3600)",
-    )
-    init.add_argument(
-        "--retain", type=int, default=None, help="versions kept, the current one included (3)"
-    )
-    init.add_argument(
-        "--totp-secret-out",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="turn TOTP on; write the enrolment URI (it holds the secret) here, 0600",
-    )
-    parsers["init"] = init
-
-    add = commands.add_parser("add", parents=[opener, value], help="add a key (value on stdin)")
-    add.add_argument("name")
-    parsers["add"] = add
-    rm = commands.add_parser("rm", parents=[opener], help="destroy every version of a key")
-    rm.add_argument("name")
-    parsers["rm"] = rm
-    passwd = commands.add_parser("passwd", parents=[opener], help="change the store's password")
-    passwd.add_argument("--new-password-file", type=Path, default=None)
-    passwd.add_argument("--iterations", type=int, default=None)
-    parsers["passwd"] = passwd
-    get = commands.add_parser("get", parents=[opener], help="print a key's value")
-    get.add_argument("name")
-    get.add_argument(
-        "--previous", action="store_true", help="the version before, in its grace period"
-    )
-    get.add_argument("--newline", action="store_true", help="end the output with a newline")
-    parsers["get"] = get
-    lst = commands.add_parser("list", parents=[opener], help="list keys and versions (no values)")
-    lst.add_argument("--json", action="store_true")
-    parsers["list"] = lst
-    audit = commands.add_parser("audit", parents=[opener], help="show and verify the audit log")
-    audit.add_argument("--verify", action="store_true", help="only check the chain")
-    audit.add_argument("--tail", type=int, default=0, help="only the last N records")
-    parsers["audit"] = audit
-    run = commands.add_parser(
-        "run", parents=[opener], help="run a command with keys in its environment"
-    )
-    run.add_argument("-k", "--key", action="append", default=[], metavar="NAME[=ENV_VAR]")
-    run.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
-    parsers["run"] = run
-    return parsers | {"_opener": opener, "_value": value}

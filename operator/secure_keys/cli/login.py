@@ -34,43 +34,14 @@ from secure_keys.cli import kubeapi
 from secure_keys.core import accessreview as wire
 from secure_keys.core.memory import zero
 from secure_keys.core.sealing import Recipient, RecipientPrivateKey
+from secure_keys.kube.names import DEFAULT_CONTROLLER_NAMESPACE
 
-DEFAULT_CONTROLLER_NAMESPACE = "secure-keys-system"
 CONTROLLER_NAMESPACE_ENV = "SECUREKEYS_CONTROLLER_NAMESPACE"
 
 
 def controller_namespace() -> str:
     """Where the cluster's recipient ConfigMap is (``$SECUREKEYS_CONTROLLER_NAMESPACE``)."""
     return os.environ.get(CONTROLLER_NAMESPACE_ENV) or DEFAULT_CONTROLLER_NAMESPACE
-
-
-def add_arguments(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("-n", "--namespace", default=None, help="where the review is made")
-        parser.add_argument("--controller-namespace", default=DEFAULT_CONTROLLER_NAMESPACE)
-
-    login = commands.add_parser(
-        "login", help="exchange a TOTP code for a 15-minute access token (for requireMFA keys)"
-    )
-    common(login)
-    login.add_argument(
-        "--code-file", type=Path, default=None, help="the code: this file's first line"
-    )
-    logout = commands.add_parser("logout", help="forget the cached access token")
-    common(logout)
-    mfa = commands.add_parser("mfa", help="enrol a TOTP authenticator; an admin resets one")
-    verbs = mfa.add_subparsers(dest="mfa_command", required=True)
-    enroll = verbs.add_parser("enroll", help="show a TOTP secret (URI and QR code), confirm a code")
-    common(enroll)
-    enroll.add_argument(
-        "--code-file", type=Path, default=None, help="the code: this file's first line"
-    )
-    enroll.add_argument("--no-qr", action="store_true", help="print the otpauth:// URI only")
-    reset = verbs.add_parser(
-        "reset", help="admin: delete USER's enrolment (needs delete on its Secret)"
-    )
-    reset.add_argument("user")
-    reset.add_argument("--controller-namespace", default=DEFAULT_CONTROLLER_NAMESPACE)
 
 
 # --- the token cache -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Argument parsing, dispatch and error reporting for ``secure-keys``.
+"""Dispatch and error reporting for ``secure-keys`` (its command line's shape is ``args.py``).
 
 The global ``--store local|cluster`` (or ``SECUREKEYS_STORE``; default ``cluster``) says
 which store the verbs work against. ``seal`` and ``rotate`` work against both (``seal``
@@ -16,128 +16,26 @@ reached, a wrong password and a damaged store.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import datetime
-import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from secure_keys.cli import args as cli_args
 
-from secure_keys.cli import access as access_cmd
-from secure_keys.cli import audit as audit_cmd
-from secure_keys.cli import kubeapi, pins, pkcs11_key
-from secure_keys.cli import local as local_cmd
-from secure_keys.cli import login as login_cmd
-from secure_keys.cli import rollout as rollout_cmd
-from secure_keys.cli import rotate as rotate_cmd
-from secure_keys.cli import seal as seal_cmd
-from secure_keys.core.accessreview import ReviewInvalid
-from secure_keys.core.errors import SealedSourceInvalid
-from secure_keys.core.sealing import Recipient
-from secure_keys.kube.client import ApiError
-from secure_keys.kube.names import RECIPIENT_CONFIGMAP
-from secure_keys.store.errors import StoreError
+if TYPE_CHECKING:
+    import argparse
 
-STORE_ENV = "SECUREKEYS_STORE"
-STORES = ("local", "cluster")
+    from secure_keys.cli import kubeapi
+    from secure_keys.core.sealing import Recipient
 
-FetchRecipient = Callable[[Path | None, str], kubeapi.FetchedRecipient]
+STORE_ENV = cli_args.STORE_ENV
+STORES = cli_args.STORES
+
+FetchRecipient = Callable[[Path | None, str], "kubeapi.FetchedRecipient"]
 """``(kubeconfig, controller namespace) -> the published recipient``: the seam tests fake."""
-
-
-def fingerprint(text: str) -> pins.Fingerprint:
-    """argparse type for ``SHA256:...`` (its name appears in argparse's message)."""
-    try:
-        return pins.Fingerprint.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="secure-keys", description="Kubernetes-native storage and delivery of API keys."
-    )
-    parser.add_argument("--kubeconfig", type=Path, default=None)
-    parser.add_argument(
-        "--store",
-        choices=STORES,
-        default=None,
-        help=f"the store the verbs work against (default: ${STORE_ENV}, else cluster)",
-    )
-    parser.add_argument(
-        "--store-dir",
-        default=None,
-        help="the local store's directory (default: $XDG_CONFIG_HOME/secure-keys)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    local_parsers = local_cmd.add_arguments(commands)
-    access_cmd.add_cluster_arguments(local_parsers)
-    audit_cmd.add_cluster_arguments(local_parsers["audit"])
-
-    seal = commands.add_parser(
-        "seal",
-        parents=[local_parsers["_opener"]],
-        help="encrypt a key for the cluster and print an ApiKey manifest (safe to commit)",
-        description="Reads the plaintext from stdin (or --from-file), never from arguments; "
-        "with --store local, from the local store's key NAME (nothing on disk in between). "
-        "The recipient key fetched from the cluster is pinned on first use, per API server "
-        "and controller namespace, in $XDG_CONFIG_HOME/secure-keys/known-recipients.json; "
-        "a different key later is refused.",
-    )
-    seal.add_argument("name", help="the ApiKey's name")
-    seal.add_argument("-n", "--namespace", default=None)
-    seal.add_argument("--from-file", type=Path, default=None, help="read the plaintext here")
-    seal.add_argument(
-        "--recipient-file",
-        type=Path,
-        default=None,
-        help="the cluster's recipient key (recipient.json); default: fetch it from the cluster",
-    )
-    checks = seal.add_mutually_exclusive_group()
-    checks.add_argument(
-        "--recipient-fingerprint",
-        type=fingerprint,
-        default=None,
-        metavar="SHA256:...",
-        help="require this recipient fingerprint (the pin file is then neither read nor written)",
-    )
-    checks.add_argument(
-        "--trust-recipient",
-        type=fingerprint,
-        default=None,
-        metavar="SHA256:...",
-        help="accept a changed recipient key with this fingerprint and pin it",
-    )
-    seal.add_argument("--controller-namespace", default="secure-keys-system")
-    seal.add_argument("--keep-newline", action="store_true", help="keep one trailing newline")
-    seal.add_argument("--interval", default=None, help="spec.rotation.interval, e.g. 720h")
-    seal.add_argument("--schedule", default=None, help="spec.rotation.schedule (cron)")
-    seal.add_argument("--file-name", default=None, help="spec.delivery.fileName")
-    seal.add_argument("-o", "--output", type=Path, default=None, help="write here, not stdout")
-
-    rotate = commands.add_parser(
-        "rotate",
-        parents=[local_parsers["_opener"], local_parsers["_value"]],
-        help="rotate a key now (cluster: ask the controller; local: new value on stdin)",
-    )
-    rotate.add_argument("name", nargs="?")
-    rotate.add_argument("-n", "--namespace", default=None)
-    rotate.add_argument("--stage", action="store_true", help="local: leave the new version Pending")
-    rotate.add_argument(
-        "--promote", action="store_true", help="local: make the Pending version Active"
-    )
-    rotate.add_argument(
-        "--kek", action="store_true", help="local: rewrap every data key to the newest KEK"
-    )
-
-    rollout_cmd.add_parsers(commands, rotate)
-    pkcs11_key.add_parser(commands)
-    login_cmd.add_arguments(commands)
-    return parser
 
 
 def _error(message: str) -> None:
@@ -151,6 +49,8 @@ def _quiet_logs() -> Iterator[None]:
     program calling ``main`` in-process) is put back afterwards. structlog is imported
     here, not at the top: with rich installed it costs a tenth of a second, which every
     `secure-keys get` in a pipeline would pay (bench/access.py)."""
+    import logging
+
     import structlog  # kept off the start-up path of every command
 
     was_configured = structlog.is_configured()
@@ -174,101 +74,158 @@ def _store_choice(args: argparse.Namespace) -> str:
         return str(args.store)
     chosen = os.environ.get(STORE_ENV, "") or "cluster"
     if chosen not in STORES:
+        from secure_keys.store.errors import StoreError
+
         raise StoreError(f"{STORE_ENV}={chosen[:32]!r}: expected local or cluster")
     return chosen
 
 
 def main(argv: list[str] | None = None, *, fetch: FetchRecipient | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; its exit status. Each verb's module is imported only when that
+    verb runs (``cli/args.py`` says why)."""
+    args = cli_args.parser().parse_args(argv)
     try:
-        args.store = _store_choice(args)
-        if args.store == "local" and args.command in local_cmd.COMMANDS:
-            with _quiet_logs():
-                return local_cmd.COMMANDS[args.command](args)
-        if args.command in local_cmd.LOCAL_ONLY:
-            raise StoreError(f"`{args.command}` is a command of the local store: use --store local")
-        if args.command in access_cmd.COMMANDS:
-            return access_cmd.COMMANDS[args.command](args)
-        if args.command in login_cmd.COMMANDS:
-            return login_cmd.COMMANDS[args.command](args)
-        if args.command == "audit":
-            return audit_cmd.audit(args)
-        if args.command in local_cmd.NOT_YET_ON_CLUSTER:
-            _error(
-                f"`{args.command}` against the cluster is not available yet; "
-                "use --store local for the local store"
-            )
-            return 2
-        if args.command == "seal":
-            with _quiet_logs() if args.store == "local" else contextlib.nullcontext():
-                return _seal(args, fetch or kubeapi.fetch_recipient)
-        if args.command == "rotate":
-            if not args.name or args.stage or args.promote or args.kek:
-                raise StoreError(
-                    "rotate against the cluster takes an ApiKey name and none of --stage, "
-                    "--promote, --kek (those are for --store local)"
-                )
-            if args.wait:
-                return rollout_cmd.run(args)
-            target = kubeapi.load_target(args.kubeconfig)
-            namespace = args.namespace or target.namespace
-            requested = rotate_cmd.rotate(args.name, namespace, target)
-            how = f", {requested.granted_by}" if requested.granted_by else ""
-            print(f"rotation of {namespace}/{args.name} requested ({requested.value}{how})")
-            return 0
-        if args.command in ("rollout", "revoke"):
-            return rollout_cmd.run(args)
-        if args.command == "pkcs11":
-            return pkcs11_key.run(args)
-        raise AssertionError(f"unhandled command {args.command!r}")
-    except ApiError as exc:
+        return _dispatch(args, fetch)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        return _report(args, exc)
+
+
+def _dispatch(args: argparse.Namespace, fetch: FetchRecipient | None) -> int:
+    args.store = _store_choice(args)
+    command = args.command
+    if args.store == "local" and command in cli_args.LOCAL_COMMANDS:
+        from secure_keys.cli import local as local_cmd
+
+        with _quiet_logs():
+            return local_cmd.COMMANDS[command](args)
+    if command in cli_args.LOCAL_ONLY:
+        from secure_keys.store.errors import StoreError
+
+        raise StoreError(f"`{command}` is a command of the local store: use --store local")
+    if command in cli_args.ACCESS_COMMANDS:
+        from secure_keys.cli import access as access_cmd
+
+        return access_cmd.COMMANDS[command](args)
+    if command in cli_args.LOGIN_COMMANDS:
+        from secure_keys.cli import login as login_cmd
+
+        return login_cmd.COMMANDS[command](args)
+    if command == "audit":
+        from secure_keys.cli import audit as audit_cmd
+
+        return audit_cmd.audit(args)
+    if command == "seal":
+        from secure_keys.cli import kubeapi
+
+        with _quiet_logs() if args.store == "local" else contextlib.nullcontext():
+            return _seal(args, fetch or kubeapi.fetch_recipient)
+    if command == "rotate":
+        return _rotate(args)
+    if command in cli_args.ROLLOUT_COMMANDS:
+        from secure_keys.cli import rollout as rollout_cmd
+
+        return rollout_cmd.run(args)
+    if command == "pkcs11":
+        from secure_keys.cli import pkcs11_key
+
+        return pkcs11_key.run(args)
+    raise AssertionError(f"unhandled command {command!r}")
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from secure_keys.cli import kubeapi
+    from secure_keys.cli import rollout as rollout_cmd
+    from secure_keys.cli import rotate as rotate_cmd
+    from secure_keys.store.errors import StoreError
+
+    if not args.name or args.stage or args.promote or args.kek:
+        raise StoreError(
+            "rotate against the cluster takes an ApiKey name and none of --stage, "
+            "--promote, --kek (those are for --store local)"
+        )
+    if args.wait:
+        return rollout_cmd.run(args)
+    target = kubeapi.load_target(args.kubeconfig)
+    namespace = args.namespace or target.namespace
+    requested = rotate_cmd.rotate(args.name, namespace, target)
+    how = f", {requested.granted_by}" if requested.granted_by else ""
+    print(f"rotation of {namespace}/{args.name} requested ({requested.value}{how})")
+    return 0
+
+
+def _loaded(module: str) -> Any:
+    """``module`` if this run imported it, else ``None``: an error can only be of a module
+    that ran, and reporting it should not import the others."""
+    return sys.modules.get(module)
+
+
+def _report(args: argparse.Namespace, exc: Exception) -> int:
+    """One ``secure-keys: error:`` line (and a hint) for ``exc``, and the exit status;
+    re-raises what is not a user's or the cluster's error (a bug keeps its traceback)."""
+    kube_client = _loaded("secure_keys.kube.client")
+    kubeapi = _loaded("secure_keys.cli.kubeapi")
+    rollout_cmd = _loaded("secure_keys.cli.rollout")
+    access_cmd = _loaded("secure_keys.cli.access")
+    accessreview = _loaded("secure_keys.core.accessreview")
+    seal_cmd = _loaded("secure_keys.cli.seal")
+    pins = _loaded("secure_keys.cli.pins")
+    core_errors = _loaded("secure_keys.core.errors")
+    store_errors = _loaded("secure_keys.store.errors")
+
+    def of(module: Any, *names: str) -> tuple[type[BaseException], ...]:
+        return tuple(getattr(module, name) for name in names) if module is not None else ()
+
+    if isinstance(exc, of(kube_client, "ApiError")):
+        status = getattr(exc, "status", None)
         _error(f"the API server said {exc}")
-        if args.command == "seal" and exc.status in (403, 404):
+        if args.command == "seal" and status in (403, 404):
+            from secure_keys.kube.names import RECIPIENT_CONFIGMAP
+
             print(
                 f"  (reading ConfigMap {args.controller_namespace}/{RECIPIENT_CONFIGMAP}: is "
                 "the controller running, and may you read it? Or pass --recipient-file)",
                 file=sys.stderr,
             )
-        if args.command == "rotate" and getattr(args, "wait", False) and exc.status == 403:
+        if args.command == "rotate" and getattr(args, "wait", False) and status == 403:
             print(
                 "  (--wait follows the ApiKey's status: it needs get on apikeys, which a "
                 "KeyRole's rotate does not give; the rotation may have been requested)",
                 file=sys.stderr,
             )
         return 1
-    except (
-        kubeapi.ApiUnreachable,
-        kubeapi.RecipientUnpublished,
-        rollout_cmd.RolloutRefused,
-    ) as exc:
+    if isinstance(
+        exc,
+        of(kubeapi, "ApiUnreachable", "RecipientUnpublished") + of(rollout_cmd, "RolloutRefused"),
+    ):
         _error(str(exc))
         return 1
-    except access_cmd.AccessRefused as exc:
+    if isinstance(exc, of(access_cmd, "AccessRefused")):
         _error(f"refused: {exc}")
         return 1
-    except ReviewInvalid as exc:
+    if isinstance(exc, of(accessreview, "ReviewInvalid")):
         _error(f"the cluster's answer: {exc}")
         return 1
-    except kubeapi.KubeconfigError as exc:
+    if isinstance(exc, of(kubeapi, "KubeconfigError")):
         _error(str(exc))
         return 2
-    except (
-        seal_cmd.SealError,
-        SealedSourceInvalid,
-        pins.RecipientRefused,
-        pins.KnownRecipientsInvalid,
-        ValueError,
-    ) as exc:
+    if isinstance(
+        exc,
+        of(seal_cmd, "SealError")
+        + of(core_errors, "SealedSourceInvalid")
+        + of(pins, "RecipientRefused", "KnownRecipientsInvalid")
+        + (ValueError,),
+    ):
         _error(str(exc))
         return 2
-    except OSError as exc:
+    if isinstance(exc, OSError):
         _error(f"{exc.strerror or exc}: {exc.filename or ''}")
         return 2
-    except StoreError as exc:
+    if isinstance(exc, of(store_errors, "StoreError")):
         _error(str(exc))
-        return exc.exit_status
-    except KeyboardInterrupt:
-        return 130
+        return int(getattr(exc, "exit_status", 2))
+    raise exc
 
 
 def _recipient(args: argparse.Namespace, fetch: FetchRecipient) -> tuple[Recipient, str]:
@@ -277,6 +234,13 @@ def _recipient(args: argparse.Namespace, fetch: FetchRecipient) -> tuple[Recipie
     Prints one line to stderr saying what was checked; raises ``RecipientRefused`` (and
     writes nothing) when the recipient is not the one the user trusts.
     """
+    import datetime
+
+    from secure_keys.cli import kubeapi, pins
+    from secure_keys.cli import seal as seal_cmd
+    from secure_keys.core.sealing import Recipient
+    from secure_keys.kube.names import RECIPIENT_CONFIGMAP
+
     if args.recipient_file is not None:
         if args.trust_recipient is not None:
             raise seal_cmd.SealError("--trust-recipient applies to a fetched recipient only")
@@ -312,6 +276,12 @@ def _recipient(args: argparse.Namespace, fetch: FetchRecipient) -> tuple[Recipie
 
 
 def _seal(args: argparse.Namespace, fetch: FetchRecipient) -> int:
+    import yaml
+
+    from secure_keys.cli import local as local_cmd
+    from secure_keys.cli import seal as seal_cmd
+    from secure_keys.store.errors import StoreError
+
     recipient, namespace = _recipient(args, fetch)
     if not args.namespace:
         # The namespace is bound into the ciphertext: say which one was chosen.

@@ -11,27 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from secure_keys.core.errors import KmsDenied, KmsUnavailable
-
-COMMANDS = ("generate-key", "disable-key", "enable-key")
-
-
-def add_parser(commands: Any) -> None:
-    """Add the ``pkcs11`` sub-command to ``secure-keys``' sub-parsers."""
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "pkcs11",
-        help="manage secure-keys KEKs in a PKCS#11 token (the PIN is read from a file)",
-        description="generate-key makes the next KEK version (a new key, or a rotation) and "
-        "prints its number; disable-key and enable-key set CKA_ENCRYPT/CKA_DECRYPT on every "
-        "version and print the versions changed.",
-    )
-    parser.add_argument("action", choices=COMMANDS)
-    parser.add_argument("--library", required=True, help="path of the PKCS#11 module (.so)")
-    parser.add_argument("--token", required=True, help="token label")
-    parser.add_argument("--label", required=True, help="KEK label (the provider's key id)")
-    parser.add_argument("--pin-file", required=True, help="file holding the user PIN")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -39,28 +38,11 @@ from secure_keys.kube.client import APIKEYS, ApiError, KubeApi, Resource
 from secure_keys.kube.names import GRACE_ENDED_ANNOTATION
 
 PODS = Resource("", "v1", "pods")
-DEFAULT_TIMEOUT = 300.0
 POLL_SECONDS = 1.0
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class RolloutRefused(Exception):
     """``revoke`` while pods are behind (the message names them), or a bad version."""
-
-
-def duration(text: str) -> float:
-    """argparse type: ``5m``, ``90s``, ``1h30m``."""
-    total, at = 0.0, 0
-    while at < len(text):
-        term = _DURATION.match(text, at)
-        if term is None:
-            raise argparse.ArgumentTypeError(f"{text[:32]!r}: expected a duration like 5m or 90s")
-        total += float(term.group(1)) * _UNITS[term.group(2)]
-        at = term.end()
-    if not text or total <= 0:
-        raise argparse.ArgumentTypeError(f"{text[:32]!r}: expected a positive duration")
-    return total
 
 
 @dataclass(frozen=True)
@@ -332,38 +314,6 @@ def _emit(
         print(f"secure-keys: {text}", file=sys.stderr)
     else:
         print(text)
-
-
-# -- argument parsing ------------------------------------------------------------------------
-
-
-def add_parsers(commands: Any, rotate: argparse.ArgumentParser) -> None:
-    rotate.add_argument(
-        "--wait", action="store_true", help="wait until every consuming pod holds the new version"
-    )
-    rotate.add_argument(
-        "--timeout", type=duration, default=DEFAULT_TIMEOUT, help="with --wait (default 5m)"
-    )
-    rotate.add_argument("-o", "--output", choices=["text", "json"], default="text")
-
-    rollout = commands.add_parser("rollout", help="which consuming pods hold the current version")
-    verbs = rollout.add_subparsers(dest="rollout_command", required=True)
-    show = verbs.add_parser("status", help="the rollout of an ApiKey's current version")
-    show.add_argument("name")
-    show.add_argument("-n", "--namespace", default=None)
-    show.add_argument("-o", "--output", choices=["text", "json"], default="text")
-
-    revoke_parser = commands.add_parser(
-        "revoke",
-        help="end an archived version's grace period now (removed from every pod by push)",
-    )
-    revoke_parser.add_argument("name")
-    revoke_parser.add_argument("--version", type=int, required=True)
-    revoke_parser.add_argument("-n", "--namespace", default=None)
-    revoke_parser.add_argument(
-        "--force", action="store_true", help="even while pods are behind (they lose the key)"
-    )
-    revoke_parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,8 +63,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from secure_keys.core.delivery import sealed_name
-from secure_keys.core.sealing import Recipient, RecipientPrivateKey, open_sealed, seal_to_recipient
+from secure_keys.core.sealing import (
+    Recipient,
+    RecipientPrivateKey,
+    open_sealed,
+    seal_to_recipient,
+    sealed_name,
+)
 
 GROUP = "securekeys.io"
 VERSION = "v1alpha1"

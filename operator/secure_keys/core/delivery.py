@@ -38,7 +38,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias
 
-from secure_keys.core.sealing import Recipient, RecipientPrivateKey, open_sealed, seal_to_recipient
+from secure_keys.core.sealing import (
+    Recipient,
+    RecipientPrivateKey,
+    open_sealed,
+    seal_to_recipient,
+    sealed_name,
+)
 
 __all__ = [
     "AUDIENCE",
@@ -68,7 +74,6 @@ __all__ = [
     "parse_refusal",
     "parse_stream_request",
     "seal_for_sidecar",
-    "sealed_name",
 ]
 
 STREAM_PATH: Final = "/v1/stream"
@@ -482,13 +487,6 @@ def parse_refusal(raw: bytes | str) -> Refusal:
 
 
 # --- sealing delivered material -------------------------------------------------------
-
-
-def sealed_name(apikey: str, version: int) -> str:
-    """The name a delivered version is sealed under: ``<apikey>.v<version>``."""
-    if version < 1:
-        raise ValueError("a version is >= 1")
-    return f"{apikey}.v{version}"
 
 
 def seal_for_sidecar(

@@ -53,6 +53,7 @@ __all__ = [
     "SealedSourceInvalid",
     "open_sealed",
     "seal_to_recipient",
+    "sealed_name",
 ]
 
 FORMAT_V1 = 0x01
@@ -266,6 +267,14 @@ def _derive_cipher(
         return AeadKey(key)
     finally:
         zero(key)
+
+
+def sealed_name(apikey: str, version: int) -> str:
+    """The name one version of a key is sealed under when it is delivered, to a sidecar
+    (``core.delivery``) or to a reader (``core.accessreview``): ``<apikey>.v<version>``."""
+    if version < 1:
+        raise ValueError("a version is >= 1")
+    return f"{apikey}.v{version}"
 
 
 def seal_to_recipient(

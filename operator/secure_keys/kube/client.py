@@ -34,7 +34,6 @@ process the standard library's blocking client (``transport="blocking"``,
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import email.utils
@@ -42,7 +41,7 @@ import json
 import os
 import random
 import ssl
-import tempfile
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,10 +51,11 @@ from urllib.parse import quote, urlencode
 import yaml
 
 from secure_keys.kube.blocking import BlockingHttp
-from secure_keys.kube.exec_auth import ExecAuthenticator, ExecConfig, ExecCredential
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from secure_keys.kube.exec_auth import ExecAuthenticator, ExecConfig, ExecCredential
 
 JsonObject = dict[str, Any]
 PatchType = Literal["merge", "json", "strategic"]
@@ -169,8 +169,14 @@ class Credentials:
         return f"Credentials(server={self.server!r})"
 
     @classmethod
-    def from_kubeconfig(cls, path: Path, context: str | None = None) -> Self:
-        document = yaml.safe_load(path.read_text())
+    def from_kubeconfig(
+        cls, path: Path, context: str | None = None, *, document: Mapping[str, Any] | None = None
+    ) -> Self:
+        """The credentials of ``path``'s current (or the named) context. ``document``: the
+        file already parsed (``load_kubeconfig``), so that a caller that reads it too
+        parses it once."""
+        if document is None:
+            document = load_kubeconfig(path.read_text())
         contexts = {c["name"]: c["context"] for c in document.get("contexts") or []}
         name = context or document.get("current-context")
         if name not in contexts:
@@ -195,7 +201,7 @@ class Credentials:
             key_pem=data(user, "client-key"),
             token=user.get("token"),
             token_file=Path(token_file) if token_file else None,
-            exec=ExecConfig.from_kubeconfig(exec_section, path.parent) if exec_section else None,
+            exec=_exec_config(exec_section, path.parent) if exec_section else None,
         )
 
     @classmethod
@@ -224,15 +230,22 @@ class Credentials:
     def ssl_context(
         self, cert_pem: bytes | None = None, key_pem: bytes | None = None
     ) -> ssl.SSLContext:
-        """A TLS context trusting the cluster CA, presenting the given (else our) client cert."""
-        context = ssl.create_default_context()
+        """A TLS context trusting the cluster CA, presenting the given (else our) client cert.
+
+        With a CA in the credentials, that CA alone is trusted, as client-go does; the
+        system's trust store is loaded only for a server without one. (Loading it also
+        cost every CLI command about 20 ms: ``bench/access.py``.)"""
         if self.ca_pem is not None:
-            context.load_verify_locations(cadata=self.ca_pem.decode())
+            context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        else:
+            context = ssl.create_default_context()
         if cert_pem is None or key_pem is None:
             cert_pem, key_pem = self.cert_pem, self.key_pem
         if cert_pem is not None and key_pem is not None:
             # ssl loads client keys only from files: write them to a private temporary
             # directory for the duration of the call.
+            import tempfile  # only a client certificate needs it
+
             with tempfile.TemporaryDirectory(prefix="securekeys-tls-") as tmp:
                 cert, key = Path(tmp) / "tls.crt", Path(tmp) / "tls.key"
                 cert.write_bytes(cert_pem)
@@ -245,6 +258,21 @@ class Credentials:
         if self.token_file is not None:
             return self.token_file.read_text().strip()
         return self.token
+
+
+def _exec_config(section: Any, base: Path) -> ExecConfig:
+    # Imported here: a kubeconfig without a credential plugin (most CLI runs) never
+    # needs the module, nor the subprocess machinery it brings.
+    from secure_keys.kube.exec_auth import ExecConfig
+
+    return ExecConfig.from_kubeconfig(section, base)
+
+
+def load_kubeconfig(text: str) -> Any:
+    """A kubeconfig's YAML, parsed with libyaml when PyYAML has it (the pure-Python loader
+    costs the CLI a few milliseconds a command); raises ``yaml.YAMLError``."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader, C or Python
 
 
 def _path(
@@ -312,6 +340,8 @@ class KubeApi:
         self._blocking: BlockingHttp | None = None
         self.exec_auth: ExecAuthenticator | None = None
         if credentials.exec is not None:
+            from secure_keys.kube.exec_auth import ExecAuthenticator
+
             self.exec_auth = ExecAuthenticator(
                 credentials.exec, server=credentials.server, ca_pem=credentials.ca_pem
             )
@@ -363,6 +393,17 @@ class KubeApi:
         extra: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
         async with session.request(method, url, data=data, headers=headers, **extra) as response:
             return response.status, await response.read(), response.headers.get("Retry-After")
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before a retry: on the blocking transport the thread sleeps (nothing else
+        runs beside the CLI's one request, and its coroutines run without an event loop:
+        ``cli/kubeapi.py``); on aiohttp the loop does."""
+        if self._blocking is not None:
+            time.sleep(seconds)
+            return
+        import asyncio  # loaded already in every process that runs aiohttp
+
+        await asyncio.sleep(seconds)
 
     async def client_credential(self) -> tuple[str | None, bytes | None, bytes | None]:
         """(token, certificate PEM, key PEM) this client authenticates with now, as the
@@ -441,7 +482,7 @@ class KubeApi:
             error = _error(status, payload, retry_after)
             if attempt < self.retry.retries and retryable(method, status, error.retry_after):
                 jitter = random.random()  # noqa: S311 - spreading retries, not a secret
-                await asyncio.sleep(self.retry.delay(attempt, error.retry_after, jitter))
+                await self._pause(self.retry.delay(attempt, error.retry_after, jitter))
                 attempt += 1
                 continue
             raise error

@@ -17,7 +17,6 @@ or a ``repr``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import json
@@ -185,6 +184,8 @@ class ExecAuthenticator:
         self._timeout = timeout
         self._clock = clock
         self._cached: ExecCredential | None = None
+        import asyncio  # here, not at the top: a CLI command without a plugin never needs it
+
         self._lock = asyncio.Lock()
         self.runs = 0
         """How many times the plugin ran (for tests and metrics)."""
@@ -209,6 +210,8 @@ class ExecAuthenticator:
         self._cached = None
 
     async def _run(self) -> ExecCredential:
+        import asyncio
+
         config = self.config
         if config.interactive_mode == "Always":
             raise ExecPluginError(

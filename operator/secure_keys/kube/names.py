@@ -18,6 +18,10 @@ GRACE_ENDED_ANNOTATION = "securekeys.io/grace-ended-through"
 N as ``.previous`` (their grace ends early; the files go from every pod by push)."""
 FINALIZER = "securekeys.io/shred-blobs"
 
+DEFAULT_CONTROLLER_NAMESPACE = "secure-keys-system"
+"""The namespace the chart installs the controller into, by default (the CLI's default for
+``--controller-namespace`` and ``$SECUREKEYS_CONTROLLER_NAMESPACE``)."""
+
 RECIPIENT_CONFIGMAP = "secure-keys-recipient"
 RECIPIENT_CONFIGMAP_KEY = "recipient.json"
 

@@ -6,8 +6,12 @@ client (aiohttp) and the real kubeconfig parsing, with no cluster.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,9 +22,12 @@ from typing import Any
 import pytest
 import yaml
 
+from secure_keys.cli import kubeapi
 from secure_keys.cli import main as cli
 from secure_keys.core.sealing import RecipientPrivateKey, open_sealed
+from secure_keys.kube.client import CONFIGMAPS
 from secure_keys.kube.names import ROTATE_ANNOTATION
+from secure_keys_dev import pki
 from tests.conftest import CANARY
 
 TOKEN = "test-bearer-token-7f1e"
@@ -353,3 +360,84 @@ def test_a_token_with_a_line_break_is_refused_without_repeating_it(
     assert "control character" in err
     assert CANARY not in err
     assert server.requests == []
+
+
+def test_a_program_may_call_the_cli_client_from_inside_its_own_event_loop(
+    server: FakeApiServer, tmp_path: Path
+) -> None:
+    """The blocking transport's requests run without an event loop of their own, so a
+    program that is itself asyncio (and calls ``KeyManager`` or ``kubeapi``) is not told
+    that ``asyncio.run`` cannot be nested."""
+    server.routes[("GET", "/api/v1/namespaces/ns/configmaps/c")] = (200, {"data": {"k": "v"}})
+    target = kubeapi.load_target(_kubeconfig(tmp_path / "kubeconfig", server.url))
+
+    async def program() -> dict[str, Any]:
+        return kubeapi.run_api(target, lambda api: api.get(CONFIGMAPS, "ns", "c"))
+
+    assert asyncio.run(program()) == {"data": {"k": "v"}}
+
+
+def test_a_get_loads_only_what_a_get_uses(tmp_path: Path) -> None:
+    """A `secure-keys get` in a pipeline pays for every module it imports
+    (bench/access.py): the other verbs' modules, asyncio, aiohttp, structlog, the local
+    store, the pin file's module, the broker's wire format and the credential plugin's
+    module stay unloaded through a whole read (here one that cannot connect)."""
+    ca = pki.CertificateAuthority.generate("startup-ca")
+    user = ca.issue_client("startup-user", ())
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": f"https://127.0.0.1:{_closed_port()}",
+                            "certificate-authority-data": base64.b64encode(ca.cert_pem).decode(),
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "u",
+                        "user": {
+                            "client-certificate-data": base64.b64encode(user.cert_pem).decode(),
+                            "client-key-data": base64.b64encode(user.key_pem).decode(),
+                        },
+                    }
+                ],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    unused = (
+        "asyncio",
+        "aiohttp",
+        "structlog",
+        "secure_keys.store",
+        "secure_keys.cli.local",
+        "secure_keys.cli.pins",
+        "secure_keys.cli.rollout",
+        "secure_keys.cli.audit",
+        "secure_keys.cli.seal",
+        "secure_keys.core.delivery",
+        "secure_keys.kube.exec_auth",
+    )
+    code = (
+        "import sys\n"
+        "from secure_keys.cli.main import main\n"
+        f"status = main(['--kubeconfig', {str(kubeconfig)!r}, 'get', 'k', '-n', 'ns'])\n"
+        f"print(status, sorted(m for m in {unused!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(  # noqa: S603 - our interpreter
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "1 []", done.stdout + done.stderr
+    assert "cannot reach the API server" in done.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from secure_keys.cli import args as cli_args
 from secure_keys.cli import rollout
 
 
@@ -50,11 +51,11 @@ def _summary(version: int, current: int, consumers: int, *behind: str) -> dict[s
 
 
 def test_durations() -> None:
-    assert rollout.duration("5m") == 300
-    assert rollout.duration("1h30s") == 3630
+    assert cli_args.duration("5m") == 300
+    assert cli_args.duration("1h30s") == 3630
     for bad in ("", "5", "-1m", "0s", "5 m"):
         with pytest.raises(argparse.ArgumentTypeError):
-            rollout.duration(bad)
+            cli_args.duration(bad)
 
 
 def test_wait_returns_once_the_new_version_reached_every_pod() -> None:

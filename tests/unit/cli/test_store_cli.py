@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from secure_keys.cli import main as cli
-from secure_keys.core.hierarchy import MIN_ITERATIONS
+from secure_keys.core.hierarchy import DEFAULT_ITERATIONS, MIN_ITERATIONS
 from secure_keys.core.sealing import RecipientPrivateKey, open_sealed
 from tests.conftest import CANARY
 
@@ -303,3 +303,15 @@ def test_totp_from_init_to_a_code_file(
         "--store", "local", "list", *pw, "--totp-file", str(code_file), monkeypatch=monkeypatch
     )
     assert (code, err) == (1, "secure-keys: error: wrong or already used TOTP code\n")
+
+
+def test_init_help_gives_the_store_s_own_iteration_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The parser does not import the key hierarchy (cli/args.py): its help spells the
+    figures, and they must stay the hierarchy's."""
+    with pytest.raises(SystemExit):
+        cli.main(["init", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"default {DEFAULT_ITERATIONS:,}" in help_text
+    assert f"at least {MIN_ITERATIONS:,}" in help_text

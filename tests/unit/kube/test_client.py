@@ -471,3 +471,12 @@ def test_credentials_and_plugin_settings_stay_out_of_repr() -> None:
     shown = repr(config) + repr(credential) + repr(Credentials(server="s", exec=config))
     for secret in ("ARG-SECRET", "ENV-SECRET", "TOKEN-SECRET"):
         assert secret not in shown
+
+
+def test_a_cluster_ca_is_trusted_alone_and_the_system_store_only_without_one() -> None:
+    ca = pki.CertificateAuthority.generate("only-ca")
+    own = Credentials(server="https://127.0.0.1:1", ca_pem=ca.cert_pem).ssl_context()
+    assert own.cert_store_stats()["x509_ca"] == 1
+    assert [c["subject"] for c in own.get_ca_certs()] == [((("commonName", "only-ca"),),)]
+    system = Credentials(server="https://example.invalid").ssl_context()
+    assert system.cert_store_stats() == ssl.create_default_context().cert_store_stats()
