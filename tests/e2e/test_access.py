@@ -449,6 +449,61 @@ def test_a_keyrole_granting_rotate_lets_a_user_without_rbac_rotate_through_the_g
     eventually(lambda: "KeyRotateDenied" in reasons(CANARY_NAME), 30, "KeyRotateDenied")
 
 
+def test_a_rotate_grantee_waits_for_its_rotation_without_rbac_on_apikeys(
+    gateway: GatewayProcess,
+    kube: Target,
+    admin_api: client.ApiClient,
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    """frank may neither patch nor get ApiKeys (RBAC); a KeyRole grants him rotate.
+    `rotate --wait` asks the gateway, then follows the key with list reviews until the
+    new version is current and rolled out; `rollout status` answers him the same way."""
+    create_object(
+        admin_api,
+        keys,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": "waited"},
+            "spec": {"source": {"generate": {"length": 32}}},
+        },
+    )
+    role = _keyrole("waited-oncall", [{"kind": "User", "name": "frank"}], ["waited"])
+    role["spec"]["permissions"] = ["rotate"]
+    create_object(admin_api, keys, "keyroles", role)
+    before = wait_ready(admin_api, keys, "waited")["status"]["currentVersion"]
+    frank = access.csr_user_kubeconfig(kube.kubeconfig, "frank", (), tmp_path / "frank")
+    done: list[subprocess.CompletedProcess[bytes]] = []
+
+    def waited() -> bool:  # retried while the gateway's caches learn the new role
+        done.append(
+            _cli(
+                frank,
+                "rotate",
+                "waited",
+                "--wait",
+                "--timeout",
+                "45s",
+                "-o",
+                "json",
+                namespace=keys,
+            )
+        )
+        return done[-1].returncode == 0 or b"NotGranted" not in done[-1].stderr
+
+    eventually(waited, 30, "frank's rotation accepted")
+    assert done[-1].returncode == 0, done[-1].stderr.decode()
+    report = json.loads(done[-1].stdout)
+    assert report["rotated"] is True
+    assert report["version"] == before + 1
+    assert report["complete"] is True
+    status = _cli(frank, "rollout", "status", "waited", "-o", "json", namespace=keys)
+    assert status.returncode == 0, status.stderr.decode()
+    assert json.loads(status.stdout)["version"] == before + 1
+
+
 def test_the_canary_is_on_stdout_and_nowhere_else(
     gateway: GatewayProcess,
     kube: Target,

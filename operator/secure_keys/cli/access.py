@@ -189,6 +189,25 @@ def request_rotation(
     return review(target, namespace, spec, issued)
 
 
+def listed_key(
+    target: kubeapi.Target,
+    namespace: str,
+    name: str,
+    *,
+    client: str = "secure-keys-cli/rollout",
+    token: login.HeldToken | None = None,
+) -> wire.ListedKey | None:
+    """One key's versions and rollout through a list review, for whoever a KeyRole lets
+    read, list or rotate it (no RBAC on ApiKeys needed); ``None``: no role does."""
+    spec = wire.ReviewSpec(
+        "list", key=name, recipient=RecipientPrivateKey.generate().public(), client=client
+    )
+    issued = int(time.time())
+    spec = login.with_token(target, namespace, spec, issued, token)
+    answer = review(target, namespace, spec, issued)
+    return next((k for k in answer.keys if k.name == name), None)
+
+
 def _write_private(path: Path, data: bytearray) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "wb") as out:

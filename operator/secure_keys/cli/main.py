@@ -188,12 +188,6 @@ def _report(args: argparse.Namespace, exc: Exception) -> int:
                 "the controller running, and may you read it? Or pass --recipient-file)",
                 file=sys.stderr,
             )
-        if args.command == "rotate" and getattr(args, "wait", False) and status == 403:
-            print(
-                "  (--wait follows the ApiKey's status: it needs get on apikeys, which a "
-                "KeyRole's rotate does not give; the rotation may have been requested)",
-                file=sys.stderr,
-            )
         return 1
     if isinstance(
         exc,

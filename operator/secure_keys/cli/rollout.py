@@ -32,6 +32,7 @@ from typing import Any
 
 from secure_keys.cli import kubeapi
 from secure_keys.cli import rotate as rotate_cmd
+from secure_keys.core.accessreview import ListedKey
 from secure_keys.kube import annotations as ann
 from secure_keys.kube import rollout as fmt
 from secure_keys.kube.client import APIKEYS, ApiError, KubeApi, Resource
@@ -65,7 +66,15 @@ class KeyRollout:
         return self.summary is not None and self.summary.version == self.current_version
 
     @property
+    def unconsumed(self) -> bool:
+        """No rollout was ever written: the gateways write nothing for a key that no pod
+        has consumed (``gateway/broker/rollout.py``), so there is no pod to wait for."""
+        return self.summary is None and not self.replicas
+
+    @property
     def complete(self) -> bool:
+        if self.unconsumed:
+            return True
         return self.measured and self.summary is not None and self.summary.complete
 
     def behind(self) -> tuple[tuple[str, ...], int]:
@@ -117,8 +126,55 @@ def parse(obj: Mapping[str, Any]) -> KeyRollout:
     )
 
 
+def from_listed(namespace: str, key: ListedKey) -> KeyRollout:
+    """A key's rollout as a list review answers it (``cli/access.py``): the version
+    states and the merged summary, without the per-replica entries or the rotation
+    request (a KeyRole's grantee follows the current version instead)."""
+    listed = key.rollout
+    summary = None
+    if listed is not None:
+        summary = fmt.RolloutSummary(
+            version=listed.version,
+            consumers=listed.consumers,
+            current=listed.current,
+            stragglers=listed.stragglers,
+            unnamed=listed.unnamed,
+            rolled_out_at=listed.rolled_out_at or None,
+        )
+    return KeyRollout(
+        namespace=namespace,
+        name=key.name,
+        resource_version="",
+        current_version=key.current_version,
+        last_rotation_request="",
+        states={v.version: v.state for v in key.versions},
+        summary=summary,
+        replicas={},
+        grace_ended_through=0,
+    )
+
+
+def read_listed(target: kubeapi.Target, namespace: str, name: str) -> KeyRollout:
+    """Through a list review: for whom a KeyRole, not RBAC, lets see the key."""
+    from secure_keys.cli import access
+
+    key = access.listed_key(target, namespace, name)
+    if key is None:
+        raise RolloutRefused(
+            f"no KeyRole lets you read, list or rotate {namespace}/{name}, and RBAC does "
+            "not let you get it"
+        )
+    return from_listed(namespace, key)
+
+
 def read(target: kubeapi.Target, namespace: str, name: str) -> KeyRollout:
-    return parse(kubeapi.call(target, lambda api: api.get(APIKEYS, namespace, name)))
+    """The ApiKey itself where RBAC lets the caller get it, else a list review."""
+    try:
+        return parse(kubeapi.call(target, lambda api: api.get(APIKEYS, namespace, name)))
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+    return read_listed(target, namespace, name)
 
 
 def _who(key: KeyRollout) -> str:
@@ -130,6 +186,8 @@ def _who(key: KeyRollout) -> str:
 
 
 def pods_line(key: KeyRollout) -> str:
+    if key.unconsumed:
+        return f"version {key.current_version}: no pod consumes it"
     if not key.measured or key.summary is None:
         return f"version {key.current_version}: no gateway has reported its rollout yet"
     line = f"version {key.current_version}: {key.summary.pods} pods hold it"
@@ -162,6 +220,11 @@ class Waited:
                 f"timed out after {self.seconds:.0f}s: the controller has not rotated "
                 f"{key.namespace}/{key.name} yet (see kubectl describe apikey {key.name})"
             )
+        if self.ok and key.unconsumed:
+            return (
+                f"{key.namespace}/{key.name} version {key.current_version} is current "
+                f"after {self.seconds:.1f}s; no pod consumes it"
+            )
         if self.ok and key.summary is not None:
             return (
                 f"{key.namespace}/{key.name} version {key.current_version} rolled out to "
@@ -172,18 +235,18 @@ class Waited:
 
 def wait_rollout(
     fetch: Callable[[], KeyRollout],
-    requested: str,
+    rotated_by: Callable[[KeyRollout], bool],
     timeout: float,
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     started: float | None = None,
 ) -> Waited:
-    """Poll until the rotation ``requested`` is honoured and rolled out, or ``timeout``."""
+    """Poll until the rotation is honoured (``rotated_by``) and rolled out, or ``timeout``."""
     start = clock() if started is None else started
     while True:
         key = fetch()
-        rotated = key.last_rotation_request == requested
+        rotated = rotated_by(key)
         waited = Waited(key, clock() - start, rotated)
         if waited.ok or waited.seconds >= timeout:
             return waited
@@ -193,9 +256,23 @@ def wait_rollout(
 def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> int:
     started = time.monotonic()
     requested = rotate_cmd.rotate(args.name, namespace, target)
-    waited = wait_rollout(
-        lambda: read(target, namespace, args.name), requested.value, args.timeout, started=started
-    )
+    before = requested.before
+    if before is not None:
+        # Through a KeyRole: follow the key with list reviews until a version newer than
+        # the one the gateway saw when asked is current and rolled out.
+        waited = wait_rollout(
+            lambda: read_listed(target, namespace, args.name),
+            lambda key: key.current_version > before.current_version,
+            args.timeout,
+            started=started,
+        )
+    else:
+        waited = wait_rollout(
+            lambda: read(target, namespace, args.name),
+            lambda key: key.last_rotation_request == requested.value,
+            args.timeout,
+            started=started,
+        )
     _emit(args, waited.to_json(), waited.text(), error=not waited.ok)
     return 0 if waited.ok else 1
 
@@ -287,8 +364,13 @@ def status(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> 
             pods = None  # may not list pods: status alone
         return obj, pods
 
-    obj, pods = kubeapi.call(target, fetch)
-    key = parse(obj)
+    try:
+        obj, pods = kubeapi.call(target, fetch)
+        key = parse(obj)
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        key, pods = read_listed(target, namespace, args.name), None  # a KeyRole's grantee
     rows = pod_rows(key, consuming_pods(pods, key.name)) if pods is not None else None
     lines = [f"{namespace}/{key.name} {pods_line(key)}"]
     if key.complete and key.summary is not None and key.summary.rolled_out_at:

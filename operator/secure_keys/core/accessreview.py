@@ -42,8 +42,10 @@ need a ``recipientKey``, as ``read`` does.
 ``status`` (the gateway's answer, patched in whole): ``allowed``, ``reason``
 (CamelCase), ``message`` (what would grant it, when refused), ``auditId`` (the audit
 record's ``<chain>:<seq>``), and ``key`` (one ``AnsweredKey`` with the sealed material),
-``keys`` (``ListedKey``s, never material) or ``rotationRequest`` (the annotation value a
-granted ``rotate`` set, which the controller echoes in ``status.lastRotationRequest``).
+``keys`` (``ListedKey``s with their rollouts, never material: for ``list``, every key a
+role lets the caller read, list or rotate, or the one ``spec.key`` names; for ``rotate``,
+the key as it was when asked) and ``rotationRequest`` (the annotation value a granted
+``rotate`` set, which the controller echoes in ``status.lastRotationRequest``).
 
 Both sides parse here, strictly and with size limits, into frozen objects. Sealing the
 answer uses ``core.sealing`` with the name ``<apikey>.v<version>`` in the key's
@@ -303,7 +305,14 @@ def _parse_spec(spec: object) -> ReviewSpec:
         recipient = _recipient(raw_recipient) if raw_recipient is not None else None
         if token and recipient is None:
             raise ReviewInvalid("spec.sealedToken needs spec.recipientKey (its binding)")
-        return ReviewSpec("list", recipient=recipient, client=client, sealed_token=token)
+        only = spec.get("key")
+        return ReviewSpec(
+            "list",
+            key=_key_name(only, "spec.key") if only is not None else "",
+            recipient=recipient,
+            client=client,
+            sealed_token=token,
+        )
     if operation in MFA_OPERATIONS:
         if operation != "enroll" and not code:
             raise ReviewInvalid(f"spec.sealedCode is required for {operation}")
@@ -392,24 +401,74 @@ class ListedVersion:
         return {"version": self.version, "state": self.state, "fingerprint": self.fingerprint}
 
 
+MAX_LISTED_STRAGGLERS = 16
+
+
+@dataclass(frozen=True)
+class ListedRollout:
+    """How far a version has reached the pods that consume the key, as the gateways wrote
+    it in the ApiKey's ``status.rollout`` (docs/rollout.md): counts and the first pods
+    behind, by name."""
+
+    version: int
+    consumers: int
+    current: int
+    stragglers: tuple[str, ...] = ()
+    unnamed: int = 0
+    rolled_out_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        rollout: dict[str, Any] = {
+            "version": self.version,
+            "consumers": self.consumers,
+            "current": self.current,
+            "stragglers": list(self.stragglers),
+            "unnamedStragglers": self.unnamed,
+        }
+        if self.rolled_out_at:
+            rollout["rolledOutAt"] = self.rolled_out_at
+        return rollout
+
+
+def _listed_rollout(value: object) -> ListedRollout | None:
+    if not isinstance(value, Mapping):
+        return None
+    stragglers = value.get("stragglers") or ()
+    if not isinstance(stragglers, list | tuple):
+        raise ReviewInvalid("status.keys[].rollout.stragglers is not a list")
+    return ListedRollout(
+        version=_int(value.get("version"), "rollout.version"),
+        consumers=_int(value.get("consumers"), "rollout.consumers"),
+        current=_int(value.get("current"), "rollout.current"),
+        stragglers=tuple(str(s)[:MAX_NAME] for s in stragglers[:MAX_LISTED_STRAGGLERS]),
+        unnamed=_int(value.get("unnamedStragglers", 0), "rollout.unnamedStragglers"),
+        rolled_out_at=str(value.get("rolledOutAt") or "")[:64],
+    )
+
+
 @dataclass(frozen=True)
 class ListedKey:
-    """A key the caller may read or list: metadata only, never material."""
+    """A key the caller may read, list or rotate: metadata only, never material."""
 
     name: str
     current_version: int
     versions: tuple[ListedVersion, ...]
     permissions: tuple[str, ...]
     require_mfa: bool
+    rollout: ListedRollout | None = None
+    """Its rollout, as far as the gateways have written one."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        listed: dict[str, Any] = {
             "name": self.name,
             "currentVersion": self.current_version,
             "versions": [v.to_json() for v in self.versions],
             "permissions": list(self.permissions),
             "requireMFA": self.require_mfa,
         }
+        if self.rollout is not None:
+            listed["rollout"] = self.rollout.to_json()
+        return listed
 
 
 SECRET_NAMES = {"enroll": "mfa-otpauth-uri", "login": "access-token"}
@@ -507,6 +566,7 @@ def parse_answer(status: object) -> ReviewAnswer:
                 ),
                 permissions=tuple(str(p) for p in item.get("permissions") or ()),
                 require_mfa=item.get("requireMFA") is True,
+                rollout=_listed_rollout(item.get("rollout")),
             )
         )
     secret = None

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,11 +34,16 @@ TOKEN = "test-bearer-token-7f1e"
 RECIPIENT_PATH = "/api/v1/namespaces/secure-keys-system/configmaps/secure-keys-recipient"
 
 
+Answer = tuple[int, dict[str, Any]]
+Route = Answer | Callable[[dict[str, Any]], Answer]
+"""A fixed answer, or one made from the request's JSON body."""
+
+
 @dataclass
 class FakeApiServer:
     """Answers each path with a fixed (status, JSON body); records what it was sent."""
 
-    routes: dict[tuple[str, str], tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    routes: dict[tuple[str, str], Route] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     url: str = ""
 
@@ -52,10 +57,11 @@ def server() -> Iterator[FakeApiServer]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             fake.requests.append((self.command, self.path, dict(self.headers), body))
-            status, document = fake.routes.get(
+            route = fake.routes.get(
                 (self.command, self.path),
                 (404, {"kind": "Status", "reason": "NotFound", "message": "no route"}),
             )
+            status, document = route(json.loads(body or b"{}")) if callable(route) else route
             payload = json.dumps(document).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -441,3 +447,63 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
+    server: FakeApiServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A KeyRole's rotate grantee, whom RBAC lets neither patch nor get the ApiKey, waits
+    for its rotation: the gateway's rotate answer gives the version it replaces, and
+    list reviews of that one key follow the new version until every pod holds it."""
+    from secure_keys.cli import rollout
+
+    monkeypatch.setattr(rollout, "POLL_SECONDS", 0.01)
+    _forbidden_patch(server)
+    server.routes[("GET", "/apis/securekeys.io/v1alpha1/namespaces/from-context/apikeys/api")] = (
+        403,
+        {"kind": "Status", "reason": "Forbidden", "message": "apikeys is forbidden"},
+    )
+
+    def key(version: int, current: int, consumers: int, *behind: str) -> dict[str, Any]:
+        return {
+            "name": "api",
+            "currentVersion": version,
+            "versions": [{"version": version, "state": "Active", "fingerprint": "f"}],
+            "permissions": ["rotate"],
+            "rollout": {
+                "version": version,
+                "consumers": consumers,
+                "current": current,
+                "stragglers": list(behind),
+            },
+        }
+
+    listed = iter([key(1, 2, 2), key(2, 1, 2, "web-1"), key(2, 2, 2)])
+    reviews: list[dict[str, Any]] = []
+
+    def gateway(body: dict[str, Any]) -> Answer:
+        reviews.append(body["spec"])
+        if body["spec"]["operation"] == "rotate":
+            status = {
+                "allowed": True,
+                "reason": "RotationRequested",
+                "message": "granted by KeyRole oncall",
+                "rotationRequest": "2026-12-07T10:00:00Z-0a1b2c",
+                "keys": [key(1, 2, 2)],
+            }
+        else:
+            status = {"allowed": True, "reason": "Listed", "keys": [next(listed)]}
+        return 200, {"status": status}
+
+    server.routes[("POST", f"{REVIEWS_PATH}?dryRun=All")] = gateway
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", server.url)
+    command = ["--kubeconfig", str(kubeconfig), "rotate", "api", "--wait", "-o", "json"]
+    assert cli.main(command) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["version"], report["current"], report["consumers"]) == (2, 2, 2)
+    assert report["rotated"] is True
+    assert [r["operation"] for r in reviews] == ["rotate", "list", "list", "list"]
+    assert {r.get("key") for r in reviews} == {"api"}

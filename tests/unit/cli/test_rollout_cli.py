@@ -69,7 +69,11 @@ def test_wait_returns_once_the_new_version_reached_every_pod() -> None:
     )
     clock = iter(range(100))
     waited = rollout.wait_rollout(
-        lambda: next(states), "r1", 60, clock=lambda: float(next(clock)), sleep=lambda _s: None
+        lambda: next(states),
+        lambda key: key.last_rotation_request == "r1",
+        60,
+        clock=lambda: float(next(clock)),
+        sleep=lambda _s: None,
     )
     assert waited.ok
     assert "rolled out to 5/5 pods" in waited.text()
@@ -80,7 +84,11 @@ def test_wait_times_out_naming_the_pods_behind() -> None:
     stuck = _key(current=3, summary=_summary(3, 4, 5, "web-stopped"))
     clock = iter(range(0, 1000, 10))
     waited = rollout.wait_rollout(
-        lambda: stuck, "r1", 30, clock=lambda: float(next(clock)), sleep=lambda _s: None
+        lambda: stuck,
+        lambda key: key.last_rotation_request == "r1",
+        30,
+        clock=lambda: float(next(clock)),
+        sleep=lambda _s: None,
     )
     assert not waited.ok
     assert "web-stopped" in waited.text()
@@ -103,6 +111,23 @@ def test_revoke_is_refused_while_pods_are_behind_and_names_them() -> None:
 def test_revoke_is_refused_before_any_gateway_measured_the_rollout() -> None:
     with pytest.raises(rollout.RolloutRefused, match="no gateway has reported"):
         rollout.plan_revoke(_key(current=3, summary=_summary(2, 5, 5)), 2, force=False)
+
+
+def test_a_key_no_pod_ever_consumed_is_rolled_out_as_soon_as_it_rotates() -> None:
+    """The gateways write no rollout for a key nobody consumes: `rotate --wait` returns
+    once the rotation is honoured, and revoke needs no --force."""
+    never = _key(current=3, request="r1")
+    assert never.complete
+    assert rollout.plan_revoke(never, 2, force=False) is not None
+    waited = rollout.wait_rollout(
+        lambda: never,
+        lambda key: key.last_rotation_request == "r1",
+        30,
+        clock=lambda: 0.0,
+        sleep=lambda _s: None,
+    )
+    assert waited.ok
+    assert "no pod consumes it" in waited.text()
 
 
 def test_revoke_takes_only_an_archived_version() -> None:

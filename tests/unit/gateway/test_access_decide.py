@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from secure_keys.core.accessreview import ReviewSpec
+from secure_keys.core.accessreview import ListedRollout, ReviewSpec
 from secure_keys.core.integrity import archived_tag
 from secure_keys.core.sealing import RecipientPrivateKey
 from secure_keys.gateway.access.decide import (
@@ -27,6 +27,7 @@ from secure_keys.gateway.broker.policy import (
     project_delivery_key,
     project_role,
 )
+from secure_keys.kube.rollout import parse_rollout
 
 NS = "payments"
 MONDAY_NOON = datetime(2025, 1, 6, 12, 0, tzinfo=UTC)
@@ -235,6 +236,37 @@ def test_list_shows_the_keys_a_role_lets_the_caller_read_or_list() -> None:
     assert [(k.name, k.permissions) for k in listed] == [("stripe", ("list",))]
     assert [v.fingerprint for v in listed[0].versions] == ["f1", "f2"]
     assert decide_list(Caller("mallory", ()), NS, KEYS, roles) == ()
+
+
+def test_list_shows_a_rotate_grantee_its_key_and_the_rollout_and_can_name_one_key() -> None:
+    """A KeyRole's rotate grantee follows its rotation through list reviews (`rotate
+    --wait` without RBAC on ApiKeys): the key is listed with permission rotate and the
+    rollout the gateways wrote; ``only`` narrows the answer to one key, and a key no role
+    covers stays unlisted (no existence oracle)."""
+    rolling = dataclasses.replace(
+        KEYS["stripe"],
+        rollout=parse_rollout(
+            {
+                "rollout": {
+                    "version": 2,
+                    "consumers": 5,
+                    "current": 4,
+                    "stragglers": ["web-4"],
+                    "unnamedStragglers": 0,
+                }
+            }
+        ),
+    )
+    keys = {**KEYS, "stripe": rolling}
+    oncall = _role(
+        [{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, permissions=("rotate",)
+    )
+    [listed] = decide_list(ALICE, NS, keys, [oncall])
+    assert (listed.name, listed.permissions, listed.current_version) == ("stripe", ("rotate",), 2)
+    assert listed.rollout == ListedRollout(2, 5, 4, ("web-4",), 0, "")
+    assert decide_list(ALICE, NS, keys, [oncall], only="stripe") == (listed,)
+    assert decide_list(ALICE, NS, keys, [oncall], only="github") == ()
+    assert decide_list(ALICE, NS, keys, [oncall], only="no-such-key") == ()
 
 
 def _rotate(caller: Caller, *roles: BrokerRole, key: str = "stripe") -> RotateGrant | Refusal:

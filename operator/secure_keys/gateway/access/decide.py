@@ -4,7 +4,8 @@ The caller is what the API server authenticated (``userInfo``: user name and gro
 a KeyRole grants to it when a subject names the user, one of its groups or, for a
 ServiceAccount's user name, the ServiceAccount (``kube.keyroles.binds_user``), the role
 is in the key's namespace, covers the key and holds the permission (``read`` for a
-read; ``read`` or ``list`` for a list; ``rotate`` for a rotation request). ``access``
+read; ``read``, ``list`` or ``rotate`` for a list, which shows each key's rollout so that
+a rotation's grantee can follow it; ``rotate`` for a rotation request). ``access``
 applies as for pods, with one difference: a role with ``requireMFA`` grants to a caller
 whose review carried a token that completed MFA (``Caller.mfa``), and to no one else.
 
@@ -18,7 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from secure_keys.core.accessreview import ListedKey, ListedVersion, ReviewSpec
+from secure_keys.core.accessreview import (
+    MAX_LISTED_STRAGGLERS,
+    ListedKey,
+    ListedRollout,
+    ListedVersion,
+    ReviewSpec,
+)
 from secure_keys.core.stamps import format_stamp
 from secure_keys.gateway.broker.policy import (
     DEFAULT_LEASE,
@@ -267,25 +274,43 @@ def decide_rotate(
     )
 
 
+_LISTING = ("read", "list", "rotate")
+
+
+def _listed_rollout(view: DeliveryKeyView) -> ListedRollout | None:
+    summary = view.rollout.summary
+    if summary is None:
+        return None
+    return ListedRollout(
+        version=summary.version,
+        consumers=summary.consumers,
+        current=summary.current,
+        stragglers=summary.stragglers[:MAX_LISTED_STRAGGLERS],
+        unnamed=summary.unnamed + max(0, len(summary.stragglers) - MAX_LISTED_STRAGGLERS),
+        rolled_out_at=summary.rolled_out_at or "",
+    )
+
+
 def decide_list(
     caller: Caller,
     namespace: str,
     apikeys: Mapping[str, DeliveryKeyView],
     roles: Iterable[BrokerRole],
+    *,
+    only: str = "",
 ) -> tuple[ListedKey, ...]:
-    """The keys of ``namespace`` some role lets the caller read or list (no material)."""
+    """The keys of ``namespace`` (``only``: that one key, if so) some role lets the
+    caller read, list or rotate, with their versions and rollouts (no material)."""
     roles = [
         r for r in roles if not r.deleting and r.namespace == namespace and _binding(r, caller)
     ]
     listed: list[ListedKey] = []
-    for name in sorted(apikeys):
-        view = apikeys[name]
-        if view.deleting:
+    for name in [only] if only else sorted(apikeys):
+        view = apikeys.get(name)
+        if view is None or view.deleting:
             continue
         covering = [r for r in roles if r.rules.keys.covers(name, view.labels)]
-        permissions = sorted(
-            {p for r in covering for p in r.rules.permissions if p in ("read", "list")}
-        )
+        permissions = sorted({p for r in covering for p in r.rules.permissions if p in _LISTING})
         if not permissions:
             continue
         listed.append(
@@ -299,6 +324,7 @@ def decide_list(
                 permissions=tuple(permissions),
                 require_mfa=all(r.require_mfa for r in covering if "read" in r.rules.permissions)
                 and any("read" in r.rules.permissions for r in covering),
+                rollout=_listed_rollout(view),
             )
         )
     return tuple(listed)

@@ -632,6 +632,7 @@ class AccessReviews:
             review.namespace,
             caches.apikeys.in_namespace(review.namespace),
             caches.roles.in_namespace(review.namespace).values(),
+            only=spec.key,
         )
         record = self._audit(review, spec, None, started, "list", listed=len(keys))
         answer = wire.ReviewAnswer(
@@ -691,11 +692,21 @@ class AccessReviews:
             message=f"{review.caller.describe()} requested a rotation",
             aggregate_on="rotate",
         )
+        # The key as it was when asked (its current version, which the rotation will
+        # replace), so that the caller can follow the rotation with list reviews.
+        before = decide_list(
+            review.caller,
+            review.namespace,
+            {view.name: view},
+            self.broker.caches.roles.in_namespace(review.namespace).values(),
+            only=view.name,
+        )
         answer = wire.ReviewAnswer(
             True,
             "RotationRequested",
             f"granted by KeyRole {', '.join(decision.roles)}",
             audit_id=_audit_id(record),
+            keys=before,
             rotation_request=value,
         )
         return _admission(review, status=answer.to_json()), "rotation-requested"
