@@ -8,7 +8,8 @@ coroutines never wait on anything but the socket, which blocks, so they are run 
 end without an event loop (``_to_completion``): importing asyncio costs a command about
 40 ms on these machines, a sixth of a ``get`` (``bench/access.py``). Only a kubeconfig
 ``exec`` plugin, which runs as an asyncio subprocess, brings in ``asyncio.run``. This
-also lets a program call ``KeyManager`` from inside its own event loop. The
+also lets a program call ``KeyManager`` from inside its own event loop (not with an
+``exec`` plugin: ``asyncio.run`` cannot nest). The
 kubeconfig is found as the controller finds it (the ``--kubeconfig`` path, else the
 first of ``$KUBECONFIG``, else in-cluster, else ``~/.kube/config``), and its current
 context's namespace is the default for ``-n``.

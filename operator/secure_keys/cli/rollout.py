@@ -23,6 +23,7 @@ material: versions, counts and pod names only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -65,11 +66,11 @@ class KeyRollout:
         """Whether a gateway has written the rollout of the current version."""
         return self.summary is not None and self.summary.version == self.current_version
 
-    @property
-    def unconsumed(self) -> bool:
-        """No rollout was ever written: the gateways write nothing for a key that no pod
-        has consumed (``gateway/broker/rollout.py``), so there is no pod to wait for."""
-        return self.summary is None and not self.replicas
+    unconsumed: bool = False
+    """No rollout was ever written and no pod asks for the key (the gateways write
+    nothing for a key no pod consumes, ``gateway/broker/rollout.py``): seen in a pod
+    list (``confirm_unconsumed``) or answered by the gateway, never assumed from an
+    absent status."""
 
     @property
     def complete(self) -> bool:
@@ -177,9 +178,15 @@ def read(target: kubeapi.Target, namespace: str, name: str) -> KeyRollout:
     return read_listed(target, namespace, name)
 
 
+def _shown(name: str) -> str:
+    """A pod name from status as it may be printed: anyone who may patch the status
+    could write a terminal escape there."""
+    return "".join(c if c.isprintable() else "?" for c in name)
+
+
 def _who(key: KeyRollout) -> str:
     named, unnamed = key.behind()
-    text = ", ".join(named)
+    text = ", ".join(_shown(n) for n in named)
     if unnamed:
         text += f"{' and ' if text else ''}{unnamed} more"
     return text
@@ -268,7 +275,7 @@ def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace:
         )
     else:
         waited = wait_rollout(
-            lambda: read(target, namespace, args.name),
+            lambda: confirm_unconsumed(target, read(target, namespace, args.name)),
             lambda key: key.last_rotation_request == requested.value,
             args.timeout,
             started=started,
@@ -304,8 +311,29 @@ def plan_revoke(key: KeyRollout, version: int, *, force: bool) -> dict[str, Any]
     }
 
 
+def confirm_unconsumed(target: kubeapi.Target, key: KeyRollout) -> KeyRollout:
+    """``key``, marked unconsumed if no rollout was ever written for it and a list of
+    its namespace's opted-in pods shows none asking for it. An absent rollout alone
+    proves nothing (a gateway that cannot write status writes none either); a caller
+    who may not list pods gets ``key`` unchanged."""
+    if key.summary is not None or key.replicas or key.unconsumed:
+        return key
+    selector = f"{ann.INJECT_LABEL}=true"
+    try:
+        pods = kubeapi.call(
+            target, lambda api: api.list(PODS, key.namespace, label_selector=selector)
+        )
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return key
+    if consuming_pods(pods, key.name):
+        return key
+    return dataclasses.replace(key, unconsumed=True)
+
+
 def revoke(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> int:
-    key = read(target, namespace, args.name)
+    key = confirm_unconsumed(target, read(target, namespace, args.name))
     patch = plan_revoke(key, args.version, force=args.force)
     if patch is not None:
         kubeapi.call(target, lambda api: api.patch(APIKEYS, namespace, args.name, patch))
@@ -371,7 +399,10 @@ def status(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> 
         if exc.status != 403:
             raise
         key, pods = read_listed(target, namespace, args.name), None  # a KeyRole's grantee
-    rows = pod_rows(key, consuming_pods(pods, key.name)) if pods is not None else None
+    consuming = consuming_pods(pods, key.name) if pods is not None else None
+    if consuming == [] and key.summary is None and not key.replicas:
+        key = dataclasses.replace(key, unconsumed=True)
+    rows = pod_rows(key, consuming) if consuming is not None else None
     lines = [f"{namespace}/{key.name} {pods_line(key)}"]
     if key.complete and key.summary is not None and key.summary.rolled_out_at:
         lines.append(f"rolled out at {key.summary.rolled_out_at}")
@@ -382,7 +413,7 @@ def status(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> 
         )
     if rows is not None:
         lines.append("POD\tSTATE")
-        lines += [f"{r['pod']}\t{r['state']}" for r in rows]
+        lines += [f"{_shown(r['pod'])}\t{r['state']}" for r in rows]
     _emit(args, {**key.to_json(), "pods": rows}, "\n".join(lines))
     return 0 if key.complete else 1
 

@@ -236,6 +236,10 @@ class Credentials:
         system's trust store is loaded only for a server without one. (Loading it also
         cost every CLI command about 20 ms: ``bench/access.py``.)"""
         if self.ca_pem is not None:
+            if not self.ca_pem.strip():
+                # ssl takes empty cadata for "none given" and would trust the system
+                # store: a kubeconfig that names a CA and holds nothing is a mistake.
+                raise ValueError("the cluster's certificate authority is empty")
             context = ssl.create_default_context(cadata=self.ca_pem.decode())
         else:
             context = ssl.create_default_context()

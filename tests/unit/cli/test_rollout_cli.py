@@ -5,6 +5,7 @@ against real pods)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import pytest
@@ -113,14 +114,21 @@ def test_revoke_is_refused_before_any_gateway_measured_the_rollout() -> None:
         rollout.plan_revoke(_key(current=3, summary=_summary(2, 5, 5)), 2, force=False)
 
 
-def test_a_key_no_pod_ever_consumed_is_rolled_out_as_soon_as_it_rotates() -> None:
-    """The gateways write no rollout for a key nobody consumes: `rotate --wait` returns
-    once the rotation is honoured, and revoke needs no --force."""
+def test_an_absent_rollout_is_unknown_until_no_consuming_pod_is_seen() -> None:
+    """The gateways write no rollout for a key nobody consumes, but an absent rollout
+    alone proves nothing (a gateway that cannot write status writes none either): only
+    a key seen to have no consuming pod (``confirm_unconsumed``, or the gateway's own
+    answer) counts as rolled out, and then `rotate --wait` returns once it rotates and
+    revoke needs no --force."""
     never = _key(current=3, request="r1")
-    assert never.complete
-    assert rollout.plan_revoke(never, 2, force=False) is not None
+    assert not never.complete
+    with pytest.raises(rollout.RolloutRefused, match="no gateway has reported"):
+        rollout.plan_revoke(never, 2, force=False)
+    seen = dataclasses.replace(never, unconsumed=True)
+    assert seen.complete
+    assert rollout.plan_revoke(seen, 2, force=False) is not None
     waited = rollout.wait_rollout(
-        lambda: never,
+        lambda: seen,
         lambda key: key.last_rotation_request == "r1",
         30,
         clock=lambda: 0.0,
@@ -128,6 +136,14 @@ def test_a_key_no_pod_ever_consumed_is_rolled_out_as_soon_as_it_rotates() -> Non
     )
     assert waited.ok
     assert "no pod consumes it" in waited.text()
+
+
+def test_pod_names_from_status_are_printed_without_control_characters() -> None:
+    forged = _key(current=3, summary=_summary(3, 4, 5, "web-\x1b]0;owned\x07"))
+    line = rollout.pods_line(forged)
+    assert "\x1b" not in line
+    assert "\x07" not in line
+    assert "web-?]0;owned?" in line
 
 
 def test_revoke_takes_only_an_archived_version() -> None:

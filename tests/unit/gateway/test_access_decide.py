@@ -269,6 +269,17 @@ def test_list_shows_a_rotate_grantee_its_key_and_the_rollout_and_can_name_one_ke
     assert decide_list(ALICE, NS, keys, [oncall], only="no-such-key") == ()
 
 
+def test_list_says_a_key_no_pod_asks_for_is_consumed_by_none_and_otherwise_nothing() -> None:
+    """No rollout is written for a key nobody consumes; the answer says so (0 of 0, so a
+    grantee's `rotate --wait` ends) only when no running pod asks for the key: while one
+    does and no gateway has written its rollout, the rollout is unknown."""
+    reader = _role([{"kind": "User", "name": "alice"}], {"names": ["stripe"]})
+    [idle] = decide_list(ALICE, NS, KEYS, [reader])
+    assert idle.rollout == ListedRollout(2, 0, 0)
+    [asked] = decide_list(ALICE, NS, KEYS, [reader], asked=frozenset({"stripe"}))
+    assert asked.rollout is None
+
+
 def _rotate(caller: Caller, *roles: BrokerRole, key: str = "stripe") -> RotateGrant | Refusal:
     spec = ReviewSpec("rotate", key=key, recipient=RECIPIENT)
     return decide_rotate(caller, spec, NS, KEYS, roles, MONDAY_NOON, TAG_KEY)

@@ -480,3 +480,6 @@ def test_a_cluster_ca_is_trusted_alone_and_the_system_store_only_without_one() -
     assert [c["subject"] for c in own.get_ca_certs()] == [((("commonName", "only-ca"),),)]
     system = Credentials(server="https://example.invalid").ssl_context()
     assert system.cert_store_stats() == ssl.create_default_context().cert_store_stats()
+    for empty in (b"", b"  \n"):  # e.g. certificate-authority-data: "-" decodes to nothing
+        with pytest.raises(ValueError, match="certificate authority is empty"):
+            Credentials(server="https://127.0.0.1:1", ca_pem=empty).ssl_context()

@@ -277,10 +277,14 @@ def decide_rotate(
 _LISTING = ("read", "list", "rotate")
 
 
-def _listed_rollout(view: DeliveryKeyView) -> ListedRollout | None:
+def _listed_rollout(view: DeliveryKeyView, asked: bool) -> ListedRollout | None:
     summary = view.rollout.summary
     if summary is None:
-        return None
+        # The gateways write nothing for a key no pod consumes: say so only when no pod
+        # of the namespace asks for it (else the rollout is unknown, not complete).
+        if asked or view.rollout.replicas:
+            return None
+        return ListedRollout(view.current_version, consumers=0, current=0)
     return ListedRollout(
         version=summary.version,
         consumers=summary.consumers,
@@ -298,9 +302,12 @@ def decide_list(
     roles: Iterable[BrokerRole],
     *,
     only: str = "",
+    asked: frozenset[str] = frozenset(),
 ) -> tuple[ListedKey, ...]:
     """The keys of ``namespace`` (``only``: that one key, if so) some role lets the
-    caller read, list or rotate, with their versions and rollouts (no material)."""
+    caller read, list or rotate, with their versions and rollouts (no material).
+    ``asked``: the keys some running pod of the namespace asks for (a key no pod asks
+    for and without a rollout written is listed as consumed by none)."""
     roles = [
         r for r in roles if not r.deleting and r.namespace == namespace and _binding(r, caller)
     ]
@@ -324,7 +331,7 @@ def decide_list(
                 permissions=tuple(permissions),
                 require_mfa=all(r.require_mfa for r in covering if "read" in r.rules.permissions)
                 and any("read" in r.rules.permissions for r in covering),
-                rollout=_listed_rollout(view),
+                rollout=_listed_rollout(view, name in asked),
             )
         )
     return tuple(listed)

@@ -625,6 +625,11 @@ class AccessReviews:
             kind="Secret",
         )
 
+    def _asked(self, namespace: str) -> frozenset[str]:
+        """The keys some running pod of ``namespace`` asks for."""
+        pods = self.broker.caches.pods.in_namespace(namespace).values()
+        return frozenset(key for pod in pods for key in pod.keys)
+
     def _list(self, review: ReviewRequest, spec: wire.ReviewSpec, started: float) -> bytes:
         caches = self.broker.caches
         keys = decide_list(
@@ -633,6 +638,7 @@ class AccessReviews:
             caches.apikeys.in_namespace(review.namespace),
             caches.roles.in_namespace(review.namespace).values(),
             only=spec.key,
+            asked=self._asked(review.namespace),
         )
         record = self._audit(review, spec, None, started, "list", listed=len(keys))
         answer = wire.ReviewAnswer(
@@ -700,6 +706,7 @@ class AccessReviews:
             {view.name: view},
             self.broker.caches.roles.in_namespace(review.namespace).values(),
             only=view.name,
+            asked=self._asked(review.namespace),
         )
         answer = wire.ReviewAnswer(
             True,
