@@ -541,7 +541,8 @@ def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
     """gateway-broker-rbac.yaml grants `patch` on apikeys so that a KeyRole's rotate
     grantee can ask for a rotation through the gateway (docs/access.md); the policy keeps
     the spec, labels, finalizers and every other annotation out of reach, and the
-    annotation itself to a new request in the gateway's form, never while one is pending
+    annotation itself to a new request in the gateway's form (ending in -role, which the
+    controller spaces by the grace period), never while one is pending
     (so a compromised gateway cannot cancel an admin's rotation, nor two replicas both
     request one). The ApiKey names a local keyring no controller here has, so no request
     is ever honoured: the second one is pending for certain."""
@@ -567,7 +568,7 @@ def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
         return {"metadata": {"annotations": values}}
 
     mark = "securekeys.io/rotate-requested-at"
-    request = annotations({mark: "2026-12-07T00:00:00Z-abc123"})
+    request = annotations({mark: "2026-12-07T00:00:00Z-abc123-role"})
     eventually(lambda: _accepted(lambda: patch(request)), what="the rotation request accepted")
     attacks: dict[str, dict[str, Any]] = {
         "change the source": {"spec": {"source": {"generate": {"length": 16}}}},
@@ -581,6 +582,10 @@ def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
             "metadata": {**request["metadata"], "labels": {"team": "everyone"}},
         },
         "a request in another form": annotations({mark: "now please"}),
+        # a user's own form, which the controller does not space by the grace period
+        "a request the controller would not space": annotations(
+            {mark: "2026-12-07T00:00:00Z-abc123"}
+        ),
     }
     first = next(iter(attacks.values()))
     eventually(
@@ -593,9 +598,9 @@ def test_the_gateway_may_write_only_a_new_rotation_request_of_an_apikey(
     stored = custom.get_namespaced_custom_object(
         "securekeys.io", "v1alpha1", namespace, "apikeys", "k"
     )
-    assert stored["metadata"]["annotations"][mark].endswith("abc123")
+    assert stored["metadata"]["annotations"][mark].endswith("abc123-role")
     assert stored["metadata"]["annotations"]["keep"] == "me"
     # Now a request is pending: a second one is refused, and so is cancelling it.
-    second = annotations({mark: "2026-12-07T00:00:09Z-def456"})
+    second = annotations({mark: "2026-12-07T00:00:09Z-def456-role"})
     assert "already requested" in _refused(lambda: patch(second))
     assert "only the annotation" in _refused(lambda: patch(annotations({mark: None})))

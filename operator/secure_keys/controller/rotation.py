@@ -44,6 +44,7 @@ from typing import Literal
 
 from secure_keys.controller.records import State, VersionRecord, grace_starts
 from secure_keys.controller.schedule import RotationPolicy
+from secure_keys.core.stamps import is_role_request
 
 # -- steps -----------------------------------------------------------------------------
 
@@ -203,7 +204,10 @@ def plan(state: KeyState, now: datetime.datetime) -> Step:
         return NewVersion(next_version, "source-changed", from_source=True)
     deferred = None
     if state.rotation_request and state.rotation_request != state.honoured_request:
-        earliest = request_allowed_at(active)
+        role = is_role_request(state.rotation_request)
+        earliest = request_allowed_at(
+            active, not_before=previous_grace_ends(state, active) if role else None
+        )
         if earliest is None or now >= earliest:
             return NewVersion(next_version, "requested", from_source=state.source_mints)
         deferred = earliest  # rotate-now is throttled per key: at most one per spacing
@@ -228,11 +232,31 @@ loop writing the rotate-now annotation makes at most one version per 10 s, not o
 call, blob and Event per write."""
 
 
-def request_allowed_at(active: VersionRecord) -> datetime.datetime | None:
-    """When an on-demand rotation of ``active`` may run (None: at once)."""
+def request_allowed_at(
+    active: VersionRecord, *, not_before: datetime.datetime | None = None
+) -> datetime.datetime | None:
+    """When an on-demand rotation of ``active`` may run (None: at once); ``not_before``
+    also (``previous_grace_ends``, for the gateway's requests)."""
     if active.activated_at is None:
+        return not_before
+    earliest = active.activated_at + REQUEST_SPACING
+    return earliest if not_before is None else max(earliest, not_before)
+
+
+def previous_grace_ends(state: KeyState, active: VersionRecord) -> datetime.datetime | None:
+    """When the version ``active`` replaced leaves its grace period (None: there is none
+    in it). A request the gateway makes for a KeyRole's grantee (``core.stamps``) waits
+    for it, as the gateway itself refuses sooner ones (``RotationTooSoon``): a
+    compromised gateway, whose ``patch`` on ApiKeys the chart's policy narrows to such
+    requests, rotates a key no faster than its grantees could, and every pod's
+    ``.previous`` keeps its whole grace. An archive time the controller cannot vouch for
+    counts from the active version's activation."""
+    archived = [r for r in state.records if r.state == "Archived" and r.version < active.version]
+    if not archived:
         return None
-    return active.activated_at + REQUEST_SPACING
+    newest = max(archived, key=lambda r: r.version)
+    started = grace_starts(newest) or active.activated_at
+    return None if started is None else started + state.policy.grace_period
 
 
 def stale_wraps(state: KeyState) -> tuple[int, ...]:

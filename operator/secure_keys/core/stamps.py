@@ -12,7 +12,19 @@ from __future__ import annotations
 import datetime
 import secrets
 
-__all__ = ["format_stamp", "parse_stamp", "rotation_request"]
+__all__ = [
+    "ROLE_REQUEST_SUFFIX",
+    "format_stamp",
+    "is_role_request",
+    "parse_stamp",
+    "rotation_request",
+]
+
+ROLE_REQUEST_SUFFIX = "-role"
+"""Ends the value of a rotation the gateway requests for a KeyRole's ``rotate`` grantee.
+The gateway's policy admits only such values from the gateway, and the controller spaces
+them by the grace period (``controller/rotation.py``): a compromised gateway cannot
+rotate a key faster than its grantees could."""
 
 
 def format_stamp(value: datetime.datetime) -> str:
@@ -31,7 +43,14 @@ def parse_stamp(text: str) -> datetime.datetime:
     return value.astimezone(datetime.UTC)
 
 
-def rotation_request(now: datetime.datetime) -> str:
+def rotation_request(now: datetime.datetime, *, role: bool = False) -> str:
     """A rotate-requested-at value no earlier request can have had: the time and a
-    random suffix (two requests in one second are two rotations)."""
-    return f"{format_stamp(now)}-{secrets.token_hex(3)}"
+    random suffix (two requests in one second are two rotations); ``role``: one the
+    gateway makes for a KeyRole's grantee (``ROLE_REQUEST_SUFFIX``)."""
+    value = f"{format_stamp(now)}-{secrets.token_hex(3)}"
+    return value + ROLE_REQUEST_SUFFIX if role else value
+
+
+def is_role_request(value: str) -> bool:
+    """Whether a rotate-requested-at value is one the gateway made for a KeyRole."""
+    return value.endswith(ROLE_REQUEST_SUFFIX)

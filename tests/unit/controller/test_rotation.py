@@ -41,7 +41,7 @@ from secure_keys.controller.rotation import (
     wake_time,
 )
 from secure_keys.controller.schedule import RotationPolicy
-from secure_keys.core.stamps import format_stamp, parse_stamp
+from secure_keys.core.stamps import format_stamp, parse_stamp, rotation_request
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2030, 1, 1, tzinfo=UTC)
@@ -414,6 +414,27 @@ def test_rotate_now_requests_are_spaced_per_key() -> None:
     assert plan(state, soon) == Idle(T0 + rotation.REQUEST_SPACING)
     due = plan(state, T0 + rotation.REQUEST_SPACING)
     assert due == NewVersion(2, "requested", from_source=False)
+
+
+def test_a_rotation_the_gateway_requests_for_a_keyrole_waits_out_the_grace_period() -> None:
+    """The gateway's requests (``-role``, the only form its policy lets it write) wait
+    until the version the active one replaced is out of its grace period, as the gateway
+    refuses sooner ones itself: a compromised gateway cannot rotate a key every 10 s and
+    empty every pod's ``.previous``. A user's own request is spaced 10 s."""
+    first = rec(1, "Active", activated=T0)
+    fresh = key_state(first, request=rotation_request(T0, role=True))
+    requested = NewVersion(2, "requested", from_source=False)
+    assert plan(fresh, T0 + rotation.REQUEST_SPACING) == requested  # nothing in grace
+    archived = rec(1, "Archived", activated=T0, archived=T0 + MINUTE)
+    active = rec(2, "Active", activated=T0 + MINUTE)
+    role = key_state(archived, active, request=rotation_request(T0, role=True))
+    grace_ends = T0 + MINUTE + role.policy.grace_period
+    assert role.policy.grace_period > rotation.REQUEST_SPACING
+    assert plan(role, T0 + MINUTE + rotation.REQUEST_SPACING) == Idle(grace_ends)
+    third = NewVersion(3, "requested", from_source=False)
+    assert plan(role, grace_ends) == third
+    user = key_state(archived, active, request=rotation_request(T0))
+    assert plan(user, T0 + MINUTE + rotation.REQUEST_SPACING) == third
 
 
 def test_plan_cases_cover_every_step_kind_and_reason() -> None:

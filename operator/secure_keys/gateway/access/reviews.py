@@ -668,7 +668,7 @@ class AccessReviews:
         if self.rotations is None:
             refusal = Refusal("RotateUnavailable", "this gateway cannot request rotations")
             return self._refused(review, spec, refusal, started), refusal.reason
-        value = rotation_request(now)
+        value = rotation_request(now, role=True)
         view = decision.view
         try:
             await self.rotations(view.namespace, view.name, value)
