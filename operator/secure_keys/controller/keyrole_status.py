@@ -15,16 +15,25 @@ sealed sources and statuses it has no use for are never sent to the controller, 
 keeps only names and labels.
 
 The names and labels listed are kept per namespace and shared by the next resolutions
-until an ApiKey of the namespace appears, goes or changes its labels
-(``apikeys_changed``, called from the watch): a restart requeues every KeyRole, and
-1,000 roles each listing 10,000 ApiKeys was ten million objects sent and read. A list
-that was under way when such a change came is used once and not kept; the change
-requeues the roles it can affect (``roles_to_requeue``), which then list afresh. What is
-kept always came from the API server whole, never from the watch's partial view.
+until an ApiKey of the namespace appears, goes or changes its labels in a way the kept
+list does not already show (``apikeys_changed``, called from the watch): a restart
+requeues every KeyRole, and 1,000 roles each listing 10,000 ApiKeys was ten million
+objects sent and read. One list of a namespace runs at a time, and the resolutions that
+need it meanwhile wait for it rather than list too. A change that comes while a list is
+under way is checked against the finished list: if the list shows the key as the change
+says (the watch's events at a restart all do), the list is kept; otherwise it is used
+once and not kept, the change requeues the roles it can affect (``roles_to_requeue``),
+and they list afresh. What is kept always came from the API server whole, never from
+the watch's partial view.
+
+``RoleSelections`` is what the watch knows of each role's ``spec.keys``, indexed by the
+key names it lists, so an ApiKey event looks only at the roles naming it and the roles
+with a selector, not at every role of the namespace.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -36,7 +45,7 @@ from secure_keys.controller.conditions import get_condition, set_condition
 from secure_keys.controller.events import post_event
 from secure_keys.controller.status import Retry
 from secure_keys.kube.client import APIKEYS, KEYROLES, ApiError, KubeApi
-from secure_keys.kube.keyroles import KeySelection, Resolution, resolve
+from secure_keys.kube.keyroles import KeySelection, Resolution, resolve_among
 
 _log = structlog.get_logger("secure_keys.controller")
 
@@ -49,10 +58,12 @@ class KeyRoleSpec(_Model):
     keys: KeySelection
 
 
-LIST_PAGE = 25
+LIST_PAGE = 100
 """ApiKeys asked for per list call. The list is of metadata only, but labels,
 annotations and managedFields are still unbounded, so a page bounds what one resolution
-holds at a time."""
+holds at a time (about 0.2 MiB of JSON for 100 of the bench's ApiKeys). The pages are
+read one after the other while the roles of the namespace wait for the list: 25 a page
+was 400 calls, some 5 s with every worker waiting, at 10,000 ApiKeys."""
 
 
 def selection_of(spec: Mapping[str, Any] | None) -> KeySelection | None:
@@ -89,6 +100,67 @@ def roles_to_requeue(
         if was != now:
             changed.append(role)
     return sorted(changed)
+
+
+class RoleSelections:
+    """Each KeyRole's ``spec.keys`` by namespace (``None`` for a spec that does not
+    parse), indexed by the ApiKey names a role lists, so ``affected`` looks only at the
+    roles that name the key and the roles with a selector."""
+
+    def __init__(self) -> None:
+        self._roles: dict[str, dict[str, KeySelection | None]] = {}
+        self._naming: dict[tuple[str, str], set[str]] = {}
+        self._selecting: dict[str, set[str]] = {}
+
+    def roles(self, namespace: str) -> Mapping[str, KeySelection | None]:
+        return self._roles.get(namespace, {})
+
+    def set(self, namespace: str, role: str, selection: KeySelection | None) -> None:
+        self.remove(namespace, role)
+        self._roles.setdefault(namespace, {})[role] = selection
+        if selection is None:
+            return
+        for name in selection.names:
+            self._naming.setdefault((namespace, name), set()).add(role)
+        if selection.selector is not None:
+            self._selecting.setdefault(namespace, set()).add(role)
+
+    def remove(self, namespace: str, role: str) -> None:
+        roles = self._roles.get(namespace)
+        if roles is None or role not in roles:
+            return
+        selection = roles.pop(role)
+        if not roles:
+            del self._roles[namespace]
+        if selection is None:
+            return
+        for name in selection.names:
+            naming = self._naming.get((namespace, name))
+            if naming is not None:
+                naming.discard(role)
+                if not naming:
+                    del self._naming[(namespace, name)]
+        selecting = self._selecting.get(namespace)
+        if selecting is not None:
+            selecting.discard(role)
+            if not selecting:
+                del self._selecting[namespace]
+
+    def affected(
+        self,
+        namespace: str,
+        name: str,
+        before: Mapping[str, str] | None,
+        after: Mapping[str, str] | None,
+    ) -> list[str]:
+        """``roles_to_requeue`` over the roles that can cover ``name`` (sorted)."""
+        if before == after:
+            return []
+        roles = self._roles.get(namespace, {})
+        candidates = self._naming.get((namespace, name), set()) | self._selecting.get(
+            namespace, set()
+        )
+        return roles_to_requeue({r: roles[r] for r in candidates}, name, before, after)
 
 
 def status_for(
@@ -137,13 +209,22 @@ class KeyRoleReconciler:
         self.api = api
         self.clock = clock
         self.instance = instance
-        self._listed: dict[str, tuple[int, list[tuple[str, dict[str, str]]]]] = {}
-        self._changes: dict[str, int] = {}
+        self._listed: dict[str, dict[str, dict[str, str]]] = {}
+        """Per namespace, the kept list: each live ApiKey's labels by name."""
+        self._journals: dict[str, list[tuple[str, Mapping[str, str] | None]]] = {}
+        """Per namespace with a list under way, the changes seen since it began."""
+        self._listing: dict[str, asyncio.Lock] = {}
 
-    def apikeys_changed(self, namespace: str) -> None:
-        """An ApiKey of ``namespace`` appeared, went or changed its labels."""
-        self._changes[namespace] = self._changes.get(namespace, 0) + 1
-        self._listed.pop(namespace, None)
+    def apikeys_changed(self, namespace: str, name: str, labels: Mapping[str, str] | None) -> None:
+        """An ApiKey of ``namespace`` appeared, went or changed its labels: ``labels`` is
+        ``None`` once it is gone or being deleted. A kept list that already shows it so
+        stays kept."""
+        journal = self._journals.get(namespace)
+        if journal is not None:
+            journal.append((name, None if labels is None else dict(labels)))
+        kept = self._listed.get(namespace)
+        if kept is not None and not _shows(kept, name, labels):
+            del self._listed[namespace]
 
     async def reconcile(self, namespace: str, name: str) -> None:
         try:
@@ -163,7 +244,7 @@ class KeyRoleReconciler:
         except ValidationError:
             _log.warning("keyrole.invalid", namespace=namespace, keyrole=name)
             return
-        resolution = resolve(spec.keys, await self._kept_names_and_labels(namespace))
+        resolution = resolve_among(spec.keys, await self._kept_labels(namespace))
         current = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 1))
         status = status_for(current, resolution, generation, self.clock())
@@ -178,16 +259,23 @@ class KeyRoleReconciler:
         if resolution.missing and (was is None or was.get("reason") != "KeysMissing"):
             await self._event(body, ", ".join(resolution.missing))
 
-    async def _kept_names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
-        """``_names_and_labels``, shared while no ApiKey of the namespace changed."""
-        changes = self._changes.get(namespace, 0)
-        kept = self._listed.get(namespace)
-        if kept is not None and kept[0] == changes:
-            return kept[1]
-        listed = await self._names_and_labels(namespace)
-        if self._changes.get(namespace, 0) == changes:
-            self._listed[namespace] = (changes, listed)
-        return listed
+    async def _kept_labels(self, namespace: str) -> Mapping[str, Mapping[str, str]]:
+        """Each live ApiKey's labels by name (``_names_and_labels``), shared while no
+        ApiKey of the namespace changed."""
+        lock = self._listing.setdefault(namespace, asyncio.Lock())
+        async with lock:  # one list of a namespace at a time; the others wait for it
+            kept = self._listed.get(namespace)
+            if kept is None:
+                journal: list[tuple[str, Mapping[str, str] | None]] = []
+                self._journals[namespace] = journal
+                try:
+                    listed = dict(await self._names_and_labels(namespace))
+                finally:
+                    del self._journals[namespace]
+                if all(_shows(listed, name, labels) for name, labels in journal):
+                    self._listed[namespace] = listed
+                kept = listed
+        return kept
 
     async def _names_and_labels(self, namespace: str) -> list[tuple[str, dict[str, str]]]:
         """Every live ApiKey of the namespace as (name, labels), a page at a time.
@@ -216,3 +304,11 @@ class KeyRoleReconciler:
         await post_event(
             self.api, body, "KeyRole", "Warning", "KeysMissing", message, instance=self.instance
         )
+
+
+def _shows(
+    listed: Mapping[str, Mapping[str, str]], name: str, labels: Mapping[str, str] | None
+) -> bool:
+    """Whether a list shows ApiKey ``name`` as live with ``labels`` (or, for ``None``,
+    as absent)."""
+    return listed.get(name) == (None if labels is None else dict(labels))

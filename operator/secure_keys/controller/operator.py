@@ -39,7 +39,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,7 +54,7 @@ from secure_keys.controller.controller_keys import (
     guard_recipient,
     load_or_create,
 )
-from secure_keys.controller.keyrole_status import KeyRoleReconciler, roles_to_requeue, selection_of
+from secure_keys.controller.keyrole_status import KeyRoleReconciler, RoleSelections, selection_of
 from secure_keys.controller.models import GROUP, VERSION
 from secure_keys.controller.reconciler import (
     BLOB_SECRET_TYPE,
@@ -74,7 +74,6 @@ from secure_keys.kube.client import (
 )
 from secure_keys.kube.exec_auth import ExecAuthenticator
 from secure_keys.kube.informer import Backoff, InformerEvent, informer
-from secure_keys.kube.keyroles import KeySelection
 from secure_keys.kube.leader import LeaderElector, LeaseTiming
 from secure_keys.kube.rollout import reconcile_digest
 
@@ -162,6 +161,11 @@ class ControllerOptions:
     """``--namespaces`` (kopf globs); None: every namespace."""
 
 
+LIST_CHUNK = 500
+"""Objects per page of kopf's initial ApiKey and KeyRole lists."""
+WORKER_IDLE_SECONDS = 0.5
+"""How long kopf keeps an object's worker (and its last event) after handling it."""
+
 BACKOFF = Backoff()
 """How opening the controller's keys is retried: as the informers retry."""
 
@@ -180,7 +184,7 @@ class Runtime:
         self.keyroles: KeyRoleReconciler | None = None
         # What decides which KeyRoles an ApiKey event requeues: each role's selection
         # (None if its spec does not parse) and each live ApiKey's last seen labels.
-        self.roles_by_namespace: dict[str, dict[str, KeySelection | None]] = {}
+        self.roles = RoleSelections()
         self.apikey_labels: dict[tuple[str, str], dict[str, str]] = {}
         self.apikey_digests: dict[tuple[str, str], str] = {}
         """The last ApiKey event's ``kube.rollout.reconcile_digest``, per key."""
@@ -335,9 +339,8 @@ class Runtime:
         else:
             self.apikey_labels[(namespace, name)] = after
         if before != after and self.keyroles is not None:
-            self.keyroles.apikeys_changed(namespace)
-        roles = self.roles_by_namespace.get(namespace, {})
-        for role in roles_to_requeue(roles, name, before, after):
+            self.keyroles.apikeys_changed(namespace, name, after)
+        for role in self.roles.affected(namespace, name, before, after):
             self.queue.add(("keyrole", namespace, role))
 
     def apikey_event(
@@ -368,11 +371,10 @@ class Runtime:
     def keyrole_changed(
         self, namespace: str, name: str, deleted: bool, spec: Mapping[str, Any] | None = None
     ) -> None:
-        roles = self.roles_by_namespace.setdefault(namespace, {})
         if deleted:
-            roles.pop(name, None)
+            self.roles.remove(namespace, name)
         else:
-            roles[name] = selection_of(spec)
+            self.roles.set(namespace, name, selection_of(spec))
             self.queue.add(("keyrole", namespace, name))
 
     async def _worker(self) -> None:
@@ -416,6 +418,24 @@ class Runtime:
         return "idle"
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's "last handled state" of an object, which it keeps for change-detecting
+    handlers (``on.create``, ``on.update``) to compare old and new: there are none here,
+    only event handlers, so nothing is built, read or stored. kopf's default deep-copies
+    every body it receives (spec and all) to build one, and reads an annotation for it."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
@@ -434,6 +454,13 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.posting.enabled = False  # our Events are written by the reconcilers
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per event
         settings.watching.server_timeout = 300
+        # The initial lists a page at a time (kopf lists everything in one response by
+        # default: 10,000 ApiKeys parsed at once), and kopf's per-object workers let go
+        # of an object's last event soon after it is handled (its default keeps every
+        # listed object's body for 5 s: all of them, after a restart's list).
+        settings.watching.chunk_size = LIST_CHUNK
+        settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
+        settings.persistence.diffbase_storage = NoDiffBase()
         await runtime.start()
 
     @kopf.on.cleanup(registry=registry)

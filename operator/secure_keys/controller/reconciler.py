@@ -213,6 +213,10 @@ class Reconciler:
             log.debug("apikey.step", step=type(step).__name__)
             try:
                 if isinstance(step, rotation.Idle):
+                    if self.keys is not None:
+                        # Read at its fixed point with the keys open (without them, the
+                        # requeue when they open reconciles it again anyway).
+                        self.writer.settled(body)
                     await self._settle(key, body, state)
                     return Outcome(step.wake_at)
                 body, secret = await self._execute(key, body, secret, state, step)
@@ -347,7 +351,8 @@ class Reconciler:
 
     # -- our own writes -------------------------------------------------------------------
     def wrote(self, kind: str, namespace: str, name: str, resource_version: str) -> bool:
-        """Whether this exact object version is one this reconciler wrote itself.
+        """Whether this exact object version is one this reconciler wrote itself (or, for
+        an ApiKey, read and found at its fixed point: ``ApiKeyWriter.settled``).
 
         A watch event for it carries nothing the reconciler does not already know, so the
         operator need not queue the key again.

@@ -3,8 +3,10 @@
 Every write carries the resourceVersion it was computed from, so a concurrent change
 fails with 409 (``Retry``) instead of being overwritten; a 400/422 becomes
 ``WriteRejected`` (retrying cannot help). The resourceVersion of each object version the
-controller wrote itself is remembered, so the watch does not queue the key again for a
-change it already knows.
+controller wrote itself, or read and found at its fixed point (``settled``), is
+remembered, so the watch does not queue the key again for a change it already knows: at
+a restart, an ApiKey reconciled (after the controller's keys opened) before the watch's
+initial list reached it is not reconciled a second time for that list's event.
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ class ApiKeyWriter:
         metadata = apikey["metadata"]
         self._written.remember(metadata["namespace"], metadata["name"], metadata["resourceVersion"])
         return apikey
+
+    def settled(self, apikey: dict[str, Any]) -> None:
+        """``apikey`` was read and found at its fixed point: its watch event, if it comes
+        later, carries nothing new."""
+        self._remember(apikey)
 
     def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
         return self._written.wrote(namespace, name, resource_version)

@@ -52,6 +52,7 @@ from secure_keys.gateway.webhook.review import (
     decode,
     encode,
 )
+from secure_keys.kube.cache import run_caches
 from secure_keys.kube.client import Credentials, KubeApi
 from secure_keys.kube.informer import Backoff
 
@@ -361,15 +362,16 @@ async def serve(options: GatewayOptions) -> None:
         loop.add_signal_handler(signum, stop.set)
     credentials = Credentials.discover(options.kubeconfig)
     async with KubeApi(credentials, user_agent="secure-keys-gateway") as api:
+        broker = None if options.broker is None else _build_broker(options.broker, api)
+        # The webhook's and the broker's caches of one resource share its informer.
+        fed = caches.all if broker is None else (*caches.all, *broker.caches.all)
         tasks = [
-            asyncio.create_task(caches.run(api), name="caches"),
+            asyncio.create_task(run_caches(api, fed), name="caches"),
             asyncio.create_task(_track_caches(caches), name="synced"),
             asyncio.create_task(reloader.watch(options.cert_reload_interval), name="tls"),
         ]
-        broker, access = None, None
-        if options.broker is not None:
-            broker = _build_broker(options.broker, api)
-            tasks.append(asyncio.create_task(broker.caches.run(api), name="broker-caches"))
+        access = None
+        if broker is not None and options.broker is not None:
             if broker.rollout is not None:
                 tasks.append(asyncio.create_task(broker.rollout.run(), name="rollout"))
                 if broker.rollout.replicas is not None:

@@ -13,6 +13,11 @@ namespace, under the keys it returns, so a reader can ask for "the objects of th
 namespace under this key" without scanning them all (the gateway asks for the KeyRoles
 that name one ServiceAccount among 1,000 in a namespace).
 
+``run_caches`` feeds several caches with one informer per distinct resource and
+selectors: caches that keep different projections of the same objects (the gateway's
+webhook and broker both keep ApiKeys, KeyRoles and ServiceAccounts) share one list and
+one watch, so each object is received, parsed and remembered by the informer once.
+
 ``apply`` is the whole state change and is synchronous, so tests drive it with events.
 ``generation`` changes whenever what the cache holds changes (an object added, removed,
 or projected differently; the first list), and only then: an update that leaves the
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -154,14 +159,45 @@ class WatchCache(Generic[T]):
         if not bucket:
             del self._by_namespace[namespace]
 
+    @property
+    def source(self) -> tuple[Resource, str | None, str | None]:
+        """What its informer lists and watches: the resource and both selectors."""
+        return (self.resource, self.label_selector, self.field_selector)
+
     async def run(self, api: KubeApi, *, backoff: Backoff | None = None) -> None:
         """Feed the cache from an informer until cancelled."""
+        await run_caches(api, [self], backoff=backoff)
+
+
+def shared_sources(
+    caches: Iterable[WatchCache[Any]],
+) -> dict[tuple[Resource, str | None, str | None], list[WatchCache[Any]]]:
+    """The caches grouped by what their informer watches, in order (pure)."""
+    groups: dict[tuple[Resource, str | None, str | None], list[WatchCache[Any]]] = {}
+    for cache in caches:
+        groups.setdefault(cache.source, []).append(cache)
+    return groups
+
+
+async def run_caches(
+    api: KubeApi, caches: Iterable[WatchCache[Any]], *, backoff: Backoff | None = None
+) -> None:
+    """Feed every cache until cancelled, one informer per ``shared_sources`` group: each
+    event is applied to the group's caches in turn."""
+
+    async def feed(
+        source: tuple[Resource, str | None, str | None], members: list[WatchCache[Any]]
+    ) -> None:
+        resource, label_selector, field_selector = source
         async for event in informer(
             api,
-            self.resource,
+            resource,
             None,
-            label_selector=self.label_selector,
-            field_selector=self.field_selector,
+            label_selector=label_selector,
+            field_selector=field_selector,
             backoff=backoff,
         ):
-            self.apply(event)
+            for cache in members:
+                cache.apply(event)
+
+    await asyncio.gather(*(feed(k, v) for k, v in shared_sources(caches).items()))

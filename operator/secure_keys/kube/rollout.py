@@ -30,6 +30,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from secure_keys.core.stamps import format_stamp
@@ -38,6 +39,7 @@ __all__ = [
     "CONDITION",
     "FIELD",
     "MAX_NAMED",
+    "NO_ROLLOUT",
     "ReplicaView",
     "Rollout",
     "RolloutSummary",
@@ -111,6 +113,10 @@ class Rollout:
     replica may prune when the id is not a live gateway replica."""
 
 
+NO_ROLLOUT = Rollout(None, MappingProxyType({}))
+"""``status.rollout`` absent or not an object: one shared value, not one per ApiKey."""
+
+
 def _int(value: object) -> int | None:
     return value if type(value) is int and 0 <= value < 2**32 else None
 
@@ -133,7 +139,7 @@ def _replica(value: object) -> ReplicaView | None:
 def parse_rollout(status: Mapping[str, Any] | None) -> Rollout:
     raw = (status or {}).get(FIELD)
     if not isinstance(raw, dict):
-        return Rollout(None, {})
+        return NO_ROLLOUT
     replicas: dict[str, ReplicaView] = {}
     ids: set[str] = set()
     entries = raw.get("replicas")

@@ -200,3 +200,79 @@ def test_backoff_arithmetic() -> None:
     assert backoff.delay(20, None, 0.0) == 30
     assert backoff.delay(0, 7, 0.0) == 7  # the server's Retry-After, when longer
     assert backoff.delay(0, None, 1.0) == 0.6
+
+
+class PagedScript:
+    """Lists answered a page at a time (``limit``/``continue``); the watch hangs."""
+
+    def __init__(self, pages: list[list[dict[str, Any]]], rv: str) -> None:
+        self.pages = pages
+        self.rv = rv
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") == "1":
+            return await stream(request, [], hang=True)
+        index = int(request.query.get("continue") or 0)
+        metadata = {"resourceVersion": self.rv}
+        if index + 1 < len(self.pages):
+            metadata["continue"] = str(index + 1)
+        return ok({"kind": "SecretList", "metadata": metadata, "items": self.pages[index]})
+
+
+def test_a_list_is_handed_over_a_page_at_a_time() -> None:
+    """Each page's events reach the consumer before the next page is asked for, so the
+    informer never holds more than one page of whole objects, however long the list."""
+
+    async def scenario() -> list[tuple[str, str, int]]:
+        async with ScriptedServer() as server:
+            pages = [[_obj("a", "1"), _obj("b", "2")], [_obj("c", "3")], [_obj("d", "4")]]
+            server.on("GET", PATH, PagedScript(pages, "4"))
+            seen: list[tuple[str, str, int]] = []
+            async with KubeApi(Credentials(server=server.url)) as api:
+                stream_ = informer(api, SECRETS, None, page_size=2, backoff=QUICK)
+                async with asyncio.timeout(10):
+                    async for event in stream_:
+                        lists = [
+                            s for s in server.requests("GET", PATH) if not s.query.get("watch")
+                        ]
+                        seen.append((event.type, str(event.metadata.get("name", "")), len(lists)))
+                        if event.type == "LISTED":
+                            break
+                await stream_.aclose()
+            assert [s.query["limit"] for s in server.requests("GET", PATH)[:3]] == ["2"] * 3
+            return seen
+
+    assert asyncio.run(scenario()) == [
+        ("ADDED", "a", 1),
+        ("ADDED", "b", 1),
+        ("ADDED", "c", 2),
+        ("ADDED", "d", 3),
+        ("LISTED", "", 3),
+    ]
+
+
+def test_a_paged_relist_reports_what_went_after_its_last_page() -> None:
+    async def scenario() -> list[InformerEvent]:
+        async with ScriptedServer() as server:
+            first = PagedScript([[_obj("a", "1")], [_obj("b", "2")]], "2")
+            again = PagedScript([[_obj("b", "2")], [_obj("c", "5")]], "5")
+            expired = False
+
+            async def handler(request: web.Request) -> web.StreamResponse:
+                nonlocal expired
+                if request.query.get("watch") == "1" and not expired:
+                    expired = True
+                    return status(410, "Expired", "too old")
+                return await (again if expired else first)(request)
+
+            server.on("GET", PATH, handler)
+            return await _collect(server, 6)
+
+    assert _summary(asyncio.run(scenario())) == [
+        ("ADDED", "a", True),
+        ("ADDED", "b", True),
+        ("LISTED", "", False),
+        ("ADDED", "c", True),
+        ("DELETED", "a", True),
+        ("LISTED", "", False),
+    ]

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from secure_keys.gateway.webhook.authorize import ApiKeyView, KeyRoleView
 from secure_keys.kube.cache import WatchCache
 from secure_keys.kube.client import APIKEYS, KEYROLES, JsonObject, KubeApi, Resource
-from secure_keys.kube.informer import metadata_of
+from secure_keys.kube.informer import labels_of, metadata_of
 from secure_keys.kube.keyroles import (
     Identity,
     KeyRoleRules,
@@ -38,13 +38,12 @@ def project_apikey(obj: JsonObject) -> ApiKeyView | None:
     name = metadata.get("name")
     if not isinstance(name, str):
         return None
-    labels = metadata.get("labels") or {}
     spec = obj.get("spec")
     delivery = spec.get("delivery") if isinstance(spec, dict) else None
     file_name = delivery.get("fileName") if isinstance(delivery, dict) else None
     return ApiKeyView(
         name=name,
-        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+        labels=labels_of(metadata),
         file_name=file_name if isinstance(file_name, str) and file_name else name,
         deleting=bool(metadata.get("deletionTimestamp")),
     )
