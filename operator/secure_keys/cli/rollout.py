@@ -129,8 +129,8 @@ def parse(obj: Mapping[str, Any]) -> KeyRollout:
 
 def from_listed(namespace: str, key: ListedKey) -> KeyRollout:
     """A key's rollout as a list review answers it (``cli/access.py``): the version
-    states and the merged summary, without the per-replica entries or the rotation
-    request (a KeyRole's grantee follows the current version instead)."""
+    states, the merged summary and the last rotation request honoured, without the
+    per-replica entries."""
     listed = key.rollout
     summary = None
     if listed is not None:
@@ -147,7 +147,7 @@ def from_listed(namespace: str, key: ListedKey) -> KeyRollout:
         name=key.name,
         resource_version="",
         current_version=key.current_version,
-        last_rotation_request="",
+        last_rotation_request=key.last_rotation_request,
         states={v.version: v.state for v in key.versions},
         summary=summary,
         replicas={},
@@ -263,23 +263,18 @@ def wait_rollout(
 def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> int:
     started = time.monotonic()
     requested = rotate_cmd.rotate(args.name, namespace, target)
-    before = requested.before
-    if before is not None:
-        # Through a KeyRole: follow the key with list reviews until a version newer than
-        # the one the gateway saw when asked is current and rolled out.
-        waited = wait_rollout(
-            lambda: read_listed(target, namespace, args.name),
-            lambda key: key.current_version > before.current_version,
-            args.timeout,
-            started=started,
-        )
-    else:
-        waited = wait_rollout(
-            lambda: confirm_unconsumed(target, read(target, namespace, args.name)),
-            lambda key: key.last_rotation_request == requested.value,
-            args.timeout,
-            started=started,
-        )
+
+    def fetch() -> KeyRollout:
+        if requested.before is not None:  # through a KeyRole: no RBAC on ApiKeys needed
+            return read_listed(target, namespace, args.name)
+        return confirm_unconsumed(target, read(target, namespace, args.name))
+
+    waited = wait_rollout(
+        fetch,
+        lambda key: key.last_rotation_request == requested.value,
+        args.timeout,
+        started=started,
+    )
     _emit(args, waited.to_json(), waited.text(), error=not waited.ok)
     return 0 if waited.ok else 1
 

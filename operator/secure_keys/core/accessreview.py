@@ -457,6 +457,8 @@ class ListedKey:
     require_mfa: bool
     rollout: ListedRollout | None = None
     """Its rollout, as far as the gateways have written one."""
+    last_rotation_request: str = ""
+    """The rotate-requested-at value the controller last honoured."""
 
     def to_json(self) -> dict[str, Any]:
         listed: dict[str, Any] = {
@@ -468,6 +470,8 @@ class ListedKey:
         }
         if self.rollout is not None:
             listed["rollout"] = self.rollout.to_json()
+        if self.last_rotation_request:
+            listed["lastRotationRequest"] = self.last_rotation_request
         return listed
 
 
@@ -567,6 +571,7 @@ def parse_answer(status: object) -> ReviewAnswer:
                 permissions=tuple(str(p) for p in item.get("permissions") or ()),
                 require_mfa=item.get("requireMFA") is True,
                 rollout=_listed_rollout(item.get("rollout")),
+                last_rotation_request=str(item.get("lastRotationRequest") or "")[:MAX_NAME],
             )
         )
     secret = None

@@ -456,8 +456,9 @@ def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A KeyRole's rotate grantee, whom RBAC lets neither patch nor get the ApiKey, waits
-    for its rotation: the gateway's rotate answer gives the version it replaces, and
-    list reviews of that one key follow the new version until every pod holds it."""
+    for its rotation: list reviews of that one key follow it until the controller has
+    honoured this very request (another rotation does not end the wait) and every pod
+    holds the new version."""
     from secure_keys.cli import rollout
 
     monkeypatch.setattr(rollout, "POLL_SECONDS", 0.01)
@@ -467,8 +468,13 @@ def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
         {"kind": "Status", "reason": "Forbidden", "message": "apikeys is forbidden"},
     )
 
-    def key(version: int, current: int, consumers: int, *behind: str) -> dict[str, Any]:
+    requested = "2026-12-07T10:00:00Z-0a1b2c-role"
+
+    def key(
+        version: int, current: int, consumers: int, *behind: str, honoured: str = ""
+    ) -> dict[str, Any]:
         return {
+            "lastRotationRequest": honoured,
             "name": "api",
             "currentVersion": version,
             "versions": [{"version": version, "state": "Active", "fingerprint": "f"}],
@@ -481,7 +487,14 @@ def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
             },
         }
 
-    listed = iter([key(1, 2, 2), key(2, 1, 2, "web-1"), key(2, 2, 2)])
+    listed = iter(
+        [
+            key(1, 2, 2),
+            key(2, 2, 2, honoured="2026-12-07T09:59:59Z-ffffff"),  # someone else's
+            key(3, 1, 2, "web-1", honoured=requested),
+            key(3, 2, 2, honoured=requested),
+        ]
+    )
     reviews: list[dict[str, Any]] = []
 
     def gateway(body: dict[str, Any]) -> Answer:
@@ -491,7 +504,7 @@ def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
                 "allowed": True,
                 "reason": "RotationRequested",
                 "message": "granted by KeyRole oncall",
-                "rotationRequest": "2026-12-07T10:00:00Z-0a1b2c",
+                "rotationRequest": requested,
                 "keys": [key(1, 2, 2)],
             }
         else:
@@ -503,7 +516,7 @@ def test_rotate_wait_through_a_keyrole_follows_the_rollout_with_list_reviews(
     command = ["--kubeconfig", str(kubeconfig), "rotate", "api", "--wait", "-o", "json"]
     assert cli.main(command) == 0
     report = json.loads(capsys.readouterr().out)
-    assert (report["version"], report["current"], report["consumers"]) == (2, 2, 2)
+    assert (report["version"], report["current"], report["consumers"]) == (3, 2, 2)
     assert report["rotated"] is True
-    assert [r["operation"] for r in reviews] == ["rotate", "list", "list", "list"]
+    assert [r["operation"] for r in reviews] == ["rotate", "list", "list", "list", "list"]
     assert {r.get("key") for r in reviews} == {"api"}

@@ -257,6 +257,7 @@ def test_list_shows_a_rotate_grantee_its_key_and_the_rollout_and_can_name_one_ke
             }
         ),
     )
+    rolling = dataclasses.replace(rolling, last_rotation_request="2026-12-07T10:00:00Z-0a1b2c")
     keys = {**KEYS, "stripe": rolling}
     oncall = _role(
         [{"kind": "User", "name": "alice"}], {"names": ["stripe"]}, permissions=("rotate",)
@@ -264,6 +265,7 @@ def test_list_shows_a_rotate_grantee_its_key_and_the_rollout_and_can_name_one_ke
     [listed] = decide_list(ALICE, NS, keys, [oncall])
     assert (listed.name, listed.permissions, listed.current_version) == ("stripe", ("rotate",), 2)
     assert listed.rollout == ListedRollout(2, 5, 4, ("web-4",), 0, "")
+    assert listed.last_rotation_request == "2026-12-07T10:00:00Z-0a1b2c"  # what --wait seeks
     assert decide_list(ALICE, NS, keys, [oncall], only="stripe") == (listed,)
     assert decide_list(ALICE, NS, keys, [oncall], only="github") == ()
     assert decide_list(ALICE, NS, keys, [oncall], only="no-such-key") == ()
@@ -427,3 +429,19 @@ def test_a_read_refusal_names_no_role_that_covers_the_key_only_by_selector() -> 
     named = _read(ALICE, by_name, key="github")
     assert isinstance(named, Refusal)
     assert "lister names you without read" in named.message
+
+
+def test_the_view_keeps_the_last_rotation_request_honoured_when_short() -> None:
+    def honoured(value: str) -> str:
+        view = project_delivery_key(
+            {
+                "metadata": {"name": "k", "namespace": NS, "uid": "u"},
+                "spec": {},
+                "status": {"currentVersion": 1, "lastRotationRequest": value},
+            }
+        )
+        assert view is not None
+        return view.last_rotation_request
+
+    assert honoured("2026-12-07T10:00:00Z-0a1b2c-role") == "2026-12-07T10:00:00Z-0a1b2c-role"
+    assert honoured("x" * 200) == ""  # a digest of a long request: never one of ours

@@ -332,6 +332,7 @@ def decide_list(
                 require_mfa=all(r.require_mfa for r in covering if "read" in r.rules.permissions)
                 and any("read" in r.rules.permissions for r in covering),
                 rollout=_listed_rollout(view, name in asked),
+                last_rotation_request=view.last_rotation_request,
             )
         )
     return tuple(listed)

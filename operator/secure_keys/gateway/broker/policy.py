@@ -206,6 +206,9 @@ class DeliveryKeyView:
     recorded as honoured in ``status.lastRotationRequest``, or a Pending version (it
     records the request with the new Pending version, and archives the old one in a
     later write). A KeyRole's ``rotate`` waits for it."""
+    last_rotation_request: str = ""
+    """``status.lastRotationRequest``: the rotate-requested-at value the controller last
+    honoured (a grantee's ``rotate --wait`` looks for its own)."""
 
     @property
     def conditions(self) -> tuple[Mapping[str, Any], ...]:
@@ -304,7 +307,12 @@ def project_delivery_key(obj: Mapping[str, Any]) -> DeliveryKeyView | None:
             separators=(",", ":"),
         ),
         rotation_pending=_rotation_pending(metadata.get("annotations"), status),
+        last_rotation_request=_short(status.get("lastRotationRequest"), MAX_ROTATE_REQUEST),
     )
+
+
+def _short(value: object, limit: int) -> str:
+    return value if isinstance(value, str) and len(value) <= limit else ""
 
 
 def _rotation_pending(annotations: object, status: Mapping[str, Any]) -> bool:
