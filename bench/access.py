@@ -18,6 +18,10 @@ that user may ``get``. Then, in one run, interleaved round by round:
   the rest (the kubeconfig, TLS, the review's round trip through the API server and the
   gateway, opening the answer).
 
+Also the floor any Python client of this design starts from: an interpreter importing
+only the libraries a read cannot do without (``time_floor_ms``, and ``floor_p50_ratio``
+against kubectl's whole run).
+
 Last line: JSON with ``p99_ratio`` (get p99 / kubectl p99), ``p50_ratio``,
 ``inprocess_p99_ratio`` and the other figures. The goal (issue 20) is ``p99_ratio`` <= 2.
 """
@@ -58,6 +62,11 @@ NAMESPACE = "bench-access"
 USER = "bench-reader"
 KEY = "bench-key"
 SECRET = "bench-plain"  # noqa: S105 - a Secret's name
+FLOOR_IMPORTS = (
+    "import argparse, dataclasses, json, ssl, http.client, yaml\n"
+    "from cryptography.hazmat.primitives.asymmetric import x25519\n"
+    "from cryptography.hazmat.primitives.ciphers import aead"
+)
 PACE = 0.25
 """Seconds between in-process reads (the gateway allows a user 5 reviews per second)."""
 
@@ -240,6 +249,10 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 kms_calls = _metrics(metrics_port) - before
                 inproc_ours, inproc_plain = in_process(reader, args.rounds)
                 python = [_timed([sys.executable, "-c", "pass"]) for _ in range(10)]
+                # The floor of any Python client of this design: the interpreter and the
+                # libraries a read cannot do without (TLS and HTTP, the kubeconfig's YAML,
+                # X25519 and AES-GCM, dataclasses), none of ours.
+                floor = [_timed([sys.executable, "-c", FLOOR_IMPORTS]) for _ in range(10)]
                 # What a `get` imports: main, then the verb's module (cli/args.py).
                 get_imports = "import secure_keys.cli.main, secure_keys.cli.access"
                 imports = [_timed([sys.executable, "-c", get_imports]) for _ in range(10)]
@@ -248,6 +261,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     get_p50, get_p99 = statistics.median(ours), _pct(ours, 0.99)
     kubectl_p50, kubectl_p99 = statistics.median(theirs), _pct(theirs, 0.99)
     interpreter, imported = statistics.median(python), statistics.median(imports)
+    floor_p50 = statistics.median(floor)
     return {
         "rounds": args.rounds,
         "get_p50_ms": round(get_p50 * 1000, 1),
@@ -265,6 +279,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "time_python_start_ms": round(interpreter * 1000, 1),
         "time_cli_imports_ms": round((imported - interpreter) * 1000, 1),
         "time_rest_ms": round((get_p50 - imported) * 1000, 1),
+        "time_floor_ms": round(floor_p50 * 1000, 1),
+        "floor_p50_ratio": round(floor_p50 / kubectl_p50, 2),
     }
 
 
