@@ -271,6 +271,10 @@ class BlobStore:
         )
         return secret
 
+    def written(self, namespace: str, apikey: str) -> tuple[str, ...]:
+        """The versions of this ApiKey's blob Secret this store wrote last, oldest first."""
+        return self._written.written(namespace, apikey)
+
     def wrote(self, namespace: str, apikey: str, resource_version: str) -> bool:
         return self._written.wrote(namespace, apikey, resource_version)
 

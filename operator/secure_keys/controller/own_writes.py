@@ -23,6 +23,10 @@ class OwnWrites:
         slot = (namespace, name)
         self._written[slot] = (*self._written.get(slot, ())[-(KEPT - 1) :], resource_version)
 
+    def written(self, namespace: str, name: str) -> tuple[str, ...]:
+        """The versions remembered for this object, oldest first."""
+        return self._written.get((namespace, name), ())
+
     def wrote(self, namespace: str, name: str, resource_version: str) -> bool:
         return resource_version in self._written.get((namespace, name), ())
 

@@ -190,6 +190,14 @@ class Reconciler:
             key = ApiKey.parse(body)
         except InvalidSpec as exc:
             raise _Failed("InvalidSpec", str(exc), retry=False) from None
+        # A key the controller has never reconciled (no finalizer yet) with no version in
+        # status has no blob Secret of ours: the finalizer is always written before the
+        # first blob. Its first step is then planned without reading the Secret (a read
+        # per new key, and a 404), and the assumption is checked before anything is
+        # reported: the blob write is a create, which fails rather than overwrite a Secret
+        # that is there after all (ours, with the finalizer removed by hand, or foreign),
+        # and a failing step reads the Secret and plans again if it exists.
+        assumed_absent = FINALIZER not in key.metadata.finalizers and not key.status.get("versions")
         if FINALIZER not in key.metadata.finalizers:
             body = await self.writer.add_finalizer(body)
             key = ApiKey.parse(body)
@@ -197,7 +205,7 @@ class Reconciler:
             policy = RotationPolicy.from_spec(key.spec.rotation)
         except InvalidSchedule as exc:
             raise _Failed("InvalidRotation", str(exc), retry=False) from None
-        secret = await self._read_blobs(key)
+        secret = None if assumed_absent else await self._read_blobs(key)
         current_kms = await self._current_kms(key)
         log = _log.bind(namespace=key.metadata.namespace, apikey=key.metadata.name)
         for _ in range(MAX_STEPS):
@@ -211,8 +219,13 @@ class Reconciler:
                 ) from None
             step = rotation.plan(state, self.clock())
             log.debug("apikey.step", step=type(step).__name__)
+            blob_writes = self._blob_writes(key)
             try:
                 if isinstance(step, rotation.Idle):
+                    if assumed_absent:  # (a key with no version is never idle: check anyway)
+                        assumed_absent = False
+                        secret = await self._read_blobs(key)
+                        continue
                     if self.keys is not None:
                         # Read at its fixed point with the keys open (without them, the
                         # requeue when they open reconciles it again anyway).
@@ -220,13 +233,20 @@ class Reconciler:
                     await self._settle(key, body, state)
                     return Outcome(step.wake_at)
                 body, secret = await self._execute(key, body, secret, state, step)
-            except (Retry, _Failed):
-                raise
             except Exception as exc:
+                if assumed_absent and self._blob_writes(key) == blob_writes:
+                    # The step failed before writing the Secret: check the assumption.
+                    assumed_absent = False
+                    secret = await self._read_blobs(key)
+                    if secret is not None:
+                        continue  # it was there: plan again from what is stored
+                if isinstance(exc, (Retry, _Failed)):
+                    raise
                 failed = classify(exc)
                 if failed is None:
                     raise
                 raise failed from None
+            assumed_absent = False  # the step wrote the Secret, or needed none
             key = ApiKey.parse(body)
         raise Retry(f"no fixed point after {MAX_STEPS} steps")
 
@@ -275,6 +295,10 @@ class Reconciler:
             raise _Failed("BlobSecretConflict", str(exc), retry=False) from None
         except ApiError as exc:
             raise Retry(str(exc)) from None
+
+    def _blob_writes(self, key: ApiKey) -> tuple[str, ...]:
+        """The blob Secret versions written last for this key (changed by a write)."""
+        return self.blobs.written(key.metadata.namespace, key.metadata.name)
 
     async def _current_kms(self, key: ApiKey) -> tuple[str, str, str] | None:
         """(provider, key id, key version) of the ApiKey's KMS key; None if not usable now

@@ -59,6 +59,47 @@ def test_a_new_key_gets_a_finalizer_then_its_blob_then_its_record(
     assert blob_write >= 1  # the finalizer patch came first
 
 
+def test_a_new_key_is_sealed_without_reading_a_blob_secret_it_cannot_have(
+    api: FakeApi, kms_config: Path
+) -> None:
+    # No finalizer yet and no version in status: the controller never wrote its blob
+    # Secret (the finalizer always comes first), so the first pass does not ask for it.
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(reconciler(api, kms_config), "k")
+    assert states(api, "k") == {1: "Active"}
+    reads = [c for c in api.calls if c[:2] == ("get", "secrets")]
+    assert len(reads) == 1  # only the re-read before promotion
+
+
+def test_a_blob_secret_there_after_all_is_adopted_not_overwritten(
+    api: FakeApi, kms_config: Path
+) -> None:
+    # The finalizer removed and the status cleared by hand: the pass that assumed no
+    # blob Secret finds it when its create fails, and adopts what it holds.
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    sealed = api.stored(SECRETS, NS, blob_secret_name("k"))["data"]["v1"]
+    stored = api.stored(APIKEYS, NS, "k")
+    stored["metadata"]["finalizers"] = []
+    stored["status"] = {}
+    api._bump(stored)
+    reconcile(rec, "k")
+    assert states(api, "k") == {1: "Active"}
+    assert api.stored(SECRETS, NS, blob_secret_name("k"))["data"] == {"v1": sealed}
+    assert FINALIZER in api.stored(APIKEYS, NS, "k")["metadata"]["finalizers"]
+
+
+def test_a_foreign_secret_under_the_blob_name_still_conflicts_for_a_new_key(
+    api: FakeApi, kms_config: Path
+) -> None:
+    api.put(SECRETS, NS, {"metadata": {"name": blob_secret_name("k")}, "data": {"x": "eA=="}})
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(reconciler(api, kms_config), "k")
+    assert ready_reason(api, "k") == "BlobSecretConflict"
+    assert api.stored(SECRETS, NS, blob_secret_name("k"))["data"] == {"x": "eA=="}
+
+
 def test_a_spec_change_without_a_new_version_updates_observed_generation(
     api: FakeApi, kms_config: Path
 ) -> None:
