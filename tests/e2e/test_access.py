@@ -385,6 +385,27 @@ def test_a_read_and_a_refusal_leave_events_on_the_apikey(
     eventually(lambda: "KeyReadDenied" in reasons(OTHER), 30, "KeyReadDenied on other")
 
 
+def _key_with_a_rotator(admin_api: client.ApiClient, namespace: str, name: str, user: str) -> int:
+    """A generated ApiKey ``name`` and a KeyRole ``<name>-oncall`` granting ``user`` only
+    rotate on it; its current version once Ready."""
+    create_object(
+        admin_api,
+        namespace,
+        "apikeys",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ApiKey",
+            "metadata": {"name": name},
+            "spec": {"source": {"generate": {"length": 32}}},
+        },
+    )
+    role = _keyrole(f"{name}-oncall", [{"kind": "User", "name": user}], [name])
+    role["spec"]["permissions"] = ["rotate"]
+    create_object(admin_api, namespace, "keyroles", role)
+    version: int = wait_ready(admin_api, namespace, name)["status"]["currentVersion"]
+    return version
+
+
 def test_a_keyrole_granting_rotate_lets_a_user_without_rbac_rotate_through_the_gateway(
     gateway: GatewayProcess,
     kube: Target,
@@ -396,21 +417,7 @@ def test_a_keyrole_granting_rotate_lets_a_user_without_rbac_rotate_through_the_g
     """erin may not patch ApiKeys (RBAC) but a KeyRole grants her rotate: `secure-keys
     rotate` asks the gateway, which sets the annotation; the controller rotates and
     echoes the value. alice, whose roles grant read only, is refused and told why."""
-    create_object(
-        admin_api,
-        keys,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": "rotated"},
-            "spec": {"source": {"generate": {"length": 32}}},
-        },
-    )
-    rotators = _keyrole("rotated-oncall", [{"kind": "User", "name": "erin"}], ["rotated"])
-    rotators["spec"]["permissions"] = ["rotate"]
-    create_object(admin_api, keys, "keyroles", rotators)
-    before = wait_ready(admin_api, keys, "rotated")["status"]["currentVersion"]
+    before = _key_with_a_rotator(admin_api, keys, "rotated", "erin")
     erin = access.csr_user_kubeconfig(kube.kubeconfig, "erin", (), tmp_path / "erin")
     done: list[subprocess.CompletedProcess[bytes]] = []
 
@@ -459,21 +466,7 @@ def test_a_rotate_grantee_waits_for_its_rotation_without_rbac_on_apikeys(
     """frank may neither patch nor get ApiKeys (RBAC); a KeyRole grants him rotate.
     `rotate --wait` asks the gateway, then follows the key with list reviews until the
     new version is current and rolled out; `rollout status` answers him the same way."""
-    create_object(
-        admin_api,
-        keys,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": "waited"},
-            "spec": {"source": {"generate": {"length": 32}}},
-        },
-    )
-    role = _keyrole("waited-oncall", [{"kind": "User", "name": "frank"}], ["waited"])
-    role["spec"]["permissions"] = ["rotate"]
-    create_object(admin_api, keys, "keyroles", role)
-    before = wait_ready(admin_api, keys, "waited")["status"]["currentVersion"]
+    before = _key_with_a_rotator(admin_api, keys, "waited", "frank")
     frank = access.csr_user_kubeconfig(kube.kubeconfig, "frank", (), tmp_path / "frank")
     done: list[subprocess.CompletedProcess[bytes]] = []
 

@@ -137,6 +137,20 @@ def review(
     return answer
 
 
+def ask(
+    target: kubeapi.Target,
+    namespace: str,
+    spec: wire.ReviewSpec,
+    token: login.HeldToken | None = None,
+) -> wire.ReviewAnswer:
+    """``review`` of ``spec`` now, with the access token (``token``, else the cached one)
+    sealed in when the caller holds one."""
+    issued = int(time.time())
+    return review(
+        target, namespace, login.with_token(target, namespace, spec, issued, token), issued
+    )
+
+
 def read_key(
     target: kubeapi.Target,
     namespace: str,
@@ -159,9 +173,7 @@ def read_key(
         recipient=private.public(),
         client=client,
     )
-    issued = int(time.time())
-    spec = login.with_token(target, namespace, spec, issued, token)
-    answer = review(target, namespace, spec, issued)
+    answer = ask(target, namespace, spec, token)
     key = answer.key
     if key is None or key.name != name:
         raise wire.ReviewInvalid("the gateway's answer holds no key")
@@ -184,9 +196,7 @@ def request_rotation(
     spec = wire.ReviewSpec(
         "rotate", key=name, recipient=RecipientPrivateKey.generate().public(), client=client
     )
-    issued = int(time.time())
-    spec = login.with_token(target, namespace, spec, issued, token)
-    return review(target, namespace, spec, issued)
+    return ask(target, namespace, spec, token)
 
 
 def listed_key(
@@ -202,9 +212,7 @@ def listed_key(
     spec = wire.ReviewSpec(
         "list", key=name, recipient=RecipientPrivateKey.generate().public(), client=client
     )
-    issued = int(time.time())
-    spec = login.with_token(target, namespace, spec, issued, token)
-    answer = review(target, namespace, spec, issued)
+    answer = ask(target, namespace, spec, token)
     return next((k for k in answer.keys if k.name == name), None)
 
 
@@ -266,9 +274,7 @@ def list_keys(args: argparse.Namespace) -> int:
     spec = wire.ReviewSpec(
         "list", recipient=RecipientPrivateKey.generate().public(), client="secure-keys-cli/list"
     )
-    issued = int(time.time())
-    spec = login.with_token(target, namespace, spec, issued)
-    answer = review(target, namespace, spec, issued)
+    answer = ask(target, namespace, spec)
     if args.json:
         import json
 
