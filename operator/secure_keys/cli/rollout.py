@@ -240,6 +240,13 @@ class Waited:
         return f"timed out after {self.seconds:.0f}s: {pods_line(key)}"
 
 
+def honoured(key: KeyRollout, request: str) -> bool:
+    """Whether the controller has honoured ``request`` and promoted its version: it
+    records the request in the same write that adds the new version as Pending, while
+    the old one is still current (and fully rolled out)."""
+    return key.last_rotation_request == request and "Pending" not in key.states.values()
+
+
 def wait_rollout(
     fetch: Callable[[], KeyRollout],
     rotated_by: Callable[[KeyRollout], bool],
@@ -271,7 +278,7 @@ def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace:
 
     waited = wait_rollout(
         fetch,
-        lambda key: key.last_rotation_request == requested.value,
+        lambda key: honoured(key, requested.value),
         args.timeout,
         started=started,
     )

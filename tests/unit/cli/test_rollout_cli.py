@@ -177,3 +177,27 @@ def test_pod_rows_say_only_what_status_knows() -> None:
     ]  # fmt: skip
     counted = _key(current=3, summary=_summary(3, 2, 3))
     assert [r["state"] for r in rollout.pod_rows(counted, consumers)] == ["unknown"] * 3
+
+
+def test_a_rotation_counts_as_honoured_only_once_its_version_is_no_longer_pending() -> None:
+    """The controller records the request with the new version still Pending and the
+    old one current and rolled out: that is not yet the rotation rolled out."""
+    pending = rollout.parse(
+        {
+            "metadata": {"name": "stripe", "namespace": "pay"},
+            "status": {
+                "currentVersion": 1,
+                "lastRotationRequest": "r1",
+                "versions": [
+                    {"version": 1, "state": "Active"},
+                    {"version": 2, "state": "Pending"},
+                ],
+                "rollout": _summary(1, 2, 2),
+            },
+        }
+    )
+    assert pending.complete
+    assert not rollout.honoured(pending, "r1")
+    promoted = _key(current=2, request="r1", summary=_summary(2, 2, 2))
+    assert rollout.honoured(promoted, "r1")
+    assert not rollout.honoured(promoted, "r2")
