@@ -41,6 +41,7 @@ from typing import Any
 
 from kubernetes import client
 
+from secure_keys.gateway.access.reviews import UserLimits
 from secure_keys_dev import access
 from secure_keys_dev.cluster import LocalCluster, free_port
 from secure_keys_dev.localkms import write_local_kms
@@ -67,8 +68,8 @@ FLOOR_IMPORTS = (
     "from cryptography.hazmat.primitives.asymmetric import x25519\n"
     "from cryptography.hazmat.primitives.ciphers import aead"
 )
-PACE = 0.25
-"""Seconds between in-process reads (the gateway allows a user 5 reviews per second)."""
+PACE = 1.25 / UserLimits().rate
+"""Seconds between in-process reads: a fifth under the gateway's per-user rate."""
 
 
 def _metrics(port: int) -> float:
@@ -176,8 +177,8 @@ def in_process(kubeconfig: Path, rounds: int) -> tuple[list[float], list[float]]
     target = kubeapi.load_target(kubeconfig)
     ours, plain = [], []
     for _ in range(rounds):
-        # Paced under the gateway's per-user limit (30 at once, then 5 per second): a
-        # faster loop measures the 429s and their Retry-After waits, not a read.
+        # Paced under the gateway's per-user limit (``UserLimits``): a faster loop
+        # measures the 429s and their Retry-After waits, not a read.
         time.sleep(PACE)
         started = time.perf_counter()
         value = km.get_key(KEY)

@@ -272,7 +272,7 @@ def rotate_and_wait(args: argparse.Namespace, target: kubeapi.Target, namespace:
     requested = rotate_cmd.rotate(args.name, namespace, target)
 
     def fetch() -> KeyRollout:
-        if requested.before is not None:  # through a KeyRole: no RBAC on ApiKeys needed
+        if requested.through_role:  # no RBAC on ApiKeys needed
             return read_listed(target, namespace, args.name)
         return confirm_unconsumed(target, read(target, namespace, args.name))
 
@@ -313,6 +313,14 @@ def plan_revoke(key: KeyRollout, version: int, *, force: bool) -> dict[str, Any]
     }
 
 
+def mark_unconsumed(key: KeyRollout, consuming: list[str]) -> KeyRollout:
+    """``key``, marked unconsumed if no rollout was ever written for it and ``consuming``
+    (a pod list's pods asking for it) is empty (pure)."""
+    if consuming or key.summary is not None or key.replicas:
+        return key
+    return dataclasses.replace(key, unconsumed=True)
+
+
 def confirm_unconsumed(target: kubeapi.Target, key: KeyRollout) -> KeyRollout:
     """``key``, marked unconsumed if no rollout was ever written for it and a list of
     its namespace's opted-in pods shows none asking for it. An absent rollout alone
@@ -329,9 +337,7 @@ def confirm_unconsumed(target: kubeapi.Target, key: KeyRollout) -> KeyRollout:
         if exc.status != 403:
             raise
         return key
-    if consuming_pods(pods, key.name):
-        return key
-    return dataclasses.replace(key, unconsumed=True)
+    return mark_unconsumed(key, consuming_pods(pods, key.name))
 
 
 def revoke(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> int:
@@ -402,8 +408,8 @@ def status(args: argparse.Namespace, target: kubeapi.Target, namespace: str) -> 
             raise
         key, pods = read_listed(target, namespace, args.name), None  # a KeyRole's grantee
     consuming = consuming_pods(pods, key.name) if pods is not None else None
-    if consuming == [] and key.summary is None and not key.replicas:
-        key = dataclasses.replace(key, unconsumed=True)
+    if consuming is not None:
+        key = mark_unconsumed(key, consuming)
     rows = pod_rows(key, consuming) if consuming is not None else None
     lines = [f"{namespace}/{key.name} {pods_line(key)}"]
     if key.complete and key.summary is not None and key.summary.rolled_out_at:

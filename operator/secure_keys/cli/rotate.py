@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from secure_keys.cli import access
 from secure_keys.cli.kubeapi import Target, request_rotation
-from secure_keys.core.accessreview import ListedKey, ReviewInvalid
+from secure_keys.core.accessreview import ReviewInvalid
 from secure_keys.core.stamps import rotation_request
 from secure_keys.kube.client import ApiError
 
@@ -27,9 +27,9 @@ class Requested:
 
     value: str
     granted_by: str = ""
-    before: ListedKey | None = None
-    """Through a KeyRole: the key as the gateway saw it when asked (its current version
-    is the one the rotation replaces)."""
+    through_role: bool = False
+    """Asked of the gateway for a KeyRole's grantee (RBAC refused the patch): such a
+    caller may not read the ApiKey, so ``--wait`` follows it through list reviews."""
 
 
 def rotate(name: str, namespace: str, target: Target) -> Requested:
@@ -45,5 +45,4 @@ def rotate(name: str, namespace: str, target: Target) -> Requested:
     answer = access.request_rotation(target, namespace, name)
     if not answer.rotation_request:
         raise ReviewInvalid("the gateway's answer names no rotation request")
-    before = next((k for k in answer.keys if k.name == name), None)
-    return Requested(answer.rotation_request, answer.message, before)
+    return Requested(answer.rotation_request, answer.message, through_role=True)

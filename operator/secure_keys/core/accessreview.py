@@ -43,8 +43,8 @@ need a ``recipientKey``, as ``read`` does.
 (CamelCase), ``message`` (what would grant it, when refused), ``auditId`` (the audit
 record's ``<chain>:<seq>``), and ``key`` (one ``AnsweredKey`` with the sealed material),
 ``keys`` (``ListedKey``s with their rollouts, never material: for ``list``, every key a
-role lets the caller read, list or rotate, or the one ``spec.key`` names; for ``rotate``,
-the key as it was when asked) and ``rotationRequest`` (the annotation value a granted
+role lets the caller read, list or rotate, or the one ``spec.key`` names) and
+``rotationRequest`` (the annotation value a granted
 ``rotate`` set, which the controller echoes in ``status.lastRotationRequest``).
 
 Both sides parse here, strictly and with size limits, into frozen objects. Sealing the

@@ -124,7 +124,9 @@ def test_an_absent_rollout_is_unknown_until_no_consuming_pod_is_seen() -> None:
     assert not never.complete
     with pytest.raises(rollout.RolloutRefused, match="no gateway has reported"):
         rollout.plan_revoke(never, 2, force=False)
-    seen = dataclasses.replace(never, unconsumed=True)
+    assert rollout.mark_unconsumed(never, ["web-1"]) == never  # a pod asks for it
+    seen = rollout.mark_unconsumed(never, [])
+    assert seen == dataclasses.replace(never, unconsumed=True)
     assert seen.complete
     assert rollout.plan_revoke(seen, 2, force=False) is not None
     waited = rollout.wait_rollout(

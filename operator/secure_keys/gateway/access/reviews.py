@@ -698,22 +698,11 @@ class AccessReviews:
             message=f"{review.caller.describe()} requested a rotation",
             aggregate_on="rotate",
         )
-        # The key as it was when asked (its current version, which the rotation will
-        # replace), so that the caller can follow the rotation with list reviews.
-        before = decide_list(
-            review.caller,
-            review.namespace,
-            {view.name: view},
-            self.broker.caches.roles.in_namespace(review.namespace).values(),
-            only=view.name,
-            asked=self._asked(review.namespace),
-        )
         answer = wire.ReviewAnswer(
             True,
             "RotationRequested",
             f"granted by KeyRole {', '.join(decision.roles)}",
             audit_id=_audit_id(record),
-            keys=before,
             rotation_request=value,
         )
         return _admission(review, status=answer.to_json()), "rotation-requested"
