@@ -22,7 +22,8 @@ state the next ``plan`` call can finish from, whatever point a crash interrupts:
 * A live record whose blob is gone (the Secret deleted or edited by hand) is marked
   Destroyed with ``lostAt`` (``MarkLost``) and reported; it is never served again.
 * Promotion is **one** status write that makes the Pending version Active and the old
-  Active one Archived, so there is never more than one Active version.
+  Active one Archived, so there is never more than one Active version. A first version
+  (no Active one) is recorded Active straight away, in the write that records it.
 * A version is marked Destroyed in status **before** its blob is deleted, and a blob of
   a Destroyed version is deleted on the next pass.
 * A grace period is counted only from an ``archivedAt`` the controller tagged
@@ -76,13 +77,22 @@ class MarkLost:
 
 @dataclass(frozen=True)
 class NewVersion:
-    """Seal a new version: write its blob, then record it as Pending."""
+    """Seal a new version: write its blob, then record it as Pending (``Promote`` makes it
+    Active). A first version is recorded Active in that same write (``activates``)."""
 
     version: int
     reason: Literal["initial", "scheduled", "requested", "source-changed"]
     from_source: bool
     """Take the plaintext from spec.source (else re-seal the Active version's under a new
     DEK: a rotation cannot invent a new value for a key that came from outside)."""
+
+    @property
+    def activates(self) -> bool:
+        """Record the version Active at once. Only when no version is Active: the Pending
+        stage keeps a served version in place until its successor's blob is checked
+        again; with none served there is nothing for it to keep, and skipping it saves a
+        new key a status write (issue 23: the API server's CPU bounds sealing)."""
+        return self.reason == "initial"
 
 
 @dataclass(frozen=True)

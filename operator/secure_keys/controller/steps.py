@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -296,8 +296,14 @@ class StepExecutor:
             kms_key_version=sealed.wrapped.key_version,
         )
         records = transitions.record_pending(state.records, record)
+        if not step.activates:
+            body = await self._write_records(key, body, records, state, extra)
+            failpoint("pending-recorded")
+            return secret, body
+        now = self.clock()
+        records = transitions.promote(records, step.version, now)
         body = await self._write_records(key, body, records, state, extra)
-        failpoint("pending-recorded")
+        await self._promoted(key, body, state, records, step.version, None, now)
         return secret, body
 
     async def adopt(
@@ -419,15 +425,29 @@ class StepExecutor:
         now = self.clock()
         records = transitions.promote(state.records, step.version, now)
         body = await self._write_records(key, body, records, state, {})
+        await self._promoted(key, body, state, records, step.version, step.previous, now)
+        return body
+
+    async def _promoted(
+        self,
+        key: ApiKey,
+        body: Body,
+        state: KeyState,
+        records: Sequence[VersionRecord],
+        version: int,
+        previous: int | None,
+        now: datetime.datetime,
+    ) -> None:
+        """Once a version's Active record is written: its metric, Event and log line."""
         failpoint("promoted")
-        metrics.VERSIONS_PROMOTED.labels(str(step.previous is not None).lower()).inc()
-        promoted = next(r for r in records if r.version == step.version)
-        if step.previous is None:
+        metrics.VERSIONS_PROMOTED.labels(str(previous is not None).lower()).inc()
+        promoted = next(r for r in records if r.version == version)
+        if previous is None:
             await self.writer.event(
                 body,
                 "Normal",
                 "Sealed",
-                f"version {step.version} sealed and active ({promoted.fingerprint})",
+                f"version {version} sealed and active ({promoted.fingerprint})",
             )
         else:
             until = format_stamp(now + state.policy.grace_period)
@@ -435,18 +455,17 @@ class StepExecutor:
                 body,
                 "Normal",
                 "Rotated",
-                f"version {step.version} active ({promoted.fingerprint}); version "
-                f"{step.previous} archived, served as previous until {until}",
+                f"version {version} active ({promoted.fingerprint}); version "
+                f"{previous} archived, served as previous until {until}",
             )
         _log.info(
             "apikey.promoted",
             namespace=key.metadata.namespace,
             apikey=key.metadata.name,
-            version=step.version,
-            previous=step.previous,
+            version=version,
+            previous=previous,
             fingerprint=promoted.fingerprint,
         )
-        return body
 
     async def restamp(
         self, key: ApiKey, body: Body, state: KeyState, step: rotation.Restamp

@@ -68,7 +68,41 @@ def test_a_new_key_is_sealed_without_reading_a_blob_secret_it_cannot_have(
     reconcile(reconciler(api, kms_config), "k")
     assert states(api, "k") == {1: "Active"}
     reads = [c for c in api.calls if c[:2] == ("get", "secrets")]
-    assert len(reads) == 1  # only the re-read before promotion
+    assert reads == []  # nor, with no Pending stage for a first version, re-reads it
+
+
+def test_a_first_version_is_recorded_active_in_the_write_that_records_it(
+    api: FakeApi, kms_config: Path
+) -> None:
+    # Nothing is served yet, so there is no Pending stage: one status write records the
+    # version, Active (issue 23: each ApiKey write costs the API server several Secrets').
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(reconciler(api, kms_config), "k")
+    recorded = [
+        [(r["version"], r["state"]) for r in call[4]["status"]["versions"]]
+        for call in api.calls
+        if call[:2] == ("patch", "apikeys") and "versions" in (call[4].get("status") or {})
+    ]
+    assert recorded == [[(1, "Active")]]
+    events = [c[4]["reason"] for c in api.calls if c[:2] == ("create", EVENTS.plural)]
+    assert events == ["Sealed"]
+
+
+def test_a_rotation_still_records_its_version_pending_before_promoting_it(
+    api: FakeApi, kms_config: Path
+) -> None:
+    rec = reconciler(api, kms_config)
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    reconcile(rec, "k")
+    request_rotation(api, "k")
+    api.calls.clear()
+    reconcile(rec, "k")
+    recorded = [
+        {r["version"]: r["state"] for r in call[4]["status"]["versions"]}
+        for call in api.calls
+        if call[:2] == ("patch", "apikeys") and "versions" in (call[4].get("status") or {})
+    ]
+    assert recorded[:2] == [{1: "Active", 2: "Pending"}, {1: "Archived", 2: "Active"}]
 
 
 def test_a_blob_secret_there_after_all_is_adopted_not_overwritten(
@@ -325,9 +359,9 @@ def test_own_writes_are_recognised(api: FakeApi, kms_config: Path) -> None:
 def test_every_version_one_reconcile_wrote_is_recognised_as_its_own(
     api: FakeApi, kms_config: Path
 ) -> None:
-    """A new key is written three times in a row (finalizer, two status patches); the
-    watch delivers each version, often after the next write: none may queue the key
-    again."""
+    """A new key is written twice in a row (finalizer, then its first version's record,
+    Active); the watch delivers each version, often after the next write: none may queue
+    the key again."""
     rec = reconciler(api, kms_config)
     add_apikey(api, "k", {"source": {"generate": {}}})
     created = api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
@@ -339,7 +373,7 @@ def test_every_version_one_reconcile_wrote_is_recognised_as_its_own(
     ]
     final = api.stored(APIKEYS, NS, "k")["metadata"]["resourceVersion"]
     written = [rv for rv in preconditions if rv not in (None, created)] + [final]
-    assert len(written) >= 3
+    assert len(written) >= 2
     assert all(rec.wrote("apikey", NS, "k", rv) for rv in written)
     assert not rec.wrote("apikey", NS, "k", created)
 

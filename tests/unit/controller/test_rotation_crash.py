@@ -6,7 +6,8 @@ reconcile runs that a crash may cut short between any two individual writes. Eac
 ``plan`` returns is executed the way ``service`` does (see ``rotation``'s docstring):
 
 * NewVersion: write the blob with its intent (the status fields it will record), then
-  write the status with the version Pending (and that source digest / honoured request);
+  write the status with the version Pending (and that source digest / honoured request),
+  or Active when no version is (a first version);
 * Adopt: one status write recording the unrecorded blob as Pending, with the intent
   written beside it (a crash after the blob write finishes that rotation);
 * Promote and Destroy: one status write each;
@@ -16,8 +17,9 @@ Checked after every single write: at most one Active version, every live record 
 exactly the blob that was written for it, versions only move forward through
 Pending -> Active -> Archived -> Destroyed (an Active one never skips Archived), a
 version is destroyed only after its grace period, and recorded version numbers are
-never reused. Checked when a run reaches Idle: exactly one Active, blobs are exactly the
-live versions, the spec is honoured, nothing is due, and the wake-up time is exact.
+never reused (a version is first recorded Pending, or Active when none was). Checked
+when a run reaches Idle: exactly one Active, blobs are exactly the live versions, the
+spec is honoured, nothing is due, and the wake-up time is exact.
 """
 
 from __future__ import annotations
@@ -220,7 +222,10 @@ class CrashModel(RuleBasedStateMachine):
             kms_key_id="default",
             kms_key_version="1",
         )
-        status: dict[str, Any] = {"versions": transitions.record_pending(state.records, record)}
+        records = transitions.record_pending(state.records, record)
+        if step.activates:  # a first version: no Pending stage, Active in the same write
+            records = transitions.promote(records, step.version, now)
+        status: dict[str, Any] = {"versions": records}
         status.update(intent)
         return [("blobs", {step.version: blob}), ("status", status)]
 
@@ -297,7 +302,12 @@ class CrashModel(RuleBasedStateMachine):
         for version, record in current.items():
             before = self.seen.get(version)
             if before is None:
-                assert record.state == "Pending", f"v{version} first recorded {record.state}"
+                first = record.state == "Active" and not any(
+                    r.state == "Active" for r in self.seen.values()
+                )  # a first version (nothing served): Active at once
+                assert record.state == "Pending" or first, (
+                    f"v{version} first recorded {record.state}"
+                )
                 assert all(version > v for v in self.seen), f"v{version} reused"
                 continue
             assert record.state in FORWARD[before.state], (
