@@ -59,6 +59,16 @@ def states(api: FakeApi, name: str) -> dict[int, str]:
     return {v["version"]: v["state"] for v in status(api, name).get("versions") or []}
 
 
+def recorded(api: FakeApi) -> list[dict[int, str]]:
+    """The version states each status write sent, in order (writes without versions, such
+    as a conditions-only update, left out)."""
+    return [
+        {r["version"]: r["state"] for r in call[4]["status"]["versions"]}
+        for call in api.calls
+        if call[:2] == ("patch", APIKEYS.plural) and "versions" in (call[4].get("status") or {})
+    ]
+
+
 def blobs(api: FakeApi, name: str) -> set[str]:
     return set(api.stored(SECRETS, NS, blob_secret_name(name)).get("data") or {})
 

@@ -28,9 +28,11 @@ from tests.support.reconciler import (
     add_apikey,
     blobs,
     bump,
+    events,
     ready_reason,
     reconcile,
     reconciler,
+    recorded,
     request_rotation,
     states,
     status,
@@ -78,14 +80,8 @@ def test_a_first_version_is_recorded_active_in_the_write_that_records_it(
     # version, Active (issue 23: each ApiKey write costs the API server several Secrets').
     add_apikey(api, "k", {"source": {"generate": {}}})
     reconcile(reconciler(api, kms_config), "k")
-    recorded = [
-        [(r["version"], r["state"]) for r in call[4]["status"]["versions"]]
-        for call in api.calls
-        if call[:2] == ("patch", "apikeys") and "versions" in (call[4].get("status") or {})
-    ]
-    assert recorded == [[(1, "Active")]]
-    events = [c[4]["reason"] for c in api.calls if c[:2] == ("create", EVENTS.plural)]
-    assert events == ["Sealed"]
+    assert recorded(api) == [{1: "Active"}]
+    assert [e["reason"] for e in events(api)] == ["Sealed"]
 
 
 def test_a_rotation_still_records_its_version_pending_before_promoting_it(
@@ -97,12 +93,7 @@ def test_a_rotation_still_records_its_version_pending_before_promoting_it(
     request_rotation(api, "k")
     api.calls.clear()
     reconcile(rec, "k")
-    recorded = [
-        {r["version"]: r["state"] for r in call[4]["status"]["versions"]}
-        for call in api.calls
-        if call[:2] == ("patch", "apikeys") and "versions" in (call[4].get("status") or {})
-    ]
-    assert recorded[:2] == [{1: "Active", 2: "Pending"}, {1: "Archived", 2: "Active"}]
+    assert recorded(api)[:2] == [{1: "Active", 2: "Pending"}, {1: "Archived", 2: "Active"}]
 
 
 def test_a_blob_secret_there_after_all_is_adopted_not_overwritten(
