@@ -148,38 +148,110 @@ def metric_sum(samples: dict[str, float], name: str) -> float:
     return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
+STAGES = ("review_ms", "body_ms", "pod_ms", "compute_ms", "write_ms", "total_ms")
+"""The stages of a first delivery the broker's ``broker.stream`` log line times."""
+
+
+def stage_summary(log: str) -> dict[str, dict[str, float]]:
+    """p50/p99 of each stage over the ``broker.stream`` lines of ``log``, split by
+    whether the token needed a TokenReview (``reviewed``) or was found in the cache."""
+    found: dict[str, dict[str, list[float]]] = {}
+    for line in log.splitlines():
+        if '"broker.stream"' not in line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "total_ms" not in record:
+            continue
+        arm = "reviewed" if record.get("reviewed") else "cached"
+        for stage in STAGES:
+            found.setdefault(arm, {}).setdefault(stage, []).append(float(record[stage]))
+    return {
+        f"{arm}_{stage}": {
+            "n": len(values),
+            "p50": round(percentile(values, 50), 3),
+            "p99": round(percentile(values, 99), 3),
+        }
+        for arm, stages in found.items()
+        for stage, values in stages.items()
+    }
+
+
 # -- the bare endpoint (a subprocess) ----------------------------------------------------
 
 
-def bare_server(port: int, cert: str, key: str, size: int) -> None:
+def bare_server(port: int, cert: str, key: str, size: int, kubeconfig: str = "") -> None:
     """An aiohttp endpoint answering ``POST /v1/stream`` with one NDJSON line of ``size``
-    bytes, over TLS: the floor the broker is compared to."""
+    bytes, over TLS: the floor the broker is compared to. With ``kubeconfig``, it first
+    authenticates the bearer token as the broker does (``TokenReviewer``: a TokenReview
+    per new token, cached), and answers 401 if it is refused: the floor of any broker
+    that keeps the TokenReview of a new token."""
     import asyncio
 
     from aiohttp import web
 
     body = (b'{"type":"state","pad":"' + b"x" * max(0, size - 26) + b'"}')[:size] + b"\n"
 
-    async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        await response.write(body)
-        await response.write_eof()
-        return response
-
     async def main() -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        app = web.Application()
-        app.router.add_post(STREAM_PATH, handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
-        print("ready", flush=True)
-        await asyncio.Event().wait()
+        from secure_keys.gateway.broker.tokenreview import (
+            KubeTokenReviews,
+            TokenRejected,
+            TokenReviewer,
+        )
+        from secure_keys.kube.client import Credentials, KubeApi
+
+        async with contextlib.AsyncExitStack() as stack:
+            reviewer = None
+            if kubeconfig:
+                api = KubeApi(Credentials.discover(Path(kubeconfig)), user_agent="bench-floor")
+                reviewer = TokenReviewer(KubeTokenReviews(await stack.enter_async_context(api)))
+
+            async def handle(request: web.Request) -> web.StreamResponse:
+                if reviewer is not None:
+                    header = request.headers.get("Authorization", "")
+                    result = await reviewer.review(header.removeprefix("Bearer "))
+                    if isinstance(result, TokenRejected):
+                        return web.Response(status=401)
+                await request.read()
+                response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+                await response.prepare(request)
+                await response.write(body)
+                await response.write_eof()
+                return response
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            app = web.Application()
+            app.router.add_post(STREAM_PATH, handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port, ssl_context=context).start()
+            print("ready", flush=True)
+            await asyncio.Event().wait()
 
     asyncio.run(main())
+
+
+def start_bare(port: int, tls: Path, size: int, kubeconfig: Path | None) -> subprocess.Popen[bytes]:
+    """``bare_server`` in a subprocess of this file, once it listens."""
+    process = subprocess.Popen(  # noqa: S603 - our interpreter and this file
+        [
+            sys.executable,
+            __file__,
+            "--bare-server",
+            str(port),
+            str(tls / "tls.crt"),
+            str(tls / "tls.key"),
+            str(size),
+            str(kubeconfig or ""),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    if process.stdout is None or process.stdout.readline().strip() != b"ready":
+        raise SystemExit("the bare endpoint did not start")
+    return process
 
 
 # -- the client --------------------------------------------------------------------------
@@ -617,12 +689,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             kms_config=kms,
             extra_args=("--image-pull-policy=Never",),
         )
-        bare_port = free_port()
+        bare_port, floor_port = free_port(), free_port()
         with ControllerProcess(
             cluster.user_kubeconfig("bench-controller"), kms, work / "controller.log"
         ):
             gateway.start(timeout=120)
             bare: subprocess.Popen[bytes] | None = None
+            floor: subprocess.Popen[bytes] | None = None
             try:
                 register_gateway_webhook(api, gateway.url, ca_pem, name="bench-delivery")
                 set_up_keys(api)
@@ -641,37 +714,39 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 if not pods:
                     raise SystemExit(f"no pod started; gateway log:\n{gateway.log()[-3000:]}")
                 samples, everyone = propagate(api, pods, args.rotations, metrics_port)
+                log_offset = len(gateway.log())
 
                 tokens = pod_tokens(api, pods)
                 per_round = max(1, args.reads_per_pod // args.read_rounds)
                 batch = [tokens[p] for _ in range(per_round) for p in pods]
                 line_size = read_once(gateway.port, work / "tls" / "ca.crt", batch[0])[2]
-                bare = subprocess.Popen(  # noqa: S603 - our interpreter and this file
-                    [
-                        sys.executable,
-                        __file__,
-                        "--bare-server",
-                        str(bare_port),
-                        str(work / "tls" / "tls.crt"),
-                        str(work / "tls" / "tls.key"),
-                        str(line_size),
-                    ],
-                    stdout=subprocess.PIPE,
+                bare = start_bare(bare_port, work / "tls", line_size, None)
+                # The floor reviews its own tokens: the API server keeps a token's
+                # authentication for 10 s, and the broker's must be as new as ever.
+                floor_tokens = pod_tokens(api, pods)
+                floor_batch = [floor_tokens[p] for _ in range(per_round) for p in pods]
+                floor = start_bare(
+                    floor_port, work / "tls", line_size, cluster.user_kubeconfig("bench-gateway")
                 )
-                if bare.stdout is None or bare.stdout.readline().strip() != b"ready":
-                    raise SystemExit("the bare endpoint did not start")
                 before = metrics(metrics_port)
                 broker_lat: list[float] = []
                 bare_lat: list[float] = []
+                floor_lat: list[float] = []
                 broker_rates, bare_rates = [], []
                 refused: dict[int, int] = {}
                 for _ in range(args.read_rounds):
                     b = read_many(bare_port, work / "tls" / "ca.crt", batch, args.concurrency)
+                    f = read_many(
+                        floor_port, work / "tls" / "ca.crt", floor_batch, args.concurrency
+                    )
                     g = read_many(gateway.port, work / "tls" / "ca.crt", batch, args.concurrency)
                     bare_lat += b.latencies
+                    floor_lat += f.latencies
                     broker_lat += g.latencies
                     bare_rates.append(b.per_second)
                     broker_rates.append(g.per_second)
+                    if f.refused:
+                        raise SystemExit(f"the floor endpoint refused tokens: {f.refused}")
                     for status, n in g.refused.items():
                         refused[status] = refused.get(status, 0) + n
                 after = metrics(metrics_port)
@@ -682,13 +757,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     before, "securekeys_gateway_deliveries_total"
                 )
                 kms_total = metric_sum(after, "securekeys_gateway_kms_calls_total")
+                stages = stage_summary(gateway.log()[log_offset:])
 
                 time.sleep(args.idle)
                 memory = sidecar_memory(api, pods, cluster.node.layout.cgroup_name)
             finally:
-                if bare is not None:
-                    bare.send_signal(signal.SIGTERM)
-                    bare.wait(10)
+                for process in (bare, floor):
+                    if process is not None:
+                        process.send_signal(signal.SIGTERM)
+                        process.wait(10)
                 gateway.stop()
                 remove_pods(api)
 
@@ -699,17 +776,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "pods_asked": args.pods,
         "real_pods": True,
         "rotations": args.rotations,
-        "propagation_p50_s": round(percentile(samples, 50), 3),
-        "propagation_p99_s": round(percentile(samples, 99), 3),
-        "propagation_max_s": round(max(samples), 3),
-        "propagation_all_pods_max_s": round(max(everyone), 3),
+        "propagation_p50_s": _p(samples, 50),
+        "propagation_p99_s": _p(samples, 99),
+        "propagation_max_s": round(max(samples), 3) if samples else None,
+        "propagation_all_pods_max_s": round(max(everyone), 3) if everyone else None,
         # Rollout status (docs/rollout.md): request -> RolledOut=True, against the same
         # rotations' request -> last pod's file on disk (the baseline, this run).
         "rolled_out_p50_s": _p(ROLLOUT["seconds"], 50),
         "rolled_out_p99_s": _p(ROLLOUT["seconds"], 99),
         "rolled_out_vs_all_pods_on_disk_p50": (
             round(percentile(ROLLOUT["seconds"], 50) / percentile(everyone, 50), 2)
-            if ROLLOUT["seconds"]
+            if ROLLOUT["seconds"] and everyone
             else None
         ),
         "rollout_writes_per_rotation_max": max(ROLLOUT["writes"], default=None),
@@ -721,10 +798,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "broker_deliveries_per_s": round(statistics.median(broker_rates), 1),
         "broker_p99_ms": round(percentile(broker_lat, 99) * 1000, 2) if broker_lat else None,
         "bare_per_s": round(statistics.median(bare_rates), 1),
+        "broker_p50_ms": round(percentile(broker_lat, 50) * 1000, 2) if broker_lat else None,
+        "bare_p50_ms": round(percentile(bare_lat, 50) * 1000, 2),
         "bare_p99_ms": round(percentile(bare_lat, 99) * 1000, 2),
         "delivery_p99_ratio": (
             round(percentile(broker_lat, 99) / percentile(bare_lat, 99), 2) if broker_lat else None
         ),
+        # The floor: the bare endpoint plus the TokenReview of each new token, as the
+        # broker makes it (the review stays: docs/gateway.md, "First delivery").
+        "floor_p50_ms": round(percentile(floor_lat, 50) * 1000, 2),
+        "floor_p99_ms": round(percentile(floor_lat, 99) * 1000, 2),
+        "floor_p99_ratio": round(percentile(floor_lat, 99) / percentile(bare_lat, 99), 2),
+        "delivery_p99_over_floor": (
+            round(percentile(broker_lat, 99) / percentile(floor_lat, 99), 2) if broker_lat else None
+        ),
+        "broker_stages_ms": stages,
         "deliveries_counted": deliveries,
         "kms_calls_during_reads": kms_calls,
         "kms_calls_total": kms_total,
@@ -761,18 +849,20 @@ def _p(values: list[float], q: float) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=20)
-    parser.add_argument("--rotations", type=int, default=5)
+    parser.add_argument("--rotations", type=int, default=5, help="0: delivery figures only")
     parser.add_argument("--reads-per-pod", type=int, default=8, help="under the burst of 10")
     parser.add_argument("--read-rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--start-timeout", type=float, default=240)
     parser.add_argument("--idle", type=float, default=10, help="seconds before memory")
     parser.add_argument("--burst", type=int, default=0, help="pods in the burst; 0: none")
-    parser.add_argument("--bare-server", nargs=4, metavar=("PORT", "CERT", "KEY", "SIZE"))
+    parser.add_argument(
+        "--bare-server", nargs=5, metavar=("PORT", "CERT", "KEY", "SIZE", "KUBECONFIG")
+    )
     args = parser.parse_args(argv)
     if args.bare_server:
-        port, cert, key, size = args.bare_server
-        bare_server(int(port), cert, key, int(size))
+        port, cert, key, size, kubeconfig = args.bare_server
+        bare_server(int(port), cert, key, int(size), kubeconfig)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as work:
         result = run(args, Path(work))

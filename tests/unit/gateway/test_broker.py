@@ -35,7 +35,7 @@ from secure_keys.gateway.broker.audit import AuditLog, PodEvents
 from secure_keys.gateway.broker.limits import RateLimits
 from secure_keys.gateway.broker.material import CachedProviders, MaterialSource
 from secure_keys.gateway.broker.stream import Broker
-from secure_keys.gateway.broker.tokenreview import TokenReviewer
+from secure_keys.gateway.broker.tokenreview import TokenRejected, TokenReviewer
 from secure_keys.gateway.server import build_app
 from secure_keys.gateway.webhook.caches import GatewayCaches
 from secure_keys.gateway.webhook.injection import GatewaySettings
@@ -490,6 +490,136 @@ def test_rate_limit_answers_429_with_retry_after() -> None:
                 assert resp.status == 429
                 assert int(resp.headers["Retry-After"]) >= 1
                 assert delivery.parse_refusal(await resp.read()).reason == "RateLimited"
+
+    _run(test)
+
+
+class SlowReviews(Reviews):
+    """TokenReviews that take a round trip, noting what the broker had done meanwhile."""
+
+    def __init__(self, seen: list[str]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    async def review(self, token: str, audience: str) -> JsonObject:
+        self.seen.append("review asked")
+        await asyncio.sleep(0.05)
+        self.seen.append("review answered")
+        return await super().review(token, audience)
+
+
+def _noting_parse(seen: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = delivery.parse_stream_request
+
+    def noting(raw: bytes | str) -> StreamRequest:
+        seen.append("body parsed")
+        return parse(raw)
+
+    monkeypatch.setattr(delivery, "parse_stream_request", noting)
+
+
+def test_a_body_is_read_only_once_the_review_has_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+    _noting_parse(seen, monkeypatch)
+
+    async def test(world: World, url: str) -> None:
+        world.broker.reviewer = TokenReviewer(SlowReviews(seen))
+        plaintext = world.material.plaintext
+
+        async def noting(view: Any, version: int, expected: str) -> bytearray:
+            seen.append("material opened")
+            return await plaintext(view, version, expected)
+
+        monkeypatch.setattr(world.material, "plaintext", noting)
+        async with aiohttp.ClientSession() as http:
+            private = RecipientPrivateKey.generate()
+            async with http.post(
+                url + "/v1/stream", data=_body(private), headers={"Authorization": "Bearer token-a"}
+            ) as resp:
+                assert resp.status == 200
+                first = await anext(_lines(resp))
+                assert isinstance(first, StateMessage)
+                assert _open(private, first.keys["stripe-live"]) == CANARY
+            # Nothing of an unauthenticated request is read while the review is asked.
+            assert seen == ["review asked", "review answered", "body parsed", "material opened"]
+            seen.clear()
+            # A cached token: no review, the body parsed once.
+            async with http.post(
+                url + "/v1/stream", data=_body(private), headers={"Authorization": "Bearer token-a"}
+            ) as resp:
+                assert resp.status == 200
+                await anext(_lines(resp))
+            assert seen == ["body parsed", "material opened"]
+
+    with capture_logs() as logs:
+        _run(test, heartbeat=10)
+    streams = [line for line in logs if line["event"] == "broker.stream"]
+    assert [line["reviewed"] for line in streams] == [True, False]
+    for line in streams:
+        stages = ("review_ms", "body_ms", "pod_ms", "compute_ms", "write_ms")
+        assert sum(line[stage] for stage in stages) == pytest.approx(line["total_ms"], abs=0.01)
+    assert streams[0]["review_ms"] >= 50  # the round trip
+    assert streams[1]["review_ms"] < 50
+
+
+@pytest.mark.parametrize(
+    ("token", "body", "status", "reason"),
+    [
+        ("forged", b"{not json", 401, "TokenInvalid"),  # the review's answer comes first
+        ("token-a", b"{not json", 400, "BadRequest"),
+        ("token-a", b"x" * (delivery.MAX_REQUEST_SIZE + 1), 400, "BadRequest"),
+    ],
+)
+def test_a_review_is_answered_before_a_bad_body(
+    token: str, body: bytes, status: int, reason: str
+) -> None:
+    async def test(world: World, url: str) -> None:
+        world.broker.reviewer = TokenReviewer(SlowReviews([]))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                url + "/v1/stream", data=body, headers={"Authorization": f"Bearer {token}"}
+            ) as resp,
+        ):
+            assert resp.status == status
+            assert delivery.parse_refusal(await resp.read()).reason == reason
+
+    world = _run(test)
+    assert [r["additional_context"]["reason"] for r in world.records] == [reason]
+    # A refused token names no one; an accepted one names its pod's ServiceAccount.
+    assert world.records[0]["user_id"] == (
+        "" if status == 401 else f"system:serviceaccount:{NS}:app"
+    )
+
+
+def test_a_rate_limited_new_token_is_refused_429_whatever_its_body() -> None:
+    async def test(world: World, url: str) -> None:
+        world.broker.reviewer = TokenReviewer(SlowReviews([]))
+        world.broker.limits = RateLimits(pod_capacity=0, pod_rate=0.1)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                url + "/v1/stream", data=b"{not json", headers={"Authorization": "Bearer token-a"}
+            ) as resp,
+        ):
+            assert resp.status == 429
+
+    _run(test)
+
+
+def test_the_token_cache_answers_without_asking() -> None:
+    async def test(world: World, url: str) -> None:
+        reviewer = world.broker.reviewer
+        assert reviewer.cached("token-a") is None
+        assert world.reviews.calls == 0
+        identity = await reviewer.review("token-a")
+        assert reviewer.cached("token-a") == identity
+        missing = reviewer.cached("")
+        assert isinstance(missing, TokenRejected)
+        assert missing.reason == "TokenMissing"
+        assert world.reviews.calls == 1
 
     _run(test)
 

@@ -145,16 +145,25 @@ class TokenReviewer:
             del self._cache[digest]
         return len(gone)
 
-    async def review(self, token: str) -> TokenIdentity | TokenRejected:
+    def cached(self, token: str) -> TokenIdentity | TokenRejected | None:
+        """The answer ``review`` would give at once, without asking the API server (a
+        missing token, or a cached answer still valid, counted as a hit); ``None`` when
+        a TokenReview is needed. The broker reads the request body meanwhile."""
         if not token:
             return TokenRejected("TokenMissing", "no bearer token")
         digest = token_digest(token)
-        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > self._clock():
             self._cache.move_to_end(digest)
             self._note("hit")
             return cached[1]
+        return None
+
+    async def review(self, token: str) -> TokenIdentity | TokenRejected:
+        known = self.cached(token)
+        if known is not None:
+            return known
+        digest = token_digest(token)
         try:
             review = await self._api.review(token, AUDIENCE)
         except ApiError as exc:
