@@ -46,9 +46,11 @@ ServiceAccounts).
 
 Last line: {"bench": "webhook", "p99_ratio": p99 gateway / p99 bare at concurrency 16
 (replicas), "p99_ratio_distinct": the same for distinct pods, "p99_ratio_rollouts": for
-the first pods of rollouts, "added_create_p99_ms": ...,
+the first pods of rollouts, "cpu_ratio", "cpu_ratio_distinct", "cpu_ratio_rollouts": CPU
+per request, gateway / bare, at concurrency 16, "added_create_p99_ms": ...,
 "hostile_ratio": ..., "rss_mib": ..., "concurrency": {...}, ...}. ``--hostile-only``
-runs part 3 alone.
+runs part 3 alone; ``--workloads``, ``--concurrency`` and ``--skip-creates`` run less of
+parts 1 and 2 (for iterating: ``--workloads distinct --concurrency 16 --skip-creates``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import ssl
 import statistics
 import subprocess
@@ -67,6 +70,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -328,6 +332,25 @@ async def hostile_admission(url: str, ca_pem: bytes, repeats: int) -> dict[str, 
     return summary
 
 
+@contextlib.contextmanager
+def profiled(pid: int, path: str) -> Iterator[None]:
+    """``py-spy record`` of process ``pid`` into ``path`` while the block runs (nothing
+    when ``path`` is empty). Sampling slows the process: its figures are not the bench's."""
+    if not path:
+        yield
+        return
+    spy = Path(sys.executable).with_name("py-spy")
+    command = [str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw"]
+    recorder = subprocess.Popen([*command, "--output", path])  # noqa: S603 - our tool
+    time.sleep(1.0)  # attached
+    try:
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(60)
+        print(f"profile: {path}", flush=True)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -394,13 +417,14 @@ async def admission_latency(
     rounds: int,
     seconds: float,
     kind: str,
+    levels: tuple[int, ...] = (1, 16, 64),
 ) -> dict[str, Any]:
     """``servers``: name (gateway, bare) -> (URL, pid). Each round runs both, back to
     back, in alternating order; a ratio is the median of the rounds' ratios, so that a
     slow spell of the shared machine weighs on both sides of a pair alike."""
     result: dict[str, Any] = {}
     bodies = workload(kind)
-    for concurrency in (1, 16, 64):
+    for concurrency in levels:
         runs: dict[str, list[dict[str, float]]] = {"gateway": [], "bare": []}
         for index in range(rounds):
             order = ("gateway", "bare") if index % 2 == 0 else ("bare", "gateway")
@@ -528,6 +552,18 @@ def main() -> None:
     parser.add_argument(
         "--workloads", default=",".join(WORKLOADS), help="of part 1, comma-separated"
     )
+    parser.add_argument(
+        "--concurrency", default="1,16,64", help="of part 1, comma-separated (16 is reported)"
+    )
+    parser.add_argument(
+        "--skip-creates", action="store_true", help="no part 2 (pod creates): for iterating"
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="record the gateway with py-spy during each workload of part 1, into "
+        "PROFILE.<workload>.txt (collapsed stacks; samples when it runs, not when idle)",
+    )
     args = parser.parse_args()
     host = "127.0.0.1"
     with tempfile.TemporaryDirectory(prefix="securekeys-bench-") as tmp, LocalCluster() as cluster:
@@ -588,16 +624,21 @@ def main() -> None:
                 if args.hostile_only:
                     print(json.dumps({"bench": "webhook", **hostile}))
                     return
-                latency = {
-                    kind: asyncio.run(
-                        admission_latency(servers, ca_pem, args.rounds, args.seconds, kind)
-                    )
-                    for kind in args.workloads.split(",")
-                }
-                with access.api_client(cluster.kubeconfig) as admin:
-                    create = asyncio.run(
-                        pod_creates(admin, gateway, bare_url, ca_pem, credentials, args)
-                    )
+                levels = tuple(int(c) for c in args.concurrency.split(","))
+                latency = {}
+                for kind in args.workloads.split(","):
+                    with profiled(pid, args.profile and f"{args.profile}.{kind}.txt"):
+                        latency[kind] = asyncio.run(
+                            admission_latency(
+                                servers, ca_pem, args.rounds, args.seconds, kind, levels
+                            )
+                        )
+                create: dict[str, Any] = {"added_p99_ms": None}
+                if not args.skip_creates:
+                    with access.api_client(cluster.kubeconfig) as admin:
+                        create = asyncio.run(
+                            pod_creates(admin, gateway, bare_url, ca_pem, credentials, args)
+                        )
                 rss = peak_rss_mib(pid)
         finally:
             bare.terminate()
@@ -605,9 +646,10 @@ def main() -> None:
     result = {
         "bench": "webhook",
         **{
-            "p99_ratio" + ("" if kind == "replicas" else f"_{kind}"): latency[kind]["16"][
-                "p99_ratio"
-            ]
+            f"{ratio}_ratio" + ("" if kind == "replicas" else f"_{kind}"): latency[kind]
+            .get("16", {})
+            .get(f"{ratio}_ratio")
+            for ratio in ("p99", "cpu")
             for kind in latency
         },
         "added_create_p99_ms": create["added_p99_ms"],

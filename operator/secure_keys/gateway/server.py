@@ -66,7 +66,7 @@ SHUTDOWN_SECONDS = 2.0
 _JSON = "application/json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Handled:
     """What the handler answered, and what the log line and the metrics need."""
 
@@ -150,6 +150,8 @@ def build_app(
         for reused in (True, False)
     }
     decisions = AnswerCache(caches, settings, observe=lambda reused: sources[reused]())
+    # The logger itself, not the module's lazy proxy, which looks it up on every call.
+    log = _log.bind()
 
     async def mutate(request: web.Request) -> web.Response:
         started = clock()
@@ -160,7 +162,7 @@ def build_app(
         review, outcome = handled.request, handled.outcome
         if review is None:
             children.count("bad-request", handled.error)
-            _log.info(
+            log.info(
                 "admission",
                 outcome="bad-request",
                 error=handled.body.decode(),
@@ -180,7 +182,7 @@ def build_app(
                 "patch_ops": len(outcome.response.patch),
                 "message": outcome.response.message,
             }
-        _log.info(
+        log.info(
             "admission",
             uid=review.uid,
             namespace=review.namespace,

@@ -21,6 +21,15 @@ namespace, the ServiceAccount and the keys (and of the caches, so it is dropped 
 the answers). Allowed verdicts are kept, ``MAX_VERDICTS`` of them: the Deployments of
 one namespace tend to share a ServiceAccount and keys.
 
+Pods of a new shape that are injected share their patch too, and its encoded answer:
+the patch is a function of ``patch.patch_inputs`` (the config, the key files, and of
+the pod only where its containers are and whether it has volumes, init containers,
+annotations and its own runAsUser and runAsGroup), so the first pods of many
+Deployments, which differ in names and labels, get one patch, built and encoded once.
+Every check (the annotations, the pod, authorization) still runs for each such pod;
+only building and encoding the patch is skipped. A patch is kept while a kept answer
+uses it, and weighed once, in the same budget.
+
 What the caches hold changes the answer (a KeyRole removed, an ApiKey created): every
 kept answer is dropped as soon as any cache's generation moves, before the next
 request is answered. Nothing is kept until the caches have synced, and requests that
@@ -43,11 +52,18 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from secure_keys.gateway.webhook.authorize import Verdict, authorize
 from secure_keys.gateway.webhook.caches import CacheSnapshot, GatewayCaches
-from secure_keys.gateway.webhook.injection import RESERVED_VOLUMES, GatewaySettings
+from secure_keys.gateway.webhook.injection import (
+    RESERVED_VOLUMES,
+    GatewaySettings,
+    InjectionConfig,
+)
 from secure_keys.gateway.webhook.mutate import Outcome, admit, admit_pod
+from secure_keys.gateway.webhook.patch import PatchOp, build_patch, patch_inputs
 from secure_keys.gateway.webhook.pod import MalformedPod, PodView, pod_view
 from secure_keys.gateway.webhook.review import (
     AdmissionRequest,
@@ -72,6 +88,18 @@ _ENTRY_WEIGHT = 4096
 _ITEM_WEIGHT = 320
 """Bytes a label, annotation, container or mount path costs in a kept shape beyond its
 text (the string objects, the tuple, the set slot), rounded up."""
+
+
+@dataclass(slots=True)
+class _Patch:
+    """A patch, its encoded answers (one per API version, made on first use) and how
+    many kept answers use it."""
+
+    key: Hashable
+    ops: tuple[PatchOp, ...]
+    templates: dict[str, ReviewTemplate] = field(default_factory=dict)
+    weight: int = 0
+    users: int = 0
 
 
 def pod_shape(pod: PodView) -> Hashable:
@@ -123,10 +151,12 @@ class AnswerCache:
         self._snapshot = CacheSnapshot(caches)
         # An OrderedDict: dropping the oldest of a plain dict scans the holes its earlier
         # deletions left at the front, and became 3 % of the gateway's time.
-        self._kept: OrderedDict[tuple[str, Hashable], tuple[Outcome, ReviewTemplate, int]] = (
-            OrderedDict()
-        )
+        self._kept: OrderedDict[tuple[str, Hashable], _Kept] = OrderedDict()
         self._verdicts: dict[tuple[str, str, tuple[str, ...]], Verdict] = {}
+        self._patches: dict[Hashable, _Patch] = {}
+        """The patches kept answers use, per ``patch_inputs``."""
+        self._built: _Patch | None = None
+        """The patch ``_patch`` gave last: ``answer`` takes its encoded answer."""
         self._generation: tuple[int, ...] = ()
         self.hits = 0
         self.misses = 0
@@ -136,8 +166,13 @@ class AnswerCache:
 
     @property
     def weight(self) -> int:
-        """What the kept answers weigh, in bytes (an upper estimate)."""
+        """What the kept answers and their patches weigh, in bytes (an upper estimate)."""
         return self._weight
+
+    @property
+    def patches(self) -> int:
+        """How many patches are kept."""
+        return len(self._patches)
 
     def answer(self, request: AdmissionRequest) -> tuple[Outcome, bytes]:
         """The outcome for ``request`` and the encoded AdmissionReview answering it."""
@@ -155,6 +190,7 @@ class AnswerCache:
         generation = self.caches.generation
         if generation != self._generation:
             self._kept.clear()
+            self._patches.clear()
             self._verdicts.clear()
             self._weight = 0
             self._generation = generation
@@ -166,6 +202,7 @@ class AnswerCache:
         if kept is None:
             self.misses += 1
             self.observe(False)
+            self._built = None
             outcome = admit_pod(
                 request.uid,
                 pod,
@@ -173,19 +210,17 @@ class AnswerCache:
                 self.settings,
                 synced=True,
                 authorize_with=self._authorize,
+                patch_with=self._patch,
             )
-            answer = template(outcome.response, request.api_version)
-            weight = (
-                _ENTRY_WEIGHT
-                + request.body_size
-                + 4 * (len(answer.head) + len(answer.tail))
-                + _ITEM_WEIGHT * _held(pod)
-            )
-            self._keep(key, outcome, answer, weight)
+            answer, patch = self._template(outcome, request.api_version)
+            weight = _ENTRY_WEIGHT + _held(pod)
+            if patch is None:
+                weight += 4 * (len(answer.head) + len(answer.tail))
+            self._keep(key, outcome, answer, weight, patch)
             return outcome, answer.fill(request.uid)
         self.hits += 1
         self.observe(True)
-        kept_outcome, answer, _weight = kept
+        kept_outcome, answer = kept.outcome, kept.answer
         return _for(kept_outcome, request.uid, pod.name), answer.fill(request.uid)
 
     def _authorize(self, namespace: str, service_account: str, keys: tuple[str, ...]) -> Verdict:
@@ -199,21 +234,90 @@ class AnswerCache:
                 self._verdicts[slot] = verdict
         return verdict
 
+    def _patch(
+        self, config: InjectionConfig, pod: PodView, files: tuple[str, ...]
+    ) -> tuple[PatchOp, ...]:
+        """``build_patch`` with the settings, kept per ``patch_inputs``."""
+        key = patch_inputs(config, pod, files)
+        kept = self._patches.get(key)
+        if kept is None:
+            kept = _Patch(key, tuple(build_patch(config, pod, self.settings, files)))
+        self._built = kept
+        return kept.ops
+
+    def _template(self, outcome: Outcome, api_version: str) -> tuple[ReviewTemplate, _Patch | None]:
+        """The encoded answer for ``outcome``, and the patch it is shared with, if any:
+        the patch's own answer when the outcome is the plain injection of the patch
+        ``_patch`` gave last (that object; nothing else of the response is set)."""
+        built, self._built = self._built, None
+        response = outcome.response
+        if (
+            built is None
+            or response.patch is not built.ops
+            or not response.allowed
+            or response.code != 200
+            or response.reason
+            or response.message
+            or response.warnings
+        ):
+            return template(response, api_version), None
+        answer = built.templates.get(api_version)
+        if answer is None:
+            answer = template(response, api_version)
+            built.templates[api_version] = answer
+            if not built.weight:
+                # The bytes, the patch as objects and its inputs: four times the encoded
+                # answer, as for a kept answer, for each of the two API versions.
+                built.weight = _ENTRY_WEIGHT + 8 * (len(answer.head) + len(answer.tail))
+        return answer, built
+
     def _keep(
-        self, key: tuple[str, Hashable], outcome: Outcome, answer: ReviewTemplate, weight: int
+        self,
+        key: tuple[str, Hashable],
+        outcome: Outcome,
+        answer: ReviewTemplate,
+        weight: int,
+        patch: _Patch | None,
     ) -> None:
-        # The answer in bytes, its Outcome (the patch as objects, the message) and the
-        # shape's text and items: four times the encoded answer covers the first two
+        # The answer in bytes (unless its patch's, weighed once with the patch), its
+        # Outcome (the patch as objects, the message) and the shape's text and items:
+        # four times the encoded answer covers the first two
         # (test_an_answer_weighs_at_least_what_it_keeps measures them).
-        if weight > self.budget:
+        def needed() -> int:
+            return weight + (patch.weight if patch is not None and not patch.users else 0)
+
+        if needed() > self.budget:
             return
         while self._kept and (
-            len(self._kept) >= self.capacity or self._weight + weight > self.budget
+            len(self._kept) >= self.capacity or self._weight + needed() > self.budget
         ):
-            _outcome, _answer, dropped = self._kept.popitem(last=False)[1]
-            self._weight -= dropped
-        self._kept[key] = (outcome, answer, weight)
+            self._drop(self._kept.popitem(last=False)[1])
+        self._kept[key] = _Kept(outcome, answer, weight, patch)
         self._weight += weight
+        if patch is not None:
+            if not patch.users:
+                self._patches[patch.key] = patch
+                self._weight += patch.weight
+            patch.users += 1
+
+    def _drop(self, kept: _Kept) -> None:
+        self._weight -= kept.weight
+        patch = kept.patch
+        if patch is not None:
+            patch.users -= 1
+            if not patch.users:
+                del self._patches[patch.key]
+                self._weight -= patch.weight
+
+
+class _Kept(NamedTuple):
+    """A kept answer: its outcome, its encoded answer, its weight (its patch's aside)
+    and the patch it shares, if any. A tuple: one is made per fresh answer."""
+
+    outcome: Outcome
+    answer: ReviewTemplate
+    weight: int
+    patch: _Patch | None
 
 
 def _for(outcome: Outcome, uid: str, pod: str) -> Outcome:
@@ -225,15 +329,29 @@ def _for(outcome: Outcome, uid: str, pod: str) -> Outcome:
 
 
 def _held(pod: PodView) -> int:
-    """The items a kept shape holds: the inject label, the ``securekeys.io/``
-    annotations, the containers and their mount paths."""
+    """What a kept shape holds, in bytes (an upper estimate): each item (the inject
+    label, the ``securekeys.io/`` annotations, the containers and their mount paths)
+    and its text at four bytes a character, and the other texts the shape and the
+    outcome hold (namespace, ServiceAccount, reserved volume names, the pod's name)."""
     containers = pod.containers + pod.init_containers
-    return (
-        1
-        + sum(1 for name in pod.annotations if name.startswith(ann.PREFIX))
-        + len(containers)
-        + sum(len(c.mount_paths) for c in containers)
+    items = 1 + len(containers)
+    text = (
+        len(pod.namespace)
+        + len(pod.service_account)
+        + len(pod.name)
+        + len(pod.labels.get(ann.INJECT_LABEL) or "")
     )
+    for name in pod.volume_names & RESERVED_VOLUMES:
+        items += 1
+        text += len(name)
+    for key, value in pod.annotations.items():
+        if key.startswith(ann.PREFIX):
+            items += 1
+            text += len(key) + len(value)
+    for container in containers:
+        items += len(container.mount_paths)
+        text += len(container.name) + sum(map(len, container.mount_paths))
+    return _ITEM_WEIGHT * items + 4 * text
 
 
 def _items(pod: PodView) -> int:

@@ -68,7 +68,7 @@ class Snapshot(Protocol):
     def service_account_exists(self, namespace: str, name: str) -> bool: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verdict:
     files: tuple[str, ...]
     """The delivery file name of each requested key, in the pod's order (when allowed)."""

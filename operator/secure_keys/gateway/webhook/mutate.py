@@ -27,6 +27,7 @@ from secure_keys.gateway.webhook.authorize import Snapshot, Verdict, authorize
 from secure_keys.gateway.webhook.injection import (
     RESERVED_VOLUMES,
     GatewaySettings,
+    InjectionConfig,
     InvalidAnnotations,
     isolation_problems,
     parse,
@@ -34,7 +35,7 @@ from secure_keys.gateway.webhook.injection import (
     should_inject,
     validate,
 )
-from secure_keys.gateway.webhook.patch import build_patch
+from secure_keys.gateway.webhook.patch import PatchOp, build_patch
 from secure_keys.gateway.webhook.pod import MalformedPod, PodView, ephemeral_view, pod_view
 from secure_keys.gateway.webhook.review import AdmissionRequest, AdmissionResponse
 from secure_keys.kube import annotations as ann
@@ -44,7 +45,7 @@ MAX_PROBLEMS = 8
 MAX_SERVICE_ACCOUNT = 253
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     response: AdmissionResponse
     outcome: str
@@ -132,6 +133,8 @@ def admit_pod(
     *,
     synced: bool,
     authorize_with: Callable[[str, str, tuple[str, ...]], Verdict] | None = None,
+    patch_with: Callable[[InjectionConfig, PodView, tuple[str, ...]], tuple[PatchOp, ...]]
+    | None = None,
 ) -> Outcome:
     """The answer to a pod CREATE (request ``uid``) whose pod reads as ``pod``.
 
@@ -139,6 +142,9 @@ def admit_pod(
     snapshot and the settings (``answers`` relies on that to reuse it).
     ``authorize_with``: ``authorize`` over ``snapshot`` as a function of the namespace,
     the ServiceAccount and the keys (``answers`` passes one that keeps its verdicts).
+    ``patch_with``: ``build_patch`` with ``settings``, as a function of the config, the
+    pod and the key files (``answers`` passes one that keeps patches per
+    ``patch.patch_inputs``). Both are called only once every check has passed.
     """
     skip = should_inject(pod, settings)
     if skip is not None:
@@ -174,6 +180,9 @@ def admit_pod(
         return Outcome(
             response, "unchanged", "already-injected", config.mode, config.keys, pod.name
         )
-    patch = build_patch(config, pod, settings, verdict.files)
-    response = AdmissionResponse(uid, allowed=True, patch=tuple(patch))
+    if patch_with is None:
+        patch = tuple(build_patch(config, pod, settings, verdict.files))
+    else:
+        patch = patch_with(config, pod, verdict.files)
+    response = AdmissionResponse(uid, allowed=True, patch=patch)
     return Outcome(response, "injected", "", config.mode, config.keys, pod.name)

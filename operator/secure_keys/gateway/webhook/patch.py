@@ -20,10 +20,15 @@ the gateway's settings into RFC 6902 ``add`` operations:
 * the ``securekeys.io/injected`` annotation, so injection happens once.
 
 The operations only ever add: nothing the pod author wrote is replaced or removed.
+
+``patch_inputs`` names everything of the config and the pod that ``build_patch`` reads
+(the settings aside), so that a caller with fixed settings may keep a patch per inputs
+(``answers``: the first pods of many Deployments get one patch).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Literal, TypedDict
 
 from secure_keys.core import sidecarenv
@@ -176,6 +181,22 @@ def _volumes(size: str, settings: GatewaySettings) -> list[dict[str, Any]]:
 
 def _add(path: str, value: Any) -> PatchOp:
     return {"op": "add", "path": path, "value": value}
+
+
+def patch_inputs(config: InjectionConfig, pod: PodView, files: tuple[str, ...]) -> Hashable:
+    """Everything ``build_patch(config, pod, settings, files)`` reads but the settings, as
+    a hashable value: two calls with equal inputs and the same settings build equal
+    patches (test_patch_memo checks every read of the pod against this)."""
+    return (
+        config,
+        files,
+        pod.has_volumes,
+        pod.has_init_containers,
+        pod.has_annotations,
+        pod.run_as_user,
+        pod.run_as_group,
+        tuple([(field, index, c.has_mounts) for field, index, c in targets(config, pod)]),
+    )
 
 
 def build_patch(

@@ -18,7 +18,7 @@ class MalformedPod(ValueError):
     """The object under review cannot be read as a pod."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerView:
     name: str
     mount_paths: tuple[str, ...]
@@ -28,7 +28,7 @@ class ContainerView:
     """An init container with ``restartPolicy: Always``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
     namespace: str
     name: str
@@ -83,13 +83,13 @@ def _uid(value: object, what: str) -> int | None:
     return value
 
 
-def _mount_paths(mounts: list[Any], where: str) -> tuple[str, ...]:
+def _mount_paths(mounts: list[Any], what: str, index: int) -> tuple[str, ...]:
     paths = []
     for position, mount in enumerate(mounts):
         if mount is None:
             continue  # reads as an empty object: no path
         if not isinstance(mount, dict):
-            raise MalformedPod(f"{where}.volumeMounts[{position}] is not an object")
+            raise MalformedPod(f"{what}[{index}].volumeMounts[{position}] is not an object")
         path = mount.get("mountPath")
         if isinstance(path, str):
             paths.append(path)
@@ -100,7 +100,7 @@ def _containers(value: object, what: str) -> tuple[ContainerView, ...]:
     # Messages are worded only on failure: this runs for every admission review.
     views = []
     for index, item in enumerate(_list(value, what)):
-        container = _mapping(item, f"{what}[{index}]") if not isinstance(item, dict) else item
+        container = item if isinstance(item, dict) else _mapping(item, f"{what}[{index}]")
         name = container.get("name")
         if not isinstance(name, str):
             raise MalformedPod(f"{what}[{index}].name is not a string")
@@ -109,10 +109,10 @@ def _containers(value: object, what: str) -> tuple[ContainerView, ...]:
             raise MalformedPod(f"{what}[{index}].volumeMounts is not a list")
         views.append(
             ContainerView(
-                name=name,
-                mount_paths=_mount_paths(mounts, f"{what}[{index}]") if mounts else (),
-                has_mounts=mounts is not None,
-                native_sidecar=container.get("restartPolicy") == "Always",
+                name,
+                _mount_paths(mounts, what, index) if mounts else (),
+                mounts is not None,
+                container.get("restartPolicy") == "Always",
             )
         )
     return tuple(views)

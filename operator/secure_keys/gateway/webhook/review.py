@@ -49,7 +49,7 @@ class NotAdmissionReview(ValueError):
     """The body is not an AdmissionReview with a request uid."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AdmissionRequest:
     uid: str
     api_version: str
@@ -134,7 +134,7 @@ def decode(body: bytes) -> AdmissionRequest:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AdmissionResponse:
     uid: str
     allowed: bool
@@ -156,7 +156,7 @@ def compact_json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReviewTemplate:
     """An encoded AdmissionReview answer without its uid: ``head + uid + tail``."""
 
