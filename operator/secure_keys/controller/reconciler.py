@@ -208,6 +208,7 @@ class Reconciler:
         secret = None if assumed_absent else await self._read_blobs(key)
         current_kms = await self._current_kms(key)
         log = _log.bind(namespace=key.metadata.namespace, apikey=key.metadata.name)
+        reread = False
         for _ in range(MAX_STEPS):
             try:
                 tag_key = self.keys.fingerprint_key if self.keys is not None else None
@@ -226,11 +227,18 @@ class Reconciler:
                         assumed_absent = False
                         secret = await self._read_blobs(key)
                         continue
+                    if not reread and state.active is not None and key.status.get("consumedSource"):
+                        # Deleting the source cannot be undone: plan it from the blob
+                        # Secret as stored now, not as this pass wrote it (a first version
+                        # is recorded Active with no re-read before it).
+                        reread = True
+                        secret = await self._read_blobs(key)
+                        continue
                     if self.keys is not None:
                         # Read at its fixed point with the keys open (without them, the
                         # requeue when they open reconciles it again anyway).
                         self.writer.settled(body)
-                    await self._settle(key, body, state)
+                    await self._settle(key, body, state, secret)
                     return Outcome(step.wake_at)
                 body, secret = await self._execute(key, body, secret, state, step)
             except Exception as exc:
@@ -309,9 +317,18 @@ class Reconciler:
             return None
 
     # -- status ---------------------------------------------------------------------------
-    async def _settle(self, key: ApiKey, body: dict[str, Any], state: rotation.KeyState) -> None:
-        """At a fixed point: bring the summary fields (conditions, generation) up to date."""
+    async def _settle(
+        self,
+        key: ApiKey,
+        body: dict[str, Any],
+        state: rotation.KeyState,
+        secret: dict[str, Any] | None,
+    ) -> None:
+        """At a fixed point: delete a consumed source once the Active version's blob (in
+        ``secret``, read again for it) checks out, and bring the summary fields
+        (conditions, generation) up to date."""
         if state.active is not None and key.status.get("consumedSource"):
+            self.steps.check_blob(key, secret, state.active.version)  # else keep the source
             body = await self.steps.consume_source(key, body)
             key = ApiKey.parse(body)
         status = projection.summary(key, state.records, state.blobs, state.policy, self.clock())

@@ -359,19 +359,17 @@ class StepExecutor:
             )
         extra: dict[str, Any] = {}
         intent = Intent.of(secret)
-        if (
-            state.records
-            and intent is not None
-            and step.pending is not None
-            and intent.version == step.pending
-        ):
-            extra = dict(intent.extra)  # a crash after the blob write: finish that rotation
-        elif not state.records:
+        if intent is not None and step.pending is not None and intent.version == step.pending:
+            # A crash (or another replica's 409) after the blob write: record what that
+            # write meant, so a first seal's source is consumed as planned and a spec
+            # changed meanwhile makes a new version rather than being taken as sealed.
+            extra = dict(intent.extra)
+        if not state.records:
             # Status was cleared or lost: keep serving what the blobs hold; do not re-read
             # the source (it may be gone) or rotate for a request that may be old.
-            extra["sourceDigest"] = state.source_digest
+            extra.setdefault("sourceDigest", state.source_digest)
             if state.rotation_request:
-                extra["lastRotationRequest"] = state.rotation_request
+                extra.setdefault("lastRotationRequest", state.rotation_request)
         records = transitions.adopt(state.records, adopted)
         body = await self._write_records(key, body, records, state, extra)
         listed = ", ".join(f"{r.version} ({r.state})" for r in adopted)

@@ -243,6 +243,96 @@ def test_delete_after_seal_spares_a_source_replaced_meanwhile(
     assert not status(api, "k").get("consumedSource")
 
 
+CONSUMED = {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
+
+
+def test_a_consumed_source_outlives_a_first_blob_removed_before_its_record(
+    api: FakeApi, kms_config: Path
+) -> None:
+    # A first version is recorded Active with no re-read before it; the source is deleted
+    # only once the blob Secret, read again, still holds that version.
+    _source(api, b"value-a")
+    add_apikey(api, "k", CONSUMED)
+    rec = reconciler(api, kms_config)
+
+    def remove_blobs(fake: FakeApi, *_: Any) -> None:
+        del fake.objects[(SECRETS.plural, NS, blob_secret_name("k"))]
+
+    api.before("patch", "apikeys", "status", remove_blobs)
+    reconcile(rec, "k")
+    final = states(api, "k")
+    active = [v for v, state in final.items() if state == "Active"]
+    assert final[1] == "Destroyed"
+    assert active
+    assert f"v{active[0]}" in blobs(api, "k")  # sealed again from the source
+    assert ("secrets", NS, "src") not in api.objects  # then, and only then, consumed
+
+
+def test_a_consumed_source_is_kept_while_the_active_blob_does_not_check_out(
+    api: FakeApi, kms_config: Path
+) -> None:
+    _source(api, b"value-a")
+    add_apikey(api, "k", CONSUMED)
+    rec = reconciler(api, kms_config)
+
+    def tamper(fake: FakeApi, *_: Any) -> None:
+        secret = fake.stored(SECRETS, NS, blob_secret_name("k"))
+        sealed = bytearray(base64.b64decode(secret["data"]["v1"]))
+        sealed[-1] ^= 1  # the tag left as it was
+        secret["data"]["v1"] = base64.b64encode(bytes(sealed)).decode()
+        fake._bump(secret)
+
+    api.before("patch", "apikeys", "status", tamper)
+    reconcile(rec, "k")
+    assert ("secrets", NS, "src") in api.objects
+    assert ready_reason(api, "k") == "BlobInvalid"
+
+
+class _Crash(BaseException):
+    """The process dying (``os._exit`` in the failpoints): nothing catches it."""
+
+
+def test_a_first_seal_cut_short_after_its_blob_still_consumes_its_source(
+    api: FakeApi, kms_config: Path
+) -> None:
+    _source(api, b"value-a")
+    add_apikey(api, "k", CONSUMED)
+
+    def crash(*_: Any) -> None:
+        raise _Crash
+
+    rec = reconciler(api, kms_config)  # (its keys are the controller's, kept across runs)
+    api.before("patch", "apikeys", "status", crash)
+    with pytest.raises(_Crash):
+        reconcile(rec, "k")
+    assert status(api, "k").get("versions") is None
+    reconcile(rec, "k")  # the next pass adopts the blob
+    assert states(api, "k") == {1: "Active"}
+    assert ("secrets", NS, "src") not in api.objects
+    assert not status(api, "k").get("consumedSource")
+
+
+def test_a_source_changed_during_the_first_seal_is_sealed_not_taken_as_sealed(
+    api: FakeApi, kms_config: Path
+) -> None:
+    _source(api, b"value-from-the-secret")
+    add_apikey(api, "k", {"source": {"generate": {}}})
+    rec = reconciler(api, kms_config)
+
+    def edit(fake: FakeApi, *_: Any) -> None:
+        stored = fake.stored(APIKEYS, NS, "k")
+        stored["spec"] = {"source": {"secretRef": {"name": "src", "key": "k"}}}
+        stored["metadata"]["generation"] = 2
+        fake._bump(stored)
+
+    api.before("patch", "apikeys", "status", edit)  # the record's write then fails: 409
+    with pytest.raises(Retry):
+        reconcile(rec, "k")
+    reconcile(rec, "k")
+    # The generated value is adopted as what it was, then the secretRef is sealed.
+    assert states(api, "k") == {1: "Archived", 2: "Active"}
+
+
 # -- shredding ----------------------------------------------------------------------------
 
 
