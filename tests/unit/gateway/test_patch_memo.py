@@ -293,3 +293,41 @@ def test_equal_patch_inputs_build_equal_patches(settings: GatewaySettings) -> No
             assert patch == base, f"{what} changes the patch but not patch_inputs"
         differ += patch != base
     assert differ > 10, "the variants reach the patch"
+
+
+def _other_api_version(raw: bytes) -> bytes:
+    document = json.loads(raw)
+    document["apiVersion"] = "admission.k8s.io/v1beta1"
+    return json.dumps(document).encode()
+
+
+def test_a_caller_editing_a_shared_patch_changes_no_other_pods_answer() -> None:
+    # Pods that share a patch are handed the same operations; each API version's answer
+    # is encoded while the patch is as built, so an edit reaches no later answer.
+    caches = _caches()
+    decisions = AnswerCache(caches, SETTINGS)
+    outcome, _ = decisions.answer(decode(_deployment(0)))
+    assert outcome.response.patch
+    outcome.response.patch[0]["value"] = "scribbled"
+    later = _other_api_version(_deployment(1))
+    _outcome, answer = decisions.answer(decode(later))
+    assert answer == _fresh(later, caches)
+    assert b"scribbled" not in answer
+
+
+def test_keeping_an_answer_never_takes_the_weight_past_the_budget() -> None:
+    # Evicting the last other user of a patch puts the patch's weight back on the new
+    # answer: it is kept only if it still fits.
+    keys = {"securekeys.io/keys": "billing"}
+
+    def raw(container: str, uid: str) -> bytes:
+        obj = pod(containers=[{"name": container, "image": "x"}], annotations=keys)
+        return body(review(obj, uid=uid))
+
+    probe = AnswerCache(_caches(), SETTINGS)
+    probe.answer(decode(raw("a", "1")))
+    budget = probe.weight  # one answer and its patch, exactly
+    decisions = AnswerCache(_caches(), SETTINGS, budget=budget)
+    decisions.answer(decode(raw("a", "1")))
+    decisions.answer(decode(raw("b" * 60, "2")))  # same patch, a heavier shape
+    assert decisions.weight <= budget

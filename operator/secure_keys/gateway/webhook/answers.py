@@ -66,6 +66,7 @@ from secure_keys.gateway.webhook.mutate import Outcome, admit, admit_pod
 from secure_keys.gateway.webhook.patch import PatchOp, build_patch, patch_inputs
 from secure_keys.gateway.webhook.pod import MalformedPod, PodView, pod_view
 from secure_keys.gateway.webhook.review import (
+    API_VERSIONS,
     AdmissionRequest,
     AdmissionResponse,
     ReviewTemplate,
@@ -261,15 +262,17 @@ class AnswerCache:
             or response.warnings
         ):
             return template(response, api_version), None
-        answer = built.templates.get(api_version)
-        if answer is None:
-            answer = template(response, api_version)
-            built.templates[api_version] = answer
-            if not built.weight:
-                # The bytes, the patch as objects and its inputs: four times the encoded
-                # answer, as for a kept answer, for each of the two API versions.
-                built.weight = _ENTRY_WEIGHT + 8 * (len(answer.head) + len(answer.tail))
-        return answer, built
+        if not built.templates:
+            # Both API versions at once, while the patch is as built: its operations are
+            # handed out with every outcome that shares it, and a caller editing one must
+            # not change another pod's answer.
+            for version in API_VERSIONS:
+                built.templates[version] = template(response, version)
+            encoded = built.templates[api_version]
+            # The bytes, the patch as objects and its inputs: four times the encoded
+            # answer, as for a kept answer, for each of the two API versions.
+            built.weight = _ENTRY_WEIGHT + 8 * (len(encoded.head) + len(encoded.tail))
+        return built.templates[api_version], built
 
     def _keep(
         self,
@@ -292,6 +295,8 @@ class AnswerCache:
             len(self._kept) >= self.capacity or self._weight + needed() > self.budget
         ):
             self._drop(self._kept.popitem(last=False)[1])
+        if self._weight + needed() > self.budget:
+            return  # its patch's last other user went: it no longer fits with the patch
         self._kept[key] = _Kept(outcome, answer, weight, patch)
         self._weight += weight
         if patch is not None:
