@@ -17,7 +17,7 @@ import pytest
 
 from secure_keys.controller.config import KmsDirectory, KmsSettings
 from secure_keys.controller.models import FINALIZER
-from secure_keys.controller.reconciler import Retry, blob_secret_name
+from secure_keys.controller.reconciler import Reconciler, Retry, blob_secret_name
 from secure_keys.core.binding import WrapContext
 from secure_keys.core.kms.base import HealthStatus, KmsProvider, WrappedKey
 from secure_keys.core.kms.local import from_config
@@ -209,12 +209,18 @@ def _source(api: FakeApi, value: bytes) -> None:
     )
 
 
-def test_delete_after_seal_deletes_the_sealed_source(api: FakeApi, kms_config: Path) -> None:
+CONSUMED = {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
+
+
+def _consuming(api: FakeApi, kms_config: Path) -> Reconciler:
+    """A reconciler, and ApiKey ``k`` that seals Secret ``src`` and then deletes it."""
     _source(api, b"value-a")
-    add_apikey(
-        api, "k", {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
-    )
-    reconcile(reconciler(api, kms_config), "k")
+    add_apikey(api, "k", CONSUMED)
+    return reconciler(api, kms_config)
+
+
+def test_delete_after_seal_deletes_the_sealed_source(api: FakeApi, kms_config: Path) -> None:
+    reconcile(_consuming(api, kms_config), "k")
     assert states(api, "k") == {1: "Active"}
     assert ("secrets", NS, "src") not in api.objects
     assert not status(api, "k").get("consumedSource")
@@ -223,16 +229,13 @@ def test_delete_after_seal_deletes_the_sealed_source(api: FakeApi, kms_config: P
 def test_delete_after_seal_spares_a_source_replaced_meanwhile(
     api: FakeApi, kms_config: Path
 ) -> None:
-    _source(api, b"value-a")
-    add_apikey(
-        api, "k", {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
-    )
+    rec = _consuming(api, kms_config)
 
     def replace_source(fake: FakeApi, *_: Any) -> None:
         _source(fake, b"value-b")  # a user re-creates it with a new value
 
     api.before("patch", "apikeys", "status", replace_source)
-    reconcile(reconciler(api, kms_config), "k")
+    reconcile(rec, "k")
     assert states(api, "k") == {1: "Active"}
     kept = api.stored(SECRETS, NS, "src")
     assert base64.b64decode(kept["data"]["k"]) == b"value-b"
@@ -243,17 +246,12 @@ def test_delete_after_seal_spares_a_source_replaced_meanwhile(
     assert not status(api, "k").get("consumedSource")
 
 
-CONSUMED = {"source": {"secretRef": {"name": "src", "key": "k", "deleteAfterSeal": True}}}
-
-
 def test_a_consumed_source_outlives_a_first_blob_removed_before_its_record(
     api: FakeApi, kms_config: Path
 ) -> None:
     # A first version is recorded Active with no re-read before it; the source is deleted
     # only once the blob Secret, read again, still holds that version.
-    _source(api, b"value-a")
-    add_apikey(api, "k", CONSUMED)
-    rec = reconciler(api, kms_config)
+    rec = _consuming(api, kms_config)
 
     def remove_blobs(fake: FakeApi, *_: Any) -> None:
         del fake.objects[(SECRETS.plural, NS, blob_secret_name("k"))]
@@ -271,9 +269,7 @@ def test_a_consumed_source_outlives_a_first_blob_removed_before_its_record(
 def test_a_consumed_source_is_kept_while_the_active_blob_does_not_check_out(
     api: FakeApi, kms_config: Path
 ) -> None:
-    _source(api, b"value-a")
-    add_apikey(api, "k", CONSUMED)
-    rec = reconciler(api, kms_config)
+    rec = _consuming(api, kms_config)
 
     def tamper(fake: FakeApi, *_: Any) -> None:
         secret = fake.stored(SECRETS, NS, blob_secret_name("k"))
@@ -295,13 +291,11 @@ class _Crash(BaseException):
 def test_a_first_seal_cut_short_after_its_blob_still_consumes_its_source(
     api: FakeApi, kms_config: Path
 ) -> None:
-    _source(api, b"value-a")
-    add_apikey(api, "k", CONSUMED)
+    rec = _consuming(api, kms_config)  # (its keys are the controller's, kept across runs)
 
     def crash(*_: Any) -> None:
         raise _Crash
 
-    rec = reconciler(api, kms_config)  # (its keys are the controller's, kept across runs)
     api.before("patch", "apikeys", "status", crash)
     with pytest.raises(_Crash):
         reconcile(rec, "k")
