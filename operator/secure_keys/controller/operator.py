@@ -366,6 +366,11 @@ class Runtime:
             namespace, name, labels, own=(own or rollout_only) and type_ != "DELETED"
         )
 
+    def selects(self, namespace: str) -> bool:
+        """Whether ``--namespaces`` covers ``namespace`` (kopf watches the whole cluster
+        unless the pattern is one plain name: see ``run``)."""
+        return namespace_selected(namespace, self.options.namespaces)
+
     def keyrole_changed(
         self, namespace: str, name: str, deleted: bool, spec: Mapping[str, Any] | None = None
     ) -> None:
@@ -477,7 +482,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         body: Mapping[str, Any],
         **_: Any,
     ) -> None:
-        if namespace:
+        if namespace and runtime.selects(namespace):
             runtime.apikey_event(type, namespace, name, meta, body)
 
     @kopf.on.event(GROUP, VERSION, "keyroles", registry=registry)
@@ -488,7 +493,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         spec: Mapping[str, Any],
         **_: Any,
     ) -> None:
-        if namespace:
+        if namespace and runtime.selects(namespace):
             runtime.keyrole_changed(namespace, name, deleted=type == "DELETED", spec=spec)
 
     # Blob Secrets are not watched through kopf: see Runtime._watch_blobs.
@@ -524,9 +529,16 @@ def run(options: ControllerOptions, *, namespaces: str | None = None) -> None:
     if namespaces is not None:
         options = dataclasses.replace(options, namespaces=namespaces)
     runtime = Runtime(options)
+    # kopf serves a glob by watching Namespaces and starting a watch per matching one. In
+    # two CI runs a namespace created as the controller started got no watch until its
+    # next change (its deletion a minute later), so its ApiKeys were never sealed. So
+    # kopf watches the whole cluster and ``Runtime.selects`` applies the pattern to each
+    # event, unless it is one plain name (a controller with a Role in that namespace
+    # only).
+    scope = single_namespace(namespaces)
     kopf.run(
         registry=build_registry(runtime),
-        clusterwide=namespaces is None,
-        namespaces=[namespaces] if namespaces else (),
+        clusterwide=scope is None,
+        namespaces=[scope] if scope else (),
         standalone=True,
     )

@@ -170,3 +170,25 @@ def test_the_watch_handlers_run_on_the_event_loop() -> None:
     handlers = list(registry._watching.get_all_handlers())
     assert len(handlers) == 2
     assert all(inspect.iscoroutinefunction(handler.fn) for handler in handlers)
+
+
+def test_kopf_watches_the_whole_cluster_and_the_handlers_apply_the_pattern() -> None:
+    """kopf serves a glob by watching Namespaces and starting a watch per namespace, and
+    once missed a namespace created as the controller started; so a pattern other than
+    one plain name is watched cluster-wide, and the handlers drop what it excludes."""
+    runtime = _runtime()
+    registry = build_registry(runtime)
+    handlers = registry._watching.get_all_handlers()
+    by_plural: dict[Any, Any] = {h.selector.any_name: h.fn for h in handlers if h.selector}
+    meta = {"resourceVersion": "1", "labels": {}}
+    for namespace in ("crash-1", "team-a"):
+        body = {"metadata": {**meta, "name": "k", "namespace": namespace}, "spec": {}}
+        asyncio.run(
+            by_plural["apikeys"](
+                type="ADDED", namespace=namespace, name="k", meta=body["metadata"], body=body
+            )
+        )
+        asyncio.run(
+            by_plural["keyroles"](type="ADDED", namespace=namespace, name="r", spec={"keys": {}})
+        )
+    assert sorted(_queued(runtime)) == [("apikey", "team-a", "k"), ("keyrole", "team-a", "r")]
