@@ -58,6 +58,7 @@ from secure_keys_dev.stack import (
     GROUP,
     VERSION,
     GatewayProcess,
+    create_apikey,
     eventually,
 )
 from tests.e2e.conftest import PodEnvironment, Target, delivery_gateway
@@ -124,17 +125,7 @@ def keys(
         kube, admin_api, ns, CANARY_NAME, canary, tmp_path_factory.mktemp("seal")
     )
     create_object(admin_api, ns, "apikeys", manifest)
-    create_object(
-        admin_api,
-        ns,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": OTHER},
-            "spec": {"source": {"generate": {"length": 32}}},
-        },
-    )
+    create_apikey(admin_api, ns, OTHER, {"source": {"generate": {"length": 32}}})
     core.create_namespaced_service_account(
         ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="pipeline"))
     )
@@ -150,17 +141,7 @@ def keys(
         "keyroles",
         _keyrole("other-readers", [{"kind": "User", "name": "zed"}], [OTHER]),
     )
-    create_object(
-        admin_api,
-        ns,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": GUARDED},
-            "spec": {"source": {"generate": {"length": 32}}},
-        },
-    )
+    create_apikey(admin_api, ns, GUARDED, {"source": {"generate": {"length": 32}}})
     guarded = _keyrole(
         "guarded-readers",
         [{"kind": "User", "name": "dave"}, {"kind": "User", "name": "alice"}],
@@ -388,17 +369,7 @@ def test_a_read_and_a_refusal_leave_events_on_the_apikey(
 def _key_with_a_rotator(admin_api: client.ApiClient, namespace: str, name: str, user: str) -> int:
     """A generated ApiKey ``name`` and a KeyRole ``<name>-oncall`` granting ``user`` only
     rotate on it; its current version once Ready."""
-    create_object(
-        admin_api,
-        namespace,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": name},
-            "spec": {"source": {"generate": {"length": 32}}},
-        },
-    )
+    create_apikey(admin_api, namespace, name, {"source": {"generate": {"length": 32}}})
     role = _keyrole(f"{name}-oncall", [{"kind": "User", "name": user}], [name])
     role["spec"]["permissions"] = ["rotate"]
     create_object(admin_api, namespace, "keyroles", role)

@@ -35,6 +35,7 @@ from secure_keys_dev.stack import (
     VERSION,
     ControllerProcess,
     GatewayProcess,
+    create_apikey,
     eventually,
     get_apikey,
     request_rotation,
@@ -145,16 +146,11 @@ def test_pod_reads_its_keys_sees_a_rotation_and_loses_them_on_unbinding(
         "apikeys",
         seal_for_cluster(kube, admin_api, namespace, "canary", canary, tmp_path),
     )
-    create_object(
+    create_apikey(
         admin_api,
         namespace,
-        "apikeys",
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": "rotating"},
-            "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
-        },
+        "rotating",
+        {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
     )
     create_object(
         admin_api,

@@ -31,6 +31,7 @@ from secure_keys_dev.stack import (
     GROUP,
     VERSION,
     GatewayProcess,
+    create_apikey,
     eventually,
     get_apikey,
     request_rotation,
@@ -183,19 +184,14 @@ def deployed(
             "apikeys",
             seal_for_cluster(kube, admin_api, namespace, "canary", canary, tmp),
         )
-        create_object(
+        create_apikey(
             admin_api,
             namespace,
-            "apikeys",
+            "rotating",
             {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ApiKey",
-                "metadata": {"name": "rotating"},
-                "spec": {
-                    "source": {"generate": {"length": 32}},
-                    "rotation": {"gracePeriod": f"{GRACE_S}s"},
-                    "delivery": {"format": "json"},
-                },
+                "source": {"generate": {"length": 32}},
+                "rotation": {"gracePeriod": f"{GRACE_S}s"},
+                "delivery": {"format": "json"},
             },
         )
         create_object(

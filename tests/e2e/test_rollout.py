@@ -35,7 +35,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from secure_keys_dev.stack import GROUP, VERSION, GatewayProcess, eventually, get_apikey
+from secure_keys_dev.stack import (
+    GROUP,
+    VERSION,
+    GatewayProcess,
+    create_apikey,
+    eventually,
+    get_apikey,
+)
 from tests.e2e.conftest import IDLE, KEYS, PodEnvironment, Target, delivery_gateway
 from tests.support.delivery import create_object, wait_ready
 
@@ -159,18 +166,13 @@ def world(
         core.create_namespaced_service_account(
             namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="app"))
         )
-        create_object(
+        create_apikey(
             admin_api,
             namespace,
-            "apikeys",
+            KEY,
             {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "ApiKey",
-                "metadata": {"name": KEY},
-                "spec": {
-                    "source": {"generate": {"length": 32}},
-                    "rotation": {"gracePeriod": "30m"},
-                },
+                "source": {"generate": {"length": 32}},
+                "rotation": {"gracePeriod": "30m"},
             },
         )
         create_object(

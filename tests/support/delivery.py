@@ -25,6 +25,7 @@ from secure_keys_dev.stack import (
     CONTROLLER_NAMESPACE,
     GROUP,
     VERSION,
+    create_apikey,
     eventually,
     get_apikey,
     is_ready,
@@ -93,15 +94,11 @@ def setup_keys(admin_api: client.ApiClient, namespace: str, keys: Mapping[str, s
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="app"))
     )
     for name, body in keys.items():
-        manifest: dict[str, Any] = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ApiKey",
-            "metadata": {"name": name},
-            "spec": {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}},
-        }
-        create_object(
-            admin_api, namespace, "apikeys", manifest if body is None else json.loads(body)
-        )
+        if body is None:
+            spec = {"source": {"generate": {"length": 32}}, "rotation": {"gracePeriod": "10m"}}
+            create_apikey(admin_api, namespace, name, spec)
+        else:
+            create_object(admin_api, namespace, "apikeys", json.loads(body))
     create_object(
         admin_api,
         namespace,
