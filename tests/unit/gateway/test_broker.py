@@ -612,11 +612,12 @@ def test_a_rate_limited_new_token_is_refused_429_whatever_its_body() -> None:
 def test_the_token_cache_answers_without_asking() -> None:
     async def test(world: World, url: str) -> None:
         reviewer = world.broker.reviewer
-        assert reviewer.cached("token-a") is None
         assert world.reviews.calls == 0
-        identity = await reviewer.review("token-a")
-        assert reviewer.cached("token-a") == identity
-        missing = reviewer.cached("")
+        identity, asked = await reviewer.review_noting("token-a")
+        assert asked
+        assert await reviewer.review_noting("token-a") == (identity, False)
+        missing, asked = await reviewer.review_noting("")
+        assert not asked
         assert isinstance(missing, TokenRejected)
         assert missing.reason == "TokenMissing"
         assert world.reviews.calls == 1

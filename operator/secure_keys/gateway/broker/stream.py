@@ -566,10 +566,7 @@ class Broker:
         clock = _Stages()
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        result = self.reviewer.cached(token)
-        reviewed = result is None
-        if result is None:
-            result = await self.reviewer.review(token)
+        result, reviewed = await self.reviewer.review_noting(token)
         del token, header
         clock.mark("review")
         if isinstance(result, TokenRejected):

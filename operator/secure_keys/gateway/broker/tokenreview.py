@@ -145,25 +145,24 @@ class TokenReviewer:
             del self._cache[digest]
         return len(gone)
 
-    def cached(self, token: str) -> TokenIdentity | TokenRejected | None:
-        """The answer ``review`` would give at once, without asking the API server (a
-        missing token, or a cached answer still valid, counted as a hit); ``None`` when
-        a TokenReview is needed. The broker reads the request body meanwhile."""
+    async def review(self, token: str) -> TokenIdentity | TokenRejected:
+        result, _asked = await self.review_noting(token)
+        return result
+
+    async def review_noting(self, token: str) -> tuple[TokenIdentity | TokenRejected, bool]:
+        """``review``'s answer, and whether the API server was asked for it (False for a
+        missing token or a cached answer still valid, counted as a hit)."""
         if not token:
-            return TokenRejected("TokenMissing", "no bearer token")
+            return TokenRejected("TokenMissing", "no bearer token"), False
         digest = token_digest(token)
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > self._clock():
             self._cache.move_to_end(digest)
             self._note("hit")
-            return cached[1]
-        return None
+            return cached[1], False
+        return await self._ask(token, digest), True
 
-    async def review(self, token: str) -> TokenIdentity | TokenRejected:
-        known = self.cached(token)
-        if known is not None:
-            return known
-        digest = token_digest(token)
+    async def _ask(self, token: str, digest: bytes) -> TokenIdentity | TokenRejected:
         try:
             review = await self._api.review(token, AUDIENCE)
         except ApiError as exc:
