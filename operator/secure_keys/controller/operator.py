@@ -459,9 +459,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         # The initial lists a page at a time (kopf lists everything in one response by
         # default: 10,000 ApiKeys parsed at once). kopf's per-object workers keep their
-        # default idle time (5 s): at 0.5 s, a namespace's ADDED event once waited in an
-        # exited worker's backlog until that namespace's next event (its deletion, a
-        # minute later), and none of its ApiKeys was sealed meanwhile (an e2e run).
+        # default idle time (5 s).
         settings.watching.chunk_size = LIST_CHUNK
         settings.persistence.diffbase_storage = NoDiffBase()
         await runtime.start()
